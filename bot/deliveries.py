@@ -1,0 +1,139 @@
+"""Recording webhook deliveries and moving them through their statuses, idempotently."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from bot.models import Delivery, DeliveryStatus, utcnow
+from bot.queue import WorkQueue
+from bot.store import Store
+
+MAX_REASON = 4000
+
+
+def describe(delivery_id: str, event: str, payload: dict[str, Any]) -> Delivery:
+    """Build the row for a delivery from GitHub's headers and the parsed payload."""
+    installation = payload.get("installation") or {}
+    repository = payload.get("repository") or {}
+    action = payload.get("action")
+    return Delivery(
+        id=delivery_id,
+        event=event,
+        action=action if isinstance(action, str) else None,
+        installation_id=_int_or_none(installation.get("id")) if isinstance(installation, dict) else None,
+        repository=repository.get("full_name") if isinstance(repository, dict) else None,
+        payload=payload,
+    )
+
+
+def record(store: Store, delivery: Delivery) -> tuple[Delivery, bool]:
+    """Insert the delivery unless its id is known; returns (stored row, whether it was new)."""
+    try:
+        with store.session() as session:
+            session.add(delivery)
+        return delivery, True
+    except IntegrityError:
+        existing = get(store, delivery.id)
+        if existing is None:  # the conflicting row vanished: a real error, not a duplicate
+            raise
+        return existing, False
+
+
+def record_or_ignore(store: Store, delivery: Delivery, ignore_reason: str | None) -> tuple[Delivery, bool]:
+    """Record a delivery, as ignored (with why) when nofx will not act on it."""
+    if ignore_reason is not None:
+        delivery.status = DeliveryStatus.ignored
+        delivery.reason = ignore_reason
+    return record(store, delivery)
+
+
+def enqueue(store: Store, queue: WorkQueue, delivery_id: str) -> None:
+    """Hand a recorded delivery to the workers; the status says it is on its way."""
+    queue.enqueue_dispatch(delivery_id)
+    mark_queued(store, delivery_id)
+
+
+def get(store: Store, delivery_id: str) -> Delivery | None:
+    with store.session() as session:
+        return session.get(Delivery, delivery_id)
+
+
+def mark_queued(store: Store, delivery_id: str) -> None:
+    """After a successful enqueue; never moves a delivery a worker has already taken."""
+    _move(store, delivery_id, DeliveryStatus.queued, only_from=[DeliveryStatus.received])
+
+
+def claim(store: Store, delivery_id: str) -> Delivery | None:
+    """Atomically take a delivery for routing; None if another job has it or it is finished."""
+    taken = _move(
+        store,
+        delivery_id,
+        DeliveryStatus.processing,
+        only_from=[DeliveryStatus.received, DeliveryStatus.queued],
+        count_attempt=True,
+    )
+    return get(store, delivery_id) if taken else None
+
+
+def finish(store: Store, delivery_id: str, status: DeliveryStatus, reason: str | None = None) -> None:
+    """Record how routing ended (done, failed with the error, or ignored with why)."""
+    _move(store, delivery_id, status, only_from=[DeliveryStatus.processing], reason=reason)
+
+
+def reset_for_replay(store: Store, delivery_id: str) -> bool:
+    """Make a finished or failed delivery routable again; False if it is unknown or in flight."""
+    return _move(
+        store,
+        delivery_id,
+        DeliveryStatus.queued,
+        only_from=[
+            DeliveryStatus.failed,
+            DeliveryStatus.done,
+            DeliveryStatus.ignored,
+            DeliveryStatus.received,
+        ],
+        reason=None,
+    )
+
+
+def stale_received(store: Store, older_than: timedelta) -> list[str]:
+    """Deliveries recorded but never enqueued (the queue was down): the sweeper enqueues them."""
+    cutoff = utcnow() - older_than
+    with store.session() as session:
+        rows = session.exec(
+            select(Delivery.id).where(Delivery.status == DeliveryStatus.received, Delivery.received_at < cutoff)
+        )
+        return list(rows)
+
+
+def _move(
+    store: Store,
+    delivery_id: str,
+    status: DeliveryStatus,
+    *,
+    only_from: list[DeliveryStatus],
+    reason: str | None = None,
+    count_attempt: bool = False,
+) -> bool:
+    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    if reason is not None or status == DeliveryStatus.queued:
+        values["reason"] = reason[:MAX_REASON] if reason else None
+    if count_attempt:
+        values["attempts"] = Delivery.attempts + 1
+    statement = (
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status.in_(only_from))  # type: ignore[attr-defined]
+        .values(**values)
+    )
+    with store.session() as session:
+        result = session.exec(statement)  # type: ignore[call-overload]
+        return bool(result.rowcount)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

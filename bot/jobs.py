@@ -1,0 +1,57 @@
+"""RQ job entry points. Jobs take ids and rebuild everything else from the database."""
+
+from __future__ import annotations
+
+import logging
+
+from bot import deliveries, events, logs
+from bot.models import DeliveryStatus
+from bot.runtime import Runtime
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+_runtime: Runtime | None = None
+
+
+def use_runtime(runtime: Runtime) -> None:
+    """Called by the worker entry point so jobs share its dependencies and warm caches."""
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> Runtime:
+    """The process's runtime; built from the environment if a foreign worker runs our jobs."""
+    if _runtime is None:
+        use_runtime(Runtime(Settings.from_env()))
+    assert _runtime is not None
+    return _runtime
+
+
+def dispatch(delivery_id: str) -> None:
+    """Route one recorded delivery through the event routers; a second run of the job does nothing."""
+    runtime = current_runtime()
+    runtime.run(route_delivery(runtime, delivery_id))
+
+
+async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus | None:
+    """Claim, dispatch and record the outcome; failures are recorded on the delivery for replay."""
+    delivery = deliveries.claim(runtime.store, delivery_id)
+    if delivery is None:
+        log.info("delivery not claimable (unknown, taken or finished)", extra=logs.fields(delivery_id=delivery_id))
+        return None
+    with logs.bound(
+        delivery_id=delivery.id,
+        event=delivery.event,
+        installation=delivery.installation_id,
+        repo=delivery.repository,
+    ):
+        try:
+            await events.dispatch(delivery, runtime.context())
+        except Exception as exc:
+            reason = runtime.redactor.redact(f"{type(exc).__name__}: {exc}")
+            log.exception("delivery failed; `nofx replay %s` routes it again", delivery.id)
+            deliveries.finish(runtime.store, delivery.id, DeliveryStatus.failed, reason)
+            return DeliveryStatus.failed
+        deliveries.finish(runtime.store, delivery.id, DeliveryStatus.done)
+        log.info("delivery routed")
+        return DeliveryStatus.done

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the web process, on a registry owned by the app (no import-time globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """What operators graph: deliveries by event and outcome, intake latency, queue depth."""
+
+    def __init__(self, queue_depth: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            "nofx_webhook_deliveries",
+            "Webhook deliveries answered, by event and outcome.",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+        self.intake_seconds = Histogram(
+            "nofx_webhook_intake_seconds",
+            "Time from request start to the webhook answer.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.registry.register(_QueueDepth(queue_depth))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _QueueDepth(Collector):
+    """Read the queue length at scrape time, so the number is never stale."""
+
+    def __init__(self, depth: Callable[[], dict[str, int]]) -> None:
+        self._depth = depth
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("nofx_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+        try:
+            depths = self._depth()
+        except Exception:  # a scrape must not fail because the queue is down; /readyz reports that
+            depths = {}
+        for name, depth in depths.items():
+            gauge.add_metric([name], depth)
+        yield gauge

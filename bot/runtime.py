@@ -1,0 +1,47 @@
+"""A worker process's dependencies, built once by its entry point and reused by every job."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from bot.context import EventContext
+from bot.github import GitHubApp
+from bot.logs import Redactor
+from bot.queue import WorkQueue
+from bot.settings import Settings
+from bot.store import Store
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Settings, store, queue, GitHub App client and one event loop, so caches (tokens) stay warm."""
+
+    def __init__(self, settings: Settings, *, redactor: Redactor | None = None) -> None:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is required by a worker (`nofx serve` sets it for its workers)")
+        self.settings = settings
+        self.redactor = redactor or Redactor(settings.secrets)
+        self.store = Store(settings.database_url)
+        self.queue = WorkQueue.from_url(settings.redis_url)
+        self.github = (
+            GitHubApp.from_settings(settings, on_secret=self.redactor.add) if settings.app_configured else None
+        )
+        self.pid = os.getpid()
+        self._runner = asyncio.Runner()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a job's coroutine on this process's loop (HTTP clients are bound to one loop)."""
+        return self._runner.run(coro)
+
+    def context(self) -> EventContext:
+        return EventContext(settings=self.settings, store=self.store, queue=self.queue, github=self.github)
+
+    def close(self) -> None:
+        if self.github is not None:
+            self._runner.run(self.github.aclose())
+        self._runner.close()
+        self.store.dispose()

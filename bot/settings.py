@@ -1,0 +1,117 @@
+"""Process configuration, read once from the environment (and `.env`) by the entry points."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_API_URL = "https://api.github.com"
+ENV_FILE = ".env"
+
+
+class SettingsError(ValueError):
+    """A configuration value is present but unusable; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the processes need from their environment; built by `from_env`, never global."""
+
+    data_dir: Path
+    database_url: str
+    redis_url: str | None
+    github_api_url: str = DEFAULT_API_URL
+    app_id: str | None = None
+    private_key: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    api_token: str | None = field(default=None, repr=False)
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    model: str | None = None
+    port: int = 3000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
+        """Build settings from `environ` (default: `os.environ`), with `.env` values underneath."""
+        env = dict(read_env_file(env_file or Path(ENV_FILE)))
+        env.update(os.environ if environ is None else environ)
+        data_dir = Path(env.get("NOFX_DATA_DIR") or ".nofx")
+        return cls(
+            data_dir=data_dir,
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'nofx.db'}",
+            redis_url=env.get("REDIS_URL") or None,
+            github_api_url=(env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/"),
+            app_id=env.get("GITHUB_APP_ID") or None,
+            private_key=_private_key(env),
+            webhook_secret=env.get("GITHUB_WEBHOOK_SECRET") or None,
+            api_token=env.get("NOFX_API_TOKEN") or None,
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            model=env.get("NOFX_MODEL") or None,
+            port=_port(env.get("PORT") or "3000"),
+        )
+
+    @property
+    def app_configured(self) -> bool:
+        """True once the App's id and private key are known (the setup page is no longer needed)."""
+        return bool(self.app_id and self.private_key)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret value this process holds, for the log redactor."""
+        values = [
+            self.private_key,
+            self.webhook_secret,
+            self.api_token,
+            self.anthropic_api_key,
+            self.openai_api_key,
+        ]
+        return [v for v in values if v]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a dotenv file (`KEY=value`, optional quotes, `\\n` escapes in double quotes)."""
+    if not path.is_file():
+        return {}
+    values: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1].replace("\\n", "\n").replace('\\"', '"')
+        elif len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _private_key(env: Mapping[str, str]) -> str | None:
+    if env.get("GITHUB_PRIVATE_KEY"):
+        return env["GITHUB_PRIVATE_KEY"].replace("\\n", "\n")
+    path = env.get("GITHUB_PRIVATE_KEY_PATH")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"GITHUB_PRIVATE_KEY_PATH cannot be read: {exc.strerror}") from exc
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise SettingsError(f"PORT must be a number, got {value!r}") from None
+    if not 0 < port < 65536:
+        raise SettingsError(f"PORT must be between 1 and 65535, got {port}")
+    return port

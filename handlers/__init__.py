@@ -1,0 +1,1 @@
+"""Step handlers, one module per plan tool; discovered by tool name."""
