@@ -1,0 +1,211 @@
+"""Shared fixtures: a real queue server, a real database, the real ASGI app and a real GitHub double."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from redis import Redis
+from starlette.applications import Starlette
+
+from bot.models import Installation
+from bot.queue import WorkQueue, start_embedded_valkey
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.store import Store
+from bot.web import create_app
+from bot.worker import run_worker
+from tests.support.github_double import GitHubDouble
+from tests.support.payloads import webhook_headers
+
+APP_ID = "4242"
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def app_key() -> tuple[str, str]:
+    """An RSA key pair for the App, made at test time (keys are never committed)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """NOFX_TEST_REDIS_URL, else the local Redis if one answers, else an embedded Valkey server."""
+    configured = os.environ.get("NOFX_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    local = "redis://127.0.0.1:6379/13"
+    try:
+        Redis.from_url(local, socket_connect_timeout=0.5).ping()
+        yield local
+        return
+    except OSError:
+        pass
+    except Exception as exc:  # redis wraps connection failures in its own types
+        if "connect" not in str(exc).lower():
+            raise
+    directory = Path(tempfile.mkdtemp(prefix="nofx-vk-"))
+    server = start_embedded_valkey(directory)
+    try:
+        yield f"unix://{server.unix_socket_path}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[WorkQueue]:
+    work_queue = WorkQueue.from_url(redis_url)
+    work_queue.redis.flushdb()
+    yield work_queue
+    work_queue.redis.flushdb()
+
+
+def _postgres_url() -> str | None:
+    """The PostgreSQL the store tests also run on: NOFX_TEST_POSTGRES_URL, or a local one that answers."""
+    configured = os.environ.get("NOFX_TEST_POSTGRES_URL")
+    if configured:
+        return configured
+    store = Store(POSTGRES_DEFAULT)
+    try:
+        store.ping()
+        return POSTGRES_DEFAULT
+    except Exception:  # no local PostgreSQL: the SQLite variant still runs
+        return None
+    finally:
+        store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh store on SQLite, and again on PostgreSQL when one answers (required when configured)."""
+    if request.param == "sqlite":
+        store = Store(f"sqlite:///{tmp_path / 'nofx.db'}")
+    else:
+        url = _postgres_url()
+        if url is None:
+            pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (set NOFX_TEST_POSTGRES_URL to require one)")
+        store = Store(url)
+        _drop_all(store)
+    store.create_all()
+    yield store
+    if request.param == "postgresql":
+        _drop_all(store)
+    store.dispose()
+
+
+def _drop_all(store: Store) -> None:
+    from sqlmodel import SQLModel
+
+    SQLModel.metadata.drop_all(store.engine)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """The default SQLite store for tests that are not about the database itself."""
+    sqlite = Store(f"sqlite:///{tmp_path / 'nofx.db'}")
+    sqlite.create_all()
+    yield sqlite
+    sqlite.dispose()
+
+
+@pytest.fixture
+def github(app_key: tuple[str, str]) -> Iterator[GitHubDouble]:
+    with GitHubDouble(app_id=APP_ID, public_key_pem=app_key[1]) as double:
+        yield double
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, app_key: tuple[str, str], github: GitHubDouble, redis_url: str, store: Store
+) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=store.url,
+        redis_url=redis_url,
+        github_api_url=github.base_url,
+        app_id=APP_ID,
+        private_key=app_key[0],
+        webhook_secret="whsec-" + secrets.token_hex(16),
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> Starlette:
+    return create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx.test") as http:
+        yield http
+
+
+@pytest.fixture
+def runtime(settings: Settings, queue: WorkQueue) -> Iterator[Runtime]:
+    """A worker's dependencies, as `nofx worker` builds them, on the test's queue and database."""
+    worker_runtime = Runtime(settings)
+    yield worker_runtime
+    worker_runtime.close()
+
+
+class Deliverer:
+    """Posts deliveries signed exactly as GitHub signs them, through the real ASGI app."""
+
+    def __init__(self, client: httpx.AsyncClient, secret: str) -> None:
+        self.client = client
+        self.secret = secret
+
+    async def __call__(
+        self, event: str, payload: dict[str, Any], *, delivery_id: str | None = None, secret: str | None = None
+    ) -> httpx.Response:
+        body = json.dumps(payload).encode()
+        headers = webhook_headers(event, body, secret or self.secret, delivery_id=delivery_id)
+        return await self.client.post("/webhooks", content=body, headers=headers)
+
+
+@pytest.fixture
+def deliver(client: httpx.AsyncClient, settings: Settings) -> Deliverer:
+    assert settings.webhook_secret
+    return Deliverer(client, settings.webhook_secret)
+
+
+@pytest.fixture
+def work(runtime: Runtime) -> Callable[[], None]:
+    """Run a real RQ worker over the test queue until it is empty (in this process)."""
+
+    def drain() -> None:
+        run_worker(runtime, burst=True)
+
+    return drain
+
+
+@pytest.fixture
+def installed(store: Store) -> Callable[[dict[str, Any]], None]:
+    """Record the installation a payload names, as an earlier `installation.created` would have."""
+
+    def install(payload: dict[str, Any]) -> None:
+        with store.session() as session:
+            session.merge(
+                Installation(id=payload["installation"]["id"], account_login=payload["repository"]["owner"]["login"])
+            )
+
+    return install

@@ -1,0 +1,108 @@
+"""`nofx serve` as a user starts it: a real process tree with an embedded Valkey server and SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.payloads import load_payload, webhook_headers
+
+SECRET = "serve-test-secret"
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    workdir = Path(tempfile.mkdtemp(prefix="nofx-serve-"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "DATABASE_URL", "GITHUB_", "NOFX_"))}
+    env.update({"GITHUB_WEBHOOK_SECRET": SECRET, "PORT": str(port)})
+    log = (workdir / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "serve", "--workers", "1"], cwd=workdir, env=env, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc, workdir / "serve.log")
+        yield base, workdir, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_serve_records_and_routes_a_delivery_with_embedded_defaults(
+    served: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
+    base, workdir, proc = served
+    payload = load_payload("installation.created")
+    body = json.dumps(payload).encode()
+
+    response = httpx.post(f"{base}/webhooks", content=body, headers=webhook_headers("installation", body, SECRET))
+
+    assert response.status_code == 202
+    database = workdir / ".nofx" / "nofx.db"
+    assert _wait_for(lambda: _installation_count(database) == 1), "the worker did not route the delivery"
+    assert (workdir / ".nofx" / "valkey" / "valkey.sock").is_socket()
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "database": "ok", "queue": "ok"}
+    assert "nofx_webhook_deliveries_total" in httpx.get(f"{base}/metrics").text
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert _wait_for(lambda: not _valkey_running(workdir)), "the embedded Valkey outlived serve"
+
+
+def _installation_count(database: Path) -> int:
+    try:
+        with sqlite3.connect(database) as conn:
+            return conn.execute("SELECT count(*) FROM installation").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _valkey_running(workdir: Path) -> bool:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return any("valkey-server" in line and str(workdir) in line for line in out.splitlines())
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("serve did not become ready")
+
+
+def _wait_for(condition: object, timeout_s: float = 20) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

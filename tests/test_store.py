@@ -1,0 +1,110 @@
+"""The store on SQLite and on PostgreSQL: deliveries recorded once, claimed once, statuses constrained."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from gidgethub import sansio
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from bot import deliveries, installations
+from bot.context import EventContext
+from bot.models import Delivery, DeliveryStatus, Installation, Repository, utcnow
+from bot.queue import WorkQueue
+from bot.settings import Settings
+from bot.store import Store
+from tests.support.payloads import load_payload
+
+
+def _delivery(delivery_id: str = "d-1", event: str = "issue_comment") -> Delivery:
+    return deliveries.describe(delivery_id, event, load_payload("issue_comment.created"))
+
+
+def test_a_delivery_is_recorded_once(any_store: Store) -> None:
+    first, new = deliveries.record(any_store, _delivery())
+    again, new_again = deliveries.record(any_store, _delivery())
+
+    assert (new, new_again) == (True, False)
+    assert again.id == first.id and again.payload == first.payload
+    assert again.received_at.tzinfo is not None
+
+
+def test_only_one_of_many_concurrent_claims_wins(any_store: Store) -> None:
+    deliveries.record(any_store, _delivery())
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: deliveries.claim(any_store, "d-1"), range(8)))
+
+    assert sum(result is not None for result in results) == 1
+    row = deliveries.get(any_store, "d-1")
+    assert row is not None and row.status == DeliveryStatus.processing and row.attempts == 1
+
+
+def test_finished_delivery_can_be_reset_for_replay_but_not_one_in_flight(any_store: Store) -> None:
+    deliveries.record(any_store, _delivery())
+    assert deliveries.claim(any_store, "d-1") is not None
+    assert not deliveries.reset_for_replay(any_store, "d-1")  # still processing
+
+    deliveries.finish(any_store, "d-1", DeliveryStatus.failed, "RuntimeError: boom")
+    failed = deliveries.get(any_store, "d-1")
+    assert failed is not None and failed.reason == "RuntimeError: boom"
+
+    assert deliveries.reset_for_replay(any_store, "d-1")
+    replayed = deliveries.get(any_store, "d-1")
+    assert replayed is not None and replayed.status == DeliveryStatus.queued and replayed.reason is None
+    assert not deliveries.reset_for_replay(any_store, "unknown")
+
+
+def test_database_refuses_an_unknown_status(any_store: Store) -> None:
+    deliveries.record(any_store, _delivery())
+    with pytest.raises((IntegrityError, StatementError)), any_store.session() as session:
+        session.execute(text("UPDATE delivery SET status = 'exploded' WHERE id = 'd-1'"))
+
+
+def test_stale_received_lists_only_old_never_enqueued_deliveries(any_store: Store) -> None:
+    old = _delivery("old")
+    old.received_at = utcnow() - timedelta(minutes=5)
+    deliveries.record(any_store, old)
+    deliveries.record(any_store, _delivery("fresh"))
+    queued = _delivery("queued")
+    queued.received_at = utcnow() - timedelta(minutes=5)
+    deliveries.record(any_store, queued)
+    deliveries.mark_queued(any_store, "queued")
+
+    assert deliveries.stale_received(any_store, timedelta(seconds=30)) == ["old"]
+
+
+async def test_installation_events_keep_the_tables_current(any_store: Store, queue: WorkQueue, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=any_store.url, redis_url=None)
+    ctx = EventContext(settings=settings, store=any_store, queue=queue, github=None)
+    created = load_payload("installation.created")
+    created["installation"]["id"] = 3_000_000_000  # ids beyond 32 bits exist on github.com
+
+    await installations.router.dispatch(sansio.Event(created, event="installation", delivery_id="1"), ctx)
+    added = load_payload("installation_repositories.added")
+    added["installation"] = created["installation"]
+    await installations.router.dispatch(sansio.Event(added, event="installation_repositories", delivery_id="2"), ctx)
+    suspended = {**load_payload("installation.suspend"), "installation": created["installation"]}
+    await installations.router.dispatch(sansio.Event(suspended, event="installation", delivery_id="3"), ctx)
+
+    with any_store.session() as session:
+        installation = session.get(Installation, 3_000_000_000)
+        repos = session.query(Repository).filter(Repository.installation_id == 3_000_000_000).all()
+    assert installation is not None
+    assert installation.account_login == created["installation"]["account"]["login"]
+    assert installation.suspended
+    expected = {r["full_name"] for r in created.get("repositories", []) + added["repositories_added"]}
+    assert {r.full_name for r in repos} == expected
+    assert installations.ignore_reason(any_store, 3_000_000_000, "issue_comment") == (
+        "installation 3000000000 is suspended"
+    )
+
+    deleted = {**load_payload("installation.deleted"), "installation": created["installation"]}
+    await installations.router.dispatch(sansio.Event(deleted, event="installation", delivery_id="4"), ctx)
+    with any_store.session() as session:
+        installation = session.get(Installation, 3_000_000_000)
+        assert installation is not None and installation.removed
+        assert all(r.removed for r in session.query(Repository).all())

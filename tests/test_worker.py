@@ -1,0 +1,141 @@
+"""Deliveries routed by a real RQ worker: installation tables, failures, replay, the sweeper, identity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot import cli, deliveries, identity
+from bot.models import DeliveryStatus, Installation, Repository, utcnow
+from bot.queue import WorkQueue
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.store import Store
+from bot.worker import sweep
+from tests.conftest import Deliverer
+from tests.support.github_double import GitHubDouble
+from tests.support.payloads import load_payload
+
+
+async def test_installation_created_is_routed_into_the_tables(
+    deliver: Deliverer, work: Callable[[], None], store: Store
+) -> None:
+    payload = load_payload("installation.created")
+    await deliver("installation", payload, delivery_id="inst-1")
+
+    work()
+
+    row = deliveries.get(store, "inst-1")
+    assert row is not None and row.status == DeliveryStatus.done and row.attempts == 1
+    with store.session() as session:
+        installation = session.get(Installation, payload["installation"]["id"])
+        repos = session.query(Repository).all()
+    assert installation is not None and not installation.removed
+    assert {r.full_name for r in repos} == {r["full_name"] for r in payload["repositories"]}
+
+
+async def test_after_installation_its_deliveries_are_no_longer_ignored(
+    deliver: Deliverer, work: Callable[[], None], store: Store
+) -> None:
+    created = load_payload("installation.created")
+    suspend = load_payload("installation.suspend")
+    suspend["installation"]["id"] = created["installation"]["id"]
+    await deliver("installation", created)
+    work()
+
+    response = await deliver("installation", {**suspend, "action": "suspend"}, delivery_id="s-1")
+    assert response.json()["status"] == "queued"
+    work()
+    with store.session() as session:
+        installation = session.get(Installation, created["installation"]["id"])
+    assert installation is not None and installation.suspended
+
+
+async def test_a_delivery_that_fails_is_marked_failed_and_can_be_replayed(
+    deliver: Deliverer, work: Callable[[], None], store: Store, queue: WorkQueue
+) -> None:
+    broken = load_payload("installation.created")
+    broken["installation"] = {"account": {"login": "x"}}  # no id: the router cannot record it
+    await deliver("installation", broken, delivery_id="bad-1")
+
+    work()
+
+    failed = deliveries.get(store, "bad-1")
+    assert failed is not None and failed.status == DeliveryStatus.failed
+    assert failed.reason == "KeyError: 'id'"
+
+    assert cli.main(["replay", "--delivery", "bad-1"]) == 0
+    assert queue.queue.count == 1
+    work()
+    again = deliveries.get(store, "bad-1")
+    assert again is not None and again.status == DeliveryStatus.failed and again.attempts == 2
+
+
+async def test_a_second_delivery_of_the_same_job_does_nothing(
+    deliver: Deliverer, work: Callable[[], None], store: Store, queue: WorkQueue
+) -> None:
+    await deliver("installation", load_payload("installation.created"), delivery_id="twice")
+    queue.enqueue_dispatch("twice")  # the queue delivered the job twice
+    work()
+    row = deliveries.get(store, "twice")
+    assert row is not None and row.status == DeliveryStatus.done and row.attempts == 1
+
+
+def test_replay_of_a_saved_file_routes_it(
+    tmp_path: Path, work: Callable[[], None], store: Store, settings: Settings
+) -> None:
+    payload = load_payload("installation.created")
+    saved = tmp_path / "delivery.json"
+    saved.write_text(json.dumps({"event": "installation", "payload": payload}))
+
+    assert cli.main(["replay", str(saved)]) == 0
+    work()
+
+    with store.session() as session:
+        assert session.get(Installation, payload["installation"]["id"]) is not None
+
+
+def test_replay_refuses_a_file_that_is_not_a_delivery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "nonsense.json"
+    saved.write_text("[1, 2]")
+    assert cli.main(["replay", str(saved)]) == 1
+    assert "must hold a JSON object" in capsys.readouterr().err
+
+
+def test_sweeper_enqueues_deliveries_the_queue_never_got(runtime: Runtime, store: Store, queue: WorkQueue) -> None:
+    lost = deliveries.describe("lost", "installation", load_payload("installation.created"))
+    lost.received_at = utcnow() - timedelta(minutes=2)
+    deliveries.record(store, lost)
+
+    assert sweep(runtime) == ["lost"]
+    assert queue.queue.job_ids == ["dispatch-lost"]
+    assert sweep(runtime) == []
+
+
+async def test_worker_learns_the_apps_identity_and_the_status_page_shows_it(
+    work: Callable[[], None], github: GitHubDouble, client: httpx.AsyncClient, store: Store
+) -> None:
+    work()
+
+    app = identity.current(store)
+    assert app is not None and app.slug
+    call = github.calls("GET", "/app")[0]
+    assert call.headers["authorization"].startswith("Bearer ")
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert app.name in page.text
+    assert "healthy: 0 job(s) waiting" in page.text
+
+
+@pytest.fixture(autouse=True)
+def _cli_environment(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """`nofx replay` reads its configuration from the environment, like every entry point."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
+    monkeypatch.setenv("NOFX_DATA_DIR", str(settings.data_dir))
+    monkeypatch.chdir(settings.data_dir.parent)
