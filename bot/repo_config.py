@@ -1,0 +1,508 @@
+"""The `.github/nofx.yml` schema: parse a repository's settings strictly, so a typo fails loudly instead of silently.
+
+Pure: the caller fetches the file from the default branch and passes its text (or None when it is missing).
+Defaults live on the dataclasses (`RepoConfig()` is the config of a repository without the file); the checks
+live in one table, `_SCHEMA`, that mirrors them key for key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from bot.plans import ALL_TOOLS
+
+CONFIG_PATH = ".github/nofx.yml"
+MAX_CONFIG_BYTES = 64 * 1024
+# Deeper than any real config, shallow enough that PyYAML's recursive composer never nears the stack limit.
+MAX_DEPTH = 20
+# A real config has a few dozen nodes; pure-Python PyYAML spends seconds on 64 KB of `[1,1,1,…]`.
+MAX_NODES = 2000
+MAX_LIST_ITEMS = 100
+
+TOOLS = ALL_TOOLS
+PERMISSION_ORDER = ("read", "triage", "write", "maintain", "admin")
+PROVIDERS = ("anthropic", "openai")
+SEVERITIES = ("low", "medium", "high", "critical")
+
+# Variables that belong to the nofx server, not to the repository: a repo config must not be able to hand them
+# to its own code. The runner scrubs the environment anyway; refusing here gives the author a clear error.
+RESERVED_ENV = frozenset(
+    {
+        "GITHUB_PRIVATE_KEY",
+        "GITHUB_PRIVATE_KEY_PATH",
+        "GITHUB_WEBHOOK_SECRET",
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+    }
+)
+RESERVED_ENV_PREFIXES = ("NOFX_",)
+
+DEFAULT_SKIP_PATHS = (
+    "**/*.lock",
+    "**/package-lock.json",
+    "**/pnpm-lock.yaml",
+    "**/go.sum",
+    "**/*.min.js",
+    "**/*.min.css",
+    "vendor/**",
+    "node_modules/**",
+    "dist/**",
+)
+
+
+class ConfigError(ValueError):
+    """The repo config cannot be used; `str()` names the file, the key and what is allowed, for the status comment."""
+
+    def __init__(self, key: str, problem: str, allowed: str, *, line: int | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+        self.line = line
+        self.message = f"`{CONFIG_PATH}`: `{key}` {problem}; allowed: {allowed}"
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Who and what starts a run: the comment command, the two labels, the minimum repository permission."""
+
+    command: str = "/nofx"
+    run_label: str = "nofx"
+    review_label: str = "nofx:review"
+    min_permission: str = "write"
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """How pull requests are reviewed, and which review findings fail the check run."""
+
+    auto: bool = True
+    drafts: bool = False
+    max_comments: int = 20
+    fail_on: str = "high"
+    skip_paths: tuple[str, ...] = DEFAULT_SKIP_PATHS
+
+    def skips(self, path: str) -> bool:
+        """True if a changed file is generated or vendored and the review should not read it."""
+        return any(_glob_regex(pattern).fullmatch(path) for pattern in self.skip_paths)
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    """The repository's own check commands; None means that gate is not run.
+
+    The defaults here are all None because a `gates:` section lists exactly the gates to run; a repository
+    without the section gets `DEFAULT_GATES` through `RepoConfig`.
+    """
+
+    test: str | None = None
+    lint: str | None = None
+    typecheck: str | None = None
+
+
+DEFAULT_GATES = GatesConfig(test="pytest -q", lint="ruff check .")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Limits every run of the repository obeys; an empty `tools_allowed` allows every tool."""
+
+    tools_allowed: tuple[str, ...] = ()
+    env_allowed: tuple[str, ...] = ()
+    max_cost_usd: float = 2.0
+    require_approval_before: tuple[str, ...] = ("git_pr",)
+
+
+@dataclass(frozen=True)
+class PrConfig:
+    """How the pull request a run opens looks."""
+
+    draft: bool = False
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """A repository's nofx settings; `RepoConfig()` is what a repository without `.github/nofx.yml` gets."""
+
+    git_mode: str = "basic"
+    planner: str = "template"
+    model: str | None = None
+    memory_ttl_days: int = 30
+    trigger: TriggerConfig = TriggerConfig()
+    review: ReviewConfig = ReviewConfig()
+    gates: GatesConfig = DEFAULT_GATES
+    policy: PolicyConfig = PolicyConfig()
+    pr: PrConfig = PrConfig()
+
+
+def parse_config(text: str | None) -> RepoConfig:
+    """Parse the file's text into a RepoConfig; a missing or empty file means defaults. Raises ConfigError."""
+    if text is None or not text.strip():
+        return RepoConfig()
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError("(file)", f"is {size} bytes", f"at most {MAX_CONFIG_BYTES} bytes (64 KB)")
+    data = _load_yaml(text)
+    if data is None:
+        return RepoConfig()
+    if not isinstance(data, dict):
+        raise ConfigError("(file)", f"is {_show(data)} at the top level", _SCHEMA.allowed)
+    config = _SCHEMA.parse(data, "")
+    _check_consistency(config)
+    return config
+
+
+def from_dict(data: Mapping[str, Any]) -> RepoConfig:
+    """Rebuild a config from its `describe()` snapshot (stored on each run), through the same schema."""
+    config = _SCHEMA.parse(dict(data), "")
+    _check_consistency(config)
+    return config
+
+
+def permission_reaches(actual: str, minimum: str) -> bool:
+    """True if a collaborator permission (`admin` … `read`, or `none`) is at least `minimum`."""
+    if minimum not in PERMISSION_ORDER:
+        raise ValueError(f"unknown minimum permission {minimum!r}")
+    if actual not in PERMISSION_ORDER:  # "none", or a role GitHub adds later: never enough
+        return False
+    return PERMISSION_ORDER.index(actual) >= PERMISSION_ORDER.index(minimum)
+
+
+def describe(config: RepoConfig) -> dict[str, Any]:
+    """The config as plain JSON-ready data, for logs, the audit trail and the plan display."""
+    return _plain(dataclasses.asdict(config))
+
+
+# --- the schema ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Value:
+    """A leaf: what it allows (in words, for the error), a test, and an optional conversion."""
+
+    allowed: str
+    accepts: Callable[[Any], bool]
+    convert: Callable[[Any], Any] = lambda value: value
+
+    def parse(self, value: object, key: str) -> Any:
+        if not self.accepts(value):
+            raise ConfigError(key, f"is {_show(value)}", self.allowed)
+        return self.convert(value)
+
+
+@dataclass(frozen=True)
+class _List:
+    """A list of leaves, kept as a tuple in first-seen order without repeats."""
+
+    item: _Value
+    allowed: str
+
+    def parse(self, value: object, key: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"is {_show(value)}", self.allowed)
+        if len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(key, f"has {len(value)} items", f"{self.allowed}, at most {MAX_LIST_ITEMS} items")
+        for position, item in enumerate(value, start=1):
+            if not self.item.accepts(item):
+                raise ConfigError(key, f"has {_show(item)} (item {position})", self.allowed)
+        return tuple(dict.fromkeys(self.item.convert(item) for item in value))
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A mapping whose keys are exactly the dataclass's fields; absent keys keep the dataclass default."""
+
+    cls: type
+    fields: Mapping[str, _Value | _List | _Section]
+
+    @property
+    def allowed(self) -> str:
+        return "a mapping with the keys " + ", ".join(self.fields)
+
+    def parse(self, value: object, key: str) -> Any:
+        if value is None:  # a section whose lines are all commented out means the same as `{}`
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"is {_show(value)}", self.allowed)
+        parsed = {}
+        for name, item in value.items():
+            if name not in self.fields:
+                raise _unknown_key(name, key, list(self.fields))
+            parsed[name] = self.fields[name].parse(item, _join(key, name))
+        return self.cls(**parsed)
+
+
+def _one_of(*choices: str) -> _Value:
+    return _Value("one of " + ", ".join(choices), lambda v: isinstance(v, str) and v in choices)
+
+
+def _boolean() -> _Value:
+    return _Value("true or false", lambda v: isinstance(v, bool))
+
+
+def _whole(low: int, high: int) -> _Value:
+    return _Value(
+        f"a whole number from {low} to {high}",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+    )
+
+
+def _amount(high: float) -> _Value:
+    # Written so NaN fails: every comparison with NaN is False.
+    return _Value(
+        f"a number above 0 and at most {high:g}",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= high,
+        float,
+    )
+
+
+def _text(allowed: str, pattern: str) -> _Value:
+    regex = re.compile(pattern)
+    return _Value(allowed, lambda v: isinstance(v, str) and regex.fullmatch(v) is not None)
+
+
+def _or_null(value: _Value, meaning: str) -> _Value:
+    return _Value(f"{value.allowed}, or null ({meaning})", lambda v: v is None or value.accepts(v), value.convert)
+
+
+def _env_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) is not None
+        and name.upper() not in RESERVED_ENV
+        and not name.upper().startswith(RESERVED_ENV_PREFIXES)
+    )
+
+
+_LABEL = _text("a label name of 1 to 50 characters on one line", r"(?=.*\S)[^\r\n]{1,50}")
+_TOOL = _one_of(*TOOLS)
+_COMMAND = _text("a shell command on one line (at most 1000 characters)", r"(?=.*\S)[^\r\n\x00]{1,1000}")
+_MODEL = _text(
+    "`provider:model` with provider anthropic or openai, e.g. anthropic:claude-sonnet-4-5",
+    r"(?:anthropic|openai):[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}",
+)
+
+_SCHEMA = _Section(
+    RepoConfig,
+    {
+        "git_mode": _one_of("hidden", "basic", "advanced"),
+        "planner": _one_of("template", "llm"),
+        "model": _or_null(_MODEL, "the server's default model"),
+        "memory_ttl_days": _whole(1, 365),
+        "trigger": _Section(
+            TriggerConfig,
+            {
+                "command": _text("a command of 2 to 32 characters starting with / and without spaces", r"/\S{1,31}"),
+                "run_label": _LABEL,
+                "review_label": _LABEL,
+                "min_permission": _one_of(*PERMISSION_ORDER),
+            },
+        ),
+        "review": _Section(
+            ReviewConfig,
+            {
+                "auto": _boolean(),
+                "drafts": _boolean(),
+                "max_comments": _whole(1, 50),
+                "fail_on": _one_of(*SEVERITIES, "never"),
+                "skip_paths": _List(
+                    _text("a path glob", r"(?!/)[^\r\n\x00]{1,200}"),
+                    "a list of repository-relative path globs (`*`, `?`, `**`), e.g. ['**/*.lock', 'dist/**']",
+                ),
+            },
+        ),
+        "gates": _Section(
+            GatesConfig,
+            {
+                "test": _or_null(_COMMAND, "no test gate"),
+                "lint": _or_null(_COMMAND, "no lint gate"),
+                "typecheck": _or_null(_COMMAND, "no typecheck gate"),
+            },
+        ),
+        "policy": _Section(
+            PolicyConfig,
+            {
+                "tools_allowed": _List(_TOOL, "a list of tools from " + ", ".join(TOOLS) + " ([] allows all)"),
+                "env_allowed": _List(
+                    _Value("an environment variable name", _env_name),
+                    "a list of environment variable names, not the server's own "
+                    "(" + ", ".join(sorted(RESERVED_ENV)) + ", NOFX_*)",
+                ),
+                "max_cost_usd": _amount(100),
+                "require_approval_before": _List(_TOOL, "a list of tools from " + ", ".join(TOOLS)),
+            },
+        ),
+        "pr": _Section(PrConfig, {"draft": _boolean()}),
+    },
+)
+
+
+def _check_consistency(config: RepoConfig) -> None:
+    """Rules that span two keys: each would otherwise surface mid-run as a confusing failure."""
+    trigger, policy = config.trigger, config.policy
+    if trigger.run_label == trigger.review_label:
+        raise ConfigError(
+            "trigger.review_label",
+            f"is {_show(trigger.review_label)}, the same as `trigger.run_label`",
+            "a label different from `trigger.run_label`",
+        )
+    if policy.tools_allowed and policy.require_approval_before and "manual:approval" not in policy.tools_allowed:
+        raise ConfigError(
+            "policy.tools_allowed",
+            "leaves out manual:approval, which `policy.require_approval_before` needs",
+            "a list that includes manual:approval, or [] to allow every tool",
+        )
+
+
+def _unknown_key(name: object, section: str, known: list[str]) -> ConfigError:
+    hint = ""
+    if isinstance(name, str) and (close := difflib.get_close_matches(name, known, n=1)):
+        hint = f" (did you mean `{_join(section, close[0])}`?)"
+    key = _join(section, name if isinstance(name, str) else _show(name))
+    return ConfigError(key, "is not a known key" + hint, "the keys " + ", ".join(known))
+
+
+# --- YAML loading ----------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases, anchors, explicit tags, deep nesting or huge collections: the bombs and tricks.
+
+    The pure-Python loader on purpose: libyaml's composer cannot be hooked, and 64 KB parse fast either way.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
+            raise _file_error(f"uses a YAML anchor or alias (line {line})", "plain YAML without & and *", line)
+        if tag := getattr(event, "tag", None):
+            tag = tag.replace("tag:yaml.org,2002:", "!!")
+            raise _file_error(f"uses the YAML tag {tag} (line {line})", "plain YAML without ! tags", line)
+        if self._depth >= MAX_DEPTH:
+            raise _file_error(f"nests deeper than {MAX_DEPTH} levels (line {line})", "a shallow mapping", line)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _file_error(f"has more than {MAX_NODES} values (line {line})", "a short mapping", line)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load_yaml(text: str) -> object:
+    loader = None
+    try:
+        loader = _StrictLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicates(node, "")
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part)
+        if mark is None:
+            raise _file_error(f"is not valid YAML: {problem}", "a YAML mapping") from None
+        line = mark.line + 1
+        raise _file_error(
+            f"is not valid YAML at line {line}, column {mark.column + 1}: {problem}", "a YAML mapping", line
+        ) from None
+    except yaml.reader.ReaderError as exc:  # raised before any mark exists, with a character offset instead
+        line = text.count("\n", 0, exc.position) + 1
+        raise _file_error(f"is not valid YAML at line {line}: {exc.reason}", "a YAML mapping", line) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _file_error(problem: str, allowed: str, line: int | None = None) -> ConfigError:
+    return ConfigError("(file)", problem, allowed, line=line)
+
+
+def _refuse_duplicates(node: yaml.Node, path: str) -> None:
+    """PyYAML keeps the last of two equal keys without a word; refuse instead, naming the key and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    line = key_node.start_mark.line + 1
+                    raise ConfigError(_join(path, "<<"), f"is a YAML merge key (line {line})", "plain keys", line=line)
+                name, line = key_node.value, key_node.start_mark.line + 1
+                if name in seen:
+                    raise ConfigError(
+                        _join(path, name),
+                        f"appears twice (lines {seen[name]} and {line})",
+                        "each key once",
+                        line=line,
+                    )
+                seen[name] = line
+                _refuse_duplicates(value_node, _join(path, name))
+            else:
+                _refuse_duplicates(value_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicates(item, path)
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------
+
+
+def _join(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def _show(value: object) -> str:
+    """A value as the author wrote it, short: the error ends up in a GitHub comment."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "…'"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, datetime.date):
+        return f"{value.isoformat()} (a date)"
+    if isinstance(value, int | float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """`**/` spans any number of directories (none included), `**` anything, `*` and `?` stay inside one."""
+    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+    tokens = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(tokens.get(part, re.escape(part)) for part in parts))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value

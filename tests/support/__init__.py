@@ -1,0 +1,1 @@
+"""Test support: the GitHub double, its OpenAPI checker, and real webhook payloads."""
