@@ -11,6 +11,7 @@ from bot.store import Store
 
 if TYPE_CHECKING:
     from bot.github import GitHubApp
+    from bot.runner import Engine
 
 
 @dataclass
@@ -21,3 +22,4 @@ class EventContext:
     store: Store
     queue: WorkQueue
     github: GitHubApp | None
+    engine: Engine

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from bot import deliveries, events, logs
+from rq import get_current_job
+
+from bot import deliveries, events, logs, report, runs
 from bot.models import DeliveryStatus
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -31,6 +33,24 @@ def dispatch(delivery_id: str) -> None:
     """Route one recorded delivery through the event routers; a second run of the job does nothing."""
     runtime = current_runtime()
     runtime.run(route_delivery(runtime, delivery_id))
+
+
+def run_step(step_id: str) -> None:
+    """Run one attempt of a step; a duplicate of the job finds the step claimed and does nothing."""
+    runtime = current_runtime()
+    job = get_current_job()
+    runtime.run(runtime.engine.run_step(step_id, job.id if job else None))
+
+
+def publish_run(run_id: str) -> None:
+    """Show a run's current state on GitHub (status comment and check run)."""
+    runtime = current_runtime()
+    run = runs.get_run(runtime.store, run_id)
+    if run is None or runtime.github is None:
+        return
+    with logs.bound(run_id=run_id, repo=run.repository, installation=run.installation_id):
+        gh = runtime.github.installation_client(run.installation_id)
+        runtime.run(report.publish(runtime.store, runtime.queue, runtime.settings, gh, run_id))
 
 
 async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus | None:

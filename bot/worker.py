@@ -1,19 +1,25 @@
-"""The worker process: runs RQ jobs and sweeps deliveries the queue never received."""
+"""The worker process: runs RQ jobs; its maintenance thread re-enqueues what the queue lost and reaps dead steps."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from rq import SimpleWorker
 
-from bot import deliveries, identity, jobs
+from bot import deliveries, identity, jobs, logs, runs
+from bot.models import Step, StepStatus, utcnow
+from bot.queue import step_job_id
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
-SWEEP_EVERY_S = 15.0
+SWEEP_EVERY_S = 10.0
 STALE_AFTER = timedelta(seconds=30)
+# A running step's heartbeat comes every 5 s; six missed beats mean its worker is gone (killed, crashed).
+DEAD_STEP_AFTER = timedelta(seconds=30)
+# A queued step whose RQ job vanished (Redis restarted without persistence) is enqueued again.
+LOST_JOB_AFTER = timedelta(seconds=60)
 
 
 def run_worker(runtime: Runtime, *, burst: bool = False, max_jobs: int | None = None) -> None:
@@ -26,7 +32,8 @@ def run_worker(runtime: Runtime, *, burst: bool = False, max_jobs: int | None = 
         threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
     worker = SimpleWorker([runtime.queue.queue], connection=runtime.queue.redis)
     try:
-        worker.work(burst=burst, max_jobs=max_jobs, logging_level="WARNING")
+        # with_scheduler: retries with backoff and coalesced reports are enqueued for later.
+        worker.work(burst=burst, max_jobs=max_jobs, logging_level="WARNING", with_scheduler=not burst)
     finally:
         stop.set()
 
@@ -40,12 +47,51 @@ def sweep(runtime: Runtime) -> list[str]:
     return stale
 
 
+def reap(runtime: Runtime) -> list[str]:
+    """Retry (or fail) steps whose worker died mid-step, and re-enqueue queued steps whose job is lost."""
+    reaped: list[str] = []
+    now = utcnow()
+    for step in runs.unfinished_steps(runtime.store):
+        if step.status == StepStatus.running and (step.heartbeat_at or now) < now - DEAD_STEP_AFTER:
+            reaped.append(step.id)
+            _reap_dead(runtime, step)
+        elif (
+            step.status == StepStatus.queued
+            and _queued_since(runtime, step) < now - LOST_JOB_AFTER
+            and not runtime.queue.job_exists(step_job_id(step.id, step.attempts + 1))
+        ):
+            reaped.append(step.id)
+            log.warning("re-enqueued step %s: its job was lost", step.name, extra=logs.fields(step_id=step.id))
+            runtime.engine.enqueue(step.id)
+    return reaped
+
+
+def _reap_dead(runtime: Runtime, step: Step) -> None:
+    reason = "the worker running this step stopped (killed or crashed)"
+    try:
+        if step.attempts <= step.retries:
+            runs.requeue_step(runtime.store, step.id, reason)
+            runtime.engine.enqueue(step.id)
+            progress = runs.advance(runtime.store, step.run_id)
+        else:
+            progress = runs.fail_step(runtime.store, step.id, f"{reason}; no retries left")
+    except runs.TransitionError:  # it finished or was cancelled meanwhile
+        return
+    log.warning("reaped step %s of run %s: %s", step.name, step.run_id, reason)
+    runtime.engine.after(progress, step.run_id)
+
+
+def _queued_since(runtime: Runtime, step: Step) -> datetime:
+    return runs.last_event_time(runtime.store, step.id) or utcnow()
+
+
 def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_EVERY_S):
-        try:
-            sweep(runtime)
-        except Exception:  # the sweeper must outlive a database or queue hiccup
-            log.exception("delivery sweep failed; trying again in %ss", SWEEP_EVERY_S)
+        for task in (sweep, reap):
+            try:
+                task(runtime)
+            except Exception:  # maintenance must outlive a database or queue hiccup
+                log.exception("%s failed; trying again in %ss", task.__name__, SWEEP_EVERY_S)
 
 
 def _refresh_identity(runtime: Runtime) -> None:

@@ -6,7 +6,8 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from redis import Redis
+from rq.registry import ScheduledJobRegistry
+from rq.scheduler import RQScheduler
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
+from sqlmodel import SQLModel
 from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from bot.models import Installation
 from bot.queue import WorkQueue, start_embedded_valkey
@@ -48,21 +54,14 @@ def app_key() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """NOFX_TEST_REDIS_URL, else the local Redis if one answers, else an embedded Valkey server."""
+    """NOFX_TEST_REDIS_URL (CI points it at the machine's Redis), else a Valkey server of this session's own.
+
+    A server per session keeps parallel test runs on one machine from flushing each other's queues.
+    """
     configured = os.environ.get("NOFX_TEST_REDIS_URL")
     if configured:
         yield configured
         return
-    local = "redis://127.0.0.1:6379/13"
-    try:
-        Redis.from_url(local, socket_connect_timeout=0.5).ping()
-        yield local
-        return
-    except OSError:
-        pass
-    except Exception as exc:  # redis wraps connection failures in its own types
-        if "connect" not in str(exc).lower():
-            raise
     directory = Path(tempfile.mkdtemp(prefix="nofx-vk-"))
     server = start_embedded_valkey(directory)
     try:
@@ -79,43 +78,48 @@ def queue(redis_url: str) -> Iterator[WorkQueue]:
     work_queue.redis.flushdb()
 
 
-def _postgres_url() -> str | None:
-    """The PostgreSQL the store tests also run on: NOFX_TEST_POSTGRES_URL, or a local one that answers."""
-    configured = os.environ.get("NOFX_TEST_POSTGRES_URL")
-    if configured:
-        return configured
-    store = Store(POSTGRES_DEFAULT)
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A schema of this session's own on the PostgreSQL of NOFX_TEST_POSTGRES_URL, or a local one that answers.
+
+    The schema keeps parallel test runs from dropping each other's tables.
+    """
+    base = os.environ.get("NOFX_TEST_POSTGRES_URL") or POSTGRES_DEFAULT
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    schema = f"nofx_test_{os.getpid()}_{secrets.token_hex(4)}"
     try:
-        store.ping()
-        return POSTGRES_DEFAULT
-    except Exception:  # no local PostgreSQL: the SQLite variant still runs
-        return None
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except OperationalError:
+        if os.environ.get("NOFX_TEST_POSTGRES_URL"):
+            raise  # configured means required: a missing server is a failure, not a skip
+        yield None
+        return
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
     finally:
-        store.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def any_store(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> Iterator[Store]:
     """A fresh store on SQLite, and again on PostgreSQL when one answers (required when configured)."""
     if request.param == "sqlite":
         store = Store(f"sqlite:///{tmp_path / 'nofx.db'}")
     else:
-        url = _postgres_url()
-        if url is None:
+        if postgres_url is None:
             pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (set NOFX_TEST_POSTGRES_URL to require one)")
-        store = Store(url)
-        _drop_all(store)
+        store = Store(postgres_url)
+        store.create_all()
+        tables = ", ".join(table.name for table in SQLModel.metadata.sorted_tables)
+        with store.engine.begin() as conn:  # faster than dropping and creating the schema for every test
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     store.create_all()
     yield store
-    if request.param == "postgresql":
-        _drop_all(store)
     store.dispose()
-
-
-def _drop_all(store: Store) -> None:
-    from sqlmodel import SQLModel
-
-    SQLModel.metadata.drop_all(store.engine)
 
 
 @pytest.fixture
@@ -134,9 +138,7 @@ def github(app_key: tuple[str, str]) -> Iterator[GitHubDouble]:
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path, app_key: tuple[str, str], github: GitHubDouble, redis_url: str, store: Store
-) -> Settings:
+def settings(tmp_path: Path, app_key: tuple[str, str], github: GitHubDouble, redis_url: str, store: Store) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=store.url,
@@ -154,8 +156,9 @@ def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> S
 
 
 @pytest.fixture
-async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx.test") as http:
+def client(app: Starlette) -> Iterator[TestClient]:
+    """The real ASGI app; sync, so a test can also run an RQ worker in the main thread (signals)."""
+    with TestClient(app, base_url="http://nofx.test", raise_server_exceptions=False) as http:
         yield http
 
 
@@ -170,30 +173,42 @@ def runtime(settings: Settings, queue: WorkQueue) -> Iterator[Runtime]:
 class Deliverer:
     """Posts deliveries signed exactly as GitHub signs them, through the real ASGI app."""
 
-    def __init__(self, client: httpx.AsyncClient, secret: str) -> None:
+    def __init__(self, client: TestClient, secret: str) -> None:
         self.client = client
         self.secret = secret
 
-    async def __call__(
+    def __call__(
         self, event: str, payload: dict[str, Any], *, delivery_id: str | None = None, secret: str | None = None
     ) -> httpx.Response:
         body = json.dumps(payload).encode()
         headers = webhook_headers(event, body, secret or self.secret, delivery_id=delivery_id)
-        return await self.client.post("/webhooks", content=body, headers=headers)
+        return self.client.post("/webhooks", content=body, headers=headers)
 
 
 @pytest.fixture
-def deliver(client: httpx.AsyncClient, settings: Settings) -> Deliverer:
+def deliver(client: TestClient, settings: Settings) -> Deliverer:
     assert settings.webhook_secret
     return Deliverer(client, settings.webhook_secret)
 
 
 @pytest.fixture
-def work(runtime: Runtime) -> Callable[[], None]:
-    """Run a real RQ worker over the test queue until it is empty (in this process)."""
+def work(runtime: Runtime) -> Callable[..., None]:
+    """Run a real RQ worker over the test queue until it and the scheduled jobs (retries, reports) are done."""
 
-    def drain() -> None:
-        run_worker(runtime, burst=True)
+    def drain(timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        queue = runtime.queue.queue
+        scheduled = ScheduledJobRegistry(queue=queue)
+        scheduler = RQScheduler([queue], connection=runtime.queue.redis)
+        while True:
+            run_worker(runtime, burst=True)
+            if scheduled.count == 0 and queue.count == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jobs still scheduled after {timeout_s} s: {scheduled.get_job_ids()}")
+            time.sleep(0.1)
+            scheduler.acquire_locks()
+            scheduler.enqueue_scheduled_jobs()
 
     return drain
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from bot import deliveries
 from bot.intake import MAX_BODY_BYTES
@@ -21,13 +21,13 @@ from tests.conftest import Deliverer
 from tests.support.payloads import load_payload, sign, webhook_headers
 
 
-async def test_signed_delivery_is_recorded_and_enqueued(
+def test_signed_delivery_is_recorded_and_enqueued(
     deliver: Deliverer, store: Store, queue: WorkQueue, installed: Callable[[dict[str, Any]], None]
 ) -> None:
     payload = load_payload("issue_comment.created")
     installed(payload)
 
-    response = await deliver("issue_comment", payload, delivery_id="d-1")
+    response = deliver("issue_comment", payload, delivery_id="d-1")
 
     assert response.status_code == 202
     assert response.json() == {"delivery": "d-1", "status": "queued"}
@@ -45,14 +45,14 @@ async def test_signed_delivery_is_recorded_and_enqueued(
     assert queue.queue.job_ids == ["dispatch-d-1"]
 
 
-async def test_same_delivery_twice_is_recorded_once_and_enqueued_once(
+def test_same_delivery_twice_is_recorded_once_and_enqueued_once(
     deliver: Deliverer, queue: WorkQueue, installed: Callable[[dict[str, Any]], None], store: Store
 ) -> None:
     payload = load_payload("issue_comment.created")
     installed(payload)
 
-    first = await deliver("issue_comment", payload, delivery_id="same")
-    second = await deliver("issue_comment", payload, delivery_id="same")
+    first = deliver("issue_comment", payload, delivery_id="same")
+    second = deliver("issue_comment", payload, delivery_id="same")
 
     assert first.json()["status"] == "queued"
     assert second.status_code == 202
@@ -71,8 +71,8 @@ async def test_same_delivery_twice_is_recorded_once_and_enqueued_once(
         ("sha256=short", "does not match"),
     ],
 )
-async def test_bad_or_missing_signature_is_refused_and_nothing_recorded(
-    client: httpx.AsyncClient, settings: Settings, store: Store, queue: WorkQueue, header: str | None, expected: str
+def test_bad_or_missing_signature_is_refused_and_nothing_recorded(
+    client: TestClient, settings: Settings, store: Store, queue: WorkQueue, header: str | None, expected: str
 ) -> None:
     body = json.dumps(load_payload("issue_comment.created")).encode()
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "")
@@ -80,7 +80,7 @@ async def test_bad_or_missing_signature_is_refused_and_nothing_recorded(
     if header is not None:
         headers["X-Hub-Signature-256"] = header
 
-    response = await client.post("/webhooks", content=body, headers=headers)
+    response = client.post("/webhooks", content=body, headers=headers)
 
     assert response.status_code == 401
     assert expected in response.json()["error"]
@@ -89,20 +89,20 @@ async def test_bad_or_missing_signature_is_refused_and_nothing_recorded(
     assert queue.queue.count == 0
 
 
-async def test_signature_over_other_bytes_is_refused(deliver: Deliverer, client: httpx.AsyncClient) -> None:
+def test_signature_over_other_bytes_is_refused(deliver: Deliverer, client: TestClient) -> None:
     body = json.dumps(load_payload("ping")).encode()
     headers = webhook_headers("ping", body, deliver.secret)
     # Same JSON, different bytes: the HMAC is over the raw body, never the parsed payload.
-    response = await client.post("/webhooks", content=body + b" ", headers=headers)
+    response = client.post("/webhooks", content=body + b" ", headers=headers)
     assert response.status_code == 401
 
 
-async def test_delivery_signed_with_another_secret_is_refused(deliver: Deliverer) -> None:
-    response = await deliver("ping", load_payload("ping"), secret="not-the-secret")
+def test_delivery_signed_with_another_secret_is_refused(deliver: Deliverer) -> None:
+    response = deliver("ping", load_payload("ping"), secret="not-the-secret")
     assert response.status_code == 401
 
 
-async def test_without_a_configured_secret_every_delivery_is_refused(
+def test_without_a_configured_secret_every_delivery_is_refused(
     settings: Settings, store: Store, queue: WorkQueue, tmp_path: Any
 ) -> None:
     from dataclasses import replace
@@ -112,30 +112,30 @@ async def test_without_a_configured_secret_every_delivery_is_refused(
     app = create_app(replace(settings, webhook_secret=None), store=store, queue=queue, env_file=tmp_path / ".env")
     body = b"{}"
     headers = webhook_headers("ping", body, "anything")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx.test") as http:
-        response = await http.post("/webhooks", content=body, headers=headers)
+    with TestClient(app, base_url="http://nofx.test") as http:
+        response = http.post("/webhooks", content=body, headers=headers)
     assert response.status_code == 401
     assert "GITHUB_WEBHOOK_SECRET" in response.json()["error"]
 
 
-async def test_body_over_25_mb_is_413(client: httpx.AsyncClient, settings: Settings, store: Store) -> None:
+def test_body_over_25_mb_is_413(client: TestClient, settings: Settings, store: Store) -> None:
     body = b'{"a": "' + b"x" * MAX_BODY_BYTES + b'"}'
     headers = webhook_headers("ping", body, settings.webhook_secret or "")
-    response = await client.post("/webhooks", content=body, headers=headers)
+    response = client.post("/webhooks", content=body, headers=headers)
     assert response.status_code == 413
     with store.session() as session:
         assert session.exec(_count_deliveries()).one() == 0
 
 
-async def test_streamed_body_over_the_cap_without_length_is_413(client: httpx.AsyncClient, settings: Settings) -> None:
+def test_streamed_body_over_the_cap_without_length_is_413(client: TestClient, settings: Settings) -> None:
     chunk = b"x" * (1024 * 1024)
 
-    async def stream() -> AsyncIterator[bytes]:
+    def stream() -> Iterator[bytes]:
         for _ in range(26):
             yield chunk
 
     headers = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": "big", "X-Hub-Signature-256": "sha256=00"}
-    response = await client.post("/webhooks", content=stream(), headers=headers)
+    response = client.post("/webhooks", content=stream(), headers=headers)
     assert response.status_code == 413
 
 
@@ -143,11 +143,9 @@ async def test_streamed_body_over_the_cap_without_length_is_413(client: httpx.As
     ("body", "message"),
     [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"\xff\xfe", "not valid JSON")],
 )
-async def test_malformed_json_is_400(
-    client: httpx.AsyncClient, settings: Settings, store: Store, body: bytes, message: str
-) -> None:
+def test_malformed_json_is_400(client: TestClient, settings: Settings, store: Store, body: bytes, message: str) -> None:
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "")
-    response = await client.post("/webhooks", content=body, headers=headers)
+    response = client.post("/webhooks", content=body, headers=headers)
     assert response.status_code == 400
     assert message in response.json()["error"]
     with store.session() as session:
@@ -155,19 +153,17 @@ async def test_malformed_json_is_400(
 
 
 @pytest.mark.parametrize("missing", ["X-GitHub-Event", "X-GitHub-Delivery"])
-async def test_missing_github_headers_are_400(client: httpx.AsyncClient, settings: Settings, missing: str) -> None:
+def test_missing_github_headers_are_400(client: TestClient, settings: Settings, missing: str) -> None:
     body = json.dumps(load_payload("ping")).encode()
     headers = webhook_headers("ping", body, settings.webhook_secret or "")
     headers.pop(missing)
-    response = await client.post("/webhooks", content=body, headers=headers)
+    response = client.post("/webhooks", content=body, headers=headers)
     assert response.status_code == 400
     assert missing in response.json()["error"]
 
 
-async def test_ping_is_recorded_as_ignored_and_not_enqueued(
-    deliver: Deliverer, store: Store, queue: WorkQueue
-) -> None:
-    response = await deliver("ping", load_payload("ping"), delivery_id="ping-1")
+def test_ping_is_recorded_as_ignored_and_not_enqueued(deliver: Deliverer, store: Store, queue: WorkQueue) -> None:
+    response = deliver("ping", load_payload("ping"), delivery_id="ping-1")
     assert response.status_code == 202
     assert response.json()["status"] == "ignored"
     row = deliveries.get(store, "ping-1")
@@ -176,8 +172,8 @@ async def test_ping_is_recorded_as_ignored_and_not_enqueued(
     assert queue.queue.count == 0
 
 
-async def test_unknown_event_is_recorded_as_ignored(deliver: Deliverer, store: Store, queue: WorkQueue) -> None:
-    response = await deliver("star", {"action": "created", "installation": {"id": 1}}, delivery_id="star-1")
+def test_unknown_event_is_recorded_as_ignored(deliver: Deliverer, store: Store, queue: WorkQueue) -> None:
+    response = deliver("star", {"action": "created", "installation": {"id": 1}}, delivery_id="star-1")
     assert response.status_code == 202
     row = deliveries.get(store, "star-1")
     assert row is not None and row.status == DeliveryStatus.ignored
@@ -185,27 +181,25 @@ async def test_unknown_event_is_recorded_as_ignored(deliver: Deliverer, store: S
     assert queue.queue.count == 0
 
 
-async def test_installation_events_are_enqueued_for_any_installation(deliver: Deliverer, queue: WorkQueue) -> None:
-    response = await deliver("installation", load_payload("installation.created"))
+def test_installation_events_are_enqueued_for_any_installation(deliver: Deliverer, queue: WorkQueue) -> None:
+    response = deliver("installation", load_payload("installation.created"))
     assert response.json()["status"] == "queued"
     assert queue.queue.count == 1
 
 
-async def test_form_encoded_delivery_is_accepted(
-    client: httpx.AsyncClient, settings: Settings, store: Store
-) -> None:
+def test_form_encoded_delivery_is_accepted(client: TestClient, settings: Settings, store: Store) -> None:
     from urllib.parse import urlencode
 
     body = urlencode({"payload": json.dumps(load_payload("installation.created"))}).encode()
     headers = webhook_headers("installation", body, settings.webhook_secret or "", delivery_id="form-1")
     headers["Content-Type"] = "application/x-www-form-urlencoded"
-    response = await client.post("/webhooks", content=body, headers=headers)
+    response = client.post("/webhooks", content=body, headers=headers)
     assert response.status_code == 202
     row = deliveries.get(store, "form-1")
     assert row is not None and row.installation_id == load_payload("installation.created")["installation"]["id"]
 
 
-async def test_enqueue_failure_is_500_with_the_delivery_recorded_for_the_sweeper(
+def test_enqueue_failure_is_500_with_the_delivery_recorded_for_the_sweeper(
     settings: Settings, store: Store, tmp_path: Any, installed: Callable[[dict[str, Any]], None]
 ) -> None:
     from bot.web import create_app
@@ -216,35 +210,35 @@ async def test_enqueue_failure_is_500_with_the_delivery_recorded_for_the_sweeper
     installed(payload)
     body = json.dumps(payload).encode()
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="lost-1")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx.test") as http:
-        response = await http.post("/webhooks", content=body, headers=headers)
+    with TestClient(app, base_url="http://nofx.test") as http:
+        response = http.post("/webhooks", content=body, headers=headers)
 
     assert response.status_code == 500
     row = deliveries.get(store, "lost-1")
     assert row is not None and row.status == DeliveryStatus.received
 
 
-async def test_redelivery_of_a_never_enqueued_delivery_enqueues_it(
+def test_redelivery_of_a_never_enqueued_delivery_enqueues_it(
     deliver: Deliverer, store: Store, queue: WorkQueue, installed: Callable[[dict[str, Any]], None]
 ) -> None:
     payload = load_payload("issue_comment.created")
     installed(payload)
     deliveries.record(store, deliveries.describe("again-1", "issue_comment", payload))  # recorded, queue was down
 
-    response = await deliver("issue_comment", payload, delivery_id="again-1")
+    response = deliver("issue_comment", payload, delivery_id="again-1")
 
     assert response.json()["status"] == "queued"
     assert queue.queue.job_ids == ["dispatch-again-1"]
 
 
-async def test_logs_are_json_with_the_delivery_bound_and_no_secret(
+def test_logs_are_json_with_the_delivery_bound_and_no_secret(
     deliver: Deliverer, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from bot import logs
 
     logs.configure(logs.Redactor(settings.secrets), level=logging.INFO)
-    await deliver("ping", load_payload("ping"), delivery_id="log-1")
-    await deliver("ping", load_payload("ping"), secret="wrong")
+    deliver("ping", load_payload("ping"), delivery_id="log-1")
+    deliver("ping", load_payload("ping"), secret="wrong")
 
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     ignored = [line for line in lines if line["msg"].startswith("delivery ignored")]

@@ -10,11 +10,13 @@ import pytest
 from gidgethub import sansio
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, StatementError
+from sqlmodel import select
 
 from bot import deliveries, installations
 from bot.context import EventContext
 from bot.models import Delivery, DeliveryStatus, Installation, Repository, utcnow
 from bot.queue import WorkQueue
+from bot.runner import Engine
 from bot.settings import Settings
 from bot.store import Store
 from tests.support.payloads import load_payload
@@ -79,7 +81,8 @@ def test_stale_received_lists_only_old_never_enqueued_deliveries(any_store: Stor
 
 async def test_installation_events_keep_the_tables_current(any_store: Store, queue: WorkQueue, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url=any_store.url, redis_url=None)
-    ctx = EventContext(settings=settings, store=any_store, queue=queue, github=None)
+    engine = Engine(any_store, queue, handlers={}, gh_for=None, redact=str)
+    ctx = EventContext(settings=settings, store=any_store, queue=queue, github=None, engine=engine)
     created = load_payload("installation.created")
     created["installation"]["id"] = 3_000_000_000  # ids beyond 32 bits exist on github.com
 
@@ -92,7 +95,7 @@ async def test_installation_events_keep_the_tables_current(any_store: Store, que
 
     with any_store.session() as session:
         installation = session.get(Installation, 3_000_000_000)
-        repos = session.query(Repository).filter(Repository.installation_id == 3_000_000_000).all()
+        repos = session.exec(select(Repository).where(Repository.installation_id == 3_000_000_000)).all()
     assert installation is not None
     assert installation.account_login == created["installation"]["account"]["login"]
     assert installation.suspended
@@ -107,4 +110,4 @@ async def test_installation_events_keep_the_tables_current(any_store: Store, que
     with any_store.session() as session:
         installation = session.get(Installation, 3_000_000_000)
         assert installation is not None and installation.removed
-        assert all(r.removed for r in session.query(Repository).all())
+        assert all(r.removed for r in session.exec(select(Repository)).all())

@@ -1,0 +1,94 @@
+"""Step artifacts on disk under `<data>/runs/<run>/steps/<step>/`, digests in the database, verified on read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from bot.models import Artifact
+from bot.store import Store
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class ArtifactError(Exception):
+    """An artifact is missing, misnamed, or its bytes no longer match the recorded digest."""
+
+
+class Artifacts:
+    """The artifact store of one data dir; `for_step` gives a handler its own corner of it."""
+
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+
+    def for_step(self, run_id: str, step_id: str) -> StepArtifacts:
+        return StepArtifacts(self, run_id, step_id)
+
+    def path(self, run_id: str, step_id: str, name: str) -> Path:
+        _check_name(name)
+        return self.root / "runs" / run_id / "steps" / step_id / name
+
+    def put(self, run_id: str, step_id: str, name: str, data: bytes) -> Artifact:
+        """Write atomically, then record (or replace) the digest."""
+        path = self.path(run_id, step_id, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+        digest = hashlib.sha256(data).hexdigest()
+        with self.store.session() as session:
+            row = session.exec(
+                select(Artifact).where(Artifact.step_id == step_id, Artifact.name == name)
+            ).first() or Artifact(run_id=run_id, step_id=step_id, name=name, sha256="", size=0)
+            row.sha256, row.size = digest, len(data)
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+            return row
+
+    def read(self, run_id: str, step_id: str, name: str) -> bytes:
+        """The artifact's bytes, refused if they do not match the recorded sha256."""
+        with self.store.session() as session:
+            row = session.exec(
+                select(Artifact).where(Artifact.run_id == run_id, Artifact.step_id == step_id, Artifact.name == name)
+            ).first()
+        if row is None:
+            raise ArtifactError(f"no artifact {name!r} for step {step_id}")
+        try:
+            data = self.path(run_id, step_id, name).read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"artifact {name!r} is missing on disk: {exc.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != row.sha256:
+            raise ArtifactError(f"artifact {name!r} does not match its recorded sha256; refusing to use it")
+        return data
+
+    def of_run(self, run_id: str) -> list[Artifact]:
+        with self.store.session() as session:
+            return list(session.exec(select(Artifact).where(Artifact.run_id == run_id).order_by(col(Artifact.id))))
+
+
+class StepArtifacts:
+    """What a handler sees: put and read its own artifacts, and read an earlier step's."""
+
+    def __init__(self, artifacts: Artifacts, run_id: str, step_id: str) -> None:
+        self._artifacts = artifacts
+        self.run_id = run_id
+        self.step_id = step_id
+
+    def put(self, name: str, data: bytes) -> Artifact:
+        return self._artifacts.put(self.run_id, self.step_id, name, data)
+
+    def read(self, name: str, *, step_id: str | None = None) -> bytes:
+        return self._artifacts.read(self.run_id, step_id or self.step_id, name)
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name) or ".." in name:
+        raise ArtifactError(f"invalid artifact name {name!r}")

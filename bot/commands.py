@@ -1,0 +1,410 @@
+"""Finding the one `/nofx` command in comment or issue text, as a reader sees it rendered on GitHub.
+
+Pure functions, no I/O: `bot.events` hands the text of a comment or issue body to `parse` and gets a `Command`
+back, or None when the text holds no command. Strict about what is a command, generous about whitespace:
+
+- Line endings are normalised (CRLF and lone CR become LF); NUL becomes U+FFFD, as CommonMark does.
+- A command is a line that starts with the prefix (default `/nofx`, matched literally and case-sensitively),
+  after at most 3 spaces, followed by whitespace or the end of the line: `/nofxy` is not a command, and a line
+  indented by 4 spaces or a tab is an indented code block.
+- Not commands, because a reader does not see them as one (the Markdown is read the way CommonMark does):
+  - lines in a fenced code block: ``` or ~~~ (3 or more, any info string, up to 3 spaces of indent, also right
+    after a list marker), closed by a run of the same character at least as long with nothing after it; an
+    unterminated fence runs to the end of the text;
+  - quoted lines (`>`, `>>`, `> >`, `- >`), and unquoted lines that continue a quoted paragraph because no blank
+    line or other block came between (Markdown's "lazy continuation");
+  - lines inside an HTML comment. A line starting with `<!--` is raw HTML as a whole (even what follows the
+    comment on it), and the comment runs to its `-->`, or to the end of the text if there is none. A comment
+    opened inside a paragraph hides only up to its `-->` within that paragraph; without one it is plain text;
+  - lines that start inside a code span (backticks) opened on an earlier line of the same paragraph.
+- Only the FIRST command in the text counts; later ones are ignored.
+- The first word picks the verb, case-insensitively, ignoring trailing `.,:;!?` (`/nofx Approve`, `/nofx plan:`):
+  help, plan, review, approve, reject, retry, cancel, status, forget, git. Any other first word makes the whole
+  rest of the line a change request (`/nofx add a cart`). A bare prefix is `help`, whatever follows on later lines.
+- For change, plan and reject the argument goes on over the following lines until a blank line, another command
+  line, a line that is not plain text (fence, quote, HTML comment) or the end of the text. Other verbs take the
+  rest of their own line only. HTML comments are dropped from the argument; whitespace is trimmed.
+- `retry --from <checkpoint>` (or `--from=<checkpoint>`) fills `retry_from`; `retry --from` with no checkpoint
+  keeps `--from` as the argument, for the caller to refuse. `git <op> [args]` keeps the op, lowercased, and its
+  args; which ops are allowed, and for whom, is decided elsewhere.
+- An argument is capped at MAX_ARGUMENT characters; a longer one is cut and the command says `truncated`.
+
+Known approximations, all erring towards "not a command": a fence opened inside a quote does not end the
+quote's lazy continuation, a tab after `>` never counts as indentation, and backslash escapes are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+MAX_ARGUMENT = 4000
+
+
+class Verb(str, Enum):
+    """What a command asks nofx to do; `change` is any request that is not a reserved word."""
+
+    help = "help"
+    plan = "plan"
+    review = "review"
+    approve = "approve"
+    reject = "reject"
+    retry = "retry"
+    cancel = "cancel"
+    status = "status"
+    forget = "forget"
+    git = "git"
+    change = "change"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One parsed command: the verb and its argument text ("" when none)."""
+
+    verb: Verb
+    argument: str
+    truncated: bool = False
+    retry_from: str | None = None
+
+
+_RESERVED = {verb.value: verb for verb in Verb if verb is not Verb.change}
+_PARAGRAPH_VERBS = frozenset({Verb.change, Verb.plan, Verb.reject})
+_WORD_PUNCTUATION = ".,:;!?"
+
+_FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+_FENCE_CLOSE = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
+_LIST_MARKERS = re.compile(r"[ \t]*(?:(?:[-+*]|\d{1,9}[.)])[ \t]+)+")
+_QUOTE_MARKERS = re.compile(r"(?: {0,3}> ?)+")
+_COMMENT_START = re.compile(r" {0,3}<!--")
+_HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
+_THEMATIC_BREAK = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_LIST_ITEM = re.compile(r" {0,3}(?:[-+*]|1[.)])[ \t]+\S")
+_INLINE_OPENER = re.compile(r"`+|<!--")
+_BACKTICKS = re.compile(r"`+")
+
+
+class _Block(Enum):
+    text = "text"
+    blank = "blank"
+    code = "code"
+    quote = "quote"
+    hidden = "hidden"
+
+
+class _Line(NamedTuple):
+    block: _Block
+    raw: str
+    visible: str  # the raw line without HTML comments; "" unless block is text
+
+
+class _Span(NamedTuple):
+    start: int
+    end: int
+    block: _Block  # hidden for an HTML comment, code for a code span
+
+
+def parse(text: str | None, *, prefix: str = "/nofx") -> Command | None:
+    """Return the first command in `text`, or None; never raises, whatever the text."""
+    prefix = prefix.strip() if isinstance(prefix, str) else ""
+    if not isinstance(text, str) or not prefix or "\n" in prefix or "\r" in prefix:
+        return None
+    lines = _classify(_split_lines(text))
+    for line in lines:
+        rest = _command_rest(line, prefix)
+        if rest is not None:
+            return _command(rest, lines, prefix)
+    return None
+
+
+def _split_lines(text: str) -> list[str]:
+    """Split on the line endings Markdown knows (not on the other characters `str.splitlines` splits on)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd").split("\n")
+
+
+def _classify(lines: list[str]) -> Iterator[_Line]:
+    """Tell what a reader sees each line as: blocks first, then each paragraph's spans, as CommonMark reads.
+
+    Lazy, paragraph by paragraph, since only the first command matters.
+    """
+    scanner = _BlockScanner()
+    paragraph: list[str] = []
+    for raw in lines:
+        block, starts_paragraph = scanner.classify(raw)
+        if paragraph and (block is not _Block.text or starts_paragraph):
+            yield from _paragraph_lines(paragraph)
+            paragraph = []
+        if block is _Block.text:
+            paragraph.append(raw)
+        else:
+            yield _Line(block, raw, "")
+    yield from _paragraph_lines(paragraph)
+
+
+class _BlockScanner:
+    """The block state Markdown carries from line to line: an open fence, HTML comment, paragraph or quote."""
+
+    def __init__(self) -> None:
+        self.fence: tuple[str, int] | None = None  # (character, length) of the open fence
+        self.in_html_comment = False
+        self.in_paragraph = False
+        self.in_quote_paragraph = False
+
+    def classify(self, raw: str) -> tuple[_Block, bool]:
+        """The line's block, and for text whether it starts a new paragraph."""
+        block = self._block(raw)
+        starts_paragraph = block is _Block.text and (not self.in_paragraph or _interrupts_paragraph(raw))
+        self.in_paragraph = block is _Block.text and not (_HEADING.match(raw) or _THEMATIC_BREAK.match(raw))
+        return block, starts_paragraph
+
+    def _block(self, raw: str) -> _Block:
+        if self.fence is not None:
+            if _closes_fence(raw, self.fence):
+                self.fence = None
+            return _Block.code
+        if self.in_html_comment:
+            end = raw.find("-->")
+            if end >= 0:
+                self.in_html_comment = _comment_left_open(raw[end + 3 :])
+            return _Block.hidden
+        return self._new_block(raw)
+
+    def _new_block(self, raw: str) -> _Block:
+        fence = _opens_fence(raw)
+        if fence is not None:
+            self.fence, self.in_quote_paragraph = fence, False
+            return _Block.code
+        quoted = _quote_content(raw)
+        if quoted is not None:
+            self.in_quote_paragraph = _opens_paragraph(quoted)
+            return _Block.quote
+        if self.in_quote_paragraph and not _ends_paragraph(raw):
+            return _Block.quote
+        self.in_quote_paragraph = False
+        if _is_blank(raw):
+            return _Block.blank
+        if _COMMENT_START.match(raw):  # an HTML block: the whole line is raw HTML, even after the comment
+            self.in_html_comment = _comment_left_open(raw)
+            return _Block.hidden
+        return _Block.text
+
+
+def _opens_fence(line: str) -> tuple[str, int] | None:
+    """A fence opener's character and length, also on a list item's first line (`- ```sh`).
+
+    A backtick fence's info string may not hold a backtick.
+    """
+    match = _FENCE_OPEN.fullmatch(line) or _FENCE_OPEN.fullmatch(_without_list_markers(line))
+    if match is None:
+        return None
+    run, info = match.groups()
+    if run[0] == "`" and "`" in info:
+        return None
+    return run[0], len(run)
+
+
+def _closes_fence(line: str, fence: tuple[str, int]) -> bool:
+    match = _FENCE_CLOSE.fullmatch(line)
+    if match is None:
+        return False
+    run = match.group(1)
+    return run[0] == fence[0] and len(run) >= fence[1]
+
+
+def _quote_content(line: str) -> str | None:
+    """What a quoted line (`> x`, `>> x`, `- > x`) quotes; None when the line is not quoted."""
+    for candidate in (line, _without_list_markers(line)):
+        if _QUOTE_MARKERS.match(candidate):
+            return _QUOTE_MARKERS.sub("", candidate, count=1)
+    return None
+
+
+def _without_list_markers(line: str) -> str:
+    """The line without leading list item markers, so blocks opened inside a list item are seen too."""
+    return _LIST_MARKERS.sub("", line, count=1)
+
+
+def _opens_paragraph(content: str) -> bool:
+    """Whether a quoted line's content is paragraph text, which the next unquoted lines may lazily continue."""
+    return not (
+        _is_blank(content)
+        or _opens_fence(content) is not None
+        or content.startswith("    ")  # indented code; a tab here may or may not be, so it counts as text
+        or _HEADING.match(content)
+        or _THEMATIC_BREAK.match(content)
+    )
+
+
+def _ends_paragraph(line: str) -> bool:
+    """Whether a line ends the paragraph above it (a quoted one too): a blank line or another block's start."""
+    if _is_blank(line) or _opens_fence(line) is not None or _quote_content(line) is not None:
+        return True
+    return bool(_COMMENT_START.match(line)) or _interrupts_paragraph(line)
+
+
+def _interrupts_paragraph(line: str) -> bool:
+    """Whether a text line starts a paragraph of its own: a heading, a thematic break, a list item."""
+    return any(pattern.match(line) for pattern in (_HEADING, _THEMATIC_BREAK, _LIST_ITEM))
+
+
+def _comment_left_open(html: str) -> bool:
+    """Whether raw HTML ends inside a comment: its last `<!--` has no `-->` after it."""
+    start = html.rfind("<!--")
+    return start >= 0 and html.find("-->", start + 2) < 0
+
+
+def _paragraph_lines(paragraph: list[str]) -> Iterator[_Line]:
+    """A paragraph's lines: text, unless the line starts inside a span opened on an earlier line."""
+    spans = _spans("\n".join(paragraph))
+    start = first = 0  # the line's offset in the paragraph; the first span that does not end before it
+    for raw in paragraph:
+        end = start + len(raw)
+        while first < len(spans) and spans[first].end <= start:
+            first += 1
+        last = first
+        while last < len(spans) and spans[last].start < end:
+            last += 1
+        on_line = spans[first:last]
+        if on_line and on_line[0].start < start:  # spans do not overlap: only the first can come from above
+            yield _Line(on_line[0].block, raw, "")
+        else:
+            yield _Line(_Block.text, raw, _without_comments(raw, start, on_line))
+        start = end + 1
+
+
+def _spans(text: str) -> list[_Span]:
+    """A paragraph's code spans and HTML comments, read left to right as CommonMark does.
+
+    A run of n backticks opens a code span closed by the next run of exactly n; `<!--` opens a comment closed
+    by the next `-->` (`<!-->` and `<!--->` are whole comments, as in CommonMark 0.31). Whichever opens first
+    wins; an opener without its closer is plain text.
+    """
+    closing_run = _closing_runs(text)
+    spans: list[_Span] = []
+    position = 0
+    comment_ends_left = True  # once no `-->` follows a position, none follows any later one
+    while (opener := _INLINE_OPENER.search(text, position)) is not None:
+        position = opener.end()
+        if opener.group() != "<!--":
+            end = closing_run.get(opener.start(), -1)
+            block = _Block.code
+        elif comment_ends_left:
+            found = text.find("-->", opener.start() + 2)
+            comment_ends_left = found >= 0
+            end, block = (found + 3 if found >= 0 else -1), _Block.hidden
+        else:
+            continue
+        if end >= 0:
+            spans.append(_Span(opener.start(), end, block))
+            position = end
+    return spans
+
+
+def _closing_runs(text: str) -> dict[int, int]:
+    """For each backtick run, by its start, where the next run of the same length ends."""
+    closing: dict[int, int] = {}
+    later: dict[int, int] = {}  # run length -> end of the nearest run of that length seen so far, from the end
+    for run in reversed(list(_BACKTICKS.finditer(text))):
+        length = run.end() - run.start()
+        if length in later:
+            closing[run.start()] = later[length]
+        later[length] = run.end()
+    return closing
+
+
+def _without_comments(raw: str, start: int, spans: list[_Span]) -> str:
+    """The line's text with the HTML comments on it cut out; `start` is the line's offset in its paragraph."""
+    kept: list[str] = []
+    position = 0
+    for span in spans:
+        if span.block is _Block.hidden:
+            kept.append(raw[position : max(position, span.start - start)])
+            position = max(position, span.end - start)
+    kept.append(raw[position:])
+    return "".join(kept)
+
+
+def _is_blank(line: str) -> bool:
+    return not line.strip(" \t")
+
+
+def _command_rest(line: _Line, prefix: str) -> str | None:
+    """What follows the prefix on a command line, trimmed; None when the line is not a command."""
+    if line.block is not _Block.text or _after_prefix(line.raw, prefix) is None:
+        return None
+    rest = _after_prefix(line.visible, prefix)
+    return None if rest is None else rest.strip()
+
+
+def _after_prefix(line: str, prefix: str) -> str | None:
+    stripped = line.lstrip(" ")
+    if len(line) - len(stripped) > 3 or not stripped.startswith(prefix):
+        return None
+    rest = stripped[len(prefix) :]
+    if rest and not rest[0].isspace():
+        return None
+    return rest
+
+
+def _command(rest: str, lines: Iterator[_Line], prefix: str) -> Command:
+    """Build the command from the rest of its line and, for free-text verbs, the rest of its paragraph."""
+    if not rest:
+        return Command(Verb.help, "")
+    word, tail = _split_word(rest)
+    verb = _verb(word)
+    if verb in _PARAGRAPH_VERBS:
+        first = rest if verb is Verb.change else tail
+        tail = "\n".join([first, *_paragraph(lines, prefix)]).strip()
+    argument, truncated = _cap(tail)
+    if verb is Verb.retry:
+        return _retry(argument, truncated)
+    if verb is Verb.git:
+        op, args = _split_word(argument)
+        argument = f"{op.lower()} {args}".strip()
+    return Command(verb, argument, truncated)
+
+
+def _verb(word: str) -> Verb:
+    key = word.rstrip(_WORD_PUNCTUATION)
+    if not key.isascii():  # so that no Unicode case folding turns a stranger word into a reserved one
+        return Verb.change
+    return _RESERVED.get(key.lower(), Verb.change)
+
+
+def _paragraph(lines: Iterator[_Line], prefix: str) -> list[str]:
+    """The visible text of the lines that continue the command's paragraph."""
+    found: list[str] = []
+    for line in lines:
+        if line.block is not _Block.text or _after_prefix(line.raw, prefix) is not None:
+            break
+        found.append(line.visible.strip())
+    return found
+
+
+def _retry(argument: str, truncated: bool) -> Command:
+    """`retry [step]`, or `retry --from <checkpoint>` / `--from=<checkpoint>`."""
+    word, remainder = _split_word(argument)
+    option, equals, checkpoint = word.partition("=")
+    if option.lower() != "--from":
+        return Command(Verb.retry, argument, truncated)
+    if not equals:
+        checkpoint, remainder = _split_word(remainder)
+    if not checkpoint:
+        return Command(Verb.retry, argument, truncated)
+    return Command(Verb.retry, remainder, truncated, retry_from=checkpoint)
+
+
+def _split_word(text: str) -> tuple[str, str]:
+    """The first whitespace-separated word and the trimmed rest."""
+    parts = text.split(maxsplit=1)
+    if not parts:
+        return "", ""
+    return parts[0], parts[1].strip() if len(parts) > 1 else ""
+
+
+def _cap(argument: str) -> tuple[str, bool]:
+    if len(argument) <= MAX_ARGUMENT:
+        return argument, False
+    return argument[:MAX_ARGUMENT].rstrip(), True

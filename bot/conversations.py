@@ -1,0 +1,401 @@
+"""From `/nofx` commands, labels and check-run buttons to runs: who may, what they asked, what happens.
+
+One small router function per trigger; they share `_handle_command`, which checks the sender,
+reads the repository's config, acknowledges with 👀 and carries the command out.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gidgethub import routing, sansio
+from gidgethub.abc import GitHubAPI
+
+from bot import commands, identity, planner, render, repos, runs
+from bot.commands import Command, Verb
+from bot.context import EventContext
+from bot.models import Run, RunStatus, StepStatus
+from bot.permissions import is_automation, permission_of
+from bot.plans import PlanError
+from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
+from bot.threads import Thread
+
+router = routing.Router()
+log = logging.getLogger(__name__)
+# A line that could hold a command under any configured prefix: cheap to test before reading the config.
+_MAYBE_COMMAND = re.compile(r"^ {0,3}/\S", re.MULTILINE)
+THREAD_LOCK_S = 30
+
+
+@dataclass(frozen=True)
+class Source:
+    """What triggered: where to put the 👀 reaction, and how the run records its trigger."""
+
+    trigger: str  # comment | issue_body | review_comment | label | check_run
+    reaction_path: str
+    reaction_vars: dict[str, Any]
+    comment_id: int | None = None
+
+
+@router.register("issue_comment", action="created")
+async def start_run_from_comment(event: sansio.Event, ctx: EventContext) -> None:
+    """A `/nofx` command in a new issue or pull request conversation comment (edits never re-trigger)."""
+    thread = Thread.from_payload(event.data)
+    comment = event.data["comment"]
+    source = Source(
+        "comment",
+        "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
+        {"owner": thread.owner, "repo": thread.repo, "comment_id": comment["id"]},
+        comment_id=comment["id"],
+    )
+    await _handle_command(ctx, event, thread, comment.get("body"), comment, source)
+
+
+@router.register("pull_request_review_comment", action="created")
+async def start_run_from_review_comment(event: sansio.Event, ctx: EventContext) -> None:
+    """A `/nofx` command in a line comment of a pull request review."""
+    thread = Thread.from_payload(event.data)
+    comment = event.data["comment"]
+    source = Source(
+        "review_comment",
+        "/repos/{owner}/{repo}/pulls/comments/{comment_id}/reactions",
+        {"owner": thread.owner, "repo": thread.repo, "comment_id": comment["id"]},
+        comment_id=comment["id"],
+    )
+    await _handle_command(ctx, event, thread, comment.get("body"), comment, source)
+
+
+@router.register("issues", action="opened")
+async def start_run_from_issue_body(event: sansio.Event, ctx: EventContext) -> None:
+    """A new issue whose body holds a `/nofx` command."""
+    thread = Thread.from_payload(event.data)
+    issue = event.data["issue"]
+    await _handle_command(ctx, event, thread, issue.get("body"), issue, _issue_source(thread, "issue_body"))
+
+
+@router.register("issues", action="labeled")
+async def start_run_from_label(event: sansio.Event, ctx: EventContext) -> None:
+    """The run label on an issue: its title and body are the request."""
+    label = (event.data.get("label") or {}).get("name")
+    if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
+        return
+    thread = Thread.from_payload(event.data)
+    gh = _gh(ctx, thread)
+    config = await _config_or_report(gh, thread, ctx, mentioned=False)
+    if config is None or label != config.trigger.run_label:
+        return
+    issue = event.data["issue"]
+    request = "\n\n".join(part for part in (issue.get("title"), issue.get("body")) if part)
+    command = Command(verb=Verb.change, argument=request[: commands.MAX_ARGUMENT])
+    await _react(gh, _issue_source(thread, "label"))
+    await _authorised_command(ctx, event, gh, thread, config, command, _issue_source(thread, "label"))
+
+
+@router.register("pull_request", action="labeled")
+async def request_review_from_label(event: sansio.Event, ctx: EventContext) -> None:
+    """The review label on a pull request asks for a review."""
+    label = (event.data.get("label") or {}).get("name")
+    if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
+        return
+    thread = Thread.from_payload(event.data)
+    gh = _gh(ctx, thread)
+    config = await _config_or_report(gh, thread, ctx, mentioned=False)
+    if config is None or label != config.trigger.review_label:
+        return
+    await review_pull_request(ctx, gh, thread, config, requested_by=event.data["sender"]["login"])
+
+
+@router.register("check_run", action="requested_action")
+async def decide_from_check_run_button(event: sansio.Event, ctx: EventContext) -> None:
+    """Approve / Reject / Cancel buttons on the run's check run, with the same permission check."""
+    run = _run_of_check(ctx, event.data)
+    if run is None:
+        return
+    identifier = (event.data.get("requested_action") or {}).get("identifier")
+    verb = {"approve": Verb.approve, "reject": Verb.reject, "cancel": Verb.cancel}.get(identifier or "")
+    if verb is None:
+        return
+    thread = _thread_of_run(run)
+    gh = _gh(ctx, thread)
+    source = _issue_source(thread, "check_run")
+    await _authorised_command(ctx, event, gh, thread, _config_of_run(run), Command(verb=verb, argument=""), source)
+
+
+@router.register("check_run", action="rerequested")
+async def retry_from_check_run(event: sansio.Event, ctx: EventContext) -> None:
+    """ "Re-run" on the run's check run re-runs its failed steps."""
+    run = _run_of_check(ctx, event.data)
+    if run is None:
+        return
+    thread = _thread_of_run(run)
+    gh = _gh(ctx, thread)
+    source = _issue_source(thread, "check_run")
+    command = Command(verb=Verb.retry, argument="")
+    await _authorised_command(ctx, event, gh, thread, _config_of_run(run), command, source)
+
+
+async def review_pull_request(
+    ctx: EventContext, gh: GitHubAPI, thread: Thread, config: RepoConfig, *, requested_by: str
+) -> None:
+    """Review a pull request on request. The LLM review gate is not part of this server yet: say so."""
+    await _reply(
+        gh,
+        thread,
+        f"@{requested_by}, the automatic review is not available on this nofx server yet; nothing was reviewed.",
+    )
+
+
+# --- the shared path of every command ---------------------------------------------------------------
+
+
+async def _handle_command(
+    ctx: EventContext,
+    event: sansio.Event,
+    thread: Thread,
+    text: str | None,
+    item: dict[str, Any],
+    source: Source,
+) -> None:
+    if not text or not _MAYBE_COMMAND.search(text):
+        return
+    if is_automation(event.data["sender"], identity.current(ctx.store), item):
+        return
+    gh = _gh(ctx, thread)
+    config = await _config_or_report(gh, thread, ctx, mentioned=commands.parse(text) is not None)
+    if config is None:
+        return
+    command = commands.parse(text, prefix=config.trigger.command)
+    if command is None:
+        return
+    await _react(gh, source)
+    await _authorised_command(ctx, event, gh, thread, config, command, source)
+
+
+async def _authorised_command(
+    ctx: EventContext,
+    event: sansio.Event,
+    gh: GitHubAPI,
+    thread: Thread,
+    config: RepoConfig,
+    command: Command,
+    source: Source,
+) -> None:
+    sender = event.data["sender"]["login"]
+    permission = await permission_of(gh, thread.owner, thread.repo, sender)
+    if not permission_reaches(permission, config.trigger.min_permission):
+        log.info("refused %s from %s (%s)", command.verb.value, sender, permission)
+        if command.verb in (Verb.approve, Verb.reject):
+            await _reply(gh, thread, render.not_allowed(sender, command.verb.value))
+        else:
+            await _reply(gh, thread, render.permission_refused(sender, config.trigger.min_permission))
+        return
+    await _carry_out(ctx, event, gh, thread, config, command, source, sender)
+
+
+async def _carry_out(
+    ctx: EventContext,
+    event: sansio.Event,
+    gh: GitHubAPI,
+    thread: Thread,
+    config: RepoConfig,
+    command: Command,
+    source: Source,
+    sender: str,
+) -> None:
+    engine = ctx.engine
+    prefix = config.trigger.command
+    match command.verb:
+        case Verb.help:
+            await _reply(gh, thread, render.help_comment(prefix, git_mode=config.git_mode))
+        case Verb.plan:
+            await _show_plan(ctx, gh, thread, config, command.argument)
+        case Verb.change:
+            await _start_run(ctx, event, gh, thread, config, command.argument, source, sender)
+        case Verb.approve | Verb.reject:
+            await _decide(ctx, gh, thread, command, sender)
+        case Verb.cancel:
+            run = runs.active_run_on_thread(ctx.store, thread.full_name, thread.number)
+            if run is None:
+                await _reply(gh, thread, render.nothing_to_do("There is no active run on this thread to cancel."))
+                return
+            engine.after(runs.cancel(ctx.store, run.id, by=sender), run.id)
+        case Verb.retry:
+            await _retry(ctx, gh, thread, command, sender)
+        case Verb.status:
+            run = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+            if run is None:
+                await _reply(gh, thread, render.nothing_to_do("nofx has not run anything on this thread yet."))
+                return
+            steps = runs.steps_of(ctx.store, run.id)
+            summary = render.run_status_summary(run, steps, config.git_mode, ctx.settings.run_url(run.id))
+            await _reply(gh, thread, summary)
+        case Verb.review:
+            if thread.kind != "pull_request":
+                await _reply(gh, thread, render.nothing_to_do("`review` works on pull requests."))
+                return
+            await review_pull_request(ctx, gh, thread, config, requested_by=sender)
+        case Verb.git:
+            await _reply(gh, thread, render.nothing_to_do(_git_refusal(config)))
+        case Verb.forget:
+            await _reply(gh, thread, render.nothing_to_do("nofx keeps no conversation memory on this server yet."))
+
+
+async def _show_plan(ctx: EventContext, gh: GitHubAPI, thread: Thread, config: RepoConfig, request: str) -> None:
+    if not request.strip():
+        await _reply(gh, thread, render.nothing_to_do(f"Say what to plan: `{config.trigger.command} plan add a cart`."))
+        return
+    try:
+        plan = await planner.build(request, config, available_tools=ctx.engine.handlers)
+    except PlanError as exc:
+        await _reply(gh, thread, render.plan_refused(str(exc)))
+        return
+    await _reply(
+        gh, thread, render.plan_comment(plan, request=request, git_mode=config.git_mode, prefix=config.trigger.command)
+    )
+
+
+async def _start_run(
+    ctx: EventContext,
+    event: sansio.Event,
+    gh: GitHubAPI,
+    thread: Thread,
+    config: RepoConfig,
+    request: str,
+    source: Source,
+    sender: str,
+) -> None:
+    if not request.strip():
+        await _reply(gh, thread, render.help_comment(config.trigger.command, git_mode=config.git_mode))
+        return
+    try:
+        plan = await planner.build(request, config, available_tools=ctx.engine.handlers)
+    except PlanError as exc:
+        await _reply(gh, thread, render.plan_refused(str(exc)))
+        return
+    head_sha = await (
+        repos.pull_head(gh, thread)
+        if thread.kind == "pull_request"
+        else repos.branch_head(gh, thread, thread.default_branch)
+    )
+    spec = runs.RunRequest(
+        installation_id=thread.installation_id,
+        repository=thread.full_name,
+        thread_number=thread.number,
+        thread_kind=thread.kind,
+        request=request,
+        requester=sender,
+        trigger=source.trigger,
+        trigger_comment_id=source.comment_id,
+        trigger_comment_kind=source.trigger if source.comment_id else None,
+        delivery_id=event.delivery_id,
+        clone_url=thread.clone_url,
+        thread_url=thread.html_url,
+        default_branch=thread.default_branch,
+        head_sha=head_sha,
+    )
+    # One active run per thread: creation and start are serialised per thread across workers.
+    with ctx.queue.redis.lock(f"nofx:thread:{thread.full_name}#{thread.number}", timeout=THREAD_LOCK_S):
+        run = runs.create(ctx.store, spec, plan, describe(config))
+        progress = runs.start(ctx.store, run.id)
+    log.info("run %s created (%s)", run.id, progress.run_status.value if progress.run_status else "?")
+    ctx.engine.after(progress, run.id)
+
+
+async def _decide(ctx: EventContext, gh: GitHubAPI, thread: Thread, command: Command, sender: str) -> None:
+    run = runs.active_run_on_thread(ctx.store, thread.full_name, thread.number)
+    waiting = [
+        s
+        for s in (runs.steps_of(ctx.store, run.id) if run and run.status == RunStatus.waiting else [])
+        if s.status == StepStatus.waiting
+        and (command.verb == Verb.reject or not command.argument or s.name == command.argument)
+    ]
+    if run is None or not waiting:
+        await _reply(gh, thread, render.nothing_to_do("There is no run waiting for approval on this thread."))
+        return
+    approved = command.verb == Verb.approve
+    reason = command.argument if not approved else ""
+    progress = runs.decide(ctx.store, waiting[0].id, approved=approved, by=sender, reason=reason)
+    ctx.engine.after(progress, run.id)
+
+
+async def _retry(ctx: EventContext, gh: GitHubAPI, thread: Thread, command: Command, sender: str) -> None:
+    run = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+    if run is None or run.status != RunStatus.failed:
+        await _reply(gh, thread, render.nothing_to_do("There is no failed run on this thread to retry."))
+        return
+    try:
+        progress = runs.retry(ctx.store, run.id, command.argument or None, by=sender)
+    except runs.TransitionError as exc:
+        await _reply(gh, thread, render.nothing_to_do(str(exc)))
+        return
+    ctx.engine.after(progress, run.id)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+async def _config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *, mentioned: bool) -> RepoConfig | None:
+    """The repository's config; an invalid file is reported (only when nofx was addressed) and stops here."""
+    try:
+        return await repos.load_config(gh, thread)
+    except ConfigError as exc:
+        log.info("invalid repository config: %s", exc)
+        if mentioned:
+            await _reply(gh, thread, render.config_error(str(exc)))
+        return None
+
+
+async def _react(gh: GitHubAPI, source: Source) -> None:
+    """👀 at once: people see nofx picked the request up before any slow work starts."""
+    await gh.post(source.reaction_path, url_vars=source.reaction_vars, data={"content": "eyes"})
+
+
+async def _reply(gh: GitHubAPI, thread: Thread, body: str) -> None:
+    await gh.post("/repos/{owner}/{repo}/issues/{issue_number}/comments", url_vars=thread.url_vars, data={"body": body})
+
+
+def _issue_source(thread: Thread, trigger: str) -> Source:
+    return Source(trigger, "/repos/{owner}/{repo}/issues/{issue_number}/reactions", thread.url_vars)
+
+
+def _gh(ctx: EventContext, thread: Thread) -> GitHubAPI:
+    if ctx.github is None:
+        raise RuntimeError("the GitHub App is not configured (GITHUB_APP_ID and a private key are required)")
+    return ctx.github.installation_client(thread.installation_id)
+
+
+def _run_of_check(ctx: EventContext, data: dict[str, Any]) -> Run | None:
+    check = data.get("check_run") or {}
+    app = (check.get("app") or {}).get("id")
+    current = identity.current(ctx.store)
+    if current is not None and app is not None and app != current.id:
+        return None  # another App's check run
+    run_id = check.get("external_id") or ""
+    return runs.get_run(ctx.store, run_id) if run_id else None
+
+
+def _thread_of_run(run: Run) -> Thread:
+    owner, repo = run.repository.split("/", 1)
+    return Thread(
+        installation_id=run.installation_id,
+        owner=owner,
+        repo=repo,
+        number=run.thread_number,
+        kind=run.thread_kind,
+        default_branch=run.default_branch or "main",
+        clone_url=run.clone_url,
+        html_url=run.thread_url,
+    )
+
+
+def _config_of_run(run: Run) -> RepoConfig:
+    return from_dict(run.config)
+
+
+def _git_refusal(config: RepoConfig) -> str:
+    if config.git_mode != "advanced":
+        return "`git` commands are available when the repository's `git_mode` is `advanced`."
+    return "`git` commands are not available on this nofx server yet."

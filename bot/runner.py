@@ -1,0 +1,188 @@
+"""The step engine: claim a step, check it may run, run its handler under a timeout, record, move on.
+
+Everything here is safe to run twice: the claim is atomic, and every transition goes through
+`bot.runs`, which refuses what the state machine forbids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from bot import logs, report, runs
+from bot.models import Run, Step, StepStatus
+from bot.queue import WorkQueue
+from bot.repo_config import RepoConfig, from_dict
+from bot.steps import Handler, RetryableError, StepContext, StepFailed, StepResult
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 5.0
+RETRY_BASE_S = 2.0
+RETRY_CAP_S = 60.0
+MAX_ERROR_CHARS = 8000
+
+
+class Engine:
+    """Runs steps with the dependencies a worker built; `gh_for` gives an installation-scoped client."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: WorkQueue,
+        handlers: dict[str, Handler],
+        gh_for: Callable[[int], object] | None,
+        redact: Callable[[str], str],
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.handlers = handlers
+        self.gh_for = gh_for
+        self.redact = redact
+
+    def after(self, progress: runs.Progress, run_id: str) -> None:
+        """Enqueue the steps that became ready and ask for the run to be shown on GitHub."""
+        for step_id in progress.enqueue:
+            self.enqueue(step_id)
+        for started in progress.started_runs:
+            report.request_publish(self.queue, started)
+        report.request_publish(self.queue, run_id)
+
+    def enqueue(self, step_id: str, delay_s: float = 0) -> None:
+        step = runs.get_step(self.store, step_id)
+        if step is not None:
+            self.queue.enqueue_step(step.id, step.attempts + 1, step.timeout_s, delay_s)
+
+    async def run_step(self, step_id: str, job_id: str | None) -> StepStatus | None:
+        """The RQ job body: returns the status the step ended in, or None if this job had nothing to do."""
+        step = runs.claim_step(self.store, step_id, job_id)
+        if step is None:
+            log.info("step not claimable (taken, cancelled or finished)", extra=logs.fields(step_id=step_id))
+            return None
+        run = runs.get_run(self.store, step.run_id)
+        assert run is not None
+        with logs.bound(run_id=run.id, step_id=step.id, step=step.name, tool=step.tool, repo=run.repository):
+            report.request_publish(self.queue, run.id)
+            status = await self._execute(run, step)
+        return status
+
+    async def _execute(self, run: Run, step: Step) -> StepStatus | None:
+        config = from_dict(run.config)
+        problem = self._refusal(run, step, config)
+        if problem is not None:
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, problem))
+        context = self._context(run, step, config)
+        try:
+            result = await self._with_heartbeat(step, self.handlers[step.tool](context))
+        except _Cancelled:
+            log.info("step cancelled while running")
+            report.request_publish(self.queue, run.id)
+            return StepStatus.cancelled
+        except TimeoutError:
+            message = f"timed out after {step.timeout_s} s"
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message))
+        except RetryableError as exc:
+            return self._retry_or_fail(run, step, self._describe(exc))
+        except StepFailed as exc:
+            message, output = self._describe(exc), exc.output
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message, output))
+        except Exception as exc:
+            log.exception("handler raised")
+            message = self._describe(exc, with_type=True)
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message))
+        return self._record(run, step, lambda: _finish(self.store, step, result))
+
+    def _refusal(self, run: Run, step: Step, config: RepoConfig) -> str | None:
+        """Why the step may not run now, or None: missing handler, unmet dependencies, policy."""
+        if step.tool not in self.handlers:
+            return f"no handler for the tool {step.tool!r} on this server"
+        by_name = {s.name: s for s in runs.steps_of(self.store, run.id)}
+        unmet = [d for d in step.depends_on if by_name.get(d) is None or by_name[d].status != StepStatus.succeeded]
+        if unmet:
+            return f"dependencies not finished: {', '.join(unmet)}"
+        allowed = set(config.policy.tools_allowed) & set(
+            step.policy.get("tools_allowed") or config.policy.tools_allowed
+        )
+        if config.policy.tools_allowed and step.tool not in allowed:
+            return f"the repository's policy does not allow the tool {step.tool!r}"
+        return None
+
+    def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
+        earlier = {s.name: s for s in runs.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}
+
+        def emit(type_: str, payload: dict[str, object]) -> None:
+            runs.record_event(self.store, run.id, type_, {"step": step.name, **payload}, step.id)
+
+        adapter = logging.LoggerAdapter(logging.getLogger(f"handlers.{step.tool}"), {})
+        return StepContext(
+            run=run,
+            step=step,
+            config=config,
+            gh=self.gh_for(run.installation_id) if self.gh_for else None,  # type: ignore[arg-type]
+            earlier=earlier,
+            emit=emit,
+            log=adapter,
+        )
+
+    async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:
+        """Run the handler under its timeout; a heartbeat proves we live and notices a cancel."""
+        task = asyncio.ensure_future(asyncio.wait_for(work, timeout=step.timeout_s))
+        cancelled = False
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_S)
+            if done:
+                break
+            if not await asyncio.to_thread(runs.heartbeat, self.store, step.id):
+                cancelled = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                break
+        if cancelled:
+            raise _Cancelled
+        return task.result()
+
+    def _retry_or_fail(self, run: Run, step: Step, message: str) -> StepStatus | None:
+        if step.attempts <= step.retries:
+            delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (step.attempts - 1)) * random.uniform(0.75, 1.25)
+            try:
+                runs.requeue_step(self.store, step.id, message)
+            except runs.TransitionError:
+                return None
+            log.warning(
+                "retryable error, attempt %s of %s in %.1f s: %s", step.attempts, step.retries + 1, delay, message
+            )
+            self.enqueue(step.id, delay_s=delay)
+            report.request_publish(self.queue, run.id)
+            return StepStatus.queued
+        final = f"{message} (gave up after {step.attempts} attempts)"
+        return self._record(run, step, lambda: runs.fail_step(self.store, step.id, final))
+
+    def _record(self, run: Run, step: Step, transition: Callable[[], runs.Progress]) -> StepStatus | None:
+        try:
+            progress = transition()
+        except runs.TransitionError as exc:  # cancelled meanwhile: the cancel already recorded the outcome
+            log.info("step result not recorded: %s", exc)
+            report.request_publish(self.queue, run.id)
+            return None
+        self.after(progress, run.id)
+        latest = runs.get_step(self.store, step.id)
+        return latest.status if latest else None
+
+    def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
+        text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
+        return self.redact(text)[-MAX_ERROR_CHARS:]
+
+
+class _Cancelled(Exception):
+    """The step stopped being `running` under us: somebody cancelled the run."""
+
+
+def _finish(store: Store, step: Step, result: StepResult) -> runs.Progress:
+    output = {**result.output, **({"summary": result.summary} if result.summary else {})}
+    if result.wait:
+        return runs.wait_step(store, step.id, output)
+    return runs.succeed_step(store, step.id, output)
