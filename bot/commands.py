@@ -216,14 +216,16 @@ def _closes_fence(line: str, fence: tuple[str, int]) -> bool:
 def _quote_content(line: str) -> str | None:
     """What a quoted line (`> x`, `>> x`, `- > x`) quotes; None when the line is not quoted."""
     for candidate in (line, _without_list_markers(line)):
-        if _QUOTE_MARKERS.match(candidate):
-            return _QUOTE_MARKERS.sub("", candidate, count=1)
+        markers = _QUOTE_MARKERS.match(candidate)
+        if markers is not None:
+            return candidate[markers.end() :]
     return None
 
 
 def _without_list_markers(line: str) -> str:
     """The line without leading list item markers, so blocks opened inside a list item are seen too."""
-    return _LIST_MARKERS.sub("", line, count=1)
+    markers = _LIST_MARKERS.match(line)
+    return line if markers is None else line[markers.end() :]
 
 
 def _opens_paragraph(content: str) -> bool:

@@ -17,11 +17,13 @@ from gidgethub.abc import GitHubAPI
 from bot import commands, identity, planner, render, repos, runs
 from bot.commands import Command, Verb
 from bot.context import EventContext
+from bot.llm_planner import planner_for
 from bot.models import Run, RunStatus, StepStatus
 from bot.permissions import is_automation, permission_of
 from bot.plans import PlanError
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
 from bot.threads import Thread
+from bot.workspaces import branch_name
 
 router = routing.Router()
 log = logging.getLogger(__name__)
@@ -248,9 +250,11 @@ async def _show_plan(ctx: EventContext, gh: GitHubAPI, thread: Thread, config: R
         await _reply(gh, thread, render.nothing_to_do(f"Say what to plan: `{config.trigger.command} plan add a cart`."))
         return
     try:
-        plan = await planner.build(request, config, available_tools=ctx.engine.handlers)
+        plan = await planner.build(
+            request, config, available_tools=ctx.engine.handlers, llm_planner=_llm_planner(ctx, config)
+        )
     except PlanError as exc:
-        await _reply(gh, thread, render.plan_refused(str(exc)))
+        await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
         return
     await _reply(
         gh, thread, render.plan_comment(plan, request=request, git_mode=config.git_mode, prefix=config.trigger.command)
@@ -271,15 +275,21 @@ async def _start_run(
         await _reply(gh, thread, render.help_comment(config.trigger.command, git_mode=config.git_mode))
         return
     try:
-        plan = await planner.build(request, config, available_tools=ctx.engine.handlers)
-    except PlanError as exc:
-        await _reply(gh, thread, render.plan_refused(str(exc)))
+        where = await _where_to_work(ctx, gh, thread, request)
+    except _CannotWork as exc:
+        await _reply(gh, thread, render.nothing_to_do(str(exc)))
         return
-    head_sha = await (
-        repos.pull_head(gh, thread)
-        if thread.kind == "pull_request"
-        else repos.branch_head(gh, thread, thread.default_branch)
-    )
+    try:
+        plan = await planner.build(
+            request,
+            config,
+            available_tools=ctx.engine.handlers,
+            llm_planner=_llm_planner(ctx, config),
+            previous=_previous_outcome(ctx, where.follows),
+        )
+    except PlanError as exc:
+        await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
+        return
     spec = runs.RunRequest(
         installation_id=thread.installation_id,
         repository=thread.full_name,
@@ -287,14 +297,17 @@ async def _start_run(
         thread_kind=thread.kind,
         request=request,
         requester=sender,
+        requester_id=event.data["sender"].get("id"),
         trigger=source.trigger,
         trigger_comment_id=source.comment_id,
         trigger_comment_kind=source.trigger if source.comment_id else None,
         delivery_id=event.delivery_id,
         clone_url=thread.clone_url,
         thread_url=thread.html_url,
-        default_branch=thread.default_branch,
-        head_sha=head_sha,
+        default_branch=where.base,
+        head_sha=where.head_sha,
+        branch=where.branch,
+        follows_run_id=where.follows.id if where.follows else None,
     )
     # One active run per thread: creation and start are serialised per thread across workers.
     with ctx.queue.redis.lock(f"nofx:thread:{thread.full_name}#{thread.number}", timeout=THREAD_LOCK_S):
@@ -335,6 +348,51 @@ async def _retry(ctx: EventContext, gh: GitHubAPI, thread: Thread, command: Comm
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+
+def _llm_planner(ctx: EventContext, config: RepoConfig) -> planner.LLMPlanner | None:
+    llm = ctx.engine.llm
+    return planner_for(llm, config, ctx.engine.handlers) if llm is not None else None
+
+
+class _CannotWork(Exception):
+    """nofx cannot work on this thread (a fork's pull request); the message says why."""
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a run's commits go: its branch, the base it starts from, and the run it continues, if any."""
+
+    branch: str
+    base: str
+    head_sha: str
+    follows: Run | None = None
+
+
+async def _where_to_work(ctx: EventContext, gh: GitHubAPI, thread: Thread, request: str) -> _Where:
+    """An issue gets a new `nofx/<n>-<slug>` branch; a comment on nofx's own pull request continues its branch."""
+    if thread.kind == "issue":
+        head = await repos.branch_head(gh, thread, thread.default_branch)
+        return _Where(branch_name(thread.number, request), thread.default_branch, head)
+    pull = await repos.pull_request(gh, thread)
+    head_repo = ((pull["head"].get("repo") or {}).get("full_name") or "").lower()
+    if head_repo != thread.full_name.lower():
+        raise _CannotWork("nofx cannot push to a pull request from a fork; ask on an issue instead.")
+    head_ref, head_sha = pull["head"]["ref"], pull["head"]["sha"]
+    earlier = runs.latest_run_on_branch(ctx.store, thread.full_name, head_ref)
+    if earlier is not None:
+        return _Where(head_ref, pull["base"]["ref"], head_sha, follows=earlier)
+    return _Where(branch_name(thread.number, request), head_ref, head_sha)
+
+
+def _previous_outcome(ctx: EventContext, run: Run | None) -> str | None:
+    """What an earlier run on the same branch asked for and did, as context for the follow-up."""
+    if run is None:
+        return None
+    steps = runs.steps_of(ctx.store, run.id)
+    lines = [f"Request: {run.request}", f"Outcome: {run.status.value}" + (f" ({run.error})" if run.error else "")]
+    lines += [f"- {s.name} ({s.tool}): {s.status.value} {s.output.get('summary', '')}".rstrip() for s in steps]
+    return "\n".join(lines)
 
 
 async def _config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *, mentioned: bool) -> RepoConfig | None:

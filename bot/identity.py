@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
+from gidgethub.abc import GitHubAPI
 from sqlmodel import select
 
 from bot.github import GitHubApp
@@ -20,6 +23,24 @@ async def refresh(github: GitHubApp, store: Store) -> AppIdentity:
         identity.updated_at = utcnow()
         session.add(identity)
     return identity
+
+
+async def bot_author(gh: GitHubAPI, store: Store) -> tuple[str, str]:
+    """Name and email that attribute commits to the App's bot account on GitHub."""
+    app = current(store)
+    if app is None:
+        raise RuntimeError("the App's identity is unknown: no worker has fetched GET /app yet")
+    login = f"{app.slug}[bot]"
+    if app.bot_user_id is None:
+        user = await gh.getitem("/users/{username}", url_vars={"username": login})
+        with store.session() as session:
+            stored = session.get(AppIdentity, app.id)
+            if stored is not None:
+                stored.bot_user_id = int(user["id"])
+                session.add(stored)
+        app.bot_user_id = int(user["id"])
+    host = urlparse(app.html_url or "https://github.com").hostname or "github.com"
+    return login, f"{app.bot_user_id}+{login}@users.noreply.{host}"
 
 
 def current(store: Store) -> AppIdentity | None:

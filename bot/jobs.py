@@ -53,6 +53,18 @@ def publish_run(run_id: str) -> None:
         runtime.run(report.publish(runtime.store, runtime.queue, runtime.settings, gh, run_id))
 
 
+def clean_up_workspaces() -> None:
+    """Remove the worktrees of runs that are over, then evict mirrors past the disk budget."""
+    runtime = current_runtime()
+    workspaces = runtime.engine.workspaces
+    if workspaces is None:
+        return
+    active = runs.active_run_ids(runtime.store)
+    removed = runtime.run(workspaces.reap(active))
+    evicted = runtime.run(workspaces.evict())
+    log.info("workspaces cleaned", extra=logs.fields(removed=len(removed), evicted=len(evicted)))
+
+
 async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus | None:
     """Claim, dispatch and record the outcome; failures are recorded on the delivery for replay."""
     delivery = deliveries.claim(runtime.store, delivery_id)

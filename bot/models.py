@@ -117,6 +117,7 @@ class AppIdentity(SQLModel, table=True):
     slug: str = Field(max_length=100)
     name: str = Field(max_length=200)
     html_url: str | None = Field(default=None, max_length=500)
+    bot_user_id: int | None = Field(default=None, sa_type=BigInteger)  # the `<slug>[bot]` account that commits
     updated_at: datetime = _timestamp()
 
 
@@ -207,6 +208,9 @@ class Step(SQLModel, table=True):
     output: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
     decided_by: str | None = Field(default=None, max_length=100)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
     started_at: datetime | None = _optional_timestamp()
     finished_at: datetime | None = _optional_timestamp()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
+from bot.llm import LLMError
 from bot.plans import Plan, PlanError, validate
 from bot.repo_config import RepoConfig
 
@@ -13,10 +14,11 @@ LLMPlanner = Callable[[str, dict[str, Any]], Awaitable[Any]]
 GATE_TIMEOUT_S = 900
 
 
-def template(request: str, config: RepoConfig) -> dict[str, Any]:
+def template(request: str, config: RepoConfig, *, previous: str | None = None) -> dict[str, Any]:
     """codegen → workspace:write → the configured gates → git_pr, with approvals where policy wants them."""
+    generate: dict[str, Any] = {"request": request, **({"previous": previous} if previous else {})}
     steps: list[dict[str, Any]] = [
-        {"name": "generate", "tool": "codegen", "inputs": {"request": request}, "retries": 2},
+        {"name": "generate", "tool": "codegen", "inputs": generate, "retries": 2},
         {"name": "apply", "tool": "workspace:write", "inputs": {"from_step": "generate"}},
     ]
     for kind in ("test", "lint", "typecheck"):
@@ -35,13 +37,17 @@ async def build(
     *,
     available_tools: Collection[str],
     llm_planner: LLMPlanner | None = None,
+    previous: str | None = None,
 ) -> Plan:
     """The plan for a request, validated exactly the same way whoever wrote it. Raises PlanError."""
-    data: Any = template(request, config)
+    data: Any = template(request, config, previous=previous)
     if config.planner == "llm":
         if llm_planner is None:
             raise PlanError("the repository asks for the LLM planner, but no model is configured on this server")
-        data = await llm_planner(request, data)
+        try:
+            data = await llm_planner(request, data)
+        except LLMError as exc:
+            raise PlanError(f"the LLM planner could not make a plan: {exc}") from None
     return validate(data, available_tools=available_tools, tools_allowed=config.policy.tools_allowed)
 
 

@@ -18,6 +18,7 @@ DISPATCH_JOB = "bot.jobs.dispatch"
 DISPATCH_TIMEOUT_S = 300
 STEP_JOB = "bot.jobs.run_step"
 REPORT_JOB = "bot.jobs.publish_run"
+CLEANUP_JOB = "bot.jobs.clean_up_workspaces"
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
@@ -67,6 +68,10 @@ class WorkQueue:
             self.queue.enqueue_in(timedelta(seconds=delay_s), REPORT_JOB, run_id, **options)
         else:
             self.queue.enqueue(REPORT_JOB, run_id, **options)
+
+    def enqueue_cleanup(self) -> None:
+        """Remove worktrees of finished runs and evict cold mirrors (one job at a time is enough)."""
+        self.queue.enqueue(CLEANUP_JOB, job_id="clean-up-workspaces", job_timeout=600, result_ttl=0, failure_ttl=3600)
 
     def job_exists(self, job_id: str) -> bool:
         return Job.exists(job_id, connection=self.redis)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
@@ -43,10 +44,10 @@ async def branch_head(gh: GitHubAPI, thread: Thread, branch: str) -> str:
     return str(data["commit"]["sha"])
 
 
-async def pull_head(gh: GitHubAPI, thread: Thread) -> str:
-    """The head commit of a pull request thread."""
-    data = await gh.getitem(
+async def pull_request(gh: GitHubAPI, thread: Thread) -> dict[str, Any]:
+    """The pull request of a thread (its head and base branches and commits)."""
+    data: dict[str, Any] = await gh.getitem(
         "/repos/{owner}/{repo}/pulls/{pull_number}",
         url_vars={"owner": thread.owner, "repo": thread.repo, "pull_number": thread.number},
     )
-    return str(data["head"]["sha"])
+    return data

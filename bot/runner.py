@@ -11,13 +11,18 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from bot import logs, report, runs
+from bot import identity, logs, report, runs
+from bot.artifacts import Artifacts
+from bot.github import GitHubApp
+from bot.llm import LLM, Budget, LLMResponse
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
 from bot.steps import Handler, RetryableError, StepContext, StepFailed, StepResult
 from bot.store import Store
+from bot.workspaces import GitError, Workspaces
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -26,21 +31,33 @@ RETRY_CAP_S = 60.0
 MAX_ERROR_CHARS = 8000
 
 
+WORKSPACE_TOOLS = frozenset(
+    {"codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "git_ops", "git_pr"}
+)
+
+
 class Engine:
-    """Runs steps with the dependencies a worker built; `gh_for` gives an installation-scoped client."""
+    """Runs steps with the dependencies a worker built (passed in, never read from globals)."""
 
     def __init__(
         self,
         store: Store,
         queue: WorkQueue,
         handlers: dict[str, Handler],
-        gh_for: Callable[[int], object] | None,
-        redact: Callable[[str], str],
+        *,
+        github: GitHubApp | None = None,
+        workspaces: Workspaces | None = None,
+        artifacts: Artifacts | None = None,
+        llm: LLM | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.store = store
         self.queue = queue
         self.handlers = handlers
-        self.gh_for = gh_for
+        self.github = github
+        self.workspaces = workspaces
+        self.artifacts = artifacts
+        self.llm = llm
         self.redact = redact
 
     def after(self, progress: runs.Progress, run_id: str) -> None:
@@ -50,6 +67,8 @@ class Engine:
         for started in progress.started_runs:
             report.request_publish(self.queue, started)
         report.request_publish(self.queue, run_id)
+        if progress.run_status in runs.TERMINAL_RUN and self.workspaces is not None:
+            self.queue.enqueue_cleanup()
 
     def enqueue(self, step_id: str, delay_s: float = 0) -> None:
         step = runs.get_step(self.store, step_id)
@@ -74,7 +93,11 @@ class Engine:
         problem = self._refusal(run, step, config)
         if problem is not None:
             return self._record(run, step, lambda: runs.fail_step(self.store, step.id, problem))
-        context = self._context(run, step, config)
+        try:
+            context = await self._context(run, step, config)
+        except (GitError, ValueError) as exc:
+            message = self._describe(exc)
+            return self._retry_or_fail(run, step, f"preparing the workspace failed: {message}")
         try:
             result = await self._with_heartbeat(step, self.handlers[step.tool](context))
         except _Cancelled:
@@ -110,21 +133,44 @@ class Engine:
             return f"the repository's policy does not allow the tool {step.tool!r}"
         return None
 
-    def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
+    async def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
         earlier = {s.name: s for s in runs.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}
 
         def emit(type_: str, payload: dict[str, object]) -> None:
             runs.record_event(self.store, run.id, type_, {"step": step.name, **payload}, step.id)
 
-        adapter = logging.LoggerAdapter(logging.getLogger(f"handlers.{step.tool}"), {})
+        github = self.github
+        token = (lambda: github.installation_token(run.installation_id)) if github else None
+        workspace = None
+        if step.tool in WORKSPACE_TOOLS and self.workspaces is not None and token is not None:
+            workspace = await self.workspaces.prepare(
+                installation_id=run.installation_id,
+                owner=run.repository.split("/", 1)[0],
+                repo=run.repository.split("/", 1)[1],
+                clone_url=run.clone_url or "",
+                token=token,
+                run_id=run.id,
+                branch=run.branch or f"nofx/run-{run.id[:8]}",
+                base_ref=run.default_branch or "main",
+                reuse_remote_branch=run.follows_run_id is not None,
+            )
+        budget = Budget(limit_usd=config.policy.max_cost_usd, spent_usd=run.cost_usd)
         return StepContext(
             run=run,
             step=step,
             config=config,
-            gh=self.gh_for(run.installation_id) if self.gh_for else None,  # type: ignore[arg-type]
+            gh=github.installation_client(run.installation_id) if github else None,
             earlier=earlier,
             emit=emit,
-            log=adapter,
+            log=logging.LoggerAdapter(logging.getLogger(f"handlers.{step.tool}"), {}),
+            artifacts=self.artifacts.for_step(run.id, step.id) if self.artifacts else None,
+            workspace=workspace,
+            llm=StepLLM(self.llm, self.store, step) if self.llm else None,
+            budget=budget,
+            git_token=token,
+            author=(lambda: identity.bot_author(github.installation_client(run.installation_id), self.store))
+            if github
+            else None,
         )
 
     async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:
@@ -175,6 +221,40 @@ class Engine:
     def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
         text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
         return self.redact(text)[-MAX_ERROR_CHARS:]
+
+
+class StepLLM:
+    """The LLM as a step sees it: the same router, with every call's tokens and cost charged to the step."""
+
+    def __init__(self, llm: LLM, store: Store, step: Step) -> None:
+        self._llm = llm
+        self._store = store
+        self._step = step
+
+    async def call(self, **kwargs: Any) -> LLMResponse:
+        budget: Budget | None = kwargs.get("budget")
+        spent_before = budget.spent_usd if budget else 0.0
+        response: LLMResponse | None = None
+        try:
+            response = await self._llm.call(**kwargs)
+            return response
+        finally:
+            usage = response.usage if response else None
+            cost = (budget.spent_usd - spent_before) if budget else (usage.cost_usd if usage else 0.0)
+            if usage is not None or cost > 0:
+                runs.add_usage(
+                    self._store,
+                    self._step,
+                    input_tokens=usage.input_tokens if usage else 0,
+                    output_tokens=usage.output_tokens if usage else 0,
+                    cost_usd=cost,
+                    detail={
+                        "purpose": kwargs.get("purpose", ""),
+                        "provider": usage.provider if usage else "",
+                        "model": usage.model if usage else "",
+                        "cached": usage.cached if usage else False,
+                    },
+                )
 
 
 class _Cancelled(Exception):

@@ -291,6 +291,32 @@ def record_event(store: Store, run_id: str, type_: str, payload: dict[str, Any],
         _event(session, run_id, type_, payload, step_id)
 
 
+def add_usage(
+    store: Store, step: Step, *, input_tokens: int, output_tokens: int, cost_usd: float, detail: dict[str, Any]
+) -> None:
+    """Charge an LLM call to its step and run (atomic increments: parallel steps share the run's total)."""
+    with store.session() as session:
+        session.exec(  # type: ignore[call-overload]
+            update(Step)
+            .where(col(Step.id) == step.id)
+            .values(
+                input_tokens=col(Step.input_tokens) + input_tokens,
+                output_tokens=col(Step.output_tokens) + output_tokens,
+                cost_usd=col(Step.cost_usd) + cost_usd,
+            )
+        )
+        session.exec(  # type: ignore[call-overload]
+            update(Run).where(col(Run.id) == step.run_id).values(cost_usd=col(Run.cost_usd) + cost_usd)
+        )
+        _event(
+            session,
+            step.run_id,
+            "llm.call",
+            {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost_usd": round(cost_usd, 6), **detail},
+            step.id,
+        )
+
+
 def get_run(store: Store, run_id: str) -> Run | None:
     with store.session() as session:
         return session.get(Run, run_id)
@@ -331,6 +357,21 @@ def latest_run_on_thread(store: Store, repository: str, thread_number: int) -> R
             .order_by(col(Run.created_at).desc())
         )
         return session.exec(statement).first()
+
+
+def latest_run_on_branch(store: Store, repository: str, branch: str) -> Run | None:
+    """The run that last pushed to a branch: a comment on its pull request follows up on it."""
+    with store.session() as session:
+        statement = (
+            select(Run).where(Run.repository == repository, Run.branch == branch).order_by(col(Run.created_at).desc())
+        )
+        return session.exec(statement).first()
+
+
+def active_run_ids(store: Store) -> set[str]:
+    """Runs that may still use their worktree (queued, running or waiting)."""
+    with store.session() as session:
+        return set(session.exec(select(Run.id).where(col(Run.status).in_(ACTIVE_RUN))))
 
 
 def unfinished_steps(store: Store) -> list[Step]:

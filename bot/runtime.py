@@ -6,14 +6,17 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from bot.artifacts import Artifacts
 from bot.context import EventContext
 from bot.github import GitHubApp
+from bot.llm import LLM, FileCache
 from bot.logs import Redactor
 from bot.queue import WorkQueue
 from bot.runner import Engine
 from bot.settings import Settings
 from bot.steps import discover_handlers
 from bot.store import Store
+from bot.workspaces import Workspaces
 
 T = TypeVar("T")
 
@@ -31,12 +34,18 @@ class Runtime:
         self.github = (
             GitHubApp.from_settings(settings, on_secret=self.redactor.add) if settings.app_configured else None
         )
+        self.llm = LLM.from_settings(
+            settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact
+        )
         self.engine = Engine(
             self.store,
             self.queue,
             discover_handlers(),
-            self.github.installation_client if self.github else None,
-            self.redactor.redact,
+            github=self.github,
+            workspaces=Workspaces(settings.data_dir / "workspaces"),
+            artifacts=Artifacts(settings.data_dir, self.store),
+            llm=self.llm,
+            redact=self.redactor.redact,
         )
         self._runner = asyncio.Runner()
 
@@ -52,5 +61,7 @@ class Runtime:
     def close(self) -> None:
         if self.github is not None:
             self._runner.run(self.github.aclose())
+        if self.llm is not None:
+            self._runner.run(self.llm.aclose())
         self._runner.close()
         self.store.dispose()

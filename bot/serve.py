@@ -40,6 +40,10 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
             create_app(settings), host=host, port=settings.port, log_config=None, proxy_headers=True
         )
         log.info("serving on http://%s:%s", host, settings.port)
+        # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler
+        # underneath lets that happen without killing us before the workers and Valkey stop.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _sig, _frame: None)
         uvicorn.Server(config).run()
     finally:
         pool.stop()

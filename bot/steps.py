@@ -16,7 +16,8 @@ from bot.repo_config import RepoConfig
 
 if TYPE_CHECKING:
     from bot.artifacts import StepArtifacts
-    from bot.llm import LLM, Budget
+    from bot.llm import Budget
+    from bot.runner import StepLLM
     from bot.workspaces import Worktree
 
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]
@@ -35,9 +36,10 @@ class StepContext:
     log: logging.LoggerAdapter[logging.Logger]
     artifacts: StepArtifacts | None = None
     workspace: Worktree | None = None  # the run's git worktree, for steps that touch code
-    llm: LLM | None = None
+    llm: StepLLM | None = None
     budget: Budget | None = None  # the run's remaining `policy.max_cost_usd`
     git_token: Callable[[], Awaitable[str]] | None = None  # an installation token for git, through the env only
+    author: Callable[[], Awaitable[tuple[str, str]]] | None = None  # the App's bot account, for commits
 
     @property
     def inputs(self) -> dict[str, Any]:

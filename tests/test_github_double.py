@@ -395,6 +395,8 @@ def _exercise_every_operation(gh: GitHubDouble, http: httpx.Client) -> None:
     http.post(f"{repo}/pulls/comments/{comments[0]['id']}/reactions", json={"content": "rocket"}, headers=auth)
     http.get(f"{repo}/compare/main...feature", headers=auth)
     http.get(f"{repo}/branches/main", headers=auth)
+    http.get("/users/octocat", headers=auth)
+    http.get(f"/users/{gh.bot_login}", headers=auth)
 
 
 def test_default_answers_fit_githubs_response_schemas(gh: GitHubDouble, http: httpx.Client) -> None:

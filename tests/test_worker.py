@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from bot import cli, deliveries, identity
 from bot.models import DeliveryStatus, Installation, Repository, utcnow
@@ -22,11 +22,11 @@ from tests.support.github_double import GitHubDouble
 from tests.support.payloads import load_payload
 
 
-async def test_installation_created_is_routed_into_the_tables(
+def test_installation_created_is_routed_into_the_tables(
     deliver: Deliverer, work: Callable[[], None], store: Store
 ) -> None:
     payload = load_payload("installation.created")
-    await deliver("installation", payload, delivery_id="inst-1")
+    deliver("installation", payload, delivery_id="inst-1")
 
     work()
 
@@ -39,16 +39,16 @@ async def test_installation_created_is_routed_into_the_tables(
     assert {r.full_name for r in repos} == {r["full_name"] for r in payload["repositories"]}
 
 
-async def test_after_installation_its_deliveries_are_no_longer_ignored(
+def test_after_installation_its_deliveries_are_no_longer_ignored(
     deliver: Deliverer, work: Callable[[], None], store: Store
 ) -> None:
     created = load_payload("installation.created")
     suspend = load_payload("installation.suspend")
     suspend["installation"]["id"] = created["installation"]["id"]
-    await deliver("installation", created)
+    deliver("installation", created)
     work()
 
-    response = await deliver("installation", {**suspend, "action": "suspend"}, delivery_id="s-1")
+    response = deliver("installation", {**suspend, "action": "suspend"}, delivery_id="s-1")
     assert response.json()["status"] == "queued"
     work()
     with store.session() as session:
@@ -56,12 +56,12 @@ async def test_after_installation_its_deliveries_are_no_longer_ignored(
     assert installation is not None and installation.suspended
 
 
-async def test_a_delivery_that_fails_is_marked_failed_and_can_be_replayed(
+def test_a_delivery_that_fails_is_marked_failed_and_can_be_replayed(
     deliver: Deliverer, work: Callable[[], None], store: Store, queue: WorkQueue
 ) -> None:
     broken = load_payload("installation.created")
     broken["installation"] = {"account": {"login": "x"}}  # no id: the router cannot record it
-    await deliver("installation", broken, delivery_id="bad-1")
+    deliver("installation", broken, delivery_id="bad-1")
 
     work()
 
@@ -76,10 +76,10 @@ async def test_a_delivery_that_fails_is_marked_failed_and_can_be_replayed(
     assert again is not None and again.status == DeliveryStatus.failed and again.attempts == 2
 
 
-async def test_a_second_delivery_of_the_same_job_does_nothing(
+def test_a_second_delivery_of_the_same_job_does_nothing(
     deliver: Deliverer, work: Callable[[], None], store: Store, queue: WorkQueue
 ) -> None:
-    await deliver("installation", load_payload("installation.created"), delivery_id="twice")
+    deliver("installation", load_payload("installation.created"), delivery_id="twice")
     queue.enqueue_dispatch("twice")  # the queue delivered the job twice
     work()
     row = deliveries.get(store, "twice")
@@ -117,16 +117,16 @@ def test_sweeper_enqueues_deliveries_the_queue_never_got(runtime: Runtime, store
     assert sweep(runtime) == []
 
 
-async def test_worker_learns_the_apps_identity_and_the_status_page_shows_it(
-    work: Callable[[], None], github: GitHubDouble, client: httpx.AsyncClient, store: Store
+def test_worker_learns_the_apps_identity_and_the_status_page_shows_it(
+    work: Callable[[], None], github: GitHubDouble, client: TestClient, store: Store
 ) -> None:
     work()
 
     app = identity.current(store)
     assert app is not None and app.slug
     call = github.calls("GET", "/app")[0]
-    assert call.headers["authorization"].startswith("Bearer ")
-    page = await client.get("/")
+    assert call.headers["authorization"].lower().startswith("bearer ")
+    page = client.get("/")
     assert page.status_code == 200
     assert app.name in page.text
     assert "healthy: 0 job(s) waiting" in page.text

@@ -38,6 +38,7 @@ class GitRequest:
     query: str
     authorized: bool
     status: int
+    stderr: str = ""  # what http-backend complained about, for debugging a failing test
 
     @property
     def service(self) -> str:
@@ -241,8 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"Authentication required\n")
             return
-        status = self._run_backend(path, parts.query, body)
-        git._record(GitRequest(self.command, path, parts.query, True, status))
+        status, stderr = self._run_backend(path, parts.query, body)
+        git._record(GitRequest(self.command, path, parts.query, True, status, stderr))
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -258,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _run_backend(self, path: str, query: str, body: bytes) -> int:
+    def _run_backend(self, path: str, query: str, body: bytes) -> tuple[int, str]:
         env = {
             **server_env(),
             "GIT_PROJECT_ROOT": str(self.server.git.root),
@@ -281,8 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         stderr: list[bytes] = []
+        errors = process.stderr
         feeder = threading.Thread(target=_feed, args=(process.stdin, body), daemon=True)
-        drain = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        drain = threading.Thread(target=lambda: stderr.append(errors.read()), daemon=True)
         feeder.start()
         drain.start()
         status, headers = _cgi_headers(process.stdout)
@@ -294,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
         process.wait()
         feeder.join()
         drain.join()
-        return status
+        return status, b"".join(stderr).decode(errors="replace")
 
 
 def _feed(stream: Any, body: bytes) -> None:

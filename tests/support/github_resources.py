@@ -1167,6 +1167,12 @@ class GitHubResources:
             "comments_url": f"{api}/comments",
         }
 
+    @_route("users/get-by-username")
+    def _get_user(self, call: Call) -> Reply:
+        login = call.path_params["username"]
+        found = self.bot if login == self.bot_login else self.user(login)
+        return Reply(200, self._build("public-user", **found, created_at=self._now(), updated_at=self._now()))
+
     @_route("repos/get-branch")
     def _get_branch(self, call: Call) -> Reply:
         p = call.path_params

@@ -1,0 +1,170 @@
+"""The gate handler runs a real command in a real directory; the fake is only the workspace object around it."""
+
+from __future__ import annotations
+
+import logging
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import sandbox
+from bot.models import Run, Step
+from bot.repo_config import PolicyConfig, RepoConfig
+from bot.steps import StepContext, StepFailed, discover_handlers
+from handlers import gates
+
+OUTPUT_KEYS = {"command", "exit_code", "duration_s", "isolation", "output_tail", "truncated"}
+
+
+class RecordingArtifacts:
+    """Stands in for `bot.artifacts.StepArtifacts`: keeps what the handler stores."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, bytes] = {}
+
+    def put(self, name: str, data: bytes) -> None:
+        self.stored[name] = data
+
+
+class Harness:
+    """One gate step of one run, with what it emitted and stored."""
+
+    def __init__(self, worktree: Path | None) -> None:
+        self.worktree = worktree
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.artifacts = RecordingArtifacts()
+
+    def context(
+        self, command: str, *, tool: str = "gate:test", timeout_s: int = 30, config: RepoConfig | None = None
+    ) -> StepContext:
+        run = Run(
+            id="run1",
+            installation_id=1,
+            repository="octo/shop",
+            thread_number=7,
+            thread_kind="issue",
+            request="add a cart",
+            requester="octocat",
+            trigger="comment",
+            plan={},
+            config={},
+        )
+        step = Step(
+            id="step1",
+            run_id=run.id,
+            position=2,
+            name=tool.removeprefix("gate:"),
+            tool=tool,
+            inputs={"command": command},
+            depends_on=[],
+            policy={},
+            timeout_s=timeout_s,
+            idempotency_key=f"run1:{tool}:0",
+        )
+        return StepContext(
+            run=run,
+            step=step,
+            config=config or RepoConfig(),
+            gh=None,
+            earlier={},
+            emit=lambda kind, payload: self.events.append((kind, payload)),
+            log=logging.LoggerAdapter(logging.getLogger("test.gates"), {}),
+            artifacts=self.artifacts,  # type: ignore[arg-type]
+            workspace=types.SimpleNamespace(path=self.worktree) if self.worktree else None,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_the_handler_claims_the_three_gate_tools() -> None:
+    registry = discover_handlers()
+
+    assert {tool: registry[tool] for tool in gates.TOOLS} == dict.fromkeys(gates.TOOLS, gates.run)
+
+
+async def test_a_passing_gate_reports_what_ran_and_where(harness: Harness, tmp_path: Path) -> None:
+    (tmp_path / "tests_ok").write_text("")
+
+    result = await gates.run(harness.context("test -f tests_ok && echo '3 passed'"))
+
+    isolation = sandbox.isolation_available()
+    assert set(result.output) == OUTPUT_KEYS
+    assert result.output["exit_code"] == 0
+    assert result.output["output_tail"] == "3 passed"
+    assert result.output["isolation"] == isolation
+    assert result.output["truncated"] is False
+    assert result.summary.startswith("`test -f tests_ok && echo '3 passed'` passed in ")
+    assert result.summary.endswith(f" s (isolation: {isolation})")
+    assert not result.wait
+    assert harness.artifacts.stored == {gates.OUTPUT_ARTIFACT: b"3 passed\n"}
+    [(kind, payload)] = harness.events
+    assert kind == "gate.finished"
+    assert payload["tool"] == "gate:test" and payload["exit_code"] == 0 and payload["timed_out"] is False
+
+
+async def test_a_failing_gate_fails_the_step_with_the_last_lines(harness: Harness) -> None:
+    command = "for n in $(seq 1 50); do echo line $n; done; echo 'E   assert 1 == 2' >&2; exit 2"
+
+    with pytest.raises(StepFailed) as failed:
+        await gates.run(harness.context(command, tool="gate:lint"))
+
+    message = str(failed.value)
+    assert message.startswith(f"`{command}` failed with exit code 2 (isolation: ")
+    assert "E   assert 1 == 2" in message
+    assert "line 50" in message and "line 22\n" in message
+    assert "line 21\n" not in message
+    assert set(failed.value.output) == OUTPUT_KEYS
+    assert failed.value.output["exit_code"] == 2
+    assert failed.value.output["output_tail"].splitlines()[-1] == "E   assert 1 == 2"
+    assert harness.events[0][0] == "gate.finished"
+    assert harness.events[0][1]["tool"] == "gate:lint"
+    assert b"line 1\n" in harness.artifacts.stored[gates.OUTPUT_ARTIFACT]
+
+
+async def test_a_gate_that_runs_too_long_is_killed_and_fails(harness: Harness) -> None:
+    with pytest.raises(StepFailed) as failed:
+        await gates.run(harness.context("echo starting; sleep 1000", timeout_s=1))
+
+    assert "`echo starting; sleep 1000` timed out after 1 s" in str(failed.value)
+    assert "starting" in str(failed.value)
+    assert failed.value.output["exit_code"] is None
+    assert harness.events[0][1]["timed_out"] is True
+
+
+async def test_output_backticks_cannot_break_the_code_block(harness: Harness) -> None:
+    with pytest.raises(StepFailed) as failed:
+        await gates.run(harness.context("echo '```'; echo 'after'; exit 1"))
+
+    assert "\n````\n```\nafter\n````" in str(failed.value)
+
+
+async def test_only_the_allowed_environment_reaches_the_command(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATE_FLAVOUR", "mint")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_must_not_leak")
+    command = 'test "$GATE_FLAVOUR" = mint && test -z "$GITHUB_TOKEN"'
+    allowed = RepoConfig(policy=PolicyConfig(env_allowed=("GATE_FLAVOUR",)))
+
+    result = await gates.run(harness.context(command, config=allowed))
+    assert result.output["exit_code"] == 0
+
+    with pytest.raises(StepFailed, match="exit code 1"):
+        await gates.run(harness.context(command))
+
+
+async def test_a_gate_needs_a_workspace_and_a_command(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed, match="this step needs a workspace"):
+        await gates.run(Harness(None).context("true"))
+    with pytest.raises(StepFailed, match=r"set `gates\.typecheck`"):
+        await gates.run(Harness(tmp_path).context("  ", tool="gate:typecheck"))
+
+
+async def test_a_missing_worktree_fails_the_step(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed, match="could not be started"):
+        await gates.run(Harness(tmp_path / "gone").context("true"))
