@@ -185,7 +185,7 @@ class _BlockScanner:
         self.in_quote_paragraph = False
         if _is_blank(raw):
             return _Block.blank
-        if _COMMENT_START.match(raw):  # an HTML block: the whole line is raw HTML, even after the comment
+        if _opens_comment_block(raw):  # an HTML block: the whole line is raw HTML, even after the comment
             self.in_html_comment = _comment_left_open(raw)
             return _Block.hidden
         return _Block.text
@@ -211,6 +211,11 @@ def _closes_fence(line: str, fence: tuple[str, int]) -> bool:
         return False
     run = match.group(1)
     return run[0] == fence[0] and len(run) >= fence[1]
+
+
+def _opens_comment_block(line: str) -> bool:
+    """Whether the line starts with an HTML comment (also right after a list marker): an HTML block."""
+    return any(_COMMENT_START.match(candidate) for candidate in (line, _without_list_markers(line)))
 
 
 def _quote_content(line: str) -> str | None:
@@ -243,7 +248,7 @@ def _ends_paragraph(line: str) -> bool:
     """Whether a line ends the paragraph above it (a quoted one too): a blank line or another block's start."""
     if _is_blank(line) or _opens_fence(line) is not None or _quote_content(line) is not None:
         return True
-    return bool(_COMMENT_START.match(line)) or _interrupts_paragraph(line)
+    return _opens_comment_block(line) or _interrupts_paragraph(line)
 
 
 def _interrupts_paragraph(line: str) -> bool:

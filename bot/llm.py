@@ -76,7 +76,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("anthropic", "openai")
-DEFAULT_MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4.1"}
+# claude-sonnet-4-5 (the example in DESIGN.md) reaches end of life on 2026-11-30; its successor is priced the same.
+DEFAULT_MODELS = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-4.1"}
 # The smaller sibling usually has capacity when the main model is overloaded.
 FALLBACK_MODELS = {"anthropic": "claude-haiku-4-5", "openai": "gpt-4.1-mini"}
 _KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}

@@ -291,7 +291,7 @@ _LABEL = _text("a label name of 1 to 50 characters on one line", r"(?=.*\S)[^\r\
 _TOOL = _one_of(*TOOLS)
 _COMMAND = _text("a shell command on one line (at most 1000 characters)", r"(?=.*\S)[^\r\n\x00]{1,1000}")
 _MODEL = _text(
-    "`provider:model` with provider anthropic or openai, e.g. anthropic:claude-sonnet-4-5",
+    "`provider:model` with provider anthropic or openai, e.g. anthropic:claude-sonnet-4-6",
     r"(?:anthropic|openai):[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}",
 )
 

@@ -104,7 +104,7 @@ async def rec() -> AsyncIterator[Recorder]:
         await llm.aclose()
 
 
-DEFAULTS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4.1"}
+DEFAULTS = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-4.1"}
 FALLBACKS = {"anthropic": "claude-haiku-4-5", "openai": "gpt-4.1-mini"}
 
 
@@ -149,10 +149,10 @@ async def test_anthropic_tool_call_through_the_sdk(claude: AnthropicDouble, rec:
 
     assert [(c.name, c.input) for c in response.tool_calls] == [("submit_plan", PLAN)]
     assert response.stop_reason == "tool_use"
-    assert response.usage == Usage("anthropic", "claude-sonnet-4-5", 1000, 500, 0.0105, cached=False)
+    assert response.usage == Usage("anthropic", "claude-sonnet-4-6", 1000, 500, 0.0105, cached=False)
     [sent] = claude.requests
     assert sent.json == {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "max_tokens": 2048,
         "system": "You plan changes.",
         "messages": [{"role": "user", "content": [{"type": "text", "text": "add a cart"}]}],
@@ -284,7 +284,7 @@ async def test_overloaded_model_falls_back_to_the_fallback_model(claude: Anthrop
 
     response = await plan_call(llm_for(claude, rec))
 
-    assert [r.model for r in claude.requests] == ["claude-sonnet-4-5"] * 4 + ["claude-haiku-4-5"]
+    assert [r.model for r in claude.requests] == ["claude-sonnet-4-6"] * 4 + ["claude-haiku-4-5"]
     assert len(rec.sleeps) == 3  # between attempts, not before the fallback
     assert response.usage.model == "claude-haiku-4-5"
     assert response.usage.cost_usd == pytest.approx(0.0035)
@@ -605,7 +605,7 @@ async def test_from_settings_honours_base_urls(claude: AnthropicDouble, gpt: Ope
     await plan_call(llm)
     await plan_call(llm, model="openai:gpt-4.1")
 
-    assert [r.model for r in claude.requests] == ["claude-sonnet-4-5"]
+    assert [r.model for r in claude.requests] == ["claude-sonnet-4-6"]
     assert [r.model for r in gpt.requests] == ["gpt-4.1"]
 
 
@@ -620,7 +620,7 @@ def test_from_settings_defaults() -> None:
     both = LLM.from_settings(settings(openai_api_key="k" * 20, anthropic_api_key="a" * 20), cache=None)
     assert both is not None
     assert (str(both.default_model), str(both.fallback_model)) == (
-        "anthropic:claude-sonnet-4-5",
+        "anthropic:claude-sonnet-4-6",
         "anthropic:claude-haiku-4-5",
     )
     chosen = LLM.from_settings(settings(openai_api_key="k" * 20, model="openai:gpt-4.1-mini"), cache=None)
@@ -634,7 +634,7 @@ def test_from_settings_defaults() -> None:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("anthropic:claude-sonnet-4-5", "NOFX_MODEL names anthropic, but ANTHROPIC_API_KEY is not set"),
+        ("anthropic:claude-sonnet-4-6", "NOFX_MODEL names anthropic, but ANTHROPIC_API_KEY is not set"),
         ("gpt-4.1", "NOFX_MODEL must be provider:model"),
     ],
 )
@@ -645,7 +645,7 @@ def test_from_settings_refuses_an_unusable_model(model: str, message: str) -> No
 
 async def test_a_model_without_a_key_is_a_clear_error(gpt: OpenAIDouble, rec: Recorder) -> None:
     with pytest.raises(LLMError, match="needs ANTHROPIC_API_KEY"):
-        await plan_call(llm_for(gpt, rec), model="anthropic:claude-sonnet-4-5")
+        await plan_call(llm_for(gpt, rec), model="anthropic:claude-sonnet-4-6")
 
 
 async def test_one_log_line_per_call_without_prompt_or_key(

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from bot.workspaces import GitError, Workspaces, Worktree, _locked, branch_name, git_env
@@ -455,7 +456,7 @@ def test_branch_name(request_text: str, expected: str) -> None:
     assert branch_name(12, request_text) == expected
 
 
-@settings(max_examples=60, deadline=None)
+@hypothesis_settings(max_examples=60, deadline=None)
 @given(st.integers(min_value=0, max_value=10**9), st.text())
 def test_branch_names_are_always_valid_refs(issue: int, request_text: str) -> None:
     name = branch_name(issue, request_text)

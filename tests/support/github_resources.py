@@ -209,6 +209,12 @@ class GitHubResources:
         with self._lock:
             return self._new_pull(owner, repo, head, base, title, body, draft, self._user_or_bot(user))
 
+    def accepts_token(self, value: str) -> bool:
+        """Whether an installation token was issued here and is still valid: the git server's check."""
+        with self._lock:
+            token = self._tokens.get(value)
+            return token is not None and token.expires_at > self.clock()
+
     @property
     def tokens_issued(self) -> int:
         """How many installation tokens were handed out (to check the App caches them)."""

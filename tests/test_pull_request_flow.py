@@ -1,0 +1,337 @@
+"""`/nofx add …` on an issue comes back as a tested pull request, through real parts end to end.
+
+GitHub is the OpenAPI-checking double; the repository is a real bare repository served over git smart HTTP
+that refuses requests without an installation token the double issued; the model is a local server speaking
+Anthropic's wire format; the queue is a real Valkey/Redis and the worker a real RQ worker.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import runs
+from bot.models import Run, RunStatus, StepStatus
+from bot.settings import Settings
+from bot.store import Store
+from tests.conftest import Deliverer
+from tests.support.git_server import GitServer, run_git
+from tests.support.github_double import GitHubDouble
+from tests.support.llm_double import AnthropicDouble
+from tests.support.payloads import load_payload
+
+OWNER, REPO, BASE = "Codertocat", "Hello-World", "master"
+CONFIG = ".github/nofx.yml"
+CALC = "def add(a, b):\n    return a + b\n"
+TEST_CALC = (
+    "import unittest\n\nfrom calc import add\n\n\n"
+    "class AddTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+)
+MULTIPLY = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n"
+TEST_MULTIPLY = (
+    "import unittest\n\nfrom calc import multiply\n\n\n"
+    "class MultiplyTest(unittest.TestCase):\n    def test_multiply(self):\n        self.assertEqual(multiply(2, 3), 6)\n"
+)
+NO_APPROVAL = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n"
+
+
+@pytest.fixture
+def llm() -> Iterator[AnthropicDouble]:
+    with AnthropicDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
+    return replace(settings, anthropic_api_key=llm.api_key, anthropic_base_url=llm.base_url)
+
+
+@pytest.fixture
+def git(tmp_path: Path, github: GitHubDouble) -> Iterator[GitServer]:
+    with GitServer(tmp_path / "served", accept_token=github.accepts_token) as server:
+        server.create_repo(OWNER, REPO, {"calc.py": CALC, "test_calc.py": TEST_CALC}, default_branch=BASE)
+        github.branches[(OWNER, REPO, BASE)] = server.git(OWNER, REPO, "rev-parse", BASE).strip()
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
+    installed(load_payload("issue_comment.created"))
+
+
+def ask(git: GitServer, body: str, number: int = 1) -> dict[str, Any]:
+    payload = load_payload("issue_comment.created", comment__body=body)
+    payload["repository"]["clone_url"] = git.url_for(OWNER, REPO)
+    payload["issue"]["number"] = number
+    return payload
+
+
+def script_multiply(llm: AnthropicDouble) -> None:
+    llm.tool_call("read_file", {"path": "calc.py"})
+    llm.tool_calls(
+        [
+            ("replace_in_file", {"path": "calc.py", "old": CALC, "new": MULTIPLY}),
+            ("write_file", {"path": "test_multiply.py", "content": TEST_MULTIPLY}),
+            ("finish", {"summary": "Adds multiply() with a test."}),
+        ]
+    )
+
+
+def the_run(store: Store) -> Run:
+    from sqlmodel import select
+
+    with store.session() as session:
+        [run] = session.exec(select(Run)).all()
+    return run
+
+
+def test_comment_comes_back_as_a_tested_pull_request(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    settings: Settings,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_multiply(llm)
+
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+
+    run = the_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    assert [s.status for s in steps.values()] == [StepStatus.succeeded] * 4
+    # The branch holds exactly what the model wrote, pushed with the installation token.
+    branch = steps["pull-request"].output["branch"]
+    assert branch.startswith("nofx/1-add-a-multiply-function")
+    assert git.show(OWNER, REPO, branch, "calc.py") == MULTIPLY
+    assert git.show(OWNER, REPO, branch, "test_multiply.py") == TEST_MULTIPLY
+    assert git.requests_for("git-receive-pack", authorized=False) == []
+    author = git.git(OWNER, REPO, "log", "-1", "--format=%an <%ae>%n%b", branch)
+    assert author.startswith(f"{github.bot_login} <")
+    assert "Co-authored-by: Codertocat <" in author
+    # The tests ran in the worktree.
+    assert steps["test"].output["exit_code"] == 0
+    assert "Ran 2 tests" in steps["test"].output["output_tail"]
+    # The pull request links the issue, lists the steps and asks the requester to review.
+    [created] = github.calls("POST", "/repos/{owner}/{repo}/pulls")
+    assert created.json["head"] == branch and created.json["base"] == BASE
+    assert created.json["body"].startswith("Closes #1")
+    assert "**test** (`gate:test`)" in created.json["body"]
+    [review] = github.calls("POST", "/repos/{owner}/{repo}/pulls/{pull_number}/requested_reviewers")
+    assert review.json == {"reviewers": ["Codertocat"]}
+    # The check run concluded, on the commit the run concerns.
+    check = github.check_runs[run.check_run_id]
+    assert (check["status"], check["conclusion"]) == ("completed", "success")
+    assert check["head_sha"] == github.branches[(OWNER, REPO, BASE)]
+    # One status comment, edited in place, showing the outcome.
+    posted = github.calls("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments")
+    assert len(posted) == 1
+    final = github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
+    assert "pull request" in final.lower() and f"nofx:run:{run.id}" in final
+    # Nothing secret reached the model; costs were recorded.
+    prompts = "".join(r.text for r in llm.requests)
+    assert settings.webhook_secret not in prompts and "ghs_" not in prompts
+    assert run.cost_usd > 0
+
+
+def test_a_failing_gate_fails_the_run_and_opens_no_pull_request(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    llm.tool_calls(
+        [
+            ("replace_in_file", {"path": "calc.py", "old": "a + b", "new": "a - b"}),
+            ("finish", {"summary": "Breaks add."}),
+        ]
+    )
+
+    deliver("issue_comment", ask(git, "/nofx subtract instead"))
+    work()
+
+    run = the_run(store)
+    assert run.status == RunStatus.failed
+    statuses = {s.name: s.status for s in runs.steps_of(store, run.id)}
+    assert statuses == {
+        "generate": StepStatus.succeeded,
+        "apply": StepStatus.succeeded,
+        "test": StepStatus.failed,
+        "pull-request": StepStatus.skipped,
+    }
+    assert not github.calls("POST", "/repos/{owner}/{repo}/pulls")
+    final = github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
+    assert "AssertionError" in final and "/nofx retry test" in final
+    check = github.check_runs[run.check_run_id]
+    assert check["conclusion"] == "failure" and "AssertionError" in check["output"]["text"]
+
+
+def test_the_pull_request_waits_for_approval_by_default(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = "gates:\n  test: python3 -m unittest -q\n"
+    script_multiply(llm)
+
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    run = the_run(store)
+    assert run.status == RunStatus.waiting
+    assert not github.calls("POST", "/repos/{owner}/{repo}/pulls")
+    last_update = github.calls("PATCH", "/repos/{owner}/{repo}/check-runs/{check_run_id}")[-1].json
+    assert [a["identifier"] for a in last_update["actions"]] == ["approve", "reject", "cancel"]
+
+    deliver("issue_comment", ask(git, "/nofx approve"))
+    work()
+    assert the_run(store).status == RunStatus.succeeded
+    assert len(github.calls("POST", "/repos/{owner}/{repo}/pulls")) == 1
+
+
+def test_path_escape_through_a_symlink_is_refused(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _commit_symlink(git, "docs", str(outside))
+    github.branches[(OWNER, REPO, BASE)] = git.git(OWNER, REPO, "rev-parse", BASE).strip()
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    llm.tool_calls([("write_file", {"path": "docs/evil.txt", "content": "x"}), ("finish", {"summary": "s"})])
+
+    deliver("issue_comment", ask(git, "/nofx write docs"))
+    work()
+
+    run = the_run(store)
+    apply = next(s for s in runs.steps_of(store, run.id) if s.name == "apply")
+    assert apply.status == StepStatus.failed
+    assert "docs/evil.txt: goes through a symbolic link" in (apply.error or "")
+    assert list(outside.iterdir()) == []
+
+
+def test_an_ambiguous_replacement_fails_with_the_path_and_reason(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    llm.tool_calls([("replace_in_file", {"path": "calc.py", "old": "a", "new": "x"}), ("finish", {"summary": "s"})])
+
+    deliver("issue_comment", ask(git, "/nofx rename a"))
+    work()
+
+    apply = next(s for s in runs.steps_of(store, the_run(store).id) if s.name == "apply")
+    assert apply.error == "calc.py: the text to replace occurs 3 times; it must be unique"
+
+
+def test_the_budget_stops_the_run_with_a_clear_message(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL + "  max_cost_usd: 0.001\n"
+    llm.tool_call("read_file", {"path": "calc.py"}, input_tokens=5000)
+
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+
+    run = the_run(store)
+    generate = next(s for s in runs.steps_of(store, run.id) if s.name == "generate")
+    assert run.status == RunStatus.failed
+    assert "max_cost_usd" in (generate.error or "")
+    assert len(llm.requests) == 1  # nothing more was sent once the budget was spent
+
+
+def test_an_overloaded_model_is_retried_until_it_recovers(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    llm.overloaded(2)
+    script_multiply(llm)
+
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work(timeout_s=60)
+
+    assert the_run(store).status == RunStatus.succeeded
+    assert len(llm.requests) == 4  # two overloaded answers, then the two turns of the script
+
+
+def test_two_runs_on_one_repository_at_once(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    from sqlmodel import select
+
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_multiply(llm)
+    script_multiply(llm)
+
+    deliver("issue_comment", ask(git, "/nofx add a multiply function", number=1))
+    deliver("issue_comment", ask(git, "/nofx add a multiply function", number=2))
+    work()
+
+    with store.session() as session:
+        finished = session.exec(select(Run)).all()
+    assert [r.status for r in finished] == [RunStatus.succeeded, RunStatus.succeeded]
+    branches = {r.branch for r in finished}
+    assert branches == {"nofx/1-add-a-multiply-function", "nofx/2-add-a-multiply-function"}
+    for branch in branches:
+        assert git.show(OWNER, REPO, branch, "calc.py") == MULTIPLY
+    mirror = next((Path(store.url.removeprefix("sqlite:///")).parent / "data" / "workspaces").rglob("mirror.git"))
+    assert git_fsck(mirror) == ""
+
+
+def git_fsck(mirror: Path) -> str:
+    return subprocess.run(
+        ["git", "fsck", "--no-progress", "--no-dangling"], cwd=mirror, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _commit_symlink(git: GitServer, name: str, target: str) -> None:
+    """Commit a symbolic link (mode 120000) pointing outside the repository, as a hostile repo could."""
+    repo = git.repo_path(OWNER, REPO)
+    parent = run_git(repo, "rev-parse", BASE).strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        run_git(repo, "read-tree", parent, env=index)
+        blob = run_git(repo, "hash-object", "-w", "--stdin", input=target.encode()).strip()
+        run_git(repo, "update-index", "--add", "--cacheinfo", f"120000,{blob},{name}", env=index)
+        tree = run_git(repo, "write-tree", env=index).strip()
+    sha = run_git(repo, "commit-tree", tree, "-p", parent, "-m", "Add a link").strip()
+    run_git(repo, "update-ref", f"refs/heads/{BASE}", sha)
