@@ -94,6 +94,12 @@ class _Block(Enum):
     hidden = "hidden"
 
 
+class _Fence(NamedTuple):
+    char: str
+    length: int
+    indent: int  # columns of a list item's content, for a fence opened inside one; 0 at the top level
+
+
 class _Line(NamedTuple):
     block: _Block
     raw: str
@@ -147,7 +153,7 @@ class _BlockScanner:
     """The block state Markdown carries from line to line: an open fence, HTML comment, paragraph or quote."""
 
     def __init__(self) -> None:
-        self.fence: tuple[str, int] | None = None  # (character, length) of the open fence
+        self.fence: _Fence | None = None
         self.in_html_comment = False
         self.in_paragraph = False
         self.in_quote_paragraph = False
@@ -160,10 +166,11 @@ class _BlockScanner:
         return block, starts_paragraph
 
     def _block(self, raw: str) -> _Block:
-        if self.fence is not None:
+        if self.fence is not None and not _leaves_list_item(raw, self.fence.indent):
             if _closes_fence(raw, self.fence):
                 self.fence = None
             return _Block.code
+        self.fence = None
         if self.in_html_comment:
             end = raw.find("-->")
             if end >= 0:
@@ -185,32 +192,46 @@ class _BlockScanner:
         self.in_quote_paragraph = False
         if _is_blank(raw):
             return _Block.blank
+        if not self.in_paragraph and _indent(raw) >= 4:  # indented code, which cannot interrupt a paragraph
+            return _Block.code
         if _opens_comment_block(raw):  # an HTML block: the whole line is raw HTML, even after the comment
             self.in_html_comment = _comment_left_open(raw)
             return _Block.hidden
         return _Block.text
 
 
-def _opens_fence(line: str) -> tuple[str, int] | None:
-    """A fence opener's character and length, also on a list item's first line (`- ```sh`).
+def _opens_fence(line: str) -> _Fence | None:
+    """The fence a line opens, also on a list item's first line (`- ```sh`); None if it opens none.
 
     A backtick fence's info string may not hold a backtick.
     """
-    match = _FENCE_OPEN.fullmatch(line) or _FENCE_OPEN.fullmatch(_without_list_markers(line))
+    content = _without_list_markers(line)
+    match = _FENCE_OPEN.fullmatch(line) or _FENCE_OPEN.fullmatch(content)
     if match is None:
         return None
     run, info = match.groups()
     if run[0] == "`" and "`" in info:
         return None
-    return run[0], len(run)
+    indent = 0 if match.string is line else _indent(line[: len(line) - len(content)])
+    return _Fence(run[0], len(run), indent)
 
 
-def _closes_fence(line: str, fence: tuple[str, int]) -> bool:
-    match = _FENCE_CLOSE.fullmatch(line)
+def _closes_fence(line: str, fence: _Fence) -> bool:
+    match = _FENCE_CLOSE.fullmatch(line[: fence.indent].lstrip(" ") + line[fence.indent :])
     if match is None:
         return False
     run = match.group(1)
-    return run[0] == fence[0] and len(run) >= fence[1]
+    return run[0] == fence.char and len(run) >= fence.length
+
+
+def _leaves_list_item(line: str, indent: int) -> bool:
+    """Whether a line ends the list item whose content is indented `indent` columns (a fence inside ends too)."""
+    return indent > 0 and not _is_blank(line) and _indent(line) < indent
+
+
+def _indent(line: str) -> int:
+    """Columns of leading whitespace, tabs stopping every 4 columns."""
+    return len(line[: len(line) - len(line.lstrip(" \t"))].expandtabs(4))
 
 
 def _opens_comment_block(line: str) -> bool:
@@ -238,6 +259,7 @@ def _opens_paragraph(content: str) -> bool:
     return not (
         _is_blank(content)
         or _opens_fence(content) is not None
+        or _opens_comment_block(content)
         or content.startswith("    ")  # indented code; a tab here may or may not be, so it counts as text
         or _HEADING.match(content)
         or _THEMATIC_BREAK.match(content)

@@ -47,12 +47,12 @@ def sweep(runtime: Runtime) -> list[str]:
     return stale
 
 
-def reap(runtime: Runtime) -> list[str]:
+def reap(runtime: Runtime, *, dead_after: timedelta = DEAD_STEP_AFTER) -> list[str]:
     """Retry (or fail) steps whose worker died mid-step, and re-enqueue queued steps whose job is lost."""
     reaped: list[str] = []
     now = utcnow()
     for step in runs.unfinished_steps(runtime.store):
-        if step.status == StepStatus.running and (step.heartbeat_at or now) < now - DEAD_STEP_AFTER:
+        if step.status == StepStatus.running and (step.heartbeat_at or now) < now - dead_after:
             reaped.append(step.id)
             _reap_dead(runtime, step)
         elif (

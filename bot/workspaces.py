@@ -247,9 +247,17 @@ class Worktree:
         untracked = await self._git("ls-files", "--others", "--exclude-standard", "-z")
         return sorted({name for name in (tracked + untracked).split("\0") if name})
 
-    async def commit_all(self, message: str, *, author_name: str, author_email: str) -> str | None:
-        """Stage everything and commit it as the author (also the committer); None when nothing changed."""
-        await self._git("add", "--all")
+    async def commit_all(
+        self, message: str, *, author_name: str, author_email: str, paths: list[str] | None = None
+    ) -> str | None:
+        """Stage `paths` (default: everything) and commit as the author (also the committer); None if unchanged.
+
+        Passing the paths a run wrote keeps by-products of the gates (caches, build output) out of the commit.
+        """
+        if paths is None:
+            await self._git("add", "--all")
+        elif paths:
+            await self._git("add", "--all", "--", *paths)
         if not (await self._git("status", "--porcelain", "--untracked-files=no")).strip():
             return None
         identity = {

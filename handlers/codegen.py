@@ -60,7 +60,9 @@ SPECS = [
 
 async def run(ctx: StepContext) -> StepResult:
     if ctx.workspace is None or ctx.llm is None or ctx.artifacts is None:
-        raise StepFailed("code generation needs a workspace and a configured model (ANTHROPIC_API_KEY or OPENAI_API_KEY)")
+        raise StepFailed(
+            "code generation needs a workspace and a configured model (ANTHROPIC_API_KEY or OPENAI_API_KEY)"
+        )
     request = str(ctx.inputs.get("request") or ctx.run.request)
     paths = (await ctx.workspace.git("ls-files", "-z")).split("\0")
     context = repo_context.build(ctx.workspace.path, [p for p in paths if p], request)
@@ -133,7 +135,9 @@ def _first_prompt(ctx: StepContext, request: str, context: repo_context.RepoCont
     ]
     previous = ctx.inputs.get("previous")
     if previous:
-        parts.append("An earlier run on this thread, which this request continues:\n" + untrusted("earlier run", str(previous)))
+        parts.append(
+            "An earlier run on this thread, which this request continues:\n" + untrusted("earlier run", str(previous))
+        )
     tree = "\n".join(context.tree) + (f"\n… and {context.omitted} more files" if context.omitted else "")
     parts.append("Files of the repository:\n" + untrusted("file list", tree))
     for path, text in context.files.items():

@@ -23,9 +23,9 @@ async def run(ctx: StepContext) -> StepResult:
     author_name, author_email = await ctx.author()
     try:
         commit = await ctx.workspace.commit_all(
-            _commit_message(ctx), author_name=author_name, author_email=author_email
+            _commit_message(ctx), author_name=author_name, author_email=author_email, paths=_written(ctx)
         )
-        if commit is None and not await ctx.workspace.changed_files():
+        if commit is None and await ctx.workspace.head_sha() == ctx.workspace.start_sha:
             raise StepFailed("there is nothing to commit: the run changed no file")
         await ctx.workspace.push(await ctx.git_token())
     except GitError as exc:
@@ -88,6 +88,13 @@ async def _request_review(ctx: StepContext, owner: str, repo: str, number: int) 
         )
     except BadRequest as exc:
         ctx.log.info("could not request a review from %s: %s", ctx.run.requester, exc)
+
+
+def _written(ctx: StepContext) -> list[str]:
+    """Only what the run's write steps wrote is committed, never what the gates left behind."""
+    return sorted(
+        {path for s in ctx.earlier.values() if s.tool == "workspace:write" for path in s.output.get("files", [])}
+    )
 
 
 def _title(ctx: StepContext) -> str:

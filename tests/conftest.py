@@ -8,6 +8,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,18 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.web import create_app
 from bot.worker import run_worker
+from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
-from tests.support.payloads import webhook_headers
+from tests.support.llm_double import AnthropicDouble
+from tests.support.payloads import load_payload, webhook_headers
 
 APP_ID = "4242"
+OWNER, REPO, BASE = "Codertocat", "Hello-World", "master"  # the repository of the vendored payloads
+CALC = "def add(a, b):\n    return a + b\n"
+TEST_CALC = (
+    "import unittest\n\nfrom calc import add\n\n\n"
+    "class AddTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
+)
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -195,7 +204,7 @@ def deliver(client: TestClient, settings: Settings) -> Deliverer:
 def work(runtime: Runtime) -> Callable[..., None]:
     """Run a real RQ worker over the test queue until it and the scheduled jobs (retries, reports) are done."""
 
-    def drain(timeout_s: float = 30.0) -> None:
+    def drain(timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         queue = runtime.queue.queue
         scheduled = ScheduledJobRegistry(queue=queue)
@@ -224,3 +233,32 @@ def installed(store: Store) -> Callable[[dict[str, Any]], None]:
             )
 
     return install
+
+
+@pytest.fixture
+def llm() -> Iterator[AnthropicDouble]:
+    """A local server speaking Anthropic's wire format; tests script its answers."""
+    with AnthropicDouble() as double:
+        yield double
+
+
+def with_model(settings: Settings, llm: AnthropicDouble) -> Settings:
+    """Settings whose model is the LLM double (a test module overrides `settings` with this)."""
+    return replace(settings, anthropic_api_key=llm.api_key, anthropic_base_url=llm.base_url)
+
+
+@pytest.fixture
+def git(tmp_path: Path, github: GitHubDouble) -> Iterator[GitServer]:
+    """The payloads' repository as a real bare repository over git smart HTTP, guarded by the double's tokens."""
+    with GitServer(tmp_path / "served", accept_token=github.accepts_token) as server:
+        server.create_repo(OWNER, REPO, {"calc.py": CALC, "test_calc.py": TEST_CALC}, default_branch=BASE)
+        github.branches[(OWNER, REPO, BASE)] = server.git(OWNER, REPO, "rev-parse", BASE).strip()
+        yield server
+
+
+def ask(git: GitServer, body: str, number: int = 1) -> dict[str, Any]:
+    """An `issue_comment.created` delivery on issue `number` whose repository clones from `git`."""
+    payload = load_payload("issue_comment.created", comment__body=body)
+    payload["repository"]["clone_url"] = git.url_for(OWNER, REPO)
+    payload["issue"]["number"] = number
+    return payload

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,13 @@ from bot import runs
 from bot.models import Run, RunStatus, StepStatus
 from bot.settings import Settings
 from bot.store import Store
-from tests.conftest import Deliverer
+from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer, run_git
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload
 
-OWNER, REPO, BASE = "Codertocat", "Hello-World", "master"
 CONFIG = ".github/nofx.yml"
-CALC = "def add(a, b):\n    return a + b\n"
-TEST_CALC = (
-    "import unittest\n\nfrom calc import add\n\n\n"
-    "class AddTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
-)
 MULTIPLY = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n"
 TEST_MULTIPLY = (
     "import unittest\n\nfrom calc import multiply\n\n\n"
@@ -42,34 +35,13 @@ NO_APPROVAL = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approv
 
 
 @pytest.fixture
-def llm() -> Iterator[AnthropicDouble]:
-    with AnthropicDouble() as double:
-        yield double
-
-
-@pytest.fixture
 def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
-    return replace(settings, anthropic_api_key=llm.api_key, anthropic_base_url=llm.base_url)
-
-
-@pytest.fixture
-def git(tmp_path: Path, github: GitHubDouble) -> Iterator[GitServer]:
-    with GitServer(tmp_path / "served", accept_token=github.accepts_token) as server:
-        server.create_repo(OWNER, REPO, {"calc.py": CALC, "test_calc.py": TEST_CALC}, default_branch=BASE)
-        github.branches[(OWNER, REPO, BASE)] = server.git(OWNER, REPO, "rev-parse", BASE).strip()
-        yield server
+    return with_model(settings, llm)
 
 
 @pytest.fixture(autouse=True)
 def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
     installed(load_payload("issue_comment.created"))
-
-
-def ask(git: GitServer, body: str, number: int = 1) -> dict[str, Any]:
-    payload = load_payload("issue_comment.created", comment__body=body)
-    payload["repository"]["clone_url"] = git.url_for(OWNER, REPO)
-    payload["issue"]["number"] = number
-    return payload
 
 
 def script_multiply(llm: AnthropicDouble) -> None:
@@ -116,6 +88,8 @@ def test_comment_comes_back_as_a_tested_pull_request(
     assert git.show(OWNER, REPO, branch, "calc.py") == MULTIPLY
     assert git.show(OWNER, REPO, branch, "test_multiply.py") == TEST_MULTIPLY
     assert git.requests_for("git-receive-pack", authorized=False) == []
+    changed = git.git(OWNER, REPO, "diff", "--name-only", f"{BASE}...{branch}").split()
+    assert changed == ["calc.py", "test_multiply.py"]  # no gate by-products (__pycache__) committed
     author = git.git(OWNER, REPO, "log", "-1", "--format=%an <%ae>%n%b", branch)
     assert author.startswith(f"{github.bot_login} <")
     assert "Co-authored-by: Codertocat <" in author
