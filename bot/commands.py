@@ -7,30 +7,35 @@ back, or None when the text holds no command. Strict about what is a command, ge
 - A command is a line that starts with the prefix (default `/nofx`, matched literally and case-sensitively),
   after at most 3 spaces, followed by whitespace or the end of the line: `/nofxy` is not a command, and a line
   indented by 4 spaces or a tab is an indented code block.
-- Not commands, because a reader does not see them as one (the Markdown is read the way CommonMark does):
+- Not commands, because a reader does not see them as one (the text is read the way CommonMark reads it):
   - lines in a fenced code block: ``` or ~~~ (3 or more, any info string, up to 3 spaces of indent, also right
     after a list marker), closed by a run of the same character at least as long with nothing after it; an
-    unterminated fence runs to the end of the text;
+    unterminated fence runs to the end of the text (or of its list item);
   - quoted lines (`>`, `>>`, `> >`, `- >`), and unquoted lines that continue a quoted paragraph because no blank
     line or other block came between (Markdown's "lazy continuation");
   - lines inside an HTML comment. A line starting with `<!--` is raw HTML as a whole (even what follows the
     comment on it), and the comment runs to its `-->`, or to the end of the text if there is none. A comment
-    opened inside a paragraph hides only up to its `-->` within that paragraph; without one it is plain text;
-  - lines that start inside a code span (backticks) opened on an earlier line of the same paragraph.
+    opened inside a paragraph hides up to its `-->` in that paragraph; without one it is plain text;
+  - lines that start inside a code span (backticks) opened on an earlier line of the same paragraph;
+  - lines of a `<pre>`, `<script>`, `<style>` or `<textarea>` block, up to its closing tag. Other block-level
+    HTML (`<details>`, `<div>`, ...) runs to the next blank line: its lines are visible text and may hold a
+    command, but no fence or quote starts inside it.
 - Only the FIRST command in the text counts; later ones are ignored.
 - The first word picks the verb, case-insensitively, ignoring trailing `.,:;!?` (`/nofx Approve`, `/nofx plan:`):
   help, plan, review, approve, reject, retry, cancel, status, forget, git. Any other first word makes the whole
   rest of the line a change request (`/nofx add a cart`). A bare prefix is `help`, whatever follows on later lines.
 - For change, plan and reject the argument goes on over the following lines until a blank line, another command
-  line, a line that is not plain text (fence, quote, HTML comment) or the end of the text. Other verbs take the
-  rest of their own line only. HTML comments are dropped from the argument; whitespace is trimmed.
+  line, a line that is not plain text (fence, quote, HTML comment, code) or the end of the text. Other verbs take
+  the rest of their own line only. HTML comments are dropped from the argument; whitespace is trimmed.
 - `retry --from <checkpoint>` (or `--from=<checkpoint>`) fills `retry_from`; `retry --from` with no checkpoint
   keeps `--from` as the argument, for the caller to refuse. `git <op> [args]` keeps the op, lowercased, and its
   args; which ops are allowed, and for whom, is decided elsewhere.
 - An argument is capped at MAX_ARGUMENT characters; a longer one is cut and the command says `truncated`.
 
-Known approximations, all erring towards "not a command": a fence opened inside a quote does not end the
-quote's lazy continuation, a tab after `>` never counts as indentation, and backslash escapes are ignored.
+Known approximations, all erring towards "not a command": list items are only seen through the markers on their
+first line; a fence opened inside a quote does not end the quote's lazy continuation; a tab after `>` never
+counts as indentation; backslash escapes are ignored; a comment left open at the end of a raw HTML line hides
+everything up to the next `-->` in the text, even one a browser would not read as closing it.
 """
 
 from __future__ import annotations
@@ -82,16 +87,35 @@ _COMMENT_START = re.compile(r" {0,3}<!--")
 _HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 _THEMATIC_BREAK = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _LIST_ITEM = re.compile(r" {0,3}(?:[-+*]|1[.)])[ \t]+\S")
+_BLOCK_TAGS = (
+    "address|article|aside|base|basefont|blockquote|body|caption|center|col|colgroup|dd|details|dialog|dir|div|dl"
+    "|dt|fieldset|figcaption|figure|footer|form|frame|frameset|h[1-6]|head|header|hr|html|iframe|legend|li|link"
+    "|main|menu|menuitem|nav|noframes|ol|optgroup|option|p|param|search|section|summary|table|tbody|td|tfoot|th"
+    "|thead|title|tr|track|ul"
+)
+_HTML_BLOCK_TAG = re.compile(rf" {{0,3}}</?(?:{_BLOCK_TAGS})(?:[ \t>]|/>|$)", re.IGNORECASE)
+_HTML_TAG_LINE = re.compile(
+    r" {0,3}(?:<[A-Za-z][A-Za-z0-9-]*"
+    r"(?:[ \t]+[A-Za-z_:][\w.:-]*(?:[ \t]*=[ \t]*(?:[^ \t\"'=<>`]+|'[^']*'|\"[^\"]*\"))?)*[ \t]*/?>"
+    r"|</[A-Za-z][A-Za-z0-9-]*[ \t]*>)[ \t]*"
+)
+_RAW_HTML_START = re.compile(r" {0,3}<(?:pre|script|style|textarea)(?:[ \t>]|$)", re.IGNORECASE)
+_RAW_HTML_END = re.compile(r"</(?:pre|script|style|textarea)>", re.IGNORECASE)
 _INLINE_OPENER = re.compile(r"`+|<!--")
+_COMMENT_OPENER = re.compile(r"<!--")
 _BACKTICKS = re.compile(r"`+")
 
 
 class _Block(Enum):
-    text = "text"
+    text = "text"  # paragraph text
+    html = "html"  # a line of block-level HTML, which a reader sees as text too
     blank = "blank"
     code = "code"
     quote = "quote"
     hidden = "hidden"
+
+
+_TEXT = frozenset({_Block.text, _Block.html})  # what a reader sees as text, so may hold a command
 
 
 class _Fence(NamedTuple):
@@ -144,6 +168,8 @@ def _classify(lines: list[str]) -> Iterator[_Line]:
             paragraph = []
         if block is _Block.text:
             paragraph.append(raw)
+        elif block is _Block.html:  # raw HTML: comments hide, backticks do not
+            yield _Line(block, raw, _without_comments(raw, 0, _spans(raw, _COMMENT_OPENER)))
         else:
             yield _Line(block, raw, "")
     yield from _paragraph_lines(paragraph)
@@ -155,6 +181,8 @@ class _BlockScanner:
     def __init__(self) -> None:
         self.fence: _Fence | None = None
         self.in_html_comment = False
+        self.in_raw_html = False  # <pre>, <script>, <style>, <textarea>: up to the closing tag
+        self.in_html_block = False  # any other block-level HTML: up to a blank line
         self.in_paragraph = False
         self.in_quote_paragraph = False
 
@@ -170,13 +198,25 @@ class _BlockScanner:
             if _closes_fence(raw, self.fence):
                 self.fence = None
             return _Block.code
-        self.fence = None
+        self.fence = None  # closed, or its list item ended
         if self.in_html_comment:
             end = raw.find("-->")
             if end >= 0:
                 self.in_html_comment = _comment_left_open(raw[end + 3 :])
             return _Block.hidden
+        if self.in_raw_html:
+            self.in_raw_html = not _RAW_HTML_END.search(raw)
+            return _Block.code
+        if self.in_html_block and not _is_blank(raw):
+            return self._html(raw)
+        self.in_html_block = False
         return self._new_block(raw)
+
+    def _html(self, raw: str) -> _Block:
+        """A line of an HTML block: text a reader sees, with no Markdown block inside; comments still hide."""
+        self.in_html_block = True
+        self.in_html_comment = _comment_left_open(raw)
+        return _Block.html
 
     def _new_block(self, raw: str) -> _Block:
         fence = _opens_fence(raw)
@@ -186,6 +226,8 @@ class _BlockScanner:
         quoted = _quote_content(raw)
         if quoted is not None:
             self.in_quote_paragraph = _opens_paragraph(quoted)
+            # a comment left open in quoted raw HTML still hides the rest, once the page is read as HTML
+            self.in_html_comment = _opens_comment_block(quoted) and _comment_left_open(quoted)
             return _Block.quote
         if self.in_quote_paragraph and not _ends_paragraph(raw):
             return _Block.quote
@@ -197,6 +239,11 @@ class _BlockScanner:
         if _opens_comment_block(raw):  # an HTML block: the whole line is raw HTML, even after the comment
             self.in_html_comment = _comment_left_open(raw)
             return _Block.hidden
+        if _RAW_HTML_START.match(raw):
+            self.in_raw_html = not _RAW_HTML_END.search(raw)
+            return _Block.code
+        if _HTML_BLOCK_TAG.match(raw) or (not self.in_paragraph and _HTML_TAG_LINE.fullmatch(raw)):
+            return self._html(raw)
         return _Block.text
 
 
@@ -205,14 +252,15 @@ def _opens_fence(line: str) -> _Fence | None:
 
     A backtick fence's info string may not hold a backtick.
     """
-    content = _without_list_markers(line)
-    match = _FENCE_OPEN.fullmatch(line) or _FENCE_OPEN.fullmatch(content)
+    match, indent = _FENCE_OPEN.fullmatch(line), 0
+    if match is None:
+        content = _without_list_markers(line)
+        match, indent = _FENCE_OPEN.fullmatch(content), len(line[: len(line) - len(content)].expandtabs(4))
     if match is None:
         return None
     run, info = match.groups()
     if run[0] == "`" and "`" in info:
         return None
-    indent = 0 if match.string is line else _indent(line[: len(line) - len(content)])
     return _Fence(run[0], len(run), indent)
 
 
@@ -256,12 +304,13 @@ def _without_list_markers(line: str) -> str:
 
 def _opens_paragraph(content: str) -> bool:
     """Whether a quoted line's content is paragraph text, which the next unquoted lines may lazily continue."""
+    item = _without_list_markers(content)
     return not (
-        _is_blank(content)
+        _is_blank(item)
         or _opens_fence(content) is not None
         or _opens_comment_block(content)
         or content.startswith("    ")  # indented code; a tab here may or may not be, so it counts as text
-        or _HEADING.match(content)
+        or _HEADING.match(item)
         or _THEMATIC_BREAK.match(content)
     )
 
@@ -274,8 +323,9 @@ def _ends_paragraph(line: str) -> bool:
 
 
 def _interrupts_paragraph(line: str) -> bool:
-    """Whether a text line starts a paragraph of its own: a heading, a thematic break, a list item."""
-    return any(pattern.match(line) for pattern in (_HEADING, _THEMATIC_BREAK, _LIST_ITEM))
+    """Whether a text line starts a block of its own: a heading, a thematic break, a list item, block HTML."""
+    patterns = (_HEADING, _THEMATIC_BREAK, _LIST_ITEM, _HTML_BLOCK_TAG, _RAW_HTML_START)
+    return any(pattern.match(line) for pattern in patterns)
 
 
 def _comment_left_open(html: str) -> bool:
@@ -303,18 +353,18 @@ def _paragraph_lines(paragraph: list[str]) -> Iterator[_Line]:
         start = end + 1
 
 
-def _spans(text: str) -> list[_Span]:
+def _spans(text: str, openers: re.Pattern[str] = _INLINE_OPENER) -> list[_Span]:
     """A paragraph's code spans and HTML comments, read left to right as CommonMark does.
 
     A run of n backticks opens a code span closed by the next run of exactly n; `<!--` opens a comment closed
     by the next `-->` (`<!-->` and `<!--->` are whole comments, as in CommonMark 0.31). Whichever opens first
-    wins; an opener without its closer is plain text.
+    wins; an opener without its closer is plain text. Raw HTML passes `_COMMENT_OPENER`: no code spans there.
     """
     closing_run = _closing_runs(text)
     spans: list[_Span] = []
     position = 0
     comment_ends_left = True  # once no `-->` follows a position, none follows any later one
-    while (opener := _INLINE_OPENER.search(text, position)) is not None:
+    while (opener := openers.search(text, position)) is not None:
         position = opener.end()
         if opener.group() != "<!--":
             end = closing_run.get(opener.start(), -1)
@@ -361,7 +411,7 @@ def _is_blank(line: str) -> bool:
 
 def _command_rest(line: _Line, prefix: str) -> str | None:
     """What follows the prefix on a command line, trimmed; None when the line is not a command."""
-    if line.block is not _Block.text or _after_prefix(line.raw, prefix) is None:
+    if line.block not in _TEXT or _after_prefix(line.raw, prefix) is None:
         return None
     rest = _after_prefix(line.visible, prefix)
     return None if rest is None else rest.strip()
@@ -406,7 +456,7 @@ def _paragraph(lines: Iterator[_Line], prefix: str) -> list[str]:
     """The visible text of the lines that continue the command's paragraph."""
     found: list[str] = []
     for line in lines:
-        if line.block is not _Block.text or _after_prefix(line.raw, prefix) is not None:
+        if line.block not in _TEXT or _after_prefix(line.raw, prefix) is not None:
             break
         found.append(line.visible.strip())
     return found

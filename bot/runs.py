@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -339,14 +339,19 @@ def events_of(store: Store, run_id: str, after_id: int = 0) -> list[RunEvent]:
 
 
 def active_run_on_thread(store: Store, repository: str, thread_number: int) -> Run | None:
-    """The run people mean by `/nofx approve` or `cancel` on a thread: the newest unfinished one."""
+    """The run people mean by `/nofx approve` or `cancel`: the one going (or waiting) on the thread,
+    else the newest queued one."""
     with store.session() as session:
-        statement = (
-            select(Run)
-            .where(Run.repository == repository, Run.thread_number == thread_number, col(Run.status).in_(ACTIVE_RUN))
-            .order_by(col(Run.created_at).desc())
-        )
-        return session.exec(statement).first()
+        for statuses in ((RunStatus.running, RunStatus.waiting), (RunStatus.queued,)):
+            statement = (
+                select(Run)
+                .where(Run.repository == repository, Run.thread_number == thread_number, col(Run.status).in_(statuses))
+                .order_by(col(Run.created_at).desc())
+            )
+            run = session.exec(statement).first()
+            if run is not None:
+                return run
+        return None
 
 
 def latest_run_on_thread(store: Store, repository: str, thread_number: int) -> Run | None:
@@ -368,10 +373,18 @@ def latest_run_on_branch(store: Store, repository: str, branch: str) -> Run | No
         return session.exec(statement).first()
 
 
-def active_run_ids(store: Store) -> set[str]:
-    """Runs that may still use their worktree (queued, running or waiting)."""
+def runs_keeping_worktrees(store: Store, retry_window: timedelta) -> set[str]:
+    """Runs whose worktree must stay: unfinished ones, and failed ones that may still be retried.
+
+    A retried step must see the edits earlier steps applied, so a failed run keeps its worktree for
+    `retry_window`; after that a retry starts over from a fresh checkout of the base.
+    """
+    cutoff = utcnow() - retry_window
     with store.session() as session:
-        return set(session.exec(select(Run.id).where(col(Run.status).in_(ACTIVE_RUN))))
+        statement = select(Run.id).where(
+            col(Run.status).in_(ACTIVE_RUN) | ((col(Run.status) == RunStatus.failed) & (col(Run.finished_at) > cutoff))
+        )
+        return set(session.exec(statement))
 
 
 def unfinished_steps(store: Store) -> list[Step]:
@@ -437,7 +450,9 @@ def _advance(store: Store, run_id: str) -> Progress:
                 _move_run(session, run, RunStatus.waiting, {"waiting_on": waiting_on})
                 progress.run_status = RunStatus.waiting
     if progress.run_status in TERMINAL_RUN:
-        progress.started_runs = _after_terminal(store, run_id, progress.run_status).started_runs
+        following = _after_terminal(store, run_id, progress.run_status)
+        progress.started_runs = following.started_runs
+        progress.enqueue += following.enqueue
     return progress
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import uvicorn
 
-from bot.queue import embedded_url, start_embedded_valkey
+from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
 from bot.web import create_app
@@ -31,7 +31,7 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
     valkey = None
     if not settings.redis_url:
         valkey = start_embedded_valkey(settings.data_dir)
-        settings = replace(settings, redis_url=embedded_url(settings.data_dir))
+        settings = replace(settings, redis_url=valkey.url)
         log.info("embedded Valkey started on %s", settings.redis_url)
     pool = WorkerPool(settings, size=max(workers, 0))
     pool.start()
@@ -86,7 +86,9 @@ class WorkerPool:
                 proc.wait()
 
     def _spawn(self, slot: int) -> None:
-        self._procs[slot] = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], env=self._env)
+        self._procs[slot] = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "worker"], env=self._env, preexec_fn=die_with_parent
+        )
         self._started[slot] = time.monotonic()
 
     def _supervise(self) -> None:

@@ -15,7 +15,10 @@ from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 10.0
+SCHEDULE_EVERY_S = 0.25  # delayed jobs (report coalescing, retry backoff) start at most this late
 STALE_AFTER = timedelta(seconds=30)
+# Routing a delivery takes seconds (its job times out after DISPATCH_TIMEOUT_S); longer means its worker died.
+ABANDONED_AFTER = timedelta(minutes=10)
 # A running step's heartbeat comes every 5 s; six missed beats mean its worker is gone (killed, crashed).
 DEAD_STEP_AFTER = timedelta(seconds=30)
 # A queued step whose RQ job vanished (Redis restarted without persistence) is enqueued again.
@@ -30,16 +33,20 @@ def run_worker(runtime: Runtime, *, burst: bool = False, max_jobs: int | None = 
     stop = threading.Event()
     if not burst:
         threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
+        threading.Thread(target=_schedule_forever, args=(runtime, stop), name="scheduler", daemon=True).start()
     worker = SimpleWorker([runtime.queue.queue], connection=runtime.queue.redis)
     try:
-        # with_scheduler: retries with backoff and coalesced reports are enqueued for later.
-        worker.work(burst=burst, max_jobs=max_jobs, logging_level="WARNING", with_scheduler=not burst)
+        # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
+        # is killed, so the server goes on handing jobs to a dead reader. A thread moves due jobs instead.
+        worker.work(burst=burst, max_jobs=max_jobs, logging_level="WARNING", with_scheduler=False)
     finally:
         stop.set()
 
 
 def sweep(runtime: Runtime) -> list[str]:
     """Enqueue deliveries that were recorded while the queue was down; returns their ids."""
+    for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
+        log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
     stale = deliveries.stale_received(runtime.store, STALE_AFTER)
     for delivery_id in stale:
         deliveries.enqueue(runtime.store, runtime.queue, delivery_id)
@@ -83,6 +90,14 @@ def _reap_dead(runtime: Runtime, step: Step) -> None:
 
 def _queued_since(runtime: Runtime, step: Step) -> datetime:
     return runs.last_event_time(runtime.store, step.id) or utcnow()
+
+
+def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
+    while not stop.wait(SCHEDULE_EVERY_S):
+        try:
+            runtime.queue.enqueue_due()
+        except Exception:  # the scheduler must outlive a queue hiccup
+            log.exception("moving delayed jobs failed; trying again")
 
 
 def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:

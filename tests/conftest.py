@@ -17,7 +17,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from rq.registry import ScheduledJobRegistry
-from rq.scheduler import RQScheduler
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
@@ -74,7 +73,7 @@ def redis_url() -> Iterator[str]:
     directory = Path(tempfile.mkdtemp(prefix="nofx-vk-"))
     server = start_embedded_valkey(directory)
     try:
-        yield f"unix://{server.unix_socket_path}"
+        yield server.url
     finally:
         server.stop()
 
@@ -208,7 +207,6 @@ def work(runtime: Runtime) -> Callable[..., None]:
         deadline = time.monotonic() + timeout_s
         queue = runtime.queue.queue
         scheduled = ScheduledJobRegistry(queue=queue)
-        scheduler = RQScheduler([queue], connection=runtime.queue.redis)
         while True:
             run_worker(runtime, burst=True)
             if scheduled.count == 0 and queue.count == 0:
@@ -216,8 +214,7 @@ def work(runtime: Runtime) -> Callable[..., None]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"jobs still scheduled after {timeout_s} s: {scheduled.get_job_ids()}")
             time.sleep(0.1)
-            scheduler.acquire_locks()
-            scheduler.enqueue_scheduled_jobs()
+            runtime.queue.enqueue_due()  # what the worker's scheduler thread does
 
     return drain
 

@@ -15,8 +15,8 @@ from bot.commands import MAX_ARGUMENT, Command, Verb, parse
 RESERVED = [verb.value for verb in Verb if verb is not Verb.change]
 
 
-def cmd(verb: Verb, argument: str = "", **extra: object) -> Command:
-    return Command(verb, argument, **extra)  # type: ignore[arg-type]
+def cmd(verb: Verb, argument: str = "", *, truncated: bool = False, retry_from: str | None = None) -> Command:
+    return Command(verb, argument, truncated=truncated, retry_from=retry_from)
 
 
 EXAMPLES: list[tuple[str, str | None, Command | None]] = [
@@ -76,6 +76,7 @@ EXAMPLES: list[tuple[str, str | None, Command | None]] = [
     ("three spaces of indent", "   /nofx status", cmd(Verb.status)),
     ("four spaces of indent", "    /nofx status", None),
     ("tab indent", "\t/nofx status", None),
+    ("four spaces under a paragraph line", "Thanks\n    /nofx status", None),
     ("only the first command counts", "/nofx approve\n/nofx reject no", cmd(Verb.approve)),
     ("tab after prefix", "/nofx\tstatus", cmd(Verb.status)),
     # fenced code
@@ -113,6 +114,30 @@ EXAMPLES: list[tuple[str, str | None, Command | None]] = [
     ("comment reopened on closing line", "<!--\n--> x <!--\n/nofx approve", None),
     ("comment inside a fence is code", "```\n<!--\n```\n/nofx approve", cmd(Verb.approve)),
     ("empty comment is closed", "<!-->\n/nofx approve", cmd(Verb.approve)),
+    ("comment in a heading ends with it", "# Title <!--\n/nofx approve\n-->", cmd(Verb.approve)),
+    ("comment left open in a paragraph is text", "text <!--\n/nofx approve", cmd(Verb.approve)),
+    ("comment left open ends with its paragraph", "text <!--\n\n/nofx approve\n-->", cmd(Verb.approve)),
+    ("comment left open on a raw HTML line", "<!-- a --> <!-- b\n/nofx approve\n-->", None),
+    ("comment left open in a quote", "> <!--\n/nofx approve", None),
+    ("comment in a list item", "- <!--\n   /nofx approve\n   -->", None),
+    # code spans
+    ("multi-line code span", "see `code\n/nofx approve\nmore` here", None),
+    ("closed code span then command", "see `code` here\n/nofx approve", cmd(Verb.approve)),
+    ("stray backtick is text", "the ` key\n/nofx approve", cmd(Verb.approve)),
+    ("code span keeps its comment-like text", "`<!--`\n/nofx approve\n`-->`", cmd(Verb.approve)),
+    ("code span in the request", "/nofx add a `Cart` class", cmd(Verb.change, "add a `Cart` class")),
+    # indented code, lists, other HTML blocks
+    ("indented code holds no comment", "    <!--\n/nofx approve\n-->", cmd(Verb.approve)),
+    ("fence in a list item", "- ```\n  /nofx approve\n  ```", None),
+    ("fence ends with its list item", "- ```\n  code\n/nofx approve", cmd(Verb.approve)),
+    ("lazy quote ends at a heading", "> quote\n# Title\n/nofx approve", cmd(Verb.approve)),
+    ("quoted heading has no lazy line", "> # Title\n/nofx approve", cmd(Verb.approve)),
+    ("command inside details", "<details>\n/nofx approve\n</details>", cmd(Verb.approve)),
+    ("no fence inside an HTML block", "<details>\n```\n\n```\n/nofx approve", None),
+    ("HTML block interrupts a paragraph", "Logs:\n<details>\n```\n\n```\n/nofx approve", None),
+    ("backticks in an HTML block are text", "<div>\n``\n/nofx approve\n``", cmd(Verb.approve)),
+    ("pre block", "<pre>\n/nofx approve\n</pre>", None),
+    ("after a pre block", "<pre>\ncode\n</pre>\n/nofx approve", cmd(Verb.approve)),
     # line endings and odd characters
     ("CRLF", "Hi\r\n/nofx approve\r\n", cmd(Verb.approve)),
     ("CRLF request", "/nofx add a cart\r\nwith tests\r\n", cmd(Verb.change, "add a cart\nwith tests")),
@@ -183,10 +208,10 @@ ANY_CHAR = st.characters(exclude_categories=())  # every code point, surrogates 
 MARKDOWNISH = st.lists(st.sampled_from(TOKENS) | st.text(ANY_CHAR, max_size=4), max_size=16).map("".join)
 PROPERTY = settings(max_examples=150, deadline=None)  # enough to catch a regression, quick in CI
 
-# A usable prefix: visible characters only, and not one Markdown would read as a quote, fence or comment.
+# A usable prefix: visible characters only, and not one Markdown would read as a quote, fence or HTML.
 PREFIXES = st.text(
     st.characters(exclude_categories=("Z", "C"), exclude_characters="\ufffd"), min_size=1, max_size=8
-).filter(lambda p: not p.startswith((">", "`", "~")) and "<!--" not in p)
+).filter(lambda p: not p.startswith((">", "`", "~", "<")) and "<!--" not in p)
 
 
 @PROPERTY
@@ -230,3 +255,26 @@ def test_text_without_the_prefix_has_no_command(text: str, prefix: str) -> None:
         text = text.replace(prefix, "")
 
     assert parse(text, prefix=prefix) is None
+
+
+# Cross-check with a reference CommonMark reader, on text built from the pieces that make blocks.
+BLOCK_TOKENS = ["/nofx approve", "```", "~~~", "> ", "<!--", "-->", "<details>", "<pre>", "</pre>", "- ", "# "]
+BLOCK_TOKENS += ["\n", "\n", " ", "    ", "\t", "x", "`"]
+
+
+@PROPERTY
+@given(tokens=st.lists(st.sampled_from(BLOCK_TOKENS), max_size=30))
+def test_a_command_is_never_where_commonmark_sees_code_quote_or_comment(tokens: list[str]) -> None:
+    markdown_it = pytest.importorskip("markdown_it")  # ships with rich; a reference CommonMark reader
+    text = "".join(f"{token} n{i}n" if token == "/nofx approve" else token for i, token in enumerate(tokens))
+    command = parse(text)
+    if command is None:
+        return
+    marker = re.match(r"n\d+n", command.argument)
+    assert command.verb is Verb.approve and marker is not None
+    line = next(i for i, raw in enumerate(text.split("\n")) if f"/nofx approve {marker.group()}" in raw)
+
+    for token in markdown_it.MarkdownIt("commonmark").parse(text):
+        comment = token.type == "html_block" and token.content.lstrip().startswith("<!--")
+        if token.map and (comment or token.type in ("fence", "code_block", "blockquote_open")):
+            assert not token.map[0] <= line < token.map[1], (token.type, text)

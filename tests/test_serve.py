@@ -106,3 +106,27 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_workers_do_not_outlive_a_killed_serve(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    _base, workdir, proc = served
+    workers = _worker_pids(workdir)
+    assert workers, "serve started no worker"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _wait_for(lambda: not _worker_pids(workdir)), "workers outlived serve"
+
+
+def _worker_pids(workdir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"worker" in cmdline and b"bot.cli" in cmdline and cwd == str(workdir):
+            pids.append(int(entry.name))
+    return pids

@@ -111,3 +111,17 @@ async def test_installation_events_keep_the_tables_current(any_store: Store, que
         installation = session.get(Installation, 3_000_000_000)
         assert installation is not None and installation.removed
         assert all(r.removed for r in session.exec(select(Repository)).all())
+
+
+def test_a_delivery_abandoned_mid_dispatch_is_failed_for_replay(any_store: Store) -> None:
+    deliveries.record(any_store, _delivery("stuck"))
+    deliveries.claim(any_store, "stuck")
+    with any_store.session() as session:
+        session.execute(
+            text("UPDATE delivery SET updated_at = :t WHERE id = 'stuck'"), {"t": utcnow() - timedelta(hours=1)}
+        )
+
+    assert deliveries.fail_abandoned(any_store, timedelta(minutes=10)) == ["stuck"]
+    row = deliveries.get(any_store, "stuck")
+    assert row is not None and row.status == DeliveryStatus.failed and "nofx replay" in (row.reason or "")
+    assert deliveries.fail_abandoned(any_store, timedelta(minutes=10)) == []

@@ -1,0 +1,391 @@
+"""Approvals, cancel, retry, check-run buttons, LLM plans and a worker killed mid-step, end to end.
+
+Plans come from the LLM planner (`planner: llm`), answered by the Anthropic double, so each test
+chooses its own steps; everything else is the real app, queue, worker, git server and GitHub double.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from bot import runs
+from bot.models import Run, RunStatus, StepStatus
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.store import Store
+from bot.worker import reap
+from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
+from tests.support.git_server import GitServer
+from tests.support.github_double import GitHubDouble
+from tests.support.llm_double import AnthropicDouble
+from tests.support.payloads import load_payload
+
+LLM_PLANNER = "planner: llm\ngates: {}\npolicy:\n  require_approval_before: []\n"
+CONFIG = ".github/nofx.yml"
+CHECK_RUN_UPDATES = "/repos/{owner}/{repo}/check-runs/{check_run_id}"
+
+
+@pytest.fixture
+def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
+    return with_model(settings, llm)
+
+
+@pytest.fixture(autouse=True)
+def _setup(installed: Callable[[dict[str, Any]], None], github: GitHubDouble, git: GitServer) -> None:
+    installed(load_payload("issue_comment.created"))
+    github.files[(OWNER, REPO, CONFIG, None)] = LLM_PLANNER
+
+
+def plan(llm: AnthropicDouble, *steps: dict[str, Any]) -> None:
+    llm.tool_call("submit_plan", {"goal": "test the engine", "steps": list(steps)})
+
+
+def gate(name: str, command: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "tool": "gate:test", "inputs": {"command": command}, **extra}
+
+
+def only_run(store: Store) -> Run:
+    with store.session() as session:
+        [run] = session.exec(select(Run)).all()
+    return run
+
+
+def step_named(store: Store, run: Run, name: str) -> Any:
+    return next(s for s in runs.steps_of(store, run.id) if s.name == name)
+
+
+def last_comment(github: GitHubDouble) -> str:
+    return github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
+
+
+def test_approve_then_reject_on_the_next_run(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    plan(llm, {"name": "ok", "tool": "manual:approval"}, gate("check", "true", depends_on=["ok"]))
+    deliver("issue_comment", ask(git, "/nofx check things"))
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.waiting
+    assert "/nofx approve" in github.issue_comments[(OWNER, REPO, 1)][0]["body"]
+
+    deliver("issue_comment", ask(git, "/nofx approve"))
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded
+    assert step_named(store, run, "ok").decided_by == "Codertocat"
+    events = [e.type for e in runs.events_of(store, run.id)]
+    assert events.index("step.approved") < events.index("run.succeeded")
+
+
+def test_reject_cancels_the_run(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    plan(llm, {"name": "ok", "tool": "manual:approval"}, gate("check", "true", depends_on=["ok"]))
+    deliver("issue_comment", ask(git, "/nofx check things"))
+    work()
+
+    deliver("issue_comment", ask(git, "/nofx reject not today"))
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.cancelled
+    assert run.error == "rejected by @Codertocat: not today"
+    assert step_named(store, run, "check").status == StepStatus.cancelled
+    check = github.check_runs[run.check_run_id]
+    assert check["conclusion"] == "cancelled"
+
+
+def test_check_run_buttons_approve_with_the_same_permission_check(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    plan(llm, {"name": "ok", "tool": "manual:approval"})
+    deliver("issue_comment", ask(git, "/nofx check things"))
+    work()
+    run = only_run(store)
+
+    press = _check_run_event(github, run, "requested_action", sender="mallory")
+    press["requested_action"] = {"identifier": "approve"}
+    github.permissions[(OWNER, REPO, "mallory")] = "read"
+    deliver("check_run", press)
+    work()
+    assert only_run(store).status == RunStatus.waiting
+    assert "mallory" in last_comment(github)
+
+    press = _check_run_event(github, run, "requested_action", sender="Codertocat")
+    press["requested_action"] = {"identifier": "approve"}
+    deliver("check_run", press)
+    work()
+    assert only_run(store).status == RunStatus.succeeded
+
+
+def test_retry_reruns_the_failed_step_and_rerequested_does_too(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    # Fails on its first two attempts, passes on the third: the file lives in the run's worktree.
+    flaky = 'n=$(cat .attempts 2>/dev/null || echo 0); echo $((n+1)) > .attempts; [ "$n" -ge 2 ] || { echo "attempt $n fails"; exit 1; }'
+    plan(llm, gate("flaky", flaky), gate("after", "true", depends_on=["flaky"]))
+    deliver("issue_comment", ask(git, "/nofx be flaky"))
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.failed
+    assert step_named(store, run, "after").status == StepStatus.skipped
+    assert "/nofx retry flaky" in last_comment(github)
+    assert "attempt 0 fails" in last_comment(github)
+
+    deliver("issue_comment", ask(git, "/nofx retry"))
+    work()
+    assert only_run(store).status == RunStatus.failed  # attempt 1 fails too
+
+    response = deliver("check_run", _check_run_event(github, run, "rerequested", sender="Codertocat"))
+    assert response.json()["status"] == "queued", response.json()
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded
+    assert step_named(store, run, "flaky").attempts == 3
+    assert github.check_runs[run.check_run_id]["conclusion"] == "success"
+
+
+def test_a_second_request_on_the_thread_waits_behind_the_active_run(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    plan(llm, {"name": "ok", "tool": "manual:approval"})
+    deliver("issue_comment", ask(git, "/nofx first"))
+    work()
+    plan(llm, gate("second", "true"))
+    deliver("issue_comment", ask(git, "/nofx second"))
+    work()
+
+    with store.session() as session:
+        first, second = session.exec(select(Run).order_by(Run.created_at)).all()  # type: ignore[arg-type]
+    assert (first.status, second.status) == (RunStatus.waiting, RunStatus.queued)
+    assert second.behind_run_id == first.id
+    bodies = [c["body"] for c in github.issue_comments[(OWNER, REPO, 1)]]
+    assert any(f"Queued behind run {first.id}" in body or (first.id in body and "behind" in body) for body in bodies)
+
+    deliver("issue_comment", ask(git, "/nofx approve"))
+    work()
+    with store.session() as session:
+        statuses = [r.status for r in session.exec(select(Run).order_by(Run.created_at))]  # type: ignore[arg-type]
+    assert statuses == [RunStatus.succeeded, RunStatus.succeeded]
+
+
+def test_a_plan_the_model_cannot_correct_is_refused(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    for _ in range(3):  # the answer, then the two corrections the router asks for
+        plan(llm, {"name": "x", "tool": "deploy"})
+    deliver("issue_comment", ask(git, "/nofx deploy it"))
+    work()
+    assert "could not make a plan" in last_comment(github)
+    assert "'deploy' is not one of" in llm.requests[1].text  # the model was told what was wrong
+    with store.session() as session:
+        assert session.exec(select(Run)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("steps", "reason"),
+    [
+        ([gate("a", "true", depends_on=["b"]), gate("b", "true", depends_on=["a"])], "not an earlier step"),
+        ([{"name": "w", "tool": "workspace:write", "inputs": {"path": "../../etc/passwd"}}], "leaves the workspace"),
+        ([gate("a", "true"), gate("a", "true")], "used twice"),
+    ],
+)
+def test_an_invalid_llm_plan_is_refused_and_never_run(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    steps: list[dict[str, Any]],
+    reason: str,
+) -> None:
+    plan(llm, *steps)
+    deliver("issue_comment", ask(git, "/nofx do something odd"))
+    work()
+    assert reason in last_comment(github)
+    with store.session() as session:
+        assert session.exec(select(Run)).all() == []
+
+
+def test_plan_command_shows_the_plan_and_runs_nothing(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    plan(llm, gate("check", "make check"))
+    deliver("issue_comment", ask(git, "/nofx plan check the build"))
+    work()
+    assert "check" in last_comment(github) and "Nothing has run" in last_comment(github)
+    with store.session() as session:
+        assert session.exec(select(Run)).all() == []
+
+
+def test_cancel_stops_the_running_step_in_another_worker(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    settings: Settings,
+) -> None:
+    plan(llm, gate("slow", "sleep 97531", timeout_s=300))  # an unusual duration, to find the process
+    deliver("issue_comment", ask(git, "/nofx be slow"))
+    with background_worker(settings) as _worker:
+        run = wait_for_running(store, "slow")
+        deliver("issue_comment", ask(git, "/nofx cancel"))
+        work()  # this process routes the cancel; the other worker notices it on its next heartbeat
+        assert _wait(lambda: _sleeping("97531"))
+        assert _wait(lambda: only_run(store).status == RunStatus.cancelled)
+        assert _wait(lambda: not _sleeping("97531"), timeout_s=20), "the step's process outlived the cancel"
+        assert run.id
+    assert step_named(store, only_run(store), "slow").status == StepStatus.cancelled
+
+
+def test_a_worker_killed_mid_step_leaves_no_run_stuck(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    settings: Settings,
+    runtime: Runtime,
+) -> None:
+    once = "if [ -f .killed ]; then echo recovered; else touch .killed; sleep 120; fi"
+    plan(llm, gate("fragile", once, retries=1, timeout_s=300))
+    deliver("issue_comment", ask(git, "/nofx survive a crash"))
+    with background_worker(settings) as worker:
+        run = wait_for_running(store, "fragile")
+        assert _wait(lambda: (worktree_of(settings, run) / ".killed").exists())
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    time.sleep(1.5)  # its heartbeats have stopped; the reaper is told to give up on them after 1 s
+    assert reap(runtime, dead_after=timedelta(seconds=1)) == [step_named(store, run, "fragile").id]
+    work()
+
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded
+    fragile = step_named(store, run, "fragile")
+    assert fragile.attempts == 2 and "recovered" in fragile.output["output_tail"]
+    assert "step.retrying" in [e.type for e in runs.events_of(store, run.id)]
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+class background_worker:
+    """A real `nofx worker` process on the test's queue and database."""
+
+    def __init__(self, settings: Settings) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "NOFX_", "ANTHROPIC_", "OPENAI_"))}
+        env.update(
+            {
+                "DATABASE_URL": settings.database_url,
+                "REDIS_URL": settings.redis_url or "",
+                "NOFX_DATA_DIR": str(settings.data_dir),
+                "GITHUB_APP_ID": settings.app_id or "",
+                "GITHUB_PRIVATE_KEY": settings.private_key or "",
+                "GITHUB_API_URL": settings.github_api_url,
+                "ANTHROPIC_API_KEY": settings.anthropic_api_key or "",
+                "ANTHROPIC_BASE_URL": settings.anthropic_base_url or "",
+            }
+        )
+        self.log = (settings.data_dir.parent / "worker.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "worker"],
+            env=env,
+            cwd=settings.data_dir.parent,
+            stdout=self.log,
+            stderr=self.log,
+        )
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        return self.proc
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def wait_for_running(store: Store, name: str) -> Run:
+    def running() -> bool:
+        with store.session() as session:
+            found = session.exec(select(Run)).all()
+        return bool(found) and step_named(store, found[0], name).status == StepStatus.running
+
+    assert _wait(running, timeout_s=60), "the step never started in the background worker"
+    return only_run(store)
+
+
+def worktree_of(settings: Settings, run: Run) -> Path:
+    return settings.data_dir / "worktrees" / run.id
+
+
+def _check_run_event(github: GitHubDouble, run: Run, action: str, *, sender: str) -> dict[str, Any]:
+    payload = load_payload(f"check_run.{action}")
+    payload["check_run"] = {**payload["check_run"], **github.check_runs[run.check_run_id]}
+    payload["repository"] = load_payload("issue_comment.created")["repository"]
+    payload["installation"] = {"id": 1}
+    payload["sender"] = {**payload["sender"], "login": sender, "type": "User"}
+    return payload
+
+
+def _sleeping(marker: str) -> bool:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return any(line.startswith("sleep") and marker in line for line in listing.splitlines())
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
