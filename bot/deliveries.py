@@ -68,6 +68,21 @@ def mark_queued(store: Store, delivery_id: str) -> None:
     _move(store, delivery_id, DeliveryStatus.queued, only_from=[DeliveryStatus.received])
 
 
+def mark_received(store: Store, delivery_id: str) -> None:
+    """The enqueue failed: the sweeper (or a redelivery) enqueues it once the queue is back."""
+    _move(store, delivery_id, DeliveryStatus.received, only_from=[DeliveryStatus.queued])
+
+
+def stale_queued(store: Store, older_than: timedelta) -> list[str]:
+    """Deliveries marked queued a while ago: the sweeper checks their job still exists (Redis may lose it)."""
+    cutoff = utcnow() - older_than
+    with store.session() as session:
+        rows = session.exec(
+            select(Delivery.id).where(Delivery.status == DeliveryStatus.queued, Delivery.updated_at < cutoff)
+        )
+        return list(rows)
+
+
 def claim(store: Store, delivery_id: str) -> Delivery | None:
     """Atomically take a delivery for routing; None if another job has it or it is finished."""
     taken = _move(

@@ -96,13 +96,26 @@ class Intake:
             if not new and stored.status != DeliveryStatus.received:
                 log.info("duplicate delivery; already %s", stored.status.value)
                 return 202, {"delivery": delivery_id, "status": "duplicate"}, "duplicate"
-            # New, or recorded earlier but never enqueued (the queue was down): enqueue now.
-            await to_thread.run_sync(deliveries.enqueue, self.store, self.queue, delivery_id)
+            if new:
+                await to_thread.run_sync(self._enqueue_recorded, delivery_id)
+            else:  # recorded earlier but never enqueued (the queue was down): enqueue now
+                await to_thread.run_sync(deliveries.enqueue, self.store, self.queue, delivery_id)
             log.info("delivery queued")
             return 202, {"delivery": delivery_id, "status": "queued"}, "queued"
 
     def _record(self, delivery: Delivery) -> tuple[Delivery, bool]:
+        # Recorded as queued in the same write, saving a second one per delivery; `_enqueue_recorded`
+        # puts it back to received if the queue refuses, and the sweeper re-enqueues queued deliveries
+        # whose job is missing, so a crash between the two loses nothing.
+        delivery.status = DeliveryStatus.queued
         return deliveries.record_or_ignore(self.store, delivery, self.ignore_reason(delivery))
+
+    def _enqueue_recorded(self, delivery_id: str) -> None:
+        try:
+            self.queue.enqueue_dispatch(delivery_id)
+        except Exception:
+            deliveries.mark_received(self.store, delivery_id)
+            raise
 
 
 async def _read_capped(request: Request) -> bytes:

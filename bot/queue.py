@@ -45,7 +45,7 @@ class WorkQueue:
         self.queue.enqueue(
             DISPATCH_JOB,
             delivery_id,
-            job_id=f"dispatch-{delivery_id}",
+            job_id=dispatch_job_id(delivery_id),
             job_timeout=DISPATCH_TIMEOUT_S,
             result_ttl=3600,
             failure_ttl=7 * 24 * 3600,
@@ -104,6 +104,10 @@ class WorkQueue:
     def ping(self) -> None:
         """Raise if the queue server does not answer (used by /readyz)."""
         self.redis.ping()
+
+
+def dispatch_job_id(delivery_id: str) -> str:
+    return f"dispatch-{delivery_id}"
 
 
 def step_job_id(step_id: str, attempt: int) -> str:

@@ -10,7 +10,7 @@ from rq import SimpleWorker
 
 from bot import deliveries, identity, jobs, logs, runs
 from bot.models import Step, StepStatus, utcnow
-from bot.queue import step_job_id
+from bot.queue import dispatch_job_id, step_job_id
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,12 @@ def sweep(runtime: Runtime) -> list[str]:
     """Enqueue deliveries that were recorded while the queue was down; returns their ids."""
     for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
         log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
-    stale = deliveries.stale_received(runtime.store, STALE_AFTER)
+    lost = [
+        delivery_id
+        for delivery_id in deliveries.stale_queued(runtime.store, LOST_JOB_AFTER)
+        if not runtime.queue.job_exists(dispatch_job_id(delivery_id))
+    ]
+    stale = deliveries.stale_received(runtime.store, STALE_AFTER) + lost
     for delivery_id in stale:
         deliveries.enqueue(runtime.store, runtime.queue, delivery_id)
         log.info("re-enqueued a delivery the queue never received", extra={"fields": {"delivery_id": delivery_id}})

@@ -139,3 +139,16 @@ def _cli_environment(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Non
     monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
     monkeypatch.setenv("NOFX_DATA_DIR", str(settings.data_dir))
     monkeypatch.chdir(settings.data_dir.parent)
+
+
+def test_sweeper_enqueues_a_queued_delivery_whose_job_the_queue_lost(
+    runtime: Runtime, store: Store, queue: WorkQueue
+) -> None:
+    lost = deliveries.describe("gone", "installation", load_payload("installation.created"))
+    lost.status = DeliveryStatus.queued
+    lost.updated_at = utcnow() - timedelta(minutes=5)
+    deliveries.record(store, lost)  # recorded as queued, but Redis restarted without the job
+
+    assert sweep(runtime) == ["gone"]
+    assert queue.queue.job_ids == ["dispatch-gone"]
+    assert sweep(runtime) == []  # the job exists now
