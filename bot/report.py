@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
 from bot import render, runs
@@ -92,12 +93,20 @@ async def _publish_check_run(store: Store, gh: GitHubAPI, run: Run, steps: list[
     check_run_id = run.check_run_id or await _find_check_run(gh, owner, repo, run)
     if check_run_id is not None:
         update = {k: v for k, v in body.items() if k not in ("external_id", "head_sha")}
-        await gh.patch(
-            "/repos/{owner}/{repo}/check-runs/{check_run_id}",
-            url_vars={"owner": owner, "repo": repo, "check_run_id": check_run_id},
-            data=update,
-        )
-    else:
+        try:
+            await gh.patch(
+                "/repos/{owner}/{repo}/check-runs/{check_run_id}",
+                url_vars={"owner": owner, "repo": repo, "check_run_id": check_run_id},
+                data=update,
+            )
+        except BadRequest as exc:
+            # A completed check run (action_required while waiting) may not go back to in_progress on
+            # every GitHub version: the resumed run gets a new check run instead.
+            if exc.status_code != 422:
+                raise
+            log.info("check run %s cannot be reopened; creating a new one", check_run_id)
+            check_run_id = None
+    if check_run_id is None:
         created = await gh.post(
             "/repos/{owner}/{repo}/check-runs",
             url_vars={"owner": owner, "repo": repo},

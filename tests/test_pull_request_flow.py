@@ -309,3 +309,40 @@ def _commit_symlink(git: GitServer, name: str, target: str) -> None:
         tree = run_git(repo, "write-tree", env=index).strip()
     sha = run_git(repo, "commit-tree", tree, "-p", parent, "-m", "Add a link").strip()
     run_git(repo, "update-ref", f"refs/heads/{BASE}", sha)
+
+
+def test_a_comment_on_nofxs_pull_request_continues_on_the_same_branch(
+    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+) -> None:
+    from sqlmodel import select
+
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_multiply(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    [opened] = github.calls("POST", "/repos/{owner}/{repo}/pulls")
+    pr_number = opened.response["number"]
+    branch = opened.json["head"]
+
+    divide = MULTIPLY + "\n\ndef divide(a, b):\n    return a / b\n"
+    llm.tool_calls(
+        [
+            ("replace_in_file", {"path": "calc.py", "old": MULTIPLY, "new": divide}),
+            ("finish", {"summary": "Adds divide()."}),
+        ]
+    )
+    follow_up = ask(git, "/nofx also add divide", number=pr_number)
+    follow_up["issue"]["pull_request"] = {"url": opened.response["url"], "html_url": opened.response["html_url"]}
+    deliver("issue_comment", follow_up)
+    work()
+
+    with store.session() as session:
+        first, second = session.exec(select(Run).order_by(Run.created_at)).all()  # type: ignore[arg-type]
+    assert second.status == RunStatus.succeeded, second.error
+    assert (second.branch, second.follows_run_id) == (branch, first.id)
+    assert git.show(OWNER, REPO, branch, "calc.py") == divide
+    assert git.git(OWNER, REPO, "rev-list", "--count", f"{BASE}..{branch}").strip() == "2"
+    assert len(github.calls("POST", "/repos/{owner}/{repo}/pulls")) == 1  # the same PR, updated
+    assert github.calls("PATCH", "/repos/{owner}/{repo}/pulls/{pull_number}")
+    # The earlier run's plan and outcome reached the model as context.
+    assert "add a multiply function" in llm.requests[-1].text and "succeeded" in llm.requests[-1].text

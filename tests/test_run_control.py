@@ -389,3 +389,73 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def _issue_event(name: str, git: GitServer, **changes: Any) -> dict[str, Any]:
+    payload = load_payload(name, **changes)
+    payload["installation"] = {"id": 1}
+    payload["repository"]["clone_url"] = git.url_for(OWNER, REPO)
+    return payload
+
+
+def test_the_run_label_starts_a_run_with_the_issues_title_and_body(
+    deliver: Deliverer, work: Callable[..., None], git: GitServer, llm: AnthropicDouble, store: Store
+) -> None:
+    plan(llm, gate("check", "true"))
+    labeled = _issue_event("issues.labeled", git, label__name="nofx", issue__title="Add a cart", issue__body="With a total.")
+    deliver("issues", labeled)
+    work()
+    run = only_run(store)
+    assert (run.request, run.trigger, run.status) == ("Add a cart\n\nWith a total.", "label", RunStatus.succeeded)
+    assert "Add a cart" in llm.requests[0].text
+
+
+def test_another_label_starts_nothing(deliver: Deliverer, work: Callable[..., None], git: GitServer, store: Store) -> None:
+    deliver("issues", _issue_event("issues.labeled", git))  # the example's label is "bug"
+    work()
+    with store.session() as session:
+        assert session.exec(select(Run)).all() == []
+
+
+def test_a_command_in_a_new_issues_body_starts_a_run(
+    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+) -> None:
+    plan(llm, gate("check", "true"))
+    opened = _issue_event("issues.opened", git, issue__body="Please:\n\n/nofx add a cart")
+    deliver("issues", opened)
+    work()
+    assert only_run(store).trigger == "issue_body"
+    assert github.calls("POST", "/repos/{owner}/{repo}/issues/{issue_number}/reactions")
+
+
+def test_a_command_in_a_review_comment_runs_on_the_pull_requests_branch(
+    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+) -> None:
+    git.commit(OWNER, REPO, {"feature.py": "x = 1\n"}, branch="feature")
+    pull = github.add_pull(OWNER, REPO, head="feature", base="master", user="Codertocat")
+    plan(llm, gate("check", "test -f feature.py"))
+    comment = _issue_event("pull_request_review_comment.created", git, comment__body="/nofx tidy this up")
+    comment["pull_request"]["number"] = pull["number"]
+    deliver("pull_request_review_comment", comment)
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    assert (run.trigger, run.default_branch) == ("review_comment", "feature")  # starts from the PR's head
+    assert github.calls("POST", "/repos/{owner}/{repo}/pulls/comments/{comment_id}/reactions")
+
+
+def test_a_resumed_run_gets_a_new_check_run_when_github_will_not_reopen_the_old_one(
+    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+) -> None:
+    plan(llm, {"name": "ok", "tool": "manual:approval"})
+    deliver("issue_comment", ask(git, "/nofx check things"))
+    work()
+    first_check = only_run(store).check_run_id
+
+    github.respond("PATCH", CHECK_RUN_UPDATES, 422, json={"message": "Validation Failed"})
+    deliver("issue_comment", ask(git, "/nofx approve"))
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded
+    assert run.check_run_id != first_check
+    assert github.check_runs[run.check_run_id]["conclusion"] == "success"
