@@ -20,7 +20,7 @@ from bot.context import EventContext
 from bot.llm_planner import planner_for
 from bot.models import Run, RunStatus, StepStatus
 from bot.permissions import is_automation, permission_of
-from bot.plans import PlanError
+from bot.plans import Plan, PlanError, validate
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
 from bot.threads import Thread
 from bot.workspaces import branch_name
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # A line that could hold a command under any configured prefix: cheap to test before reading the config.
 _MAYBE_COMMAND = re.compile(r"^ {0,3}/\S", re.MULTILINE)
 THREAD_LOCK_S = 30
+GIT_OPS = ("branch", "rebase", "revert")
+_GIT_ONLY_ADVANCED = (
+    "`git` commands are available when the repository's `git_mode` is `advanced` (in .github/nofx.yml)."
+)
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,7 @@ async def _carry_out(
                 return
             await review_pull_request(ctx, gh, thread, config, requested_by=sender)
         case Verb.git:
-            await _reply(gh, thread, render.nothing_to_do(_git_refusal(config)))
+            await _start_git_operation(ctx, event, gh, thread, config, command.argument, source, sender)
         case Verb.forget:
             await _reply(gh, thread, render.nothing_to_do("nofx keeps no conversation memory on this server yet."))
 
@@ -290,6 +294,56 @@ async def _start_run(
     except PlanError as exc:
         await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
         return
+    _create_and_start(ctx, event, thread, config, request, plan, where, source, sender)
+
+
+async def _start_git_operation(
+    ctx: EventContext,
+    event: sansio.Event,
+    gh: GitHubAPI,
+    thread: Thread,
+    config: RepoConfig,
+    argument: str,
+    source: Source,
+    sender: str,
+) -> None:
+    """`/nofx git <op>` (advanced git mode) as a one-step run on the branch of the thread's latest run."""
+    if config.git_mode != "advanced":
+        await _reply(gh, thread, render.nothing_to_do(_GIT_ONLY_ADVANCED))
+        return
+    op, *args = argument.split() or [""]
+    if op not in GIT_OPS:
+        usage = f"`{config.trigger.command} git branch <name>`, `git rebase` or `git revert`"
+        await _reply(gh, thread, render.nothing_to_do(f"Unknown git operation. Use {usage}."))
+        return
+    earlier = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+    if earlier is None or not earlier.branch:
+        await _reply(gh, thread, render.nothing_to_do("nofx has no branch on this thread yet."))
+        return
+    plan_data = {
+        "goal": f"git {argument}",
+        "steps": [{"name": "git", "tool": "git_ops", "inputs": {"op": op, "args": args}}],
+    }
+    try:
+        plan = validate(plan_data, available_tools=ctx.engine.handlers, tools_allowed=config.policy.tools_allowed)
+    except PlanError as exc:
+        await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
+        return
+    where = _Where(earlier.branch, earlier.default_branch or thread.default_branch, earlier.head_sha or "", earlier)
+    _create_and_start(ctx, event, thread, config, f"git {argument}", plan, where, source, sender)
+
+
+def _create_and_start(
+    ctx: EventContext,
+    event: sansio.Event,
+    thread: Thread,
+    config: RepoConfig,
+    request: str,
+    plan: Plan,
+    where: _Where,
+    source: Source,
+    sender: str,
+) -> None:
     spec = runs.RunRequest(
         installation_id=thread.installation_id,
         repository=thread.full_name,
@@ -451,9 +505,3 @@ def _thread_of_run(run: Run) -> Thread:
 
 def _config_of_run(run: Run) -> RepoConfig:
     return from_dict(run.config)
-
-
-def _git_refusal(config: RepoConfig) -> str:
-    if config.git_mode != "advanced":
-        return "`git` commands are available when the repository's `git_mode` is `advanced`."
-    return "`git` commands are not available on this nofx server yet."

@@ -278,11 +278,11 @@ class Worktree:
         )
         return await self.head_sha()
 
-    async def push(self, token: str, *, force: bool = False) -> None:
+    async def push(self, token: str, *, force: bool = False, branch: str | None = None) -> None:
         """Push HEAD to `refs/heads/<branch>` at the clone URL itself, so a rewritten remote in config cannot divert it."""
         if not self.clone_url:
             raise ValueError("this worktree has no clone URL to push to")
-        refspec = f"{'+' if force else ''}HEAD:refs/heads/{self.branch}"
+        refspec = f"{'+' if force else ''}HEAD:refs/heads/{branch or self.branch}"
         await self._git("push", "--quiet", "--no-verify", "--porcelain", self.clone_url, refspec, token=token)
 
     async def _git(

@@ -312,7 +312,12 @@ def _commit_symlink(git: GitServer, name: str, target: str) -> None:
 
 
 def test_a_comment_on_nofxs_pull_request_continues_on_the_same_branch(
-    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
 ) -> None:
     from sqlmodel import select
 
@@ -346,3 +351,54 @@ def test_a_comment_on_nofxs_pull_request_continues_on_the_same_branch(
     assert github.calls("PATCH", "/repos/{owner}/{repo}/pulls/{pull_number}")
     # The earlier run's plan and outcome reached the model as context.
     assert "add a multiply function" in llm.requests[-1].text and "succeeded" in llm.requests[-1].text
+
+
+ADVANCED = NO_APPROVAL + "git_mode: advanced\n"
+
+
+def test_git_operations_in_advanced_mode(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = ADVANCED
+    script_multiply(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    branch = the_runs(store)[0].branch
+    assert branch is not None
+
+    git.commit(OWNER, REPO, {"README.md": "upstream\n"}, branch=BASE)
+    deliver("issue_comment", ask(git, "/nofx git rebase"))
+    work()
+    assert git.show(OWNER, REPO, branch, "README.md") == "upstream\n"
+    assert git.show(OWNER, REPO, branch, "calc.py") == MULTIPLY
+
+    deliver("issue_comment", ask(git, "/nofx git branch keep/multiply"))
+    work()
+    assert git.show(OWNER, REPO, "keep/multiply", "calc.py") == MULTIPLY
+
+    deliver("issue_comment", ask(git, "/nofx git revert"))
+    work()
+    assert git.show(OWNER, REPO, branch, "calc.py") == CALC
+    assert [r.status for r in the_runs(store)] == [RunStatus.succeeded] * 4
+
+
+def test_git_operations_are_refused_politely_outside_advanced_mode(
+    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, store: Store
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    deliver("issue_comment", ask(git, "/nofx git revert"))
+    work()
+    assert "git_mode" in github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
+    assert the_runs(store) == []
+
+
+def the_runs(store: Store) -> list[Run]:
+    from sqlmodel import select
+
+    with store.session() as session:
+        return list(session.exec(select(Run).order_by(Run.created_at)))  # type: ignore[arg-type]
