@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import uuid
 from dataclasses import replace
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=_worker)
 
+    local = sub.add_parser("run", help="run a request on a local repository, no GitHub; the result is a branch")
+    local.add_argument("--repo", type=Path, required=True, help="path of a git repository")
+    local.add_argument("request", help='what to change, e.g. "add a cart"')
+    local.set_defaults(func=_run_locally)
+
     replay = sub.add_parser("replay", help="route a saved delivery (FILE) or a recorded one (--delivery) again")
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("file", nargs="?", type=Path, help='JSON file: {"event": ..., "payload": {...}}')
@@ -81,6 +87,20 @@ def _worker(args: argparse.Namespace, settings: Settings, redactor: logs.Redacto
     finally:
         runtime.close()
     return 0
+
+
+def _run_locally(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from rich.console import Console
+
+    from bot.local_run import LocalRunError, run_locally
+
+    console = Console(stderr=True)
+    logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress; JSON logs only for trouble
+    try:
+        return run_locally(args.repo, args.request, settings, console)
+    except LocalRunError as exc:
+        console.print(f"[red]nofx:[/] {exc}")
+        return 2
 
 
 def _replay(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:

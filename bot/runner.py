@@ -142,13 +142,13 @@ class Engine:
         github = self.github
         token = (lambda: github.installation_token(run.installation_id)) if github else None
         workspace = None
-        if step.tool in WORKSPACE_TOOLS and self.workspaces is not None and token is not None:
+        if step.tool in WORKSPACE_TOOLS and self.workspaces is not None:
             workspace = await self.workspaces.prepare(
                 installation_id=run.installation_id,
                 owner=run.repository.split("/", 1)[0],
                 repo=run.repository.split("/", 1)[1],
                 clone_url=run.clone_url or "",
-                token=token,
+                token=token or _no_token,
                 run_id=run.id,
                 branch=run.branch or f"nofx/run-{run.id[:8]}",
                 base_ref=run.default_branch or "main",
@@ -255,6 +255,10 @@ class StepLLM:
                         "cached": usage.cached if usage else False,
                     },
                 )
+
+
+async def _no_token() -> str:
+    raise StepFailed("this step needs the GitHub App to reach the repository, and none is configured")
 
 
 class _Cancelled(Exception):

@@ -24,7 +24,9 @@ T = TypeVar("T")
 class Runtime:
     """Settings, store, queue, GitHub App client and one event loop, so caches (tokens) stay warm."""
 
-    def __init__(self, settings: Settings, *, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, redactor: Redactor | None = None, workspaces: Workspaces | None = None
+    ) -> None:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is required by a worker (`nofx serve` sets it for its workers)")
         self.settings = settings
@@ -42,7 +44,7 @@ class Runtime:
             self.queue,
             discover_handlers(),
             github=self.github,
-            workspaces=Workspaces(settings.data_dir / "workspaces"),
+            workspaces=workspaces or Workspaces(settings.data_dir / "workspaces"),
             artifacts=Artifacts(settings.data_dir, self.store),
             llm=self.llm,
             redact=self.redactor.redact,

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -618,3 +619,51 @@ async def _locked(repo_dir: Path, *, wait: bool = True) -> AsyncIterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+class LocalWorkspaces(Workspaces):
+    """Worktrees of a repository on this machine (`nofx run --repo`): no mirror, no token, nothing pushed."""
+
+    def __init__(self, repo: Path, worktrees: Path) -> None:
+        super().__init__(worktrees.parent / "mirrors", worktrees=worktrees)
+        self.repo = Path(repo).resolve()
+
+    async def prepare(self, *, run_id: str, branch: str, base_ref: str, **_remote: Any) -> Worktree:
+        """The run's worktree on a new `branch` of the local repository, from `base_ref`."""
+        git_dir = Path((await _git("rev-parse", "--absolute-git-dir", cwd=self.repo)).strip())
+        path = self.worktrees / run_id
+        existing = await self._existing(git_dir, path)
+        if existing is not None:
+            return existing
+        base_sha = await _resolve(git_dir, base_ref)
+        if base_sha is None:
+            raise GitError(["rev-parse", base_ref], None, "", summary=f"{self.repo} has no {base_ref!r} to start from")
+        worktree = Worktree(
+            path=path,
+            branch=branch,
+            base_ref=base_ref,
+            base_sha=base_sha,
+            mirror=git_dir,
+            run_id=run_id,
+            start_sha=base_sha,
+        )
+        await self._add(worktree)
+        return worktree
+
+    async def remove(self, worktree: Worktree) -> None:
+        """Delete the checkout but keep its branch: the branch is the local run's result."""
+        await _git("worktree", "remove", "--force", str(worktree.path), cwd=self.repo)
+
+    async def discard(self, run_id: str, branch: str) -> None:
+        """A failed local run leaves nothing behind: no checkout, no branch."""
+        path = self.worktrees / run_id
+        if path.exists():
+            await _git("worktree", "remove", "--force", str(path), cwd=self.repo)
+        await _git("branch", "-D", branch, cwd=self.repo, check=False)
+
+    async def reap(self, active_run_ids: set[str]) -> list[Path]:
+        """Nothing to reap: a local run removes its own worktree when it has committed."""
+        return []
+
+    async def evict(self) -> list[Path]:
+        return []
