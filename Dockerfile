@@ -10,10 +10,11 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY handlers ./handlers
+COPY prompts ./prompts
 COPY app.yml ./
 RUN pip install --no-cache-dir .
 
 USER nofx
-ENV NOFX_DATA_DIR=/data PORT=3000
+ENV NOFX_DATA_DIR=/data PORT=3000 NOFX_PROMPTS_DIR=/app/prompts
 EXPOSE 3000
 CMD ["nofx", "web", "--host", "0.0.0.0"]
