@@ -402,7 +402,9 @@ def test_the_run_label_starts_a_run_with_the_issues_title_and_body(
     deliver: Deliverer, work: Callable[..., None], git: GitServer, llm: AnthropicDouble, store: Store
 ) -> None:
     plan(llm, gate("check", "true"))
-    labeled = _issue_event("issues.labeled", git, label__name="nofx", issue__title="Add a cart", issue__body="With a total.")
+    labeled = _issue_event(
+        "issues.labeled", git, label__name="nofx", issue__title="Add a cart", issue__body="With a total."
+    )
     deliver("issues", labeled)
     work()
     run = only_run(store)
@@ -410,7 +412,9 @@ def test_the_run_label_starts_a_run_with_the_issues_title_and_body(
     assert "Add a cart" in llm.requests[0].text
 
 
-def test_another_label_starts_nothing(deliver: Deliverer, work: Callable[..., None], git: GitServer, store: Store) -> None:
+def test_another_label_starts_nothing(
+    deliver: Deliverer, work: Callable[..., None], git: GitServer, store: Store
+) -> None:
     deliver("issues", _issue_event("issues.labeled", git))  # the example's label is "bug"
     work()
     with store.session() as session:
@@ -418,7 +422,12 @@ def test_another_label_starts_nothing(deliver: Deliverer, work: Callable[..., No
 
 
 def test_a_command_in_a_new_issues_body_starts_a_run(
-    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
 ) -> None:
     plan(llm, gate("check", "true"))
     opened = _issue_event("issues.opened", git, issue__body="Please:\n\n/nofx add a cart")
@@ -429,7 +438,12 @@ def test_a_command_in_a_new_issues_body_starts_a_run(
 
 
 def test_a_command_in_a_review_comment_runs_on_the_pull_requests_branch(
-    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
 ) -> None:
     git.commit(OWNER, REPO, {"feature.py": "x = 1\n"}, branch="feature")
     pull = github.add_pull(OWNER, REPO, head="feature", base="master", user="Codertocat")
@@ -445,7 +459,12 @@ def test_a_command_in_a_review_comment_runs_on_the_pull_requests_branch(
 
 
 def test_a_resumed_run_gets_a_new_check_run_when_github_will_not_reopen_the_old_one(
-    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
 ) -> None:
     plan(llm, {"name": "ok", "tool": "manual:approval"})
     deliver("issue_comment", ask(git, "/nofx check things"))
@@ -459,3 +478,29 @@ def test_a_resumed_run_gets_a_new_check_run_when_github_will_not_reopen_the_old_
     assert run.status == RunStatus.succeeded
     assert run.check_run_id != first_check
     assert github.check_runs[run.check_run_id]["conclusion"] == "success"
+
+
+def test_each_surface_gets_at_most_one_edit_per_second(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    plan(llm, *(gate(f"g{i}", "true", depends_on=[f"g{i - 1}"] if i else []) for i in range(6)))
+    deliver("issue_comment", ask(git, "/nofx many quick steps"))
+    work()
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded
+    for method, template in (
+        ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}"),
+        ("PATCH", CHECK_RUN_UPDATES),
+    ):
+        times = [c.at for c in github.calls(method, template)]
+        assert times, template
+        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+        assert all(gap >= 0.95 for gap in gaps), (template, gaps)
+    # Coalesced, yet the last edit shows the final state.
+    assert github.check_runs[run.check_run_id]["conclusion"] == "success"
+    assert "✅" in last_comment(github)

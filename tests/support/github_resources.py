@@ -10,6 +10,8 @@ validates against GitHub's description.
 
 from __future__ import annotations
 
+import time
+
 import base64
 import hashlib
 import itertools
@@ -59,6 +61,7 @@ class Call:
     installation_id: int | None = None
     status: int = 0
     response: Any = None
+    at: float = field(default_factory=time.monotonic)  # arrival time, to check the App's pacing
 
 
 @dataclass
