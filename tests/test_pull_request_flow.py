@@ -402,3 +402,36 @@ def the_runs(store: Store) -> list[Run]:
 
     with store.session() as session:
         return list(session.exec(select(Run).order_by(Run.created_at)))  # type: ignore[arg-type]
+
+
+WORKFLOW = "name: ci\non: push\njobs: {}\n"
+
+
+def test_changing_ci_workflows_needs_an_approval_step(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    edit = [("write_file", {"path": ".github/workflows/ci.yml", "content": WORKFLOW}), ("finish", {"summary": "CI"})]
+    llm.tool_calls(edit)
+    deliver("issue_comment", ask(git, "/nofx add a CI workflow"))
+    work()
+    apply = next(s for s in runs.steps_of(store, the_runs(store)[0].id) if s.name == "apply")
+    assert apply.status == StepStatus.failed
+    assert ".github/workflows/ci.yml" in (apply.error or "") and "require_approval_before" in (apply.error or "")
+
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL.replace("[]", "[workspace:write]")
+    llm.tool_calls(edit)
+    deliver("issue_comment", ask(git, "/nofx add a CI workflow", number=2))
+    work()
+    second = the_runs(store)[1]
+    assert second.status == RunStatus.waiting  # a person approves before CI changes are written
+    deliver("issue_comment", ask(git, "/nofx approve", number=2))
+    work()
+    second = the_runs(store)[1]
+    assert second.status == RunStatus.succeeded, second.error
+    assert git.show(OWNER, REPO, second.branch or "", ".github/workflows/ci.yml") == WORKFLOW
