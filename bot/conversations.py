@@ -14,11 +14,11 @@ from typing import Any
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
-from bot import commands, identity, planner, render, repos, runs
+from bot import commands, identity, planner, render, repos, reviews, runs
 from bot.commands import Command, Verb
 from bot.context import EventContext
 from bot.llm_planner import planner_for
-from bot.models import Run, RunStatus, StepStatus
+from bot.models import ReviewPass, Run, RunStatus, StepStatus
 from bot.permissions import is_automation, permission_of
 from bot.plans import Plan, PlanError, validate
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
@@ -111,7 +111,7 @@ async def request_review_from_label(event: sansio.Event, ctx: EventContext) -> N
     config = await _config_or_report(gh, thread, ctx, mentioned=False)
     if config is None or label != config.trigger.review_label:
         return
-    await review_pull_request(ctx, gh, thread, config, requested_by=event.data["sender"]["login"])
+    await review_pull_request(ctx, gh, thread, config, requested_by=event.data["sender"]["login"], trigger="label")
 
 
 @router.register("check_run", action="requested_action")
@@ -132,7 +132,11 @@ async def decide_from_check_run_button(event: sansio.Event, ctx: EventContext) -
 
 @router.register("check_run", action="rerequested")
 async def retry_from_check_run(event: sansio.Event, ctx: EventContext) -> None:
-    """ "Re-run" on the run's check run re-runs its failed steps."""
+    """ "Re-run" on the run's check run re-runs its failed steps; on a review's check run, reviews again."""
+    review = reviews.pass_of_check(ctx.store, event.data.get("check_run") or {}, identity.current(ctx.store))
+    if review is not None:
+        await _review_again(ctx, event, review)
+        return
     run = _run_of_check(ctx, event.data)
     if run is None:
         return
@@ -144,14 +148,39 @@ async def retry_from_check_run(event: sansio.Event, ctx: EventContext) -> None:
 
 
 async def review_pull_request(
-    ctx: EventContext, gh: GitHubAPI, thread: Thread, config: RepoConfig, *, requested_by: str
+    ctx: EventContext,
+    gh: GitHubAPI,
+    thread: Thread,
+    config: RepoConfig,
+    *,
+    requested_by: str,
+    trigger: str = "comment",
 ) -> None:
-    """Review a pull request on request. The LLM review gate is not part of this server yet: say so."""
-    await _reply(
-        gh,
-        thread,
-        f"@{requested_by}, the automatic review is not available on this nofx server yet; nothing was reviewed.",
+    """Queue a full LLM review of the pull request's current head; its review and check run follow."""
+    if await reviews.request_review(ctx, gh, thread, config, trigger=trigger, requested_by=requested_by) is None:
+        await _reply(gh, thread, render.nothing_to_do("This pull request is not open, so nofx did not review it."))
+
+
+async def _review_again(ctx: EventContext, event: sansio.Event, review: ReviewPass) -> None:
+    """Re-run on a "nofx review" check run: a new full pass, with the same permission check as `/nofx review`."""
+    repository = event.data["repository"]
+    owner, repo = review.repository.split("/", 1)
+    thread = Thread(
+        installation_id=review.installation_id,
+        owner=owner,
+        repo=repo,
+        number=review.pull_number,
+        kind="pull_request",
+        default_branch=repository.get("default_branch") or "main",
+        clone_url=repository.get("clone_url"),
+        html_url=None,
     )
+    gh = _gh(ctx, thread)
+    config = await _config_or_report(gh, thread, ctx, mentioned=True)
+    if config is None:
+        return
+    command = Command(verb=Verb.review, argument="")
+    await _authorised_command(ctx, event, gh, thread, config, command, _issue_source(thread, "check_run"))
 
 
 # --- the shared path of every command ---------------------------------------------------------------
@@ -242,7 +271,7 @@ async def _carry_out(
             if thread.kind != "pull_request":
                 await _reply(gh, thread, render.nothing_to_do("`review` works on pull requests."))
                 return
-            await review_pull_request(ctx, gh, thread, config, requested_by=sender)
+            await review_pull_request(ctx, gh, thread, config, requested_by=sender, trigger=source.trigger)
         case Verb.git:
             await _start_git_operation(ctx, event, gh, thread, config, command.argument, source, sender)
         case Verb.forget:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from gidgethub import routing, sansio
 
-from bot import conversations, installations
+from bot import conversations, installations, reviews
 from bot.context import EventContext
 from bot.models import Delivery
 from bot.store import Store
 
-router = routing.Router(installations.router, conversations.router)
+router = routing.Router(installations.router, conversations.router, reviews.router)
 
 
 def ignore_reason(store: Store, delivery: Delivery) -> str | None:

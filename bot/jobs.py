@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from rq import get_current_job
 
-from bot import deliveries, events, logs, report, runs
+from bot import deliveries, events, logs, report, reviews, runs
 from bot.models import DeliveryStatus
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -42,6 +42,13 @@ def run_step(step_id: str) -> None:
     runtime = current_runtime()
     job = get_current_job()
     runtime.run(runtime.engine.run_step(step_id, job.id if job else None))
+
+
+def run_review(pass_id: str) -> None:
+    """Run one review pass of a pull request; a duplicate of the job finds the pass claimed and does nothing."""
+    runtime = current_runtime()
+    deps = reviews.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact)
+    runtime.run(reviews.run_pass(deps, pass_id))
 
 
 def publish_run(run_id: str) -> None:

@@ -23,6 +23,8 @@ DISPATCH_TIMEOUT_S = 300
 STEP_JOB = "bot.jobs.run_step"
 REPORT_JOB = "bot.jobs.publish_run"
 CLEANUP_JOB = "bot.jobs.clean_up_workspaces"
+REVIEW_JOB = "bot.jobs.run_review"
+REVIEW_JOB_TIMEOUT_S = 1800  # a 3,000-file pull request takes many LLM calls
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
@@ -73,6 +75,17 @@ class WorkQueue:
             self.queue.enqueue_in(timedelta(seconds=delay_s), REPORT_JOB, run_id, **options)
         else:
             self.queue.enqueue(REPORT_JOB, run_id, **options)
+
+    def enqueue_review(self, pass_id: str) -> None:
+        """Queue one review pass of a pull request; a duplicate job finds the pass claimed and does nothing."""
+        self.queue.enqueue(
+            REVIEW_JOB,
+            pass_id,
+            job_id=f"review-{pass_id}",
+            job_timeout=REVIEW_JOB_TIMEOUT_S,
+            result_ttl=3600,
+            failure_ttl=7 * 24 * 3600,
+        )
 
     def enqueue_cleanup(self) -> None:
         """Remove worktrees of finished runs and evict cold mirrors (one job at a time is enough)."""
