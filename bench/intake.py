@@ -60,9 +60,7 @@ def main() -> None:
             ids = [str(uuid.uuid4()) for _ in range(args.deliveries)]
             resend = ids[: int(len(ids) * args.duplicates)]
             with multiprocessing.get_context("spawn").Pool(1) as pool:
-                latencies, statuses, elapsed = pool.apply(
-                    _load, (base, secret, ids + resend, args.concurrency)
-                )
+                latencies, statuses, elapsed = pool.apply(_load, (base, secret, ids + resend, args.concurrency))
             routed, recorded, by_status = _wait_routed(data / "nofx.db", len(ids), timeout_s=120)
         finally:
             server.terminate()
@@ -73,8 +71,12 @@ def main() -> None:
     print(f"deliveries sent       {sent} ({len(resend)} of them redeliveries), concurrency {args.concurrency}")
     print(f"answers               {dict(sorted(statuses.items()))}")
     print(f"throughput            {sent / elapsed:,.0f} deliveries/s")
-    print(f"ack latency           p50 {_ms(statistics.median(latencies))}  p99 {_ms(latencies[int(0.99 * len(latencies))])}")
-    print(f"recorded (unique)     {recorded} of {len(ids)}  -> lost {len(ids) - recorded}, duplicated {recorded - len(ids)}")
+    print(
+        f"ack latency           p50 {_ms(statistics.median(latencies))}  p99 {_ms(latencies[int(0.99 * len(latencies))])}"
+    )
+    print(
+        f"recorded (unique)     {recorded} of {len(ids)}  -> lost {len(ids) - recorded}, duplicated {recorded - len(ids)}"
+    )
     print(f"routed by workers     {routed} of {len(ids)}  statuses {by_status}")
 
 

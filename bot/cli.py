@@ -1,4 +1,4 @@
-"""The `nofx` command line: serve, web, worker, replay."""
+"""The `nofx` command line: serve, web, worker, replay, rca."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nofx: {exc}", file=sys.stderr)
         return 2
     redactor = logs.Redactor(settings.secrets)
-    logs.configure(redactor)
+    logs.configure(redactor, data_dir=settings.data_dir)  # per-run worker logs, for RCA bundles
     return int(args.func(args, settings, redactor) or 0)
 
 
@@ -58,6 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--delivery", metavar="ID", help="id of a recorded delivery (e.g. a failed one)")
     replay.add_argument("--event", help="event name, when FILE holds a bare payload")
     replay.set_defaults(func=_replay)
+
+    review = sub.add_parser("review", help="review a local diff (base...head); in GitHub Actions, post the review")
+    review.add_argument("--repo", type=Path, default=Path("."), help="the local repository (default .)")
+    review.add_argument("--base", required=True, help="the ref the change is based on, e.g. origin/main")
+    review.add_argument("--head", help="the changed ref (default: the pull request's head in Actions, else HEAD)")
+    review.add_argument(
+        "--dry-run", action="store_true", help="in GitHub Actions, print the review instead of posting it"
+    )
+    review.set_defaults(func=_review)
+
+    rca = sub.add_parser("rca", help="download a run's root-cause bundle (tar.gz) from the running server")
+    rca.add_argument("run_id", metavar="RUN_ID")
+    rca.add_argument("-o", "--output", type=Path, help="file to write (default nofx-rca-RUN_ID.tar.gz)")
+    rca.set_defaults(func=_rca)
     return parser
 
 
@@ -128,6 +142,37 @@ def _replay(args: argparse.Namespace, settings: Settings, redactor: logs.Redacto
     deliveries.enqueue(store, queue, delivery_id)
     print(f"queued {event} as delivery {delivery_id}")
     return 0
+
+
+def _rca(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    """GET /runs/{id}/rca from NOFX_PUBLIC_URL, else the local server on $PORT, with NOFX_API_TOKEN."""
+    import httpx
+
+    from bot import rca
+
+    if not settings.api_token:
+        print("nofx: set NOFX_API_TOKEN to the server's API token", file=sys.stderr)
+        return 2
+    base = settings.public_url or f"http://127.0.0.1:{settings.port}"
+    destination = args.output or Path(f"nofx-rca-{args.run_id}.tar.gz")
+    headers = {"Authorization": f"Bearer {settings.api_token}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+            size = rca.download(client, args.run_id, destination)
+    except (rca.RcaError, httpx.HTTPError, OSError) as exc:
+        print(
+            f"nofx: cannot download the bundle of run {args.run_id} from {base}: {redactor.redact(str(exc))}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {destination} ({size} bytes)")
+    return 0
+
+
+def _review(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.review_cli import run  # the model and rich load only for `review`
+
+    return run(args, settings, redactor)
 
 
 def _read_saved_delivery(path: Path, event: str | None) -> tuple[str, dict, str]:

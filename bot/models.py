@@ -239,3 +239,131 @@ class Artifact(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     size: int
     created_at: datetime = _timestamp()
+
+
+class ReviewStatus(str, Enum):
+    """Where a review pass is; a newer pass on the same pull request cancels an older one."""
+
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class ReviewKind(str, Enum):
+    """`full` reads the whole pull request; `incremental` only what changed since the last reviewed head."""
+
+    full = "full"
+    incremental = "incremental"
+
+
+class FindingStatus(str, Enum):
+    """A finding stays open until a later pass that reviewed its file no longer reports it."""
+
+    open = "open"
+    resolved = "resolved"
+
+
+class ReviewPass(SQLModel, table=True):
+    """One LLM review of one head of a pull request; the RQ job `run_review(id)` rebuilds everything from it."""
+
+    __table_args__ = (_status_check("status", ReviewStatus, "review_pass_status_valid"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    installation_id: int = Field(index=True, sa_type=BigInteger)
+    repository: str = Field(max_length=300, index=True)
+    pull_number: int = Field(index=True)
+    base_sha: str = Field(max_length=64)
+    head_sha: str = Field(max_length=64)
+    previous_head_sha: str | None = Field(default=None, max_length=64)  # the last reviewed head, for incremental
+    kind: ReviewKind = Field(default=ReviewKind.full, max_length=20)
+    status: ReviewStatus = Field(default=ReviewStatus.queued, max_length=20, index=True)
+    trigger: str = Field(max_length=30)  # opened | reopened | ready_for_review | synchronize | comment | label | ...
+    requested_by: str | None = Field(default=None, max_length=100)
+    fork: bool = False
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    check_run_id: int | None = Field(default=None, sa_type=BigInteger)
+    review_id: int | None = Field(default=None, sa_type=BigInteger)
+    files_reviewed: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    files_skipped: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    findings_count: int = 0
+    llm_calls: int = 0
+    cost_usd: float = 0.0
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _timestamp(index=True)
+    started_at: datetime | None = _optional_timestamp()
+    finished_at: datetime | None = _optional_timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class ReviewFinding(SQLModel, table=True):
+    """A finding posted on a pull request, kept by fingerprint so later passes neither repeat nor forget it."""
+
+    __table_args__ = (
+        _status_check("status", FindingStatus, "review_finding_status_valid"),
+        UniqueConstraint("repository", "pull_number", "fingerprint", name="review_finding_unique_in_pull"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer, "sqlite"))
+    repository: str = Field(max_length=300, index=True)
+    pull_number: int = Field(index=True)
+    fingerprint: str = Field(max_length=64)
+    path: str = Field(max_length=1000)
+    line: int
+    end_line: int | None = None
+    side: str = Field(default="RIGHT", max_length=5)  # LEFT: `line` is in the old file (a removed line)
+    severity: str = Field(max_length=20)
+    title: str = Field(max_length=500)
+    body: str = Field(default="", sa_column=Column(Text, nullable=False))
+    status: FindingStatus = Field(default=FindingStatus.open, max_length=20, index=True)
+    comment_id: int | None = Field(default=None, sa_type=BigInteger)  # the review comment, when placed on a line
+    pass_id: str = Field(max_length=32)  # the pass that last reported (or resolved) it
+    first_seen_sha: str = Field(max_length=64)
+    last_seen_sha: str = Field(max_length=64)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Checkpoint(SQLModel, table=True):
+    """The worktree's full state after a step that changed it: a commit on `refs/nofx/runs/<run>/<n>` in the mirror."""
+
+    __table_args__ = (UniqueConstraint("run_id", "n", name="checkpoint_n_unique_in_run"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer, "sqlite"))
+    run_id: str = Field(foreign_key="run.id", index=True, max_length=32)
+    n: int  # 1, 2, … in the order the steps finished
+    step_id: str = Field(foreign_key="step.id", max_length=32)
+    step_name: str = Field(max_length=100)
+    tool: str = Field(max_length=50)
+    outcome: str = Field(max_length=20)  # succeeded | waiting | failed: how the step ended
+    ref: str = Field(max_length=255)
+    commit_sha: str = Field(max_length=64)
+    tree_sha: str = Field(max_length=64)
+    parent_sha: str = Field(max_length=64)  # the previous checkpoint, or where the run's worktree started
+    artifacts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # name → sha256
+    created_at: datetime = _timestamp()
+
+
+class RunStart(SQLModel, table=True):
+    """Where a run resumed from a checkpoint starts its worktree (kept apart so `Run` stays as it is)."""
+
+    run_id: str = Field(primary_key=True, foreign_key="run.id", max_length=32)
+    checkpoint_sha: str = Field(max_length=64)
+    source_run_id: str = Field(max_length=32, index=True)
+    source_n: int
+    files: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # written before it
+    by: str = Field(max_length=100)
+    created_at: datetime = _timestamp()
+
+
+class ThreadMemory(SQLModel, table=True):
+    """One remembered entry of an issue or PR conversation, Fernet-encrypted at rest, gone after its TTL."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    thread: str = Field(max_length=320, index=True)  # `owner/repo#12`, lower case
+    kind: str = Field(max_length=30)  # request | plan | outcome | review_feedback | note
+    ciphertext: str = Field(sa_column=Column(Text, nullable=False))
+    redacted: bool = False
+    created_at: datetime = _timestamp(index=True)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)

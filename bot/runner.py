@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bot import identity, logs, report, runs
+from bot import checkpoints, identity, logs, report, runs
 from bot.artifacts import Artifacts
 from bot.github import GitHubApp
 from bot.llm import LLM, Budget, LLMResponse
@@ -99,7 +99,8 @@ class Engine:
             message = self._describe(exc)
             return self._retry_or_fail(run, step, f"preparing the workspace failed: {message}")
         try:
-            result = await self._with_heartbeat(step, self.handlers[step.tool](context))
+            work = checkpoints.checkpointed(self.store, context, self.handlers[step.tool](context))
+            result = await self._with_heartbeat(step, work)
         except _Cancelled:
             log.info("step cancelled while running")
             report.request_publish(self.queue, run.id)

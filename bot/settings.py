@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class Settings:
     model: str | None = None
     public_url: str | None = None
     port: int = 3000
+    memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
+    memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
@@ -57,6 +60,8 @@ class Settings:
             model=env.get("NOFX_MODEL") or None,
             public_url=(env.get("NOFX_PUBLIC_URL") or "").rstrip("/") or None,
             port=_port(env.get("PORT") or "3000"),
+            memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
+            memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
         )
 
     @property
@@ -77,6 +82,7 @@ class Settings:
             self.api_token,
             self.anthropic_api_key,
             self.openai_api_key,
+            *self.memory_keys,
         ]
         return [v for v in values if v]
 
@@ -111,6 +117,33 @@ def _private_key(env: Mapping[str, str]) -> str | None:
         return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"GITHUB_PRIVATE_KEY_PATH cannot be read: {exc.strerror}") from exc
+
+
+def _memory_keys(value: str) -> tuple[str, ...]:
+    """NOFX_MEMORY_KEYS: comma-separated Fernet keys (32 url-safe base64 bytes each), checked here so a typo
+    fails at start rather than when the first conversation is stored."""
+    keys = tuple(key.strip() for key in value.split(",") if key.strip())
+    for position, key in enumerate(keys, start=1):
+        try:
+            raw = base64.urlsafe_b64decode(key.encode("ascii"))
+        except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
+            raw = b""
+        if len(raw) != 32:
+            raise SettingsError(
+                f"NOFX_MEMORY_KEYS: key {position} is not a Fernet key "
+                "(make one with `python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)"
+            )
+    return keys
+
+
+def _ttl_days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise SettingsError(f"NOFX_MEMORY_TTL_DAYS must be a number of days, got {value!r}") from None
+    if not 1 <= days <= 3650:
+        raise SettingsError(f"NOFX_MEMORY_TTL_DAYS must be between 1 and 3650, got {days}")
+    return days
 
 
 def _port(value: str) -> int:

@@ -13,11 +13,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bot import events, identity, setup
+from bot import api, events, identity, setup, trace_routes
+from bot.artifacts import Artifacts
 from bot.intake import Intake
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.queue import WorkQueue
+from bot.run_metrics import RunMetrics
 from bot.settings import ENV_FILE, Settings
+from bot.sse import StreamTiming
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ def create_app(
     store: Store | None = None,
     queue: WorkQueue | None = None,
     env_file: Path | None = None,
+    stream_timing: StreamTiming | None = None,
 ) -> Starlette:
     """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings."""
     if store is None:
@@ -39,6 +43,7 @@ def create_app(
             raise RuntimeError("REDIS_URL is required by the web process (`nofx serve` sets it)")
         queue = WorkQueue.from_url(settings.redis_url)
     metrics = Metrics(queue.depths)
+    metrics.registry.register(RunMetrics(store))
     app = Starlette(
         routes=[
             Route("/webhooks", receive_webhook, methods=["POST"]),
@@ -47,6 +52,8 @@ def create_app(
             Route("/metrics", metrics_endpoint),
             Route("/", home),
             *setup.routes(),
+            *trace_routes.routes(),
+            *api.routes(),
         ]
     )
     app.state.settings = settings
@@ -54,6 +61,8 @@ def create_app(
     app.state.store = store
     app.state.queue = queue
     app.state.metrics = metrics
+    app.state.artifacts = Artifacts(settings.data_dir, store)
+    app.state.stream_timing = stream_timing or StreamTiming()
     app.state.intake = Intake(
         store=store,
         queue=queue,

@@ -6,6 +6,7 @@ chooses its own steps; everything else is the real app, queue, worker, git serve
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -277,9 +278,9 @@ def test_cancel_stops_the_running_step_in_another_worker(
     deliver("issue_comment", ask(git, "/nofx be slow"))
     with background_worker(settings) as _worker:
         run = wait_for_running(store, "slow")
+        assert _wait(lambda: _sleeping("97531"))  # the gate's command runs in the other worker
         deliver("issue_comment", ask(git, "/nofx cancel"))
         work()  # this process routes the cancel; the other worker notices it on its next heartbeat
-        assert _wait(lambda: _sleeping("97531"))
         assert _wait(lambda: only_run(store).status == RunStatus.cancelled)
         assert _wait(lambda: not _sleeping("97531"), timeout_s=20), "the step's process outlived the cancel"
         assert run.id
@@ -499,7 +500,7 @@ def test_each_surface_gets_at_most_one_edit_per_second(
     ):
         times = [c.at for c in github.calls(method, template)]
         assert times, template
-        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert all(gap >= 0.95 for gap in gaps), (template, gaps)
     # Coalesced, yet the last edit shows the final state.
     assert github.check_runs[run.check_run_id]["conclusion"] == "success"

@@ -10,8 +10,6 @@ validates against GitHub's description.
 
 from __future__ import annotations
 
-import time
-
 import base64
 import hashlib
 import itertools
@@ -19,6 +17,7 @@ import re
 import secrets
 import string
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -1,0 +1,131 @@
+"""Run metrics read from the database at scrape time: outcomes, approvals, LLM use, step durations.
+
+The database is the source of truth, so every web process reports the same numbers and nothing is
+lost on restart. Each scrape stays cheap: counts go through indexed columns, LLM usage is summed
+incrementally (only `llm.call` events newer than the last scrape are read), and step durations
+cover only the steps of runs created within `window` (found through the index on `run.created_at`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import timedelta
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from sqlalchemy import func
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, select
+
+from bot.models import Run, RunEvent, RunStatus, Step, utcnow
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+APPROVAL_EVENTS = {"step.waiting": "requested", "step.approved": "granted", "step.rejected": "rejected"}
+LLM_EVENT = "llm.call"
+
+
+class RunMetrics(Collector):
+    """A Prometheus collector over the runs tables; register it on the app's registry."""
+
+    def __init__(self, store: Store, *, window: timedelta = timedelta(hours=24), llm_batch: int = 50_000) -> None:
+        self.store = store
+        self.window = window
+        self.llm_batch = llm_batch
+        self._lock = threading.Lock()  # two scrapes at once must not count an event twice
+        self._llm_cursor = 0
+        self._llm_calls: dict[tuple[str, str], int] = defaultdict(int)
+        self._llm_tokens: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._llm_cost: dict[tuple[str, str], float] = defaultdict(float)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with self._lock:
+                families = self._families()
+        except SQLAlchemyError as exc:  # a scrape must not fail because the database is down; /readyz says so
+            log.warning("run metrics unavailable: %s", type(exc).__name__)
+            return
+        yield from families
+
+    def _families(self) -> list[Metric]:
+        runs = GaugeMetricFamily("nofx_runs", "Runs in each status, all time.", labels=["status"])
+        approvals = CounterMetricFamily(
+            "nofx_approvals", "Approval steps requested, granted and rejected.", labels=["decision"]
+        )
+        with self.store.session() as session:
+            by_status = dict(session.exec(select(Run.status, func.count()).group_by(Run.status)).all())
+            decisions = dict(
+                session.exec(
+                    select(RunEvent.type, func.count())
+                    .where(col(RunEvent.type).in_(APPROVAL_EVENTS))
+                    .group_by(RunEvent.type)
+                ).all()
+            )
+        for status in RunStatus:
+            runs.add_metric([status.value], by_status.get(status, 0))
+        for type_, decision in APPROVAL_EVENTS.items():
+            approvals.add_metric([decision], decisions.get(type_, 0))
+        return [runs, approvals, *self._llm_families(), self._durations()]
+
+    def _llm_families(self) -> list[Metric]:
+        with self.store.session() as session:
+            rows = session.exec(
+                select(RunEvent.id, RunEvent.payload)
+                .where(RunEvent.type == LLM_EVENT, col(RunEvent.id) > self._llm_cursor)
+                .order_by(col(RunEvent.id))
+                .limit(self.llm_batch)
+            ).all()
+        for event_id, payload in rows:
+            usage = payload if isinstance(payload, dict) else {}
+            key = (str(usage.get("provider") or "unknown"), str(usage.get("model") or "unknown"))
+            self._llm_calls[key] += 1
+            for direction in ("input", "output"):
+                tokens = usage.get(f"{direction}_tokens")
+                self._llm_tokens[(*key, direction)] += tokens if isinstance(tokens, int) else 0
+            cost = usage.get("cost_usd")
+            self._llm_cost[key] += float(cost) if isinstance(cost, int | float) else 0.0
+            self._llm_cursor = event_id or self._llm_cursor
+        calls = CounterMetricFamily("nofx_llm_calls", "LLM calls charged to steps.", labels=["provider", "model"])
+        tokens = CounterMetricFamily(
+            "nofx_llm_tokens", "LLM tokens charged to steps.", labels=["provider", "model", "direction"]
+        )
+        cost = CounterMetricFamily(
+            "nofx_llm_cost_usd", "LLM cost charged to steps, in USD.", labels=["provider", "model"]
+        )
+        for key, count in sorted(self._llm_calls.items()):
+            calls.add_metric(list(key), count)
+            cost.add_metric(list(key), self._llm_cost[key])
+        for token_key, count in sorted(self._llm_tokens.items()):
+            tokens.add_metric(list(token_key), count)
+        return [calls, tokens, cost]
+
+    def _durations(self) -> Metric:
+        hours = self.window.total_seconds() / 3600
+        family = HistogramMetricFamily(
+            "nofx_step_duration_seconds",
+            f"Durations of finished steps of the runs created in the last {hours:g} h, by tool.",
+            labels=["tool"],
+        )
+        with self.store.session() as session:
+            rows = session.exec(
+                select(Step.tool, Step.started_at, Step.finished_at)
+                .join(Run, col(Run.id) == col(Step.run_id))
+                .where(
+                    col(Run.created_at) > utcnow() - self.window,
+                    col(Step.started_at).is_not(None),
+                    col(Step.finished_at).is_not(None),
+                )
+            ).all()
+        by_tool: dict[str, list[float]] = defaultdict(list)
+        for tool, started, finished in rows:
+            if started is not None and finished is not None:
+                by_tool[tool].append(max(0.0, (finished - started).total_seconds()))
+        for tool, durations in sorted(by_tool.items()):
+            buckets = [(floatToGoString(bound), sum(1 for d in durations if d <= bound)) for bound in DURATION_BUCKETS]
+            family.add_metric([tool], [*buckets, ("+Inf", len(durations))], sum_value=sum(durations))
+        return family
