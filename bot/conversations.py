@@ -14,7 +14,7 @@ from typing import Any
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
-from bot import commands, identity, planner, render, repos, reviews, runs
+from bot import checkpoints, commands, identity, memory, planner, render, repos, reviews, runs
 from bot.commands import Command, Verb
 from bot.context import EventContext
 from bot.llm_planner import planner_for
@@ -257,6 +257,8 @@ async def _carry_out(
                 await _reply(gh, thread, render.nothing_to_do("There is no active run on this thread to cancel."))
                 return
             engine.after(runs.cancel(ctx.store, run.id, by=sender), run.id)
+        case Verb.retry if command.retry_from is not None:
+            await _resume_from_checkpoint(ctx, event, gh, thread, command.retry_from, sender)
         case Verb.retry:
             await _retry(ctx, gh, thread, command, sender)
         case Verb.status:
@@ -275,7 +277,10 @@ async def _carry_out(
         case Verb.git:
             await _start_git_operation(ctx, event, gh, thread, config, command.argument, source, sender)
         case Verb.forget:
-            await _reply(gh, thread, render.nothing_to_do("nofx keeps no conversation memory on this server yet."))
+            removed = memory.forget(ctx.store, memory.ThreadKey(thread.full_name, thread.number))
+            await _reply(
+                gh, thread, render.nothing_to_do(f"nofx forgot what it remembered of this thread ({removed} entries).")
+            )
 
 
 async def _show_plan(ctx: EventContext, gh: GitHubAPI, thread: Thread, config: RepoConfig, request: str) -> None:
@@ -318,7 +323,7 @@ async def _start_run(
             config,
             available_tools=ctx.engine.handlers,
             llm_planner=_llm_planner(ctx, config),
-            previous=_previous_outcome(ctx, where.follows),
+            previous=_context_for(ctx, thread, where.follows),
         )
     except PlanError as exc:
         await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
@@ -396,8 +401,27 @@ def _create_and_start(
     with ctx.queue.redis.lock(f"nofx:thread:{thread.full_name}#{thread.number}", timeout=THREAD_LOCK_S):
         run = runs.create(ctx.store, spec, plan, describe(config))
         progress = runs.start(ctx.store, run.id)
+    ctx.engine.memory.remember(ctx.store, run, "request", f"@{sender} asked: {request}")
+    ctx.engine.memory.remember(ctx.store, run, "plan", f"{plan.goal}: " + ", ".join(s.name for s in plan.steps))
     log.info("run %s created (%s)", run.id, progress.run_status.value if progress.run_status else "?")
     ctx.engine.after(progress, run.id)
+
+
+async def _resume_from_checkpoint(
+    ctx: EventContext, event: sansio.Event, gh: GitHubAPI, thread: Thread, checkpoint: str, sender: str
+) -> None:
+    """`/nofx retry --from <n>`: a new run from checkpoint n of the thread's latest run."""
+    run = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+    number = checkpoint.lstrip("#").removeprefix("cp")
+    if run is None or not number.isdigit():
+        await _reply(gh, thread, render.nothing_to_do("Say which checkpoint of the latest run: `retry --from 2`."))
+        return
+    try:
+        checkpoints.resume(
+            ctx.store, ctx.queue, run.id, int(number), sender, trigger="comment", delivery_id=event.delivery_id
+        )
+    except checkpoints.ResumeError as exc:
+        await _reply(gh, thread, render.nothing_to_do(str(exc)))
 
 
 async def _decide(ctx: EventContext, gh: GitHubAPI, thread: Thread, command: Command, sender: str) -> None:
@@ -466,6 +490,13 @@ async def _where_to_work(ctx: EventContext, gh: GitHubAPI, thread: Thread, reque
     if earlier is not None:
         return _Where(head_ref, pull["base"]["ref"], head_sha, follows=earlier)
     return _Where(branch_name(thread.number, request), head_ref, head_sha)
+
+
+def _context_for(ctx: EventContext, thread: Thread, follows: Run | None) -> str | None:
+    """What the model should know of the thread: its memory, and the run a follow-up continues."""
+    remembered = ctx.engine.memory.recall(ctx.store, thread.full_name, thread.number)
+    parts = [*(["Remembered from this thread:", *remembered] if remembered else []), _previous_outcome(ctx, follows)]
+    return "\n".join(part for part in parts if part) or None
 
 
 def _previous_outcome(ctx: EventContext, run: Run | None) -> str | None:

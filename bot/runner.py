@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bot import checkpoints, identity, logs, report, runs
+from bot import checkpoints, identity, logs, memory, report, runs
 from bot.artifacts import Artifacts
 from bot.github import GitHubApp
 from bot.llm import LLM, Budget, LLMResponse
@@ -50,6 +50,7 @@ class Engine:
         artifacts: Artifacts | None = None,
         llm: LLM | None = None,
         redact: Callable[[str], str] = str,
+        memory: ThreadMemoryConfig | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -58,6 +59,7 @@ class Engine:
         self.workspaces = workspaces
         self.artifacts = artifacts
         self.llm = llm
+        self.memory = memory or ThreadMemoryConfig()
         self.redact = redact
 
     def after(self, progress: runs.Progress, run_id: str) -> None:
@@ -67,8 +69,18 @@ class Engine:
         for started in progress.started_runs:
             report.request_publish(self.queue, started)
         report.request_publish(self.queue, run_id)
-        if progress.run_status in runs.TERMINAL_RUN and self.workspaces is not None:
-            self.queue.enqueue_cleanup()
+        if progress.run_status in runs.TERMINAL_RUN:
+            self.remember_outcome(run_id)
+            if self.workspaces is not None:
+                self.queue.enqueue_cleanup()
+
+    def remember_outcome(self, run_id: str) -> None:
+        """The thread's memory keeps how each run ended, for the next request on the thread."""
+        run = runs.get_run(self.store, run_id)
+        if run is None or not self.memory.keys:
+            return
+        outcome = f"Run {run.id} ({run.request[:200]!r}) {run.status.value}" + (f": {run.error}" if run.error else "")
+        self.memory.remember(self.store, run, "outcome", outcome)
 
     def enqueue(self, step_id: str, delay_s: float = 0) -> None:
         step = runs.get_step(self.store, step_id)
@@ -83,7 +95,14 @@ class Engine:
             return None
         run = runs.get_run(self.store, step.run_id)
         assert run is not None
-        with logs.bound(run_id=run.id, step_id=step.id, step=step.name, tool=step.tool, repo=run.repository):
+        with logs.bound(
+            delivery_id=run.delivery_id,
+            run_id=run.id,
+            step_id=step.id,
+            step=step.name,
+            tool=step.tool,
+            repo=run.repository,
+        ):
             report.request_publish(self.queue, run.id)
             status = await self._execute(run, step)
         return status
@@ -155,6 +174,9 @@ class Engine:
                 base_ref=run.default_branch or "main",
                 reuse_remote_branch=run.follows_run_id is not None,
             )
+            start = checkpoints.start_point(self.store, run.id)
+            if start is not None:  # a run resumed from a checkpoint starts with that checkpoint's files
+                await checkpoints.restore(workspace, start)
         budget = Budget(limit_usd=config.policy.max_cost_usd, spent_usd=run.cost_usd)
         return StepContext(
             run=run,
@@ -169,6 +191,7 @@ class Engine:
             llm=StepLLM(self.llm, self.store, step) if self.llm else None,
             budget=budget,
             git_token=token,
+            inherited_files=checkpoints.written_files(self.store, run.id),
             author=(lambda: identity.bot_author(github.installation_client(run.installation_id), self.store))
             if github
             else None,
@@ -222,6 +245,25 @@ class Engine:
     def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
         text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
         return self.redact(text)[-MAX_ERROR_CHARS:]
+
+
+class ThreadMemoryConfig:
+    """The keys and longest TTL of thread memory (NOFX_MEMORY_KEYS, NOFX_MEMORY_TTL_DAYS); no keys: memory off."""
+
+    def __init__(self, keys: tuple[str, ...] = (), ttl_days: int = 30) -> None:
+        self.keys = keys
+        self.ttl_days = ttl_days
+
+    def thread(self, run: Run) -> memory.ThreadKey:
+        return memory.ThreadKey(run.repository, run.thread_number)
+
+    def remember(self, store: Store, run: Run, kind: str, text: str) -> None:
+        ttl = memory.effective_ttl_days(self.ttl_days, run.config.get("memory_ttl_days"))
+        memory.remember(store, self.keys, self.thread(run), kind, text, ttl_days=ttl)
+
+    def recall(self, store: Store, repository: str, number: int) -> list[str]:
+        entries = memory.recall(store, self.keys, memory.ThreadKey(repository, number))
+        return [f"[{e.kind}, {e.created_at:%Y-%m-%d}] {e.text}" for e in entries]
 
 
 class StepLLM:

@@ -12,7 +12,7 @@ from bot.github import GitHubApp
 from bot.llm import LLM, FileCache
 from bot.logs import Redactor
 from bot.queue import WorkQueue
-from bot.runner import Engine
+from bot.runner import Engine, ThreadMemoryConfig
 from bot.settings import Settings
 from bot.steps import discover_handlers
 from bot.store import Store
@@ -48,6 +48,7 @@ class Runtime:
             artifacts=Artifacts(settings.data_dir, self.store),
             llm=self.llm,
             redact=self.redactor.redact,
+            memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
         )
         self._runner = asyncio.Runner()
 

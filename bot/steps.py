@@ -40,6 +40,7 @@ class StepContext:
     budget: Budget | None = None  # the run's remaining `policy.max_cost_usd`
     git_token: Callable[[], Awaitable[str]] | None = None  # an installation token for git, through the env only
     author: Callable[[], Awaitable[tuple[str, str]]] | None = None  # the App's bot account, for commits
+    inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
 
     @property
     def inputs(self) -> dict[str, Any]:

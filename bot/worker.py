@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from rq import SimpleWorker
 
-from bot import deliveries, identity, jobs, logs, runs
+from bot import deliveries, identity, jobs, logs, memory, runs
 from bot.models import Step, StepStatus, utcnow
 from bot.queue import dispatch_job_id, step_job_id
 from bot.runtime import Runtime
@@ -45,6 +45,7 @@ def run_worker(runtime: Runtime, *, burst: bool = False, max_jobs: int | None = 
 
 def sweep(runtime: Runtime) -> list[str]:
     """Enqueue deliveries that were recorded while the queue was down; returns their ids."""
+    memory.purge_expired(runtime.store)
     for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
         log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
     lost = [

@@ -259,8 +259,8 @@ class Worktree:
             await self._git("add", "--all")
         elif paths:
             await self._git("add", "--all", "--", *paths)
-        if not (await self._git("status", "--porcelain", "--untracked-files=no")).strip():
-            return None
+        if not (await self._git("diff", "--cached", "--name-only")).strip():
+            return None  # nothing staged (changes outside `paths` are deliberately left out)
         identity = {
             "GIT_AUTHOR_NAME": author_name,
             "GIT_AUTHOR_EMAIL": author_email,

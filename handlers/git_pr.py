@@ -92,9 +92,8 @@ async def _request_review(ctx: StepContext, owner: str, repo: str, number: int) 
 
 def _written(ctx: StepContext) -> list[str]:
     """Only what the run's write steps wrote is committed, never what the gates left behind."""
-    return sorted(
-        {path for s in ctx.earlier.values() if s.tool == "workspace:write" for path in s.output.get("files", [])}
-    )
+    written = {path for s in ctx.earlier.values() if s.tool == "workspace:write" for path in s.output.get("files", [])}
+    return sorted(written | set(ctx.inherited_files))
 
 
 def _title(ctx: StepContext) -> str:

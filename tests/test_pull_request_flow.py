@@ -10,10 +10,12 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from bot import runs
 from bot.models import Run, RunStatus, StepStatus
@@ -36,7 +38,7 @@ NO_APPROVAL = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approv
 
 @pytest.fixture
 def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
-    return with_model(settings, llm)
+    return replace(with_model(settings, llm), memory_keys=(Fernet.generate_key().decode(),))
 
 
 @pytest.fixture(autouse=True)
@@ -435,3 +437,71 @@ def test_changing_ci_workflows_needs_an_approval_step(
     second = the_runs(store)[1]
     assert second.status == RunStatus.succeeded, second.error
     assert git.show(OWNER, REPO, second.branch or "", ".github/workflows/ci.yml") == WORKFLOW
+
+
+def test_retry_from_a_checkpoint_branches_the_work_and_keeps_what_was_written(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    from bot import checkpoints
+
+    github.files[(OWNER, REPO, CONFIG, None)] = "gates:\n  test: python3 -m unittest -q\n"  # approval before the PR
+    script_multiply(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    deliver("issue_comment", ask(git, "/nofx reject not yet"))
+    work()
+    source = the_runs(store)[0]
+    assert source.status == RunStatus.cancelled
+    listed = {c.step_name: c.n for c in checkpoints.list_for_run(store, source.id)}
+    assert set(listed) >= {"apply", "test"}
+
+    deliver("issue_comment", ask(git, f"/nofx retry --from {listed['apply']}"))
+    work()
+    resumed = the_runs(store)[1]
+    assert resumed.status == RunStatus.waiting  # the remaining plan: test, approval, pull request
+    assert [s.name for s in runs.steps_of(store, resumed.id)] == ["test", "approve-pull-request", "pull-request"]
+    deliver("issue_comment", ask(git, "/nofx approve"))
+    work()
+
+    resumed = the_runs(store)[1]
+    assert resumed.status == RunStatus.succeeded, resumed.error
+    assert resumed.branch == f"{source.branch}-cp{listed['apply']}"
+    assert git.show(OWNER, REPO, resumed.branch, "calc.py") == MULTIPLY
+    assert git.show(OWNER, REPO, resumed.branch, "test_multiply.py") == TEST_MULTIPLY
+    assert len(llm.requests) == 2  # nothing was generated again
+
+
+def test_the_thread_remembers_earlier_requests_until_told_to_forget(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    from sqlalchemy import text
+
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_multiply(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    with store.session() as session:
+        stored = [row[0] for row in session.execute(text("SELECT ciphertext FROM threadmemory"))]
+    assert len(stored) == 3 and not any("multiply" in row for row in stored)  # request, plan, outcome; encrypted
+
+    llm.tool_calls([("write_file", {"path": "NOTES.md", "content": "notes"}), ("finish", {"summary": "s"})])
+    deliver("issue_comment", ask(git, "/nofx write some notes"))
+    work()
+    prompt = llm.requests[-1].text
+    assert "Remembered from this thread" in prompt and "add a multiply function" in prompt
+
+    deliver("issue_comment", ask(git, "/nofx forget"))
+    work()
+    assert "forgot" in github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
+    with store.session() as session:
+        assert session.execute(text("SELECT count(*) FROM threadmemory")).scalar() == 0
