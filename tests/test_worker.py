@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 from starlette.testclient import TestClient
 
 from bot import cli, deliveries, identity
@@ -34,7 +35,7 @@ def test_installation_created_is_routed_into_the_tables(
     assert row is not None and row.status == DeliveryStatus.done and row.attempts == 1
     with store.session() as session:
         installation = session.get(Installation, payload["installation"]["id"])
-        repos = session.query(Repository).all()
+        repos = session.exec(select(Repository)).all()
     assert installation is not None and not installation.removed
     assert {r.full_name for r in repos} == {r["full_name"] for r in payload["repositories"]}
 
