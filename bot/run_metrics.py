@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 APPROVAL_EVENTS = {"step.waiting": "requested", "step.approved": "granted", "step.rejected": "rejected"}
 LLM_EVENT = "llm.call"
+STARTED_EVENT = "step.started"  # carries the step's queue wait
+GATE_EVENT = "gate.finished"  # carries the sandbox isolation used
+COUNTED_EVENTS = (LLM_EVENT, STARTED_EVENT, GATE_EVENT)
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
 class RunMetrics(Collector):
@@ -38,10 +42,14 @@ class RunMetrics(Collector):
         self.window = window
         self.llm_batch = llm_batch
         self._lock = threading.Lock()  # two scrapes at once must not count an event twice
-        self._llm_cursor = 0
+        self._cursor = 0
         self._llm_calls: dict[tuple[str, str], int] = defaultdict(int)
         self._llm_tokens: dict[tuple[str, str, str], int] = defaultdict(int)
         self._llm_cost: dict[tuple[str, str], float] = defaultdict(float)
+        self._wait_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(WAIT_BUCKETS))
+        self._wait_count: dict[str, int] = defaultdict(int)
+        self._wait_sum: dict[str, float] = defaultdict(float)
+        self._sandbox: dict[str, int] = defaultdict(int)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -70,26 +78,62 @@ class RunMetrics(Collector):
             runs.add_metric([status.value], by_status.get(status, 0))
         for type_, decision in APPROVAL_EVENTS.items():
             approvals.add_metric([decision], decisions.get(type_, 0))
-        return [runs, approvals, *self._llm_families(), self._durations()]
+        self._read_new_events()
+        return [runs, approvals, *self._llm_families(), self._queue_wait(), self._sandbox_use(), self._durations()]
 
-    def _llm_families(self) -> list[Metric]:
+    def _read_new_events(self) -> None:
+        """Fold the events written since the last scrape into the running totals (each event counted once)."""
         with self.store.session() as session:
             rows = session.exec(
-                select(RunEvent.id, RunEvent.payload)
-                .where(RunEvent.type == LLM_EVENT, col(RunEvent.id) > self._llm_cursor)
+                select(RunEvent.id, RunEvent.type, RunEvent.payload)
+                .where(col(RunEvent.type).in_(COUNTED_EVENTS), col(RunEvent.id) > self._cursor)
                 .order_by(col(RunEvent.id))
                 .limit(self.llm_batch)
             ).all()
-        for event_id, payload in rows:
-            usage = payload if isinstance(payload, dict) else {}
-            key = (str(usage.get("provider") or "unknown"), str(usage.get("model") or "unknown"))
-            self._llm_calls[key] += 1
-            for direction in ("input", "output"):
-                tokens = usage.get(f"{direction}_tokens")
-                self._llm_tokens[(*key, direction)] += tokens if isinstance(tokens, int) else 0
-            cost = usage.get("cost_usd")
-            self._llm_cost[key] += float(cost) if isinstance(cost, int | float) else 0.0
-            self._llm_cursor = event_id or self._llm_cursor
+        for event_id, type_, payload in rows:
+            data = payload if isinstance(payload, dict) else {}
+            if type_ == LLM_EVENT:
+                self._count_llm(data)
+            elif type_ == STARTED_EVENT and isinstance(data.get("queue_wait_s"), int | float):
+                self._count_wait(str(data.get("tool") or "unknown"), float(data["queue_wait_s"]))
+            elif type_ == GATE_EVENT:
+                self._sandbox[str(data.get("isolation") or "unknown")] += 1
+            self._cursor = event_id or self._cursor
+
+    def _count_llm(self, usage: dict[str, object]) -> None:
+        key = (str(usage.get("provider") or "unknown"), str(usage.get("model") or "unknown"))
+        self._llm_calls[key] += 1
+        for direction in ("input", "output"):
+            tokens = usage.get(f"{direction}_tokens")
+            self._llm_tokens[(*key, direction)] += tokens if isinstance(tokens, int) else 0
+        cost = usage.get("cost_usd")
+        self._llm_cost[key] += float(cost) if isinstance(cost, int | float) else 0.0
+
+    def _count_wait(self, tool: str, wait: float) -> None:
+        for index, bound in enumerate(WAIT_BUCKETS):
+            if wait <= bound:
+                self._wait_buckets[tool][index] += 1
+        self._wait_count[tool] += 1
+        self._wait_sum[tool] += wait
+
+    def _queue_wait(self) -> Metric:
+        family = HistogramMetricFamily(
+            "nofx_step_queue_wait_seconds",
+            "Time steps waited in the queue before a worker started them.",
+            labels=["tool"],
+        )
+        for tool, counts in sorted(self._wait_buckets.items()):
+            buckets = [(floatToGoString(bound), count) for bound, count in zip(WAIT_BUCKETS, counts, strict=True)]
+            family.add_metric([tool], [*buckets, ("+Inf", self._wait_count[tool])], sum_value=self._wait_sum[tool])
+        return family
+
+    def _sandbox_use(self) -> Metric:
+        family = CounterMetricFamily("nofx_sandbox_runs", "Gate commands run, by isolation kind.", labels=["isolation"])
+        for isolation, count in sorted(self._sandbox.items()):
+            family.add_metric([isolation], count)
+        return family
+
+    def _llm_families(self) -> list[Metric]:
         calls = CounterMetricFamily("nofx_llm_calls", "LLM calls charged to steps.", labels=["provider", "model"])
         tokens = CounterMetricFamily(
             "nofx_llm_tokens", "LLM tokens charged to steps.", labels=["provider", "model", "direction"]

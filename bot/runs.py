@@ -170,7 +170,12 @@ def claim_step(store: Store, step_id: str, job_id: str | None) -> Step | None:
         step = session.get(Step, step_id)
         assert step is not None
         session.refresh(step)
-        _event(session, step.run_id, "step.started", {"name": step.name, "attempt": step.attempts}, step.id)
+        queued_at = session.exec(
+            select(RunEvent.created_at).where(RunEvent.step_id == step.id).order_by(col(RunEvent.id).desc())
+        ).first()
+        wait = max(0.0, (now - queued_at).total_seconds()) if queued_at else None
+        payload = {"name": step.name, "tool": step.tool, "attempt": step.attempts, "queue_wait_s": wait}
+        _event(session, step.run_id, "step.started", payload, step.id)
         return step
 
 

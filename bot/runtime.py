@@ -16,6 +16,7 @@ from bot.runner import Engine, ThreadMemoryConfig
 from bot.settings import Settings
 from bot.steps import discover_handlers
 from bot.store import Store
+from bot.worker_metrics import GitHubCallRecorder
 from bot.workspaces import Workspaces
 
 T = TypeVar("T")
@@ -34,7 +35,11 @@ class Runtime:
         self.store = Store(settings.database_url)
         self.queue = WorkQueue.from_url(settings.redis_url)
         self.github = (
-            GitHubApp.from_settings(settings, on_secret=self.redactor.add) if settings.app_configured else None
+            GitHubApp.from_settings(
+                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.redis)
+            )
+            if settings.app_configured
+            else None
         )
         self.llm = LLM.from_settings(
             settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact

@@ -22,6 +22,7 @@ from bot.run_metrics import RunMetrics
 from bot.settings import ENV_FILE, Settings
 from bot.sse import StreamTiming
 from bot.store import Store
+from bot.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_app(
         queue = WorkQueue.from_url(settings.redis_url)
     metrics = Metrics(queue.depths)
     metrics.registry.register(RunMetrics(store))
+    metrics.registry.register(WorkerMetrics(queue.redis))
     app = Starlette(
         routes=[
             Route("/webhooks", receive_webhook, methods=["POST"]),

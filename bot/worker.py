@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from rq import SimpleWorker
 
-from bot import deliveries, identity, jobs, logs, memory, runs
+from bot import deliveries, identity, jobs, logs, memory, runs, worker_metrics
 from bot.models import Step, StepStatus, utcnow
 from bot.queue import dispatch_job_id, step_job_id
 from bot.runtime import Runtime
@@ -106,9 +106,13 @@ def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
             log.exception("moving delayed jobs failed; trying again")
 
 
+def _report_usage(runtime: Runtime) -> None:
+    worker_metrics.report_usage(runtime.queue.redis)
+
+
 def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_EVERY_S):
-        for task in (sweep, reap):
+        for task in (sweep, reap, _report_usage):
             try:
                 task(runtime)
             except Exception:  # maintenance must outlive a database or queue hiccup

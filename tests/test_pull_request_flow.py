@@ -505,3 +505,30 @@ def test_the_thread_remembers_earlier_requests_until_told_to_forget(
     assert "forgot" in github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
     with store.session() as session:
         assert session.execute(text("SELECT count(*) FROM threadmemory")).scalar() == 0
+
+
+def test_metrics_cover_queue_waits_sandboxes_github_calls_and_workers(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    client: Any,
+    queue: Any,
+) -> None:
+    from bot import worker_metrics
+
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_multiply(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    worker_metrics.report_usage(queue.redis, name="test-worker")
+
+    text = client.get("/metrics").text
+    assert 'nofx_step_queue_wait_seconds_count{tool="gate:test"} 1.0' in text
+    assert 'nofx_sandbox_runs_total{isolation="' in text
+    assert 'nofx_github_api_calls_total{method="POST",status="201"}' in text
+    assert "nofx_github_rate_limit_remaining 4999.0" in text
+    assert 'nofx_worker_cpu_seconds_total{worker="test-worker"}' in text
+    assert 'nofx_llm_tokens_total{direction="input",model="claude-sonnet-4-6",provider="anthropic"}' in text
+    assert 'nofx_runs{status="succeeded"} 1.0' in text
