@@ -47,7 +47,12 @@ def run_step(step_id: str) -> None:
 def run_review(pass_id: str) -> None:
     """Run one review pass of a pull request; a duplicate of the job finds the pass claimed and does nothing."""
     runtime = current_runtime()
-    deps = reviews.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact)
+    memory = runtime.engine.memory
+
+    def remember(repository: str, number: int, feedback: str) -> None:
+        memory.remember_thread(runtime.store, repository, number, "review_feedback", feedback)
+
+    deps = reviews.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact, remember)
     runtime.run(reviews.run_pass(deps, pass_id))
 
 

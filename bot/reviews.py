@@ -88,6 +88,7 @@ class ReviewDeps:
     github: GitHubApp | None
     llm: LLM | None
     redact: Callable[[str], str] = str
+    remember: Callable[[str, int, str], None] | None = None  # thread memory: (repository, number, feedback)
 
 
 # --- triggers --------------------------------------------------------------------------------------------------
@@ -445,6 +446,12 @@ async def _review(deps: ReviewDeps, gh: GitHubAPI, pull: publish.PullRef, review
         "review pass done",
         extra=logs.fields(findings=len(analysis.findings), calls=analysis.llm_calls, kind=diff.kind.value),
     )
+    if deps.remember is not None:  # the next run on this pull request knows what the review said
+        titles = "; ".join(f"{f.severity}: {f.path}: {f.title}" for f in analysis.findings[:20])
+        feedback = f"review of {review.head_sha[:12]}: {len(analysis.findings)} finding(s)" + (
+            f" ({titles})" if titles else ""
+        )
+        deps.remember(review.repository, review.pull_number, feedback)
     return ReviewStatus.done
 
 

@@ -261,6 +261,9 @@ class ThreadMemoryConfig:
         ttl = memory.effective_ttl_days(self.ttl_days, run.config.get("memory_ttl_days"))
         memory.remember(store, self.keys, self.thread(run), kind, text, ttl_days=ttl)
 
+    def remember_thread(self, store: Store, repository: str, number: int, kind: str, text: str) -> None:
+        memory.remember(store, self.keys, memory.ThreadKey(repository, number), kind, text, ttl_days=self.ttl_days)
+
     def recall(self, store: Store, repository: str, number: int) -> list[str]:
         entries = memory.recall(store, self.keys, memory.ThreadKey(repository, number))
         return [f"[{e.kind}, {e.created_at:%Y-%m-%d}] {e.text}" for e in entries]

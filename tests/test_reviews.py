@@ -774,3 +774,30 @@ def test_an_incremental_pass_leaves_findings_it_did_not_read_open(
     assert stored_findings(store)["Unchecked call"].status == FindingStatus.open
     assert github.calls("POST", REPLIES) == []
     assert review_checks(github)[-1]["conclusion"] == "failure"  # still open, still failing the gate
+
+
+def test_review_feedback_is_remembered_on_the_pull_requests_thread(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    runtime: Any,
+) -> None:
+    from cryptography.fernet import Fernet
+
+    from bot import memory
+    from bot.runner import ThreadMemoryConfig
+
+    keys = (Fernet.generate_key().decode(),)
+    runtime.engine.memory = ThreadMemoryConfig(keys)
+    pull = PullRequest(github, git)
+    pull.push({"app.py": changed_app()})
+    answer(llm, finding(30, "high", "Unchecked call"))
+
+    deliver("pull_request", pull.event("opened"))
+    work()
+
+    [entry] = memory.recall(store, keys, memory.ThreadKey(f"{OWNER}/{REPO}", pull.number))
+    assert entry.kind == "review_feedback" and "high: app.py: Unchecked call" in (entry.text or "")
