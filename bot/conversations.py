@@ -49,29 +49,13 @@ class Source:
 @router.register("issue_comment", action="created")
 async def start_run_from_comment(event: sansio.Event, ctx: EventContext) -> None:
     """A `/nofx` command in a new issue or pull request conversation comment (edits never re-trigger)."""
-    thread = Thread.from_payload(event.data)
-    comment = event.data["comment"]
-    source = Source(
-        "comment",
-        "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
-        {"owner": thread.owner, "repo": thread.repo, "comment_id": comment["id"]},
-        comment_id=comment["id"],
-    )
-    await _handle_command(ctx, event, thread, comment.get("body"), comment, source)
+    await _handle_comment(ctx, event, "comment", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions")
 
 
 @router.register("pull_request_review_comment", action="created")
 async def start_run_from_review_comment(event: sansio.Event, ctx: EventContext) -> None:
     """A `/nofx` command in a line comment of a pull request review."""
-    thread = Thread.from_payload(event.data)
-    comment = event.data["comment"]
-    source = Source(
-        "review_comment",
-        "/repos/{owner}/{repo}/pulls/comments/{comment_id}/reactions",
-        {"owner": thread.owner, "repo": thread.repo, "comment_id": comment["id"]},
-        comment_id=comment["id"],
-    )
-    await _handle_command(ctx, event, thread, comment.get("body"), comment, source)
+    await _handle_comment(ctx, event, "review_comment", "/repos/{owner}/{repo}/pulls/comments/{comment_id}/reactions")
 
 
 @router.register("issues", action="opened")
@@ -184,6 +168,14 @@ async def _review_again(ctx: EventContext, event: sansio.Event, review: ReviewPa
 
 
 # --- the shared path of every command ---------------------------------------------------------------
+
+
+async def _handle_comment(ctx: EventContext, event: sansio.Event, trigger: str, reaction_path: str) -> None:
+    thread = Thread.from_payload(event.data)
+    comment = event.data["comment"]
+    reaction_vars = {"owner": thread.owner, "repo": thread.repo, "comment_id": comment["id"]}
+    source = Source(trigger, reaction_path, reaction_vars, comment_id=comment["id"])
+    await _handle_command(ctx, event, thread, comment.get("body"), comment, source)
 
 
 async def _handle_command(

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, select
@@ -41,6 +41,7 @@ STEP_MACHINE: dict[StepStatus, frozenset[StepStatus]] = {
     StepStatus.cancelled: frozenset(),
     StepStatus.succeeded: frozenset(),
 }
+RowT = TypeVar("RowT", Run, Step)
 ACTIVE_RUN = (RunStatus.queued, RunStatus.running, RunStatus.waiting)
 TERMINAL_RUN = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
 UNFINISHED_STEP = (StepStatus.pending, StepStatus.queued, StepStatus.running, StepStatus.waiting)
@@ -579,16 +580,17 @@ def _event(session: Session, run_id: str, type_: str, payload: dict[str, Any], s
 
 
 def _get_run(session: Session, run_id: str) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise TransitionError(f"run {run_id} does not exist")
-    session.refresh(run)
-    return run
+    return _fresh(session, Run, run_id)
 
 
 def _get_step(session: Session, step_id: str) -> Step:
-    step = session.get(Step, step_id)
-    if step is None:
-        raise TransitionError(f"step {step_id} does not exist")
-    session.refresh(step)
-    return step
+    return _fresh(session, Step, step_id)
+
+
+def _fresh(session: Session, model: type[RowT], row_id: str) -> RowT:
+    """The row as it is in the database now (another worker may have moved it)."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise TransitionError(f"{model.__name__.lower()} {row_id} does not exist")
+    session.refresh(row)
+    return row
