@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from tests.support.git_server import GitServer
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "ghs_benchToken0123456789"
+TOKEN = "ghs_" + secrets.token_hex(16)  # made per run: no credential-shaped string is committed
 OWNER, REPO = "bench", "big"
 WORDS = ["cart", "order", "price", "user", "session", "token", "item", "stock", "refund", "invoice", "shipping", "tax"]
 

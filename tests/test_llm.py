@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ WRITE_FILE = ToolSpec(
     },
 )
 PLAN = {"goal": "add a cart", "steps": [{"name": "generate", "tool": "codegen"}]}
-SECRET = "ghs_0123456789abcdefghijklmnopqrstuv"
+SECRET = "ghs_" + secrets.token_hex(16)  # made per run: no credential-shaped string is committed
 
 # The installed SDK warns about the default model's announced end of life; not what these tests are about.
 pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
