@@ -69,33 +69,15 @@ async def start_run_from_issue_body(event: sansio.Event, ctx: EventContext) -> N
 @router.register("issues", action="labeled")
 async def start_run_from_label(event: sansio.Event, ctx: EventContext) -> None:
     """The run label on an issue: its title and body are the request."""
-    label = (event.data.get("label") or {}).get("name")
-    if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
-        return
-    thread = Thread.from_payload(event.data)
-    gh = _gh(ctx, thread)
-    config = await _config_or_report(gh, thread, ctx, mentioned=False)
-    if config is None or label != config.trigger.run_label:
-        return
     issue = event.data["issue"]
     request = "\n\n".join(part for part in (issue.get("title"), issue.get("body")) if part)
-    command = Command(verb=Verb.change, argument=request[: commands.MAX_ARGUMENT])
-    await _react(gh, _issue_source(thread, "label"))
-    await _authorised_command(ctx, event, gh, thread, config, command, _issue_source(thread, "label"))
+    await _handle_label(ctx, event, "run_label", Command(verb=Verb.change, argument=request[: commands.MAX_ARGUMENT]))
 
 
 @router.register("pull_request", action="labeled")
 async def request_review_from_label(event: sansio.Event, ctx: EventContext) -> None:
-    """The review label on a pull request asks for a review."""
-    label = (event.data.get("label") or {}).get("name")
-    if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
-        return
-    thread = Thread.from_payload(event.data)
-    gh = _gh(ctx, thread)
-    config = await _config_or_report(gh, thread, ctx, mentioned=False)
-    if config is None or label != config.trigger.review_label:
-        return
-    await review_pull_request(ctx, gh, thread, config, requested_by=event.data["sender"]["login"], trigger="label")
+    """The review label on a pull request asks for a review (with the same permission check as a command)."""
+    await _handle_label(ctx, event, "review_label", Command(verb=Verb.review, argument=""))
 
 
 @router.register("check_run", action="requested_action")
@@ -197,6 +179,21 @@ async def _handle_command(
     command = commands.parse(text, prefix=config.trigger.command)
     if command is None:
         return
+    await _react(gh, source)
+    await _authorised_command(ctx, event, gh, thread, config, command, source)
+
+
+async def _handle_label(ctx: EventContext, event: sansio.Event, which: str, command: Command) -> None:
+    """A label acts like a command when it is the label the repository configured for `which`."""
+    label = (event.data.get("label") or {}).get("name")
+    if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
+        return
+    thread = Thread.from_payload(event.data)
+    gh = _gh(ctx, thread)
+    config = await _config_or_report(gh, thread, ctx, mentioned=False)
+    if config is None or label != getattr(config.trigger, which):
+        return
+    source = _issue_source(thread, "label")
     await _react(gh, source)
     await _authorised_command(ctx, event, gh, thread, config, command, source)
 

@@ -801,3 +801,19 @@ def test_review_feedback_is_remembered_on_the_pull_requests_thread(
 
     [entry] = memory.recall(store, keys, memory.ThreadKey(f"{OWNER}/{REPO}", pull.number))
     assert entry.kind == "review_feedback" and "high: app.py: Unchecked call" in (entry.text or "")
+
+
+def test_the_review_label_from_someone_without_permission_reviews_nothing(
+    deliver: Deliverer, work: Callable[..., None], github: GitHubDouble, git: GitServer, store: Store
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = "review:\n  auto: false\n"
+    pull = PullRequest(github, git)
+    pull.push({"app.py": changed_app()})
+    github.permissions[(OWNER, REPO, "Codertocat")] = "read"
+
+    deliver("pull_request", pull.event("labeled", label={"name": "nofx:review"}))
+    work()
+
+    assert passes(store) == []
+    [reply] = [c.json["body"] for c in github.calls("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments")]
+    assert "only people with *write* access" in reply
