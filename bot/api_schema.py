@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from bot.memory import KINDS as MEMORY_KINDS
 from bot.models import Artifact, Run, RunEvent, RunStatus, Step, StepStatus
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
@@ -17,6 +18,11 @@ ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 REPO_PATTERN = r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$"
 EVENT_TYPE_PATTERN = r"^[a-z0-9_.:-]{1,50}$"
 CURSOR_PATTERN = r"^([0-9]{1,16})-([A-Za-z0-9_-]{1,32})$"  # 16 digits of µs reach the year 2286
+_NAME = r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\.\.[A-Za-z0-9._-]{1,98})"
+THREAD_PATTERN = rf"^{_NAME}[/:]{_NAME}[#:][0-9]{{1,10}}$"  # a GitHub name, but never `.` or `..`
+MEMORY_ENTRY_PATTERN = r"^[0-9a-f]{32}$"
+MAX_RESUMED_BY = 100
+MAX_ID = 2**63 - 1
 MAX_RUNS_PAGE = 100
 MAX_EVENTS_PAGE = 500
 
@@ -295,6 +301,218 @@ TIMELINE_SCHEMA: dict[str, Any] = {
     },
 }
 
+_SHA = {"type": "string", "pattern": "^[0-9a-f]{40}([0-9a-f]{24})?$"}
+_COUNT = {"type": "integer", "minimum": 0}
+_COUNT_OR_NULL = {"type": ["integer", "null"], "minimum": 0}
+
+CHECKPOINT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The worktree's full state after a step that changed it, as a commit on a hidden ref.",
+    "required": [
+        "n",
+        "step_id",
+        "step",
+        "tool",
+        "outcome",
+        "ref",
+        "commit",
+        "tree",
+        "parent",
+        "artifacts",
+        "created_at",
+        "links",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "n": {"type": "integer", "minimum": 1, "description": "1, 2, … in the order the steps finished"},
+        "step_id": {"type": "string"},
+        "step": {"type": "string", "description": "the step's name in the plan"},
+        "tool": {"type": "string"},
+        "outcome": {"enum": ["succeeded", "waiting", "failed"], "description": "how the step ended"},
+        "ref": {"type": "string", "examples": ["refs/nofx/runs/3f2a/1"]},
+        "commit": _SHA,
+        "tree": _SHA,
+        "parent": {**_SHA, "description": "the previous checkpoint, or where the run's worktree started"},
+        "artifacts": {
+            "type": "object",
+            "description": "`<step>/<artifact>` → sha256 of every artifact of the run when it was taken",
+            "additionalProperties": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
+        "created_at": _TIME,
+        "links": {
+            "type": "object",
+            "required": ["diff", "resume"],
+            "properties": {"diff": {"type": "string"}, "resume": {"type": "string"}},
+        },
+    },
+}
+
+CHECKPOINT_LIST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["run_id", "checkpoints"],
+    "properties": {
+        "run_id": {"type": "string"},
+        "checkpoints": {"type": "array", "items": {"$ref": "#/components/schemas/Checkpoint"}},
+    },
+}
+
+DIFF_LINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "old", "new", "text"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": ["add", "del", "context"]},
+        "old": {"type": ["integer", "null"], "minimum": 0, "description": "line number before; null when added"},
+        "new": {"type": ["integer", "null"], "minimum": 0, "description": "line number after; null when deleted"},
+        "text": {"type": "string", "description": "the line without its `+`/`-`/` ` marker"},
+        "no_newline_at_end": {"const": True, "description": "present when the file ends on this line unterminated"},
+    },
+}
+
+DIFF_HUNK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["header", "section", "old_start", "old_lines", "new_start", "new_lines", "lines"],
+    "additionalProperties": False,
+    "properties": {
+        "header": {"type": "string", "examples": ["@@ -1,7 +1,8 @@ def total():"]},
+        "section": {"type": "string", "description": "what git shows after the `@@`: the enclosing function"},
+        "old_start": _COUNT,
+        "old_lines": _COUNT,
+        "new_start": _COUNT,
+        "new_lines": _COUNT,
+        "lines": {"type": "array", "items": {"$ref": "#/components/schemas/DiffLine"}},
+    },
+}
+
+DIFF_FILE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "path",
+        "old_path",
+        "status",
+        "similarity",
+        "binary",
+        "additions",
+        "deletions",
+        "truncated",
+        "hunks",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "path": {"type": "string"},
+        "old_path": {"type": "string", "description": "the path before a rename or copy; else `path`"},
+        "status": {"enum": ["added", "modified", "deleted", "renamed", "copied", "type_changed", "unknown"]},
+        "similarity": {"type": ["integer", "null"], "minimum": 0, "maximum": 100, "description": "renames, copies"},
+        "binary": {"type": "boolean"},
+        "additions": {**_COUNT_OR_NULL, "description": "null when the patch was cut before this file"},
+        "deletions": _COUNT_OR_NULL,
+        "truncated": {"type": "boolean", "description": "the patch was cut before this file: no hunks"},
+        "hunks": {"type": "array", "items": {"$ref": "#/components/schemas/DiffHunk"}},
+    },
+}
+
+CHECKPOINT_DIFF_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["run_id", "checkpoint", "base_checkpoint", "base", "head", "stats", "truncated", "files"],
+    "additionalProperties": False,
+    "properties": {
+        "run_id": {"type": "string"},
+        "checkpoint": {"type": "integer", "minimum": 1},
+        "base_checkpoint": {"type": "integer", "minimum": 0, "description": "0: the run's start"},
+        "base": _SHA,
+        "head": _SHA,
+        "stats": {
+            "type": "object",
+            "required": ["files", "additions", "deletions"],
+            "additionalProperties": False,
+            "properties": {"files": _COUNT, "additions": _COUNT, "deletions": _COUNT},
+        },
+        "truncated": {"type": "boolean", "description": "the patch exceeded its size cap; later files lack hunks"},
+        "files": {"type": "array", "items": {"$ref": "#/components/schemas/DiffFile"}},
+    },
+}
+
+RESUME_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "by": {
+            "type": "string",
+            "maxLength": MAX_RESUMED_BY,
+            "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+            "description": "who asked, recorded on the events (default `api`); no control characters",
+        }
+    },
+}
+
+RESUMED_RUN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["run_id", "status", "branch", "steps", "from"],
+    "additionalProperties": False,
+    "properties": {
+        "run_id": {"type": "string", "description": "the new run's id"},
+        "status": {"enum": [status.value for status in RunStatus]},
+        "branch": _STRING_OR_NULL,
+        "steps": {"type": "array", "items": {"type": "string"}, "description": "the plan's steps after the checkpoint"},
+        "from": {
+            "type": "object",
+            "required": ["run_id", "checkpoint", "commit"],
+            "additionalProperties": False,
+            "properties": {
+                "run_id": {"type": "string"},
+                "checkpoint": {"type": "integer", "minimum": 1},
+                "commit": {**_SHA, "type": ["string", "null"]},
+            },
+        },
+    },
+}
+
+MEMORY_ENTRY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "thread", "kind", "text", "redacted", "created_at", "expires_at"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": MEMORY_ENTRY_PATTERN},
+        "thread": {"type": "string", "examples": ["octo/shop#12"]},
+        "kind": {"enum": list(MEMORY_KINDS)},
+        "text": {
+            "type": ["string", "null"],
+            "description": "decrypted; null when redacted or when no configured key can decrypt it",
+        },
+        "redacted": {"type": "boolean"},
+        "created_at": _TIME,
+        "expires_at": _TIME,
+    },
+}
+
+THREAD_MEMORY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["thread", "enabled", "entries"],
+    "additionalProperties": False,
+    "properties": {
+        "thread": {"type": "string", "description": "the thread as memory names it: `owner/repo#12`, lower case"},
+        "enabled": {"type": "boolean", "description": "false when NOFX_MEMORY_KEYS is empty: nothing is remembered"},
+        "entries": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/MemoryEntry"},
+            "description": "unexpired entries, oldest first (the latest 200)",
+        },
+    },
+}
+
+THREAD_FORGOTTEN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["thread", "deleted"],
+    "additionalProperties": False,
+    "properties": {"thread": {"type": "string"}, "deleted": {**_COUNT, "description": "entries deleted"}},
+}
+
+MEMORY_REDACTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["thread", "redacted"],
+    "additionalProperties": False,
+    "properties": {"thread": {"type": "string"}, "redacted": {"type": "string", "description": "the entry's id"}},
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Event": EVENT_SCHEMA,
     "RunSummary": RUN_SUMMARY_SCHEMA,
@@ -303,6 +521,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Artifact": ARTIFACT_SCHEMA,
     "RunPage": RUN_PAGE_SCHEMA,
     "Timeline": TIMELINE_SCHEMA,
+    "Checkpoint": CHECKPOINT_SCHEMA,
+    "CheckpointList": CHECKPOINT_LIST_SCHEMA,
+    "CheckpointDiff": CHECKPOINT_DIFF_SCHEMA,
+    "DiffFile": DIFF_FILE_SCHEMA,
+    "DiffHunk": DIFF_HUNK_SCHEMA,
+    "DiffLine": DIFF_LINE_SCHEMA,
+    "ResumeRequest": RESUME_REQUEST_SCHEMA,
+    "ResumedRun": RESUMED_RUN_SCHEMA,
+    "ThreadMemory": THREAD_MEMORY_SCHEMA,
+    "MemoryEntry": MEMORY_ENTRY_SCHEMA,
+    "ThreadForgotten": THREAD_FORGOTTEN_SCHEMA,
+    "MemoryEntryRedacted": MEMORY_REDACTED_SCHEMA,
     "Error": ERROR_SCHEMA,
 }
 
@@ -338,6 +568,21 @@ def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) ->
 
 
 _RUN_ID = _path_param("run_id", RUN_ID_PATTERN, "the run's id (`run` in the status comment)")
+_CHECKPOINT_N = {
+    "name": "n",
+    "in": "path",
+    "required": True,
+    "description": "the checkpoint's number in the run (`n` in the list)",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
+_THREAD = _path_param(
+    "thread",
+    THREAD_PATTERN,
+    "an issue or pull request thread: `owner:repo:12`, or `owner/repo#12` URL-encoded (`owner%2Frepo%2312`)",
+)
+_NO_RUN = _error("no such run")
+_NO_CHECKPOINT = _error("no such run, or the run has no such checkpoint")
+_BAD_THREAD = _error("`thread` is not `owner:repo:12` nor `owner/repo#12`")
 _STEP = _path_param("step", STEP_NAME_PATTERN, "the step's name in the plan")
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
@@ -360,7 +605,8 @@ def openapi() -> dict[str, Any]:
         "info": {
             "title": "nofx runs API",
             "version": "1",
-            "description": "Runs, their steps, events and artifacts. Every operation needs "
+            "description": "Runs, their steps, events, artifacts and checkpoints; root-cause bundles; thread "
+            "memory. Every operation needs "
             "`Authorization: Bearer <NOFX_API_TOKEN>`; without a configured token every request is refused. "
             "The run page's login form also grants a session cookie that reads (GET) accept.",
         },
@@ -371,7 +617,7 @@ def openapi() -> dict[str, Any]:
                     "operationId": "listRuns",
                     "summary": "Runs, newest first, filtered and paginated by cursor",
                     "parameters": [
-                        _query("installation", {"type": "integer", "minimum": 1}, "installation id"),
+                        _query("installation", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, "installation id"),
                         _query("repo", {"type": "string", "pattern": REPO_PATTERN}, "`owner/name`"),
                         _query("status", {"enum": [s.value for s in RunStatus]}, "run status"),
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_PAGE}, "page size"),
@@ -483,6 +729,114 @@ def openapi() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "409": _error("the state machine forbids it; the message says why"),
+                    },
+                }
+            },
+            "/runs/{run_id}/checkpoints": {
+                "get": {
+                    "operationId": "listCheckpoints",
+                    "summary": "The run's checkpoints, oldest first, with links to their diffs and to resume from them",
+                    "parameters": [_RUN_ID],
+                    "responses": {
+                        "200": _json("#/components/schemas/CheckpointList", "the checkpoints (none: an empty list)"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NO_RUN,
+                    },
+                }
+            },
+            "/runs/{run_id}/checkpoints/{n}/diff": {
+                "get": {
+                    "operationId": "diffCheckpoint",
+                    "summary": "What changed up to checkpoint n: files with status, counts, hunks and line numbers",
+                    "parameters": [
+                        _RUN_ID,
+                        _CHECKPOINT_N,
+                        _query(
+                            "base",
+                            {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                            "compare against this checkpoint of the run, or 0 for where the run started "
+                            "(default: the checkpoint before n)",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json("#/components/schemas/CheckpointDiff", "the structured diff"),
+                        "400": _error("`base` is not a checkpoint of this run nor 0"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NO_CHECKPOINT,
+                        "410": _error("the checkpoint's commits are no longer in the mirror (it was evicted)"),
+                        "500": _error("git could not compute the diff"),
+                    },
+                }
+            },
+            "/runs/{run_id}/checkpoints/{n}/resume": {
+                "post": {
+                    "operationId": "resumeFromCheckpoint",
+                    "summary": "Start a new run from checkpoint n: the plan's later steps, on a branch of its own",
+                    "parameters": [_RUN_ID, _CHECKPOINT_N],
+                    "requestBody": {
+                        "required": False,
+                        "description": "optional; an empty body records `api` as who asked",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResumeRequest"}}},
+                    },
+                    "responses": {
+                        "201": _json("#/components/schemas/ResumedRun", "the new run, started"),
+                        "400": _error("the body is not JSON, or `by` is not a short string"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NO_CHECKPOINT,
+                        "409": _error(
+                            "the checkpoint cannot be resumed: it is after the last step, or its step is gone"
+                        ),
+                    },
+                }
+            },
+            "/runs/{run_id}/rca": {
+                "get": {
+                    "operationId": "getRcaBundle",
+                    "summary": "The run's root-cause bundle: run, steps, events, gate outputs, checkpoint diffs, "
+                    "worker log and a summary, redacted, as tar.gz",
+                    "parameters": [_RUN_ID],
+                    "responses": {
+                        "200": {
+                            "description": "`nofx-rca-<run>.tar.gz` (`Content-Disposition: attachment`)",
+                            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "404": _NO_RUN,
+                    },
+                }
+            },
+            "/threads/{thread}/memory": {
+                "get": {
+                    "operationId": "getThreadMemory",
+                    "summary": "What nofx remembers of an issue or pull request thread, decrypted",
+                    "parameters": [_THREAD],
+                    "responses": {
+                        "200": _json("#/components/schemas/ThreadMemory", "the thread's unexpired entries"),
+                        "400": _BAD_THREAD,
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+                "delete": {
+                    "operationId": "forgetThread",
+                    "summary": "Forget everything remembered of the thread",
+                    "parameters": [_THREAD],
+                    "responses": {
+                        "200": _json("#/components/schemas/ThreadForgotten", "forgotten; how many entries went"),
+                        "400": _BAD_THREAD,
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+            },
+            "/threads/{thread}/memory/{entry}": {
+                "delete": {
+                    "operationId": "redactMemoryEntry",
+                    "summary": "Redact one entry: its text is blanked, the fact that it existed stays",
+                    "parameters": [_THREAD, _path_param("entry", MEMORY_ENTRY_PATTERN, "the entry's `id`")],
+                    "responses": {
+                        "200": _json("#/components/schemas/MemoryEntryRedacted", "redacted"),
+                        "400": _BAD_THREAD,
+                        "401": _UNAUTHORIZED,
+                        "404": _error("the thread has no such entry"),
                     },
                 }
             },

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from anyio import to_thread
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot import checkpoints, memory, rca, runs
 from bot.api_auth import require_token
+from bot.api_schema import MAX_ID, MAX_RESUMED_BY, MEMORY_ENTRY_PATTERN, RUN_ID_PATTERN, THREAD_PATTERN
 from bot.models import Checkpoint, Run
 from bot.settings import Settings
 from bot.store import Store
@@ -34,24 +37,45 @@ from bot.workspaces import GitError
 
 log = logging.getLogger(__name__)
 
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+_THREAD = re.compile(THREAD_PATTERN)
+_ENTRY = re.compile(MEMORY_ENTRY_PATTERN)
+_CHECKPOINT_N = re.compile(r"[0-9]{1,19}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _AnyText(Convertor[str]):
+    """Like `{x:path}`, but newlines too: `path`'s `.*` stops at one, and the request would fall through to the
+    router's plain-text 404 instead of the JSON 400 that names the thread form."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("thread", _AnyText())
+
 
 def routes() -> list[BaseRoute]:
     return [
         Route("/runs/{run_id}/checkpoints", list_checkpoints, methods=["GET"]),
-        Route("/runs/{run_id}/checkpoints/{n:int}/diff", checkpoint_diff, methods=["GET"]),
-        Route("/runs/{run_id}/checkpoints/{n:int}/resume", resume_from_checkpoint, methods=["POST"]),
+        Route("/runs/{run_id}/checkpoints/{n}/diff", checkpoint_diff, methods=["GET"]),
+        Route("/runs/{run_id}/checkpoints/{n}/resume", resume_from_checkpoint, methods=["POST"]),
         Route("/runs/{run_id}/rca", rca_bundle, methods=["GET"]),
-        Route("/threads/{thread:path}/memory", thread_memory, methods=["GET", "DELETE"]),
-        Route("/threads/{thread:path}/memory/{entry}", redact_memory_entry, methods=["DELETE"]),
+        Route("/threads/{thread:thread}/memory", thread_memory, methods=["GET", "DELETE"]),
+        Route("/threads/{thread:thread}/memory/{entry}", redact_memory_entry, methods=["DELETE"]),
     ]
 
 
 @require_token
 async def list_checkpoints(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    run = await to_thread.run_sync(runs.get_run, _store(request), run_id)
-    if run is None:
-        return _error(404, f"run {run_id} does not exist")
+    if not _RUN_ID.fullmatch(run_id) or await to_thread.run_sync(runs.get_run, _store(request), run_id) is None:
+        return _error(404, f"run {run_id[:40]!r} does not exist")
     found = await to_thread.run_sync(checkpoints.list_for_run, _store(request), run_id)
     base = str(request.base_url).rstrip("/")
     return JSONResponse(
@@ -74,7 +98,9 @@ async def list_checkpoints(request: Request) -> Response:
 @require_token
 async def checkpoint_diff(request: Request) -> Response:
     store = _store(request)
-    run_id, n = request.path_params["run_id"], request.path_params["n"]
+    run_id, n = request.path_params["run_id"], _checkpoint_n(request)
+    if not _RUN_ID.fullmatch(run_id) or n is None:
+        return _error(404, f"run {run_id[:40]!r} has no checkpoint {request.path_params['n'][:40]!r}")
     run = await to_thread.run_sync(runs.get_run, store, run_id)
     found = await to_thread.run_sync(checkpoints.list_for_run, store, run_id)
     by_n = {cp.n: cp for cp in found}
@@ -84,9 +110,10 @@ async def checkpoint_diff(request: Request) -> Response:
     raw_base = request.query_params.get("base")
     if raw_base is None:
         base_sha = head.parent_sha
-        base_n: int | None = next((cp.n for cp in found if cp.commit_sha == base_sha), 0)
+        base_n = next((cp.n for cp in found if cp.commit_sha == base_sha), 0)
     else:
-        if not raw_base.isdigit() or (int(raw_base) != 0 and int(raw_base) not in by_n):
+        # ASCII digits only: `str.isdigit` also takes `²`, which `int` refuses.
+        if not _CHECKPOINT_N.fullmatch(raw_base) or (int(raw_base) != 0 and int(raw_base) not in by_n):
             return _error(400, f"base must be a checkpoint of this run (1-{max(by_n)}) or 0 for the run's start")
         base_n = int(raw_base)
         base_sha = by_n[base_n].commit_sha if base_n else _start_of(found)
@@ -102,17 +129,24 @@ async def checkpoint_diff(request: Request) -> Response:
 
 @require_token
 async def resume_from_checkpoint(request: Request) -> Response:
-    run_id, n = request.path_params["run_id"], request.path_params["n"]
+    run_id, n = request.path_params["run_id"], _checkpoint_n(request)
     by = "api"
     body = await request.body()
     if body:
         try:
             data = json.loads(body)
-        except ValueError:
-            return _error(400, 'the body must be JSON, like {"by": "octocat"}, or empty')
-        if not isinstance(data, dict) or not isinstance(data.get("by", by), str):
-            return _error(400, "`by` must be a string")
-        by = data.get("by") or by
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+            return _error(400, 'the body must be a JSON object, like {"by": "octocat"}, or empty')
+        if not isinstance(data, dict):
+            return _error(400, 'the body must be a JSON object, like {"by": "octocat"}, or empty')
+        given = data.get("by", by)
+        if not isinstance(given, str) or len(given) > MAX_RESUMED_BY or _CONTROL.search(given):
+            return _error(
+                400, f"`by` must be a string of at most {MAX_RESUMED_BY} characters, without control characters"
+            )
+        by = given or by
+    if not _RUN_ID.fullmatch(run_id) or n is None:
+        return _error(404, f"run {run_id[:40]!r} has no checkpoint {request.path_params['n'][:40]!r}")
     try:
         run = await to_thread.run_sync(
             lambda: checkpoints.resume(_store(request), request.app.state.queue, run_id, n, by)
@@ -136,6 +170,8 @@ async def resume_from_checkpoint(request: Request) -> Response:
 @require_token
 async def rca_bundle(request: Request) -> Response:
     run_id = request.path_params["run_id"]
+    if not _RUN_ID.fullmatch(run_id):
+        return _error(404, f"run {run_id[:40]!r} does not exist")
     try:
         data = await rca.build(_store(request), _settings(request), run_id)
     except rca.RcaError as exc:
@@ -149,10 +185,9 @@ async def rca_bundle(request: Request) -> Response:
 
 @require_token
 async def thread_memory(request: Request) -> Response:
-    try:
-        thread = memory.ThreadKey.parse(request.path_params["thread"])
-    except memory.ThreadMemoryError as exc:
-        return _error(400, str(exc))
+    thread = _thread(request)
+    if isinstance(thread, Response):
+        return thread
     store, keys = _store(request), _settings(request).memory_keys
     if request.method == "DELETE":
         deleted = await to_thread.run_sync(memory.forget, store, thread)
@@ -166,15 +201,36 @@ async def thread_memory(request: Request) -> Response:
 
 @require_token
 async def redact_memory_entry(request: Request) -> Response:
-    try:
-        thread = memory.ThreadKey.parse(request.path_params["thread"])
-    except memory.ThreadMemoryError as exc:
-        return _error(400, str(exc))
+    thread = _thread(request)
+    if isinstance(thread, Response):
+        return thread
     entry = request.path_params["entry"]
     keys = _settings(request).memory_keys
-    if not await to_thread.run_sync(memory.redact, _store(request), keys, thread, entry):
-        return _error(404, f"{thread} has no memory entry {entry}")
+    if not _ENTRY.fullmatch(entry) or not await to_thread.run_sync(memory.redact, _store(request), keys, thread, entry):
+        return _error(404, f"{thread} has no memory entry {entry[:40]!r}")
     return JSONResponse({"thread": str(thread), "redacted": entry})
+
+
+def _checkpoint_n(request: Request) -> int | None:
+    """The checkpoint number in the path; None (a 404, as JSON) when it is no number a checkpoint can have.
+
+    Checked here rather than by a `{n:int}` route, whose mismatch would be Starlette's plain-text 404; and
+    bounded, so it never reaches the database as an integer overflow."""
+    text = request.path_params["n"]
+    return int(text) if _CHECKPOINT_N.fullmatch(text) and 1 <= int(text) <= MAX_ID else None
+
+
+def _thread(request: Request) -> memory.ThreadKey | Response:
+    """The thread named in the path, or a 400 saying how to name one (ASCII only, nothing around it)."""
+    text = request.path_params["thread"]
+    try:
+        if not _THREAD.fullmatch(text):
+            raise memory.ThreadMemoryError(
+                f"not a thread: {text[:250]!r}; use owner/repo#12 (URL-encoded) or owner:repo:12"
+            )
+        return memory.ThreadKey.parse(text)
+    except memory.ThreadMemoryError as exc:
+        return _error(400, str(exc))
 
 
 def _start_of(found: list[Checkpoint]) -> str:
