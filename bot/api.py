@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot import report, run_page, runs, sse
+from bot import run_page, runs, sse
 from bot.api_auth import authorized, require_token
 from bot.api_schema import (
     ARTIFACT_NAME_PATTERN,
@@ -39,6 +39,7 @@ from bot.api_schema import (
 )
 from bot.artifacts import ArtifactError, Artifacts
 from bot.models import Artifact, Run, RunEvent, RunStatus, Step
+from bot.progress import enqueue_progress
 from bot.queue import WorkQueue
 from bot.store import Store
 
@@ -263,19 +264,6 @@ async def _act(store: Store, queue: WorkQueue, run_id: str, change: Callable[[],
     await to_thread.run_sync(enqueue_progress, store, queue, progress, run_id)
     data = await to_thread.run_sync(_run_details, store, run_id)
     return JSONResponse(data, status_code=202)
-
-
-def enqueue_progress(store: Store, queue: WorkQueue, progress: runs.Progress, run_id: str) -> None:
-    """What `Engine.after` does, minus anything but enqueueing: ready steps, publish jobs, cleanup."""
-    for step_id in progress.enqueue:
-        step = runs.get_step(store, step_id)
-        if step is not None:
-            queue.enqueue_step(step.id, step.attempts + 1, step.timeout_s)
-    for started in progress.started_runs:
-        report.request_publish(queue, started)
-    report.request_publish(queue, run_id)
-    if progress.run_status in runs.TERMINAL_RUN:
-        queue.enqueue_cleanup()
 
 
 # --- queries (run in threads) ---------------------------------------------------------------------------------

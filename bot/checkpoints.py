@@ -29,9 +29,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
-from bot import report, runs
+from bot import runs
 from bot.models import Artifact, Checkpoint, Run, RunStart, Step
 from bot.plans import Plan, StepSpec
+from bot.progress import enqueue_progress
 from bot.queue import WorkQueue
 from bot.steps import StepContext, StepResult
 from bot.store import Store
@@ -501,13 +502,7 @@ def resume(
     detail = {"source_run_id": run_id, "n": n, "commit": checkpoint.commit_sha, "by": by}
     runs.record_event(store, run.id, "run.resumed_from", detail)
     runs.record_event(store, run_id, "run.branched", {"run_id": run.id, "n": n, "by": by})
-    progress = runs.start(store, run.id)
-    for step_id in progress.enqueue:
-        step = runs.get_step(store, step_id)
-        if step is not None:
-            queue.enqueue_step(step.id, step.attempts + 1, step.timeout_s)
-    for started in [run.id, *progress.started_runs]:
-        report.request_publish(queue, started)
+    enqueue_progress(store, queue, runs.start(store, run.id), run.id)
     log.info("run %s resumed from checkpoint %s of run %s by %s", run.id, n, run_id, by)
     return runs.get_run(store, run.id) or run
 

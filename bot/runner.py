@@ -18,6 +18,7 @@ from bot.artifacts import Artifacts
 from bot.github import GitHubApp
 from bot.llm import LLM, Budget, LLMResponse
 from bot.models import Run, Step, StepStatus
+from bot.progress import enqueue_progress
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
 from bot.steps import Handler, RetryableError, StepContext, StepFailed, StepResult
@@ -63,16 +64,10 @@ class Engine:
         self.redact = redact
 
     def after(self, progress: runs.Progress, run_id: str) -> None:
-        """Enqueue the steps that became ready and ask for the run to be shown on GitHub."""
-        for step_id in progress.enqueue:
-            self.enqueue(step_id)
-        for started in progress.started_runs:
-            report.request_publish(self.queue, started)
-        report.request_publish(self.queue, run_id)
+        """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
+        enqueue_progress(self.store, self.queue, progress, run_id)
         if progress.run_status in runs.TERMINAL_RUN:
             self.remember_outcome(run_id)
-            if self.workspaces is not None:
-                self.queue.enqueue_cleanup()
 
     def remember_outcome(self, run_id: str) -> None:
         """The thread's memory keeps how each run ended, for the next request on the thread."""
