@@ -282,6 +282,7 @@ class ReviewPass(SQLModel, table=True):
     trigger: str = Field(max_length=30)  # opened | reopened | ready_for_review | synchronize | comment | label | ...
     requested_by: str | None = Field(default=None, max_length=100)
     fork: bool = False
+    restarts: int = 0  # times the pass was queued again after its worker died mid-pass
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     check_run_id: int | None = Field(default=None, sa_type=BigInteger)
     review_id: int | None = Field(default=None, sa_type=BigInteger)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from gidgethub import BadRequest, routing, sansio
@@ -39,6 +40,7 @@ from bot.models import (
     ReviewStatus,
     utcnow,
 )
+from bot.queue import WorkQueue
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict
 from bot.review_findings import (
     REPORT_FINDINGS_SCHEMA,
@@ -70,6 +72,7 @@ REPORT_FINDINGS = ToolSpec(
     REPORT_FINDINGS_SCHEMA,
 )
 TERMINAL = (ReviewStatus.done, ReviewStatus.failed, ReviewStatus.cancelled)
+ABANDONED = "the worker reviewing this pull request stopped twice; press Re-run on the check run to try again"
 
 
 class Superseded(Exception):
@@ -215,6 +218,33 @@ def claim_pass(store: Store, pass_id: str) -> ReviewPass | None:
         if claimed.rowcount != 1:
             return None
     return get_pass(store, pass_id)
+
+
+def restart_abandoned(store: Store, queue: WorkQueue, older_than: timedelta) -> list[str]:
+    """Passes still `running` long after their job's time limit: their worker died. Each is queued once more
+    (it keeps its check run, which the new attempt completes); a second death fails it, to be re-run by hand."""
+    cutoff = utcnow() - older_than
+    with store.session() as session:
+        stuck = list(
+            session.exec(
+                select(ReviewPass).where(ReviewPass.status == ReviewStatus.running, col(ReviewPass.started_at) < cutoff)
+            )
+        )
+    restarted = []
+    for review in stuck:
+        if review.restarts >= 1:
+            finish_pass(store, review.id, ReviewStatus.failed, error=ABANDONED)
+            continue
+        with store.session() as session:
+            moved = session.exec(  # type: ignore[call-overload]
+                update(ReviewPass)
+                .where(col(ReviewPass.id) == review.id, col(ReviewPass.status) == ReviewStatus.running)
+                .values(status=ReviewStatus.queued, restarts=col(ReviewPass.restarts) + 1, updated_at=utcnow())
+            )
+        if moved.rowcount == 1:
+            queue.enqueue_review(review.id)
+            restarted.append(review.id)
+    return restarted
 
 
 def set_pass_fields(store: Store, pass_id: str, **values: Any) -> None:

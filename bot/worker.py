@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 
 from rq import SimpleWorker
 
-from bot import deliveries, identity, jobs, logs, memory, runs, worker_metrics
+from bot import deliveries, identity, jobs, logs, memory, reviews, runs, worker_metrics
 from bot.models import Step, StepStatus, utcnow
-from bot.queue import dispatch_job_id, step_job_id
+from bot.queue import REVIEW_JOB_TIMEOUT_S, dispatch_job_id, step_job_id
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,8 @@ SCHEDULE_EVERY_S = 0.25  # delayed jobs (report coalescing, retry backoff) start
 STALE_AFTER = timedelta(seconds=30)
 # Routing a delivery takes seconds (its job times out after DISPATCH_TIMEOUT_S); longer means its worker died.
 ABANDONED_AFTER = timedelta(minutes=10)
+# A review pass's job is killed by RQ after REVIEW_JOB_TIMEOUT_S; still `running` well after that, its worker died.
+ABANDONED_REVIEW_AFTER = timedelta(seconds=REVIEW_JOB_TIMEOUT_S + 120)
 # A running step's heartbeat comes every 5 s; six missed beats mean its worker is gone (killed, crashed).
 DEAD_STEP_AFTER = timedelta(seconds=30)
 # A queued step whose RQ job vanished (Redis restarted without persistence) is enqueued again.
@@ -48,6 +50,8 @@ def sweep(runtime: Runtime) -> list[str]:
     memory.purge_expired(runtime.store)
     for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
         log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
+    for pass_id in reviews.restart_abandoned(runtime.store, runtime.queue, ABANDONED_REVIEW_AFTER):
+        log.warning("review pass abandoned by its worker; queued again", extra=logs.fields(review_pass=pass_id))
     lost = [
         delivery_id
         for delivery_id in deliveries.stale_queued(runtime.store, LOST_JOB_AFTER)

@@ -504,7 +504,11 @@ def test_nofx_reviews_its_own_pull_request_with_comments_only(
 
     [posted] = reviews_posted(github)
     assert (posted.json["event"], posted.status) == ("COMMENT", 200)
-    assert review_checks(github)[0]["conclusion"] == "failure"  # the gate is the check run, not the review
+    [check] = review_checks(github)
+    assert (check["status"], check["conclusion"]) == (
+        "completed",
+        "neutral",
+    )  # the gate is the check run, not the review
 
 
 def test_malformed_findings_are_sent_back_and_never_posted(
@@ -817,3 +821,49 @@ def test_the_review_label_from_someone_without_permission_reviews_nothing(
     assert passes(store) == []
     [reply] = [c.json["body"] for c in github.calls("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments")]
     assert "only people with *write* access" in reply
+
+
+def test_a_pass_whose_worker_died_is_queued_again_once_then_failed(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    queue: Any,
+    runtime: Any,
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from bot import reviews
+    from bot.worker import run_worker
+
+    pull = PullRequest(github, git)
+    pull.push({"app.py": changed_app()})
+    deliver("pull_request", pull.event("opened"))
+    run_worker(runtime, burst=True, max_jobs=1)  # only the dispatch: the pass is recorded and queued
+    [review_pass] = passes(store)
+    reviews.claim_pass(store, review_pass.id)  # a worker took it ... and died
+    with store.session() as session:
+        session.execute(
+            text("UPDATE reviewpass SET started_at = '2000-01-01 00:00:00' WHERE id = :i"), {"i": review_pass.id}
+        )
+
+    assert reviews.restart_abandoned(store, queue, timedelta(minutes=30)) == [review_pass.id]
+    answer(llm, finding(30))
+    work()
+    [done] = passes(store)
+    assert (done.status, done.restarts) == (ReviewStatus.done, 1)
+    [check] = review_checks(github)
+    assert (check["status"], check["conclusion"]) == ("completed", "neutral")
+
+    with store.session() as session:  # dies again after the restart: failed, to be re-run by hand
+        session.execute(
+            text("UPDATE reviewpass SET status = 'running', started_at = '2000-01-01 00:00:00' WHERE id = :i"),
+            {"i": review_pass.id},
+        )
+    assert reviews.restart_abandoned(store, queue, timedelta(minutes=30)) == []
+    failed = reviews.get_pass(store, review_pass.id)
+    assert failed is not None and failed.status == ReviewStatus.failed and "Re-run" in (failed.error or "")
