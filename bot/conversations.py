@@ -22,6 +22,7 @@ from bot.models import ReviewPass, Run, RunStatus, StepStatus
 from bot.permissions import is_automation, permission_of
 from bot.plans import Plan, PlanError, validate
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
+from bot.store import Store
 from bot.threads import Thread
 from bot.workspaces import branch_name
 
@@ -198,6 +199,36 @@ async def _handle_label(ctx: EventContext, event: sansio.Event, which: str, comm
     await _authorised_command(ctx, event, gh, thread, config, command, source)
 
 
+@dataclass(frozen=True)
+class _Turn:
+    """One command being carried out: where, by whom, under which repository config, how it arrived."""
+
+    ctx: EventContext
+    event: sansio.Event
+    gh: GitHubAPI
+    thread: Thread
+    config: RepoConfig
+    source: Source
+    sender: str
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def prefix(self) -> str:
+        return self.config.trigger.command
+
+    async def reply(self, body: str) -> None:
+        await _reply(self.gh, self.thread, body)
+
+    async def say(self, message: str) -> None:
+        await self.reply(render.nothing_to_do(message))
+
+    def latest_run(self) -> Run | None:
+        return runs.latest_run_on_thread(self.store, self.thread.full_name, self.thread.number)
+
+
 async def _authorised_command(
     ctx: EventContext,
     event: sansio.Event,
@@ -216,169 +247,133 @@ async def _authorised_command(
         else:
             await _reply(gh, thread, render.permission_refused(sender, config.trigger.min_permission))
         return
-    await _carry_out(ctx, event, gh, thread, config, command, source, sender)
+    await _carry_out(_Turn(ctx, event, gh, thread, config, source, sender), command)
 
 
-async def _carry_out(
-    ctx: EventContext,
-    event: sansio.Event,
-    gh: GitHubAPI,
-    thread: Thread,
-    config: RepoConfig,
-    command: Command,
-    source: Source,
-    sender: str,
-) -> None:
-    engine = ctx.engine
-    prefix = config.trigger.command
+async def _carry_out(turn: _Turn, command: Command) -> None:
+    ctx, thread, config = turn.ctx, turn.thread, turn.config
     match command.verb:
         case Verb.help:
-            await _reply(gh, thread, render.help_comment(prefix, git_mode=config.git_mode))
+            await turn.reply(render.help_comment(turn.prefix, git_mode=config.git_mode))
         case Verb.plan:
-            await _show_plan(ctx, gh, thread, config, command.argument)
+            await _show_plan(turn, command.argument)
         case Verb.change:
-            await _start_run(ctx, event, gh, thread, config, command.argument, source, sender)
+            await _start_run(turn, command.argument)
         case Verb.approve | Verb.reject:
-            await _decide(ctx, gh, thread, command, sender)
+            await _decide(turn, command)
         case Verb.cancel:
             run = runs.active_run_on_thread(ctx.store, thread.full_name, thread.number)
             if run is None:
-                await _reply(gh, thread, render.nothing_to_do("There is no active run on this thread to cancel."))
+                await turn.say("There is no active run on this thread to cancel.")
                 return
-            engine.after(runs.cancel(ctx.store, run.id, by=sender), run.id)
+            ctx.engine.after(runs.cancel(ctx.store, run.id, by=turn.sender), run.id)
         case Verb.retry if command.retry_from is not None:
-            await _resume_from_checkpoint(ctx, event, gh, thread, command.retry_from, sender)
+            await _resume_from_checkpoint(turn, command.retry_from)
         case Verb.retry:
-            await _retry(ctx, gh, thread, command, sender)
+            await _retry(turn, command)
         case Verb.status:
-            run = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+            run = turn.latest_run()
             if run is None:
-                await _reply(gh, thread, render.nothing_to_do("nofx has not run anything on this thread yet."))
+                await turn.say("nofx has not run anything on this thread yet.")
                 return
             steps = runs.steps_of(ctx.store, run.id)
-            summary = render.run_status_summary(run, steps, config.git_mode, ctx.settings.run_url(run.id))
-            await _reply(gh, thread, summary)
+            await turn.reply(render.run_status_summary(run, steps, config.git_mode, ctx.settings.run_url(run.id)))
         case Verb.review:
             if thread.kind != "pull_request":
-                await _reply(gh, thread, render.nothing_to_do("`review` works on pull requests."))
+                await turn.say("`review` works on pull requests.")
                 return
-            await review_pull_request(ctx, gh, thread, config, requested_by=sender, trigger=source.trigger)
+            await review_pull_request(
+                ctx, turn.gh, thread, config, requested_by=turn.sender, trigger=turn.source.trigger
+            )
         case Verb.git:
-            await _start_git_operation(ctx, event, gh, thread, config, command.argument, source, sender)
+            await _start_git_operation(turn, command.argument)
         case Verb.forget:
             removed = memory.forget(ctx.store, memory.ThreadKey(thread.full_name, thread.number))
-            await _reply(
-                gh, thread, render.nothing_to_do(f"nofx forgot what it remembered of this thread ({removed} entries).")
-            )
+            await turn.say(f"nofx forgot what it remembered of this thread ({removed} entries).")
 
 
-async def _show_plan(ctx: EventContext, gh: GitHubAPI, thread: Thread, config: RepoConfig, request: str) -> None:
+async def _show_plan(turn: _Turn, request: str) -> None:
     if not request.strip():
-        await _reply(gh, thread, render.nothing_to_do(f"Say what to plan: `{config.trigger.command} plan add a cart`."))
-        return
-    try:
-        plan = await planner.build(
-            request, config, available_tools=ctx.engine.handlers, llm_planner=_llm_planner(ctx, config)
-        )
-    except PlanError as exc:
-        await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
-        return
-    await _reply(
-        gh, thread, render.plan_comment(plan, request=request, git_mode=config.git_mode, prefix=config.trigger.command)
-    )
-
-
-async def _start_run(
-    ctx: EventContext,
-    event: sansio.Event,
-    gh: GitHubAPI,
-    thread: Thread,
-    config: RepoConfig,
-    request: str,
-    source: Source,
-    sender: str,
-) -> None:
-    if not request.strip():
-        await _reply(gh, thread, render.help_comment(config.trigger.command, git_mode=config.git_mode))
-        return
-    try:
-        where = await _where_to_work(ctx, gh, thread, request)
-    except _CannotWork as exc:
-        await _reply(gh, thread, render.nothing_to_do(str(exc)))
+        await turn.say(f"Say what to plan: `{turn.prefix} plan add a cart`.")
         return
     try:
         plan = await planner.build(
             request,
-            config,
-            available_tools=ctx.engine.handlers,
-            llm_planner=_llm_planner(ctx, config),
-            previous=_context_for(ctx, thread, where.follows),
+            turn.config,
+            available_tools=turn.ctx.engine.handlers,
+            llm_planner=_llm_planner(turn.ctx, turn.config),
         )
     except PlanError as exc:
-        await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
+        await turn.reply(render.plan_refused(str(exc), prefix=turn.prefix))
         return
-    _create_and_start(ctx, event, thread, config, request, plan, where, source, sender)
+    await turn.reply(render.plan_comment(plan, request=request, git_mode=turn.config.git_mode, prefix=turn.prefix))
 
 
-async def _start_git_operation(
-    ctx: EventContext,
-    event: sansio.Event,
-    gh: GitHubAPI,
-    thread: Thread,
-    config: RepoConfig,
-    argument: str,
-    source: Source,
-    sender: str,
-) -> None:
+async def _start_run(turn: _Turn, request: str) -> None:
+    if not request.strip():
+        await turn.reply(render.help_comment(turn.prefix, git_mode=turn.config.git_mode))
+        return
+    try:
+        where = await _where_to_work(turn.ctx, turn.gh, turn.thread, request)
+    except _CannotWork as exc:
+        await turn.say(str(exc))
+        return
+    try:
+        plan = await planner.build(
+            request,
+            turn.config,
+            available_tools=turn.ctx.engine.handlers,
+            llm_planner=_llm_planner(turn.ctx, turn.config),
+            previous=_context_for(turn.ctx, turn.thread, where.follows),
+        )
+    except PlanError as exc:
+        await turn.reply(render.plan_refused(str(exc), prefix=turn.prefix))
+        return
+    _create_and_start(turn, request, plan, where)
+
+
+async def _start_git_operation(turn: _Turn, argument: str) -> None:
     """`/nofx git <op>` (advanced git mode) as a one-step run on the branch of the thread's latest run."""
-    if config.git_mode != "advanced":
-        await _reply(gh, thread, render.nothing_to_do(_GIT_ONLY_ADVANCED))
+    if turn.config.git_mode != "advanced":
+        await turn.say(_GIT_ONLY_ADVANCED)
         return
     op, *args = argument.split() or [""]
     if op not in GIT_OPS:
-        usage = f"`{config.trigger.command} git branch <name>`, `git rebase` or `git revert`"
-        await _reply(gh, thread, render.nothing_to_do(f"Unknown git operation. Use {usage}."))
+        await turn.say(f"Unknown git operation. Use `{turn.prefix} git branch <name>`, `git rebase` or `git revert`.")
         return
-    earlier = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+    earlier = turn.latest_run()
     if earlier is None or not earlier.branch:
-        await _reply(gh, thread, render.nothing_to_do("nofx has no branch on this thread yet."))
+        await turn.say("nofx has no branch on this thread yet.")
         return
     plan_data = {
         "goal": f"git {argument}",
         "steps": [{"name": "git", "tool": "git_ops", "inputs": {"op": op, "args": args}}],
     }
     try:
-        plan = validate(plan_data, available_tools=ctx.engine.handlers, tools_allowed=config.policy.tools_allowed)
+        plan = validate(
+            plan_data, available_tools=turn.ctx.engine.handlers, tools_allowed=turn.config.policy.tools_allowed
+        )
     except PlanError as exc:
-        await _reply(gh, thread, render.plan_refused(str(exc), prefix=config.trigger.command))
+        await turn.reply(render.plan_refused(str(exc), prefix=turn.prefix))
         return
-    where = _Where(earlier.branch, earlier.default_branch or thread.default_branch, earlier.head_sha or "", earlier)
-    _create_and_start(ctx, event, thread, config, f"git {argument}", plan, where, source, sender)
+    base = earlier.default_branch or turn.thread.default_branch
+    _create_and_start(turn, f"git {argument}", plan, _Where(earlier.branch, base, earlier.head_sha or "", earlier))
 
 
-def _create_and_start(
-    ctx: EventContext,
-    event: sansio.Event,
-    thread: Thread,
-    config: RepoConfig,
-    request: str,
-    plan: Plan,
-    where: _Where,
-    source: Source,
-    sender: str,
-) -> None:
+def _create_and_start(turn: _Turn, request: str, plan: Plan, where: _Where) -> None:
+    ctx, thread, source = turn.ctx, turn.thread, turn.source
     spec = runs.RunRequest(
         installation_id=thread.installation_id,
         repository=thread.full_name,
         thread_number=thread.number,
         thread_kind=thread.kind,
         request=request,
-        requester=sender,
-        requester_id=event.data["sender"].get("id"),
+        requester=turn.sender,
+        requester_id=turn.event.data["sender"].get("id"),
         trigger=source.trigger,
         trigger_comment_id=source.comment_id,
         trigger_comment_kind=source.trigger if source.comment_id else None,
-        delivery_id=event.delivery_id,
+        delivery_id=turn.event.delivery_id,
         clone_url=thread.clone_url,
         thread_url=thread.html_url,
         default_branch=where.base,
@@ -388,59 +383,63 @@ def _create_and_start(
     )
     # One active run per thread: creation and start are serialised per thread across workers.
     with ctx.queue.redis.lock(f"nofx:thread:{thread.full_name}#{thread.number}", timeout=THREAD_LOCK_S):
-        run = runs.create(ctx.store, spec, plan, describe(config))
+        run = runs.create(ctx.store, spec, plan, describe(turn.config))
         progress = runs.start(ctx.store, run.id)
-    ctx.engine.memory.remember(ctx.store, run, "request", f"@{sender} asked: {request}")
+    ctx.engine.memory.remember(ctx.store, run, "request", f"@{turn.sender} asked: {request}")
     ctx.engine.memory.remember(ctx.store, run, "plan", f"{plan.goal}: " + ", ".join(s.name for s in plan.steps))
     log.info("run %s created (%s)", run.id, progress.run_status.value if progress.run_status else "?")
     ctx.engine.after(progress, run.id)
 
 
-async def _resume_from_checkpoint(
-    ctx: EventContext, event: sansio.Event, gh: GitHubAPI, thread: Thread, checkpoint: str, sender: str
-) -> None:
+async def _resume_from_checkpoint(turn: _Turn, checkpoint: str) -> None:
     """`/nofx retry --from <n>`: a new run from checkpoint n of the thread's latest run."""
-    run = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+    run = turn.latest_run()
     number = checkpoint.lstrip("#").removeprefix("cp")
     if run is None or not number.isdigit():
-        await _reply(gh, thread, render.nothing_to_do("Say which checkpoint of the latest run: `retry --from 2`."))
+        await turn.say("Say which checkpoint of the latest run: `retry --from 2`.")
         return
     try:
         checkpoints.resume(
-            ctx.store, ctx.queue, run.id, int(number), sender, trigger="comment", delivery_id=event.delivery_id
+            turn.store,
+            turn.ctx.queue,
+            run.id,
+            int(number),
+            turn.sender,
+            trigger="comment",
+            delivery_id=turn.event.delivery_id,
         )
     except checkpoints.ResumeError as exc:
-        await _reply(gh, thread, render.nothing_to_do(str(exc)))
+        await turn.say(str(exc))
 
 
-async def _decide(ctx: EventContext, gh: GitHubAPI, thread: Thread, command: Command, sender: str) -> None:
-    run = runs.active_run_on_thread(ctx.store, thread.full_name, thread.number)
+async def _decide(turn: _Turn, command: Command) -> None:
+    run = runs.active_run_on_thread(turn.store, turn.thread.full_name, turn.thread.number)
     waiting = [
         s
-        for s in (runs.steps_of(ctx.store, run.id) if run and run.status == RunStatus.waiting else [])
+        for s in (runs.steps_of(turn.store, run.id) if run and run.status == RunStatus.waiting else [])
         if s.status == StepStatus.waiting
         and (command.verb == Verb.reject or not command.argument or s.name == command.argument)
     ]
     if run is None or not waiting:
-        await _reply(gh, thread, render.nothing_to_do("There is no run waiting for approval on this thread."))
+        await turn.say("There is no run waiting for approval on this thread.")
         return
     approved = command.verb == Verb.approve
     reason = command.argument if not approved else ""
-    progress = runs.decide(ctx.store, waiting[0].id, approved=approved, by=sender, reason=reason)
-    ctx.engine.after(progress, run.id)
+    progress = runs.decide(turn.store, waiting[0].id, approved=approved, by=turn.sender, reason=reason)
+    turn.ctx.engine.after(progress, run.id)
 
 
-async def _retry(ctx: EventContext, gh: GitHubAPI, thread: Thread, command: Command, sender: str) -> None:
-    run = runs.latest_run_on_thread(ctx.store, thread.full_name, thread.number)
+async def _retry(turn: _Turn, command: Command) -> None:
+    run = turn.latest_run()
     if run is None or run.status != RunStatus.failed:
-        await _reply(gh, thread, render.nothing_to_do("There is no failed run on this thread to retry."))
+        await turn.say("There is no failed run on this thread to retry.")
         return
     try:
-        progress = runs.retry(ctx.store, run.id, command.argument or None, by=sender)
+        progress = runs.retry(turn.store, run.id, command.argument or None, by=turn.sender)
     except runs.TransitionError as exc:
-        await _reply(gh, thread, render.nothing_to_do(str(exc)))
+        await turn.say(str(exc))
         return
-    ctx.engine.after(progress, run.id)
+    turn.ctx.engine.after(progress, run.id)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
