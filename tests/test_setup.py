@@ -373,7 +373,8 @@ async def test_callback_saves_the_credentials_and_goes_to_the_install_page(
         "GITHUB_PRIVATE_KEY": pem,
     }
     assert (read(env_file) or "").startswith("# mine\nOPENAI_API_KEY=sk-keep\nGITHUB_APP_ID=4242\n")
-    assert '\nGITHUB_PRIVATE_KEY="-----BEGIN RSA PRIVATE KEY-----\\n' in (read(env_file) or "")
+    escaped = pem.replace("\n", "\\n")  # one line in double quotes, newlines written as \n
+    assert f'\nGITHUB_PRIVATE_KEY="{escaped}"' in (read(env_file) or "")
     assert [p.name for p in env_file.parent.iterdir()] == [".env"]  # no temporary file left behind
     settings: Settings = setup_app.state.settings
     assert settings.app_configured
