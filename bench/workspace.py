@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.workspaces import Workspaces
+    from bot.workspace.mirrors import Workspaces
     from tests.support.git_server import GitServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def main() -> None:
 
 
 async def bench(commits: int, files: int, warm_runs: int) -> None:
-    from bot.workspaces import Workspaces
+    from bot.workspace.mirrors import Workspaces
     from tests.support.git_server import GitServer
 
     transfers = listen_for_transfers()
@@ -76,7 +76,7 @@ async def bench(commits: int, files: int, warm_runs: int) -> None:
 
 async def prepare_timed(workspaces: Workspaces, server: GitServer, run_id: str) -> tuple[float, str]:
     """Seconds `prepare` took for a new run, and the size of its checkout (the worktree is kept: see below)."""
-    from bot.workspaces import branch_name
+    from bot.workspace.mirrors import branch_name
 
     async def token() -> str:
         return TOKEN
@@ -108,7 +108,7 @@ def listen_for_transfers() -> list[float]:
             _, _, seconds = record.args  # type: ignore[misc]
             found.append(seconds)
 
-    logger = logging.getLogger("bot.workspaces")
+    logger = logging.getLogger("bot.workspace.mirrors")
     logger.setLevel(logging.INFO)
     logger.addHandler(Collect())
     return found

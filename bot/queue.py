@@ -18,12 +18,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 QUEUE_NAME = "nofx"
-DISPATCH_JOB = "bot.jobs.dispatch"
+DISPATCH_JOB = "bot.worker.jobs.dispatch"
 DISPATCH_TIMEOUT_S = 300
-STEP_JOB = "bot.jobs.run_step"
-REPORT_JOB = "bot.jobs.publish_run"
-CLEANUP_JOB = "bot.jobs.clean_up_workspaces"
-REVIEW_JOB = "bot.jobs.run_review"
+STEP_JOB = "bot.worker.jobs.run_step"
+REPORT_JOB = "bot.worker.jobs.publish_run"
+CLEANUP_JOB = "bot.worker.jobs.clean_up_workspaces"
+REVIEW_JOB = "bot.worker.jobs.run_review"
 REVIEW_JOB_TIMEOUT_S = 1800  # a 3,000-file pull request takes many LLM calls
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120

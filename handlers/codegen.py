@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
-from bot import prompts, repo_context
-from bot.edits import Edit, EditError, read_text
-from bot.llm import BudgetExceeded, LLMError, LLMUnavailable, ToolSpec, tool_result, untrusted, user_message
+from bot.llm import prompts
+from bot.llm.router import BudgetExceeded, LLMError, LLMUnavailable, ToolSpec, tool_result, untrusted, user_message
 from bot.plans import path_problem
-from bot.steps import RetryableError, StepContext, StepFailed, StepResult
+from bot.runs.contract import RetryableError, StepContext, StepFailed, StepResult
+from bot.workspace import repo_context
+from bot.workspace.edits import Edit, EditError, read_text
 
 TOOLS = ("codegen",)
 EDITS_ARTIFACT = "edits.json"

@@ -6,8 +6,8 @@ import re
 import signal
 from typing import Any
 
-from bot.sandbox import CommandResult, run_command
-from bot.steps import StepContext, StepFailed, StepResult
+from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.workspace.sandbox import CommandResult, run_command
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
 TAIL_LINES = 30

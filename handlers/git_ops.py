@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from bot.steps import StepContext, StepFailed, StepResult
-from bot.workspaces import GitError
+from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.workspace.mirrors import GitError
 
 TOOLS = ("git_ops",)
 OPS = ("branch", "rebase", "revert")

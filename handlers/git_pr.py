@@ -8,8 +8,8 @@ from urllib.parse import urlparse
 from gidgethub import BadRequest
 
 from bot.models import Step
-from bot.steps import StepContext, StepFailed, StepResult
-from bot.workspaces import GitError
+from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.workspace.mirrors import GitError
 
 TOOLS = ("git_pr",)
 PR_MARKER = "<!-- nofx:pr -->"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.steps import StepContext, StepResult
+from bot.runs.contract import StepContext, StepResult
 
 TOOLS = ("manual:approval",)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from bot.artifacts import ArtifactError
-from bot.edits import Edit, EditError, apply, touches_workflows
-from bot.steps import StepContext, StepFailed, StepResult
+from bot.runs.artifacts import ArtifactError
+from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.workspace.edits import Edit, EditError, apply, touches_workflows
 
 TOOLS = ("workspace:write",)
 EDITS_ARTIFACT = "edits.json"

@@ -25,11 +25,11 @@ from starlette.testclient import TestClient
 
 from bot.models import Installation
 from bot.queue import WorkQueue, start_embedded_valkey
-from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.store import Store
-from bot.web import create_app
-from bot.worker import run_worker
+from bot.web.app import create_app
+from bot.worker.loop import run_worker
+from bot.worker.runtime import Runtime
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble

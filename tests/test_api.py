@@ -10,13 +10,13 @@ from jsonschema import Draft202012Validator
 from rq.registry import ScheduledJobRegistry
 from starlette.testclient import TestClient
 
-from bot import runs
-from bot.api_schema import openapi
-from bot.artifacts import Artifacts
 from bot.models import RunStatus, StepStatus
 from bot.queue import CLEANUP_JOB, REPORT_JOB, STEP_JOB, WorkQueue, step_job_id
+from bot.runs import records as runs
+from bot.runs.artifacts import Artifacts
 from bot.settings import Settings
 from bot.store import Store
+from bot.web.openapi import openapi
 from tests.support.runs_api import AUTH, TOKEN, make_run, step_id
 
 TWO_STEPS = [

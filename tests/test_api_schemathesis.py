@@ -27,12 +27,13 @@ from schemathesis import Case, GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from starlette.applications import Starlette
 
-from bot import checkpoints, memory, runs
-from bot.api_schema import openapi
-from bot.artifacts import Artifacts
 from bot.models import Checkpoint
+from bot.runs import checkpoints, memory
+from bot.runs import records as runs
+from bot.runs.artifacts import Artifacts
 from bot.settings import Settings
 from bot.store import Store
+from bot.web.openapi import openapi
 from tests.support.runs_api import AUTH, TOKEN, make_run, step_id
 
 EXAMPLES = 40

@@ -17,16 +17,17 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from bot import checkpoints, runs
-from bot.artifacts import Artifacts
 from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
 from bot.queue import WorkQueue, step_job_id
 from bot.repo_config import RepoConfig
+from bot.runs import checkpoints
+from bot.runs import records as runs
+from bot.runs.artifacts import Artifacts
+from bot.runs.contract import StepContext, StepFailed, StepResult
 from bot.settings import Settings
-from bot.steps import StepContext, StepFailed, StepResult
 from bot.store import Store
-from bot.workspaces import Workspaces, Worktree
+from bot.workspace.mirrors import Workspaces, Worktree
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.commands import MAX_ARGUMENT, Command, Verb, parse
+from bot.events.commands import MAX_ARGUMENT, Command, Verb, parse
 
 RESERVED = [verb.value for verb in Verb if verb is not Verb.change]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import diffs
-from bot.diffs import FileDiff, Hunk
 from bot.repo_config import ReviewConfig
+from bot.review import diffs
+from bot.review.diffs import FileDiff, Hunk
 
 APP_BASE = "".join(f"value_{n} = {n}\n" for n in range(1, 41))
 APP_HEAD = (

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot import runs
 from bot.models import RunStatus, StepStatus
 from bot.plans import validate
-from bot.runtime import Runtime
-from bot.steps import RetryableError, StepContext, StepResult
+from bot.runs import records as runs
+from bot.runs.contract import RetryableError, StepContext, StepResult
 from bot.store import Store
+from bot.worker.runtime import Runtime
 
 
 def _run_with(runtime: Runtime, store: Store, retries: int) -> str:

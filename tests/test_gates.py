@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from bot import sandbox
 from bot.models import Run, Step
 from bot.repo_config import PolicyConfig, RepoConfig
-from bot.steps import StepContext, StepFailed, discover_handlers
+from bot.runs.contract import StepContext, StepFailed, discover_handlers
+from bot.workspace import sandbox
 from handlers import gates
 
 OUTPUT_KEYS = {"command", "exit_code", "duration_s", "isolation", "output_tail", "truncated"}

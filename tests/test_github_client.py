@@ -19,7 +19,7 @@ import gidgethub.httpx as gh_httpx
 import jwt
 import pytest
 
-from bot.github import API_VERSION, GitHubApp, GitHubAppError, GitHubAppNotConfigured, RetryPolicy
+from bot.github.client import API_VERSION, GitHubApp, GitHubAppError, GitHubAppNotConfigured, RetryPolicy
 from bot.settings import Settings
 from tests.support.github_double import SECONDARY_RATE_LIMIT, GitHubDouble, app_key
 

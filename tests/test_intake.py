@@ -12,11 +12,11 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bot import deliveries
-from bot.intake import MAX_BODY_BYTES
 from bot.models import DeliveryStatus
 from bot.queue import WorkQueue
 from bot.settings import Settings
 from bot.store import Store
+from bot.web.intake import MAX_BODY_BYTES
 from tests.conftest import Deliverer
 from tests.support.payloads import load_payload, sign, webhook_headers
 
@@ -107,7 +107,7 @@ def test_without_a_configured_secret_every_delivery_is_refused(
 ) -> None:
     from dataclasses import replace
 
-    from bot.web import create_app
+    from bot.web.app import create_app
 
     app = create_app(replace(settings, webhook_secret=None), store=store, queue=queue, env_file=tmp_path / ".env")
     body = b"{}"
@@ -202,7 +202,7 @@ def test_form_encoded_delivery_is_accepted(client: TestClient, settings: Setting
 def test_enqueue_failure_is_500_with_the_delivery_recorded_for_the_sweeper(
     settings: Settings, store: Store, tmp_path: Any, installed: Callable[[dict[str, Any]], None]
 ) -> None:
-    from bot.web import create_app
+    from bot.web.app import create_app
 
     down = WorkQueue.from_url("redis://127.0.0.1:1/0")  # nothing listens on port 1
     app: Starlette = create_app(settings, store=store, queue=down, env_file=tmp_path / ".env")

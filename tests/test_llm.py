@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.llm import (
+from bot.llm.costs import UNKNOWN_MODEL_PRICE, cost_usd, price_for
+from bot.llm.router import (
     LLM,
     UNTRUSTED_RULE,
     Budget,
@@ -25,7 +26,6 @@ from bot.llm import (
     untrusted,
     user_message,
 )
-from bot.llm_costs import UNKNOWN_MODEL_PRICE, cost_usd, price_for
 from bot.logs import Redactor
 from bot.settings import Settings, SettingsError
 from tests.support.llm_double import AnthropicDouble, LLMDouble, OpenAIDouble
@@ -653,7 +653,7 @@ async def test_one_log_line_per_call_without_prompt_or_key(
     double: LLMDouble, rec: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     double.rate_limited(retry_after=0).tool_call("submit_plan", PLAN)
-    caplog.set_level(logging.INFO, logger="bot.llm")
+    caplog.set_level(logging.INFO, logger="bot.llm.router")
 
     await plan_call(llm_for(double, rec), messages=[user_message("a very private request")])
 

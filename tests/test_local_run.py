@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import cli
+from bot.cli import main as cli
 from tests.conftest import CALC, TEST_CALC
 from tests.support.llm_double import AnthropicDouble
 

@@ -257,7 +257,7 @@ def root_logging() -> Iterator[None]:
 def test_lines_bound_to_a_run_are_collected_in_its_worker_log(tmp_path: Path, redactor: Redactor) -> None:
     stream = io.StringIO()
     logs.configure(redactor, stream=stream, data_dir=tmp_path)
-    logger = logging.getLogger("bot.runner")
+    logger = logging.getLogger("bot.runs.engine")
 
     with logs.bound(delivery_id="d-1"):
         logger.info("routing")  # no run yet: only the stream

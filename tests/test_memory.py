@@ -14,9 +14,9 @@ from sqlalchemy import text, update
 from sqlmodel import col, select
 from starlette.testclient import TestClient
 
-from bot import memory
-from bot.memory import ThreadKey
 from bot.models import ThreadMemory, utcnow
+from bot.runs import memory
+from bot.runs.memory import ThreadKey
 from bot.settings import Settings, SettingsError
 from bot.store import Store
 
@@ -62,7 +62,7 @@ def test_entries_are_encrypted_at_rest_and_come_back_in_order(any_store: Store) 
 
 def test_without_a_key_memory_is_off_and_says_so_once(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     memory._said_off = False  # a fresh process
-    with caplog.at_level(logging.INFO, logger="bot.memory"):
+    with caplog.at_level(logging.INFO, logger="bot.runs.memory"):
         assert memory.remember(store, [], THREAD, "request", "add a cart total") is None
         assert memory.remember(store, (), THREAD, "outcome", "failed") is None
         assert memory.recall(store, [], THREAD, 10) == []

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from bot import runs
 from bot.models import Run, RunStatus, StepStatus
+from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
@@ -447,7 +447,7 @@ def test_retry_from_a_checkpoint_branches_the_work_and_keeps_what_was_written(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    from bot import checkpoints
+    from bot.runs import checkpoints
 
     github.files[(OWNER, REPO, CONFIG, None)] = "gates:\n  test: python3 -m unittest -q\n"  # approval before the PR
     script_multiply(llm)
@@ -516,7 +516,7 @@ def test_metrics_cover_queue_waits_sandboxes_github_calls_and_workers(
     client: Any,
     queue: Any,
 ) -> None:
-    from bot import worker_metrics
+    from bot.metrics import workers as worker_metrics
 
     github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
     script_multiply(llm)

@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from bot import cli, logs, rca, runs
+from bot import logs
+from bot.cli import main as cli
 from bot.models import Delivery, RunStatus
+from bot.runs import rca
+from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model

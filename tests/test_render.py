@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from bot import render
 from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
+from bot.render import surfaces as render
 from tests.support import openapi
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from bot import cli, review_cli
+from bot.cli import main as cli
+from bot.cli import review as review_cli
 from bot.logs import Redactor
 from bot.settings import Settings
 from tests.support.github_double import GitHubDouble

@@ -13,10 +13,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bot import diffs
-from bot.diffs import Commentable, Skipped
-from bot.render import COMMENT_LIMIT
-from bot.review_findings import (
+from bot.render.surfaces import COMMENT_LIMIT
+from bot.review import diffs
+from bot.review.diffs import Commentable, Skipped
+from bot.review.findings import (
     MORE,
     OUTSIDE,
     REPORT_FINDINGS_SCHEMA,

@@ -15,10 +15,10 @@ import pytest
 from sqlmodel import select
 
 from bot.models import FindingStatus, ReviewFinding, ReviewKind, ReviewPass, ReviewStatus
-from bot.runs import new_id
-from bot.runtime import Runtime
+from bot.runs.records import new_id
 from bot.settings import Settings
 from bot.store import Store
+from bot.worker.runtime import Runtime
 from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble, Reply
@@ -740,7 +740,7 @@ def test_a_pass_job_delivered_twice_runs_once(
         session.add(review_pass)
     answer(llm)
     runtime.queue.enqueue_review(review_pass.id)
-    runtime.queue.queue.enqueue("bot.jobs.run_review", review_pass.id)
+    runtime.queue.queue.enqueue("bot.worker.jobs.run_review", review_pass.id)
     work()
 
     assert passes(store)[0].status == ReviewStatus.done
@@ -787,8 +787,8 @@ def test_review_feedback_is_remembered_on_the_pull_requests_thread(
 ) -> None:
     from cryptography.fernet import Fernet
 
-    from bot import memory
-    from bot.runner import ThreadMemoryConfig
+    from bot.runs import memory
+    from bot.runs.engine import ThreadMemoryConfig
 
     keys = (Fernet.generate_key().decode(),)
     runtime.engine.memory = ThreadMemoryConfig(keys)
@@ -833,8 +833,8 @@ def test_a_pass_whose_worker_died_is_queued_again_once_then_failed(
 
     from sqlalchemy import text
 
-    from bot import reviews
-    from bot.worker import run_worker
+    from bot.review import passes as reviews
+    from bot.worker.loop import run_worker
 
     pull = PullRequest(github, git)
     pull.push({"app.py": changed_app()})

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot import runs
 from bot.models import Run, RunStatus, StepStatus
-from bot.runtime import Runtime
+from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
-from bot.worker import reap
+from bot.worker.loop import reap
+from bot.worker.runtime import Runtime
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble

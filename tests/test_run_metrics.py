@@ -8,9 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from bot import runs
+from bot.metrics.runs import RunMetrics
 from bot.models import Run, Step
-from bot.run_metrics import RunMetrics
+from bot.runs import records as runs
 from bot.store import Store
 from tests.support.runs_api import make_run, step_id
 

@@ -18,14 +18,14 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from bot import runs
-from bot.artifacts import Artifacts
 from bot.queue import WorkQueue
-from bot.run_page import SESSION_COOKIE, session_value
+from bot.runs import records as runs
+from bot.runs.artifacts import Artifacts
 from bot.settings import Settings
-from bot.sse import StreamTiming
 from bot.store import Store
-from bot.web import create_app
+from bot.web.app import create_app
+from bot.web.run_page import SESSION_COOKIE, session_value
+from bot.web.sse import StreamTiming
 from tests.support.runs_api import AUTH, TOKEN, live_server, make_run, step_id
 
 if TYPE_CHECKING:

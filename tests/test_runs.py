@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from bot import runs
 from bot.models import RunStatus, StepStatus
 from bot.plans import validate
+from bot.runs import records as runs
 from bot.store import Store
 
 TOOLS = {"manual:approval", "gate:test"}

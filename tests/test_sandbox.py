@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import sandbox
-from bot.sandbox import CommandResult, Limits, SandboxUnavailable, run_command, scrubbed_env
+from bot.workspace import sandbox
+from bot.workspace.sandbox import CommandResult, Limits, SandboxUnavailable, run_command, scrubbed_env
 
 NO_BWRAP = "bwrap is not installed or cannot create namespaces here (isolation_available() == 'none')"
 

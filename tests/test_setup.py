@@ -27,8 +27,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from bot import setup
 from bot.settings import Settings, read_env_file
+from bot.web import manifest as setup
 from tests.support.github_double import GitHubDouble
 
 BASE = "https://nofx.example.com"
@@ -544,7 +544,7 @@ async def test_nothing_secret_is_logged(
     define_code(ghes, "c0ffee", pem)
     state = await start_setup(browser)
 
-    with caplog.at_level("DEBUG", logger="bot.setup"):
+    with caplog.at_level("DEBUG", logger="bot.web.manifest"):
         await browser.get("/setup/callback", params={"code": "c0ffee", "state": state})
 
     assert "GitHub App nofx-acme (id 4242) registered" in caplog.text

@@ -13,14 +13,14 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from bot import runs
-from bot.api_schema import event_json
 from bot.models import RunEvent
 from bot.queue import WorkQueue
+from bot.runs import records as runs
 from bot.settings import Settings
-from bot.sse import EventReader, StreamTiming
 from bot.store import Store
-from bot.web import create_app
+from bot.web.app import create_app
+from bot.web.openapi import event_json
+from bot.web.sse import EventReader, StreamTiming
 from tests.support.runs_api import AUTH, TOKEN, Frame, frames, live_server, make_run
 
 TIMING = StreamTiming(poll_s=0.05, heartbeat_s=0.3)

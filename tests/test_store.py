@@ -12,11 +12,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import select
 
-from bot import deliveries, installations
-from bot.context import EventContext
+from bot import deliveries
+from bot.events import installations
+from bot.events.context import EventContext
 from bot.models import Delivery, DeliveryStatus, Installation, Repository, utcnow
 from bot.queue import WorkQueue
-from bot.runner import Engine
+from bot.runs.engine import Engine
 from bot.settings import Settings
 from bot.store import Store
 from tests.support.payloads import load_payload

@@ -11,13 +11,15 @@ import pytest
 from sqlmodel import select
 from starlette.testclient import TestClient
 
-from bot import cli, deliveries, identity
+from bot import deliveries
+from bot.cli import main as cli
+from bot.github import identity
 from bot.models import DeliveryStatus, Installation, Repository, utcnow
 from bot.queue import WorkQueue
-from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.store import Store
-from bot.worker import sweep
+from bot.worker.loop import sweep
+from bot.worker.runtime import Runtime
 from tests.conftest import Deliverer
 from tests.support.github_double import GitHubDouble
 from tests.support.payloads import load_payload

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from bot.workspaces import GitError, Workspaces, Worktree, _locked, branch_name, git_env
+from bot.workspace.mirrors import GitError, Workspaces, Worktree, _locked, branch_name, git_env
 from tests.support.git_server import GitServer
 
 TOKEN = "ghs_" + "T0kenForTests" * 3

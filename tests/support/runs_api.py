@@ -14,8 +14,8 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from bot import runs
 from bot.plans import validate
+from bot.runs import records as runs
 from bot.store import Store
 
 TOKEN = "nofx-api-token-for-tests-0123456789"

@@ -1,0 +1,198 @@
+"""The `nofx` command line: serve, web, worker, replay, rca."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from bot import deliveries, logs
+from bot.events import router as events
+from bot.models import DeliveryStatus
+from bot.queue import WorkQueue, embedded_url
+from bot.settings import Settings, SettingsError
+from bot.store import Store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"nofx: {exc}", file=sys.stderr)
+        return 2
+    redactor = logs.Redactor(settings.secrets)
+    logs.configure(redactor, data_dir=settings.data_dir)  # per-run worker logs, for RCA bundles
+    return int(args.func(args, settings, redactor) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nofx", description="A GitHub App that turns /nofx commands into PRs.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="web + workers, with embedded defaults (SQLite, Valkey)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    serve.set_defaults(func=_serve)
+
+    web = sub.add_parser("web", help="only the web process (REDIS_URL required)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    web.set_defaults(func=_web)
+
+    worker = sub.add_parser("worker", help="one worker process (REDIS_URL required)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(func=_worker)
+
+    local = sub.add_parser("run", help="run a request on a local repository, no GitHub; the result is a branch")
+    local.add_argument("--repo", type=Path, required=True, help="path of a git repository")
+    local.add_argument("request", help='what to change, e.g. "add a cart"')
+    local.set_defaults(func=_run_locally)
+
+    replay = sub.add_parser("replay", help="route a saved delivery (FILE) or a recorded one (--delivery) again")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("file", nargs="?", type=Path, help='JSON file: {"event": ..., "payload": {...}}')
+    target.add_argument("--delivery", metavar="ID", help="id of a recorded delivery (e.g. a failed one)")
+    replay.add_argument("--event", help="event name, when FILE holds a bare payload")
+    replay.set_defaults(func=_replay)
+
+    review = sub.add_parser("review", help="review a local diff (base...head); in GitHub Actions, post the review")
+    review.add_argument("--repo", type=Path, default=Path("."), help="the local repository (default .)")
+    review.add_argument("--base", required=True, help="the ref the change is based on, e.g. origin/main")
+    review.add_argument("--head", help="the changed ref (default: the pull request's head in Actions, else HEAD)")
+    review.add_argument(
+        "--dry-run", action="store_true", help="in GitHub Actions, print the review instead of posting it"
+    )
+    review.set_defaults(func=_review)
+
+    rca = sub.add_parser("rca", help="download a run's root-cause bundle (tar.gz) from the running server")
+    rca.add_argument("run_id", metavar="RUN_ID")
+    rca.add_argument("-o", "--output", type=Path, help="file to write (default nofx-rca-RUN_ID.tar.gz)")
+    rca.set_defaults(func=_rca)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.cli.serve import serve  # uvicorn and process supervision only load for `serve`
+
+    return serve(settings, host=args.host, workers=args.workers)
+
+
+def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    import uvicorn
+
+    from bot.web.app import create_app
+
+    settings = _with_queue(settings)
+    uvicorn.run(create_app(settings), host=args.host, port=settings.port, log_config=None, proxy_headers=True)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.worker.loop import run_worker
+    from bot.worker.runtime import Runtime
+
+    runtime = Runtime(_with_queue(settings), redactor=redactor)
+    try:
+        run_worker(runtime, burst=args.burst)
+    finally:
+        runtime.close()
+    return 0
+
+
+def _run_locally(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from rich.console import Console
+
+    from bot.cli.local_run import LocalRunError, run_locally
+
+    console = Console(stderr=True)
+    logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress; JSON logs only for trouble
+    try:
+        return run_locally(args.repo, args.request, settings, console)
+    except LocalRunError as exc:
+        console.print(f"[red]nofx:[/] {exc}")
+        return 2
+
+
+def _replay(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    settings = _with_queue(settings)
+    store = Store(settings.database_url)
+    store.create_all()
+    queue = WorkQueue.from_url(settings.redis_url or "")
+    if args.delivery:
+        if not deliveries.reset_for_replay(store, args.delivery):
+            print(f"nofx: delivery {args.delivery} is unknown or still being routed", file=sys.stderr)
+            return 1
+        queue.enqueue_dispatch(args.delivery)
+        print(f"queued delivery {args.delivery} again")
+        return 0
+    try:
+        event, payload, delivery_id = _read_saved_delivery(args.file, args.event)
+    except (OSError, ValueError) as exc:
+        print(f"nofx: cannot replay {args.file}: {exc}", file=sys.stderr)
+        return 1
+    delivery = deliveries.describe(delivery_id, event, payload)
+    stored, _new = deliveries.record_or_ignore(store, delivery, events.ignore_reason(store, delivery))
+    if stored.status == DeliveryStatus.ignored:
+        print(f"recorded {delivery_id} as ignored: {stored.reason}")
+        return 0
+    deliveries.enqueue(store, queue, delivery_id)
+    print(f"queued {event} as delivery {delivery_id}")
+    return 0
+
+
+def _rca(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    """GET /runs/{id}/rca from NOFX_PUBLIC_URL, else the local server on $PORT, with NOFX_API_TOKEN."""
+    import httpx
+
+    from bot.runs import rca
+
+    if not settings.api_token:
+        print("nofx: set NOFX_API_TOKEN to the server's API token", file=sys.stderr)
+        return 2
+    base = settings.public_url or f"http://127.0.0.1:{settings.port}"
+    destination = args.output or Path(f"nofx-rca-{args.run_id}.tar.gz")
+    headers = {"Authorization": f"Bearer {settings.api_token}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+            size = rca.download(client, args.run_id, destination)
+    except (rca.RcaError, httpx.HTTPError, OSError) as exc:
+        print(
+            f"nofx: cannot download the bundle of run {args.run_id} from {base}: {redactor.redact(str(exc))}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {destination} ({size} bytes)")
+    return 0
+
+
+def _review(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.cli.review import run  # the model and rich load only for `review`
+
+    return run(args, settings, redactor)
+
+
+def _read_saved_delivery(path: Path, event: str | None) -> tuple[str, dict, str]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("the file must hold a JSON object")
+    if event is None:
+        if not isinstance(data.get("event"), str) or not isinstance(data.get("payload"), dict):
+            raise ValueError('expected {"event": "...", "payload": {...}}, or pass --event with a bare payload')
+        event, data = data["event"], data["payload"]
+    return event, data, f"replay-{uuid.uuid4()}"
+
+
+def _with_queue(settings: Settings) -> Settings:
+    """Fill in the embedded queue's URL when `serve` runs one for this data dir."""
+    if settings.redis_url:
+        return settings
+    url = embedded_url(settings.data_dir)
+    if url is None:
+        print("nofx: set REDIS_URL, or start `nofx serve` (which runs an embedded queue)", file=sys.stderr)
+        raise SystemExit(2)
+    return replace(settings, redis_url=url)

@@ -1,0 +1,107 @@
+"""`nofx serve`: the embedded queue, supervised worker processes and the web server in one tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import uvicorn
+
+from bot.queue import die_with_parent, start_embedded_valkey
+from bot.settings import Settings
+from bot.store import Store
+from bot.web.app import create_app
+
+log = logging.getLogger(__name__)
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+STOP_GRACE_S = 10
+HEALTHY_AFTER_S = 60  # a worker that ran this long resets its restart backoff
+
+
+def serve(settings: Settings, *, host: str, workers: int) -> int:
+    """Run until SIGINT/SIGTERM; a worker that dies is restarted with backoff."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    Store(settings.database_url).create_all()
+    valkey = None
+    if not settings.redis_url:
+        valkey = start_embedded_valkey(settings.data_dir)
+        settings = replace(settings, redis_url=valkey.url)
+        log.info("embedded Valkey started on %s", settings.redis_url)
+    pool = WorkerPool(settings, size=max(workers, 0))
+    pool.start()
+    try:
+        config = uvicorn.Config(
+            create_app(settings), host=host, port=settings.port, log_config=None, proxy_headers=True
+        )
+        log.info("serving on http://%s:%s", host, settings.port)
+        # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler
+        # underneath lets that happen without killing us before the workers and Valkey stop.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _sig, _frame: None)
+        uvicorn.Server(config).run()
+    finally:
+        pool.stop()
+        if valkey is not None:
+            valkey.stop()
+    return 0
+
+
+class WorkerPool:
+    """`nofx worker` child processes, restarted when they exit, stopped warm on shutdown."""
+
+    def __init__(self, settings: Settings, size: int) -> None:
+        self._env = {
+            **os.environ,
+            "REDIS_URL": settings.redis_url or "",
+            "DATABASE_URL": settings.database_url,
+            "NOFX_DATA_DIR": str(settings.data_dir),
+        }
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        self._started = [0.0] * size
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        for slot in range(len(self._procs)):
+            self._spawn(slot)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        live = [p for p in self._procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)  # RQ finishes the current job, then exits
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in live:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _spawn(self, slot: int) -> None:
+        self._procs[slot] = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "worker"], env=self._env, preexec_fn=die_with_parent
+        )
+        self._started[slot] = time.monotonic()
+
+    def _supervise(self) -> None:
+        failures = [0] * len(self._procs)
+        while not self._stopping.wait(1.0):
+            for slot, proc in enumerate(self._procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                if time.monotonic() - self._started[slot] > HEALTHY_AFTER_S:
+                    failures[slot] = 0
+                delay = RESTART_BACKOFF_S[min(failures[slot], len(RESTART_BACKOFF_S) - 1)]
+                log.warning("worker exited with %s; restarting in %ss", proc.returncode, delay)
+                failures[slot] += 1
+                if self._stopping.wait(delay):
+                    return
+                self._spawn(slot)

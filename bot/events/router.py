@@ -1,0 +1,28 @@
+"""The one event router: composes the small per-feature routers and decides what nofx acts on."""
+
+from __future__ import annotations
+
+from gidgethub import routing, sansio
+
+from bot.events import conversations, installations
+from bot.events.context import EventContext
+from bot.models import Delivery
+from bot.review import passes as reviews
+from bot.store import Store
+
+router = routing.Router(installations.router, conversations.router, reviews.router)
+
+
+def ignore_reason(store: Store, delivery: Delivery) -> str | None:
+    """Why a delivery needs no worker (unhandled event, unknown installation), or None to route it."""
+    event = sansio.Event(delivery.payload, event=delivery.event, delivery_id=delivery.id)
+    if not router.fetch(event):
+        action = f".{delivery.action}" if delivery.action else ""
+        return f"nofx does not handle {delivery.event}{action}"
+    return installations.ignore_reason(store, delivery.installation_id, delivery.event)
+
+
+async def dispatch(delivery: Delivery, ctx: EventContext) -> None:
+    """Run every router function registered for this delivery's event and action."""
+    event = sansio.Event(delivery.payload, event=delivery.event, delivery_id=delivery.id)
+    await router.dispatch(event, ctx)

@@ -1,0 +1,49 @@
+"""The App's own identity, fetched by workers (never the web process) and kept in the database."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from gidgethub.abc import GitHubAPI
+from sqlmodel import select
+
+from bot.github.client import GitHubApp
+from bot.models import AppIdentity, utcnow
+from bot.store import Store
+
+
+async def refresh(github: GitHubApp, store: Store) -> AppIdentity:
+    """Fetch `GET /app` and store it; the status page and the bot-sender check read it."""
+    data = await github.app_client().getitem("/app")
+    with store.session() as session:
+        identity = session.get(AppIdentity, data["id"]) or AppIdentity(id=data["id"], slug="", name="")
+        identity.slug = data.get("slug") or ""
+        identity.name = data.get("name") or identity.slug
+        identity.html_url = data.get("html_url")
+        identity.updated_at = utcnow()
+        session.add(identity)
+    return identity
+
+
+async def bot_author(gh: GitHubAPI, store: Store) -> tuple[str, str]:
+    """Name and email that attribute commits to the App's bot account on GitHub."""
+    app = current(store)
+    if app is None:
+        raise RuntimeError("the App's identity is unknown: no worker has fetched GET /app yet")
+    login = f"{app.slug}[bot]"
+    if app.bot_user_id is None:
+        user = await gh.getitem("/users/{username}", url_vars={"username": login})
+        with store.session() as session:
+            stored = session.get(AppIdentity, app.id)
+            if stored is not None:
+                stored.bot_user_id = int(user["id"])
+                session.add(stored)
+        app.bot_user_id = int(user["id"])
+    host = urlparse(app.html_url or "https://github.com").hostname or "github.com"
+    return login, f"{app.bot_user_id}+{login}@users.noreply.{host}"
+
+
+def current(store: Store) -> AppIdentity | None:
+    """The last identity a worker recorded, or None before any worker has started."""
+    with store.session() as session:
+        return session.exec(select(AppIdentity).order_by(AppIdentity.updated_at.desc())).first()  # type: ignore[attr-defined]

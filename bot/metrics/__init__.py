@@ -1,0 +1,1 @@
+"""Prometheus metrics: the web registry, run metrics read from the database, worker metrics shared through Redis."""

@@ -1,0 +1,81 @@
+"""The contract between the step engine and the handlers: context in, result out, errors that say what to do."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gidgethub.abc import GitHubAPI
+
+from bot.models import Run, Step
+from bot.repo_config import RepoConfig
+
+if TYPE_CHECKING:
+    from bot.llm.router import Budget
+    from bot.runs.artifacts import StepArtifacts
+    from bot.runs.engine import StepLLM
+    from bot.workspace.mirrors import Worktree
+
+Handler = Callable[["StepContext"], Awaitable["StepResult"]]
+
+
+@dataclass
+class StepContext:
+    """All a handler may touch. Handlers never set statuses; they return a result or raise."""
+
+    run: Run
+    step: Step
+    config: RepoConfig
+    gh: GitHubAPI | None
+    earlier: dict[str, Step]  # the run's succeeded steps, by name (their outputs and artifacts)
+    emit: Callable[[str, dict[str, Any]], None]
+    log: logging.LoggerAdapter[logging.Logger]
+    artifacts: StepArtifacts | None = None
+    workspace: Worktree | None = None  # the run's git worktree, for steps that touch code
+    llm: StepLLM | None = None
+    budget: Budget | None = None  # the run's remaining `policy.max_cost_usd`
+    git_token: Callable[[], Awaitable[str]] | None = None  # an installation token for git, through the env only
+    author: Callable[[], Awaitable[tuple[str, str]]] | None = None  # the App's bot account, for commits
+    inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.step.inputs
+
+
+@dataclass
+class StepResult:
+    """What a handler did. `wait=True` parks the run until a person decides (approvals)."""
+
+    output: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    wait: bool = False
+
+
+class StepFailed(Exception):
+    """The step failed for a reason a user can act on; the message goes into the status comment."""
+
+    def __init__(self, message: str, output: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.output = output or {}
+
+
+class RetryableError(Exception):
+    """A transient failure (rate limit, network, overloaded model): the engine retries with backoff."""
+
+
+def discover_handlers(package: str = "handlers") -> dict[str, Handler]:
+    """Map tool names to handlers: every module of the package exports `TOOLS` and `run`."""
+    registry: dict[str, Handler] = {}
+    root = importlib.import_module(package)
+    for module_info in pkgutil.iter_modules(root.__path__):
+        module = importlib.import_module(f"{package}.{module_info.name}")
+        for tool in getattr(module, "TOOLS", ()):
+            if tool in registry:
+                raise RuntimeError(f"two handlers claim the tool {tool!r}")
+            registry[tool] = module.run
+    return registry

@@ -1,0 +1,316 @@
+"""The step engine: claim a step, check it may run, run its handler under a timeout, record, move on.
+
+Everything here is safe to run twice: the claim is atomic, and every transition goes through
+`bot.runs`, which refuses what the state machine forbids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot import logs
+from bot.github import identity
+from bot.github.client import GitHubApp
+from bot.llm.router import LLM, Budget, LLMResponse
+from bot.models import Run, Step, StepStatus
+from bot.queue import WorkQueue
+from bot.repo_config import RepoConfig, from_dict
+from bot.runs import checkpoints, memory, report
+from bot.runs import records as runs
+from bot.runs.artifacts import Artifacts
+from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
+from bot.runs.progress import enqueue_progress
+from bot.store import Store
+from bot.workspace.mirrors import GitError, Workspaces
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 5.0
+RETRY_BASE_S = 2.0
+RETRY_CAP_S = 60.0
+MAX_ERROR_CHARS = 8000
+
+
+WORKSPACE_TOOLS = frozenset(
+    {"codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "git_ops", "git_pr"}
+)
+
+
+class Engine:
+    """Runs steps with the dependencies a worker built (passed in, never read from globals)."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: WorkQueue,
+        handlers: dict[str, Handler],
+        *,
+        github: GitHubApp | None = None,
+        workspaces: Workspaces | None = None,
+        artifacts: Artifacts | None = None,
+        llm: LLM | None = None,
+        redact: Callable[[str], str] = str,
+        memory: ThreadMemoryConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.handlers = handlers
+        self.github = github
+        self.workspaces = workspaces
+        self.artifacts = artifacts
+        self.llm = llm
+        self.memory = memory or ThreadMemoryConfig()
+        self.redact = redact
+
+    def after(self, progress: runs.Progress, run_id: str) -> None:
+        """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
+        enqueue_progress(self.store, self.queue, progress, run_id)
+        if progress.run_status in runs.TERMINAL_RUN:
+            self.remember_outcome(run_id)
+
+    def remember_outcome(self, run_id: str) -> None:
+        """The thread's memory keeps how each run ended, for the next request on the thread."""
+        run = runs.get_run(self.store, run_id)
+        if run is None or not self.memory.keys:
+            return
+        outcome = f"Run {run.id} ({run.request[:200]!r}) {run.status.value}" + (f": {run.error}" if run.error else "")
+        self.memory.remember(self.store, run, "outcome", outcome)
+
+    def enqueue(self, step_id: str, delay_s: float = 0) -> None:
+        step = runs.get_step(self.store, step_id)
+        if step is not None:
+            self.queue.enqueue_step(step.id, step.attempts + 1, step.timeout_s, delay_s)
+
+    async def run_step(self, step_id: str, job_id: str | None) -> StepStatus | None:
+        """The RQ job body: returns the status the step ended in, or None if this job had nothing to do."""
+        step = runs.claim_step(self.store, step_id, job_id)
+        if step is None:
+            log.info("step not claimable (taken, cancelled or finished)", extra=logs.fields(step_id=step_id))
+            return None
+        run = runs.get_run(self.store, step.run_id)
+        assert run is not None
+        with logs.bound(
+            delivery_id=run.delivery_id,
+            run_id=run.id,
+            step_id=step.id,
+            step=step.name,
+            tool=step.tool,
+            repo=run.repository,
+        ):
+            report.request_publish(self.queue, run.id)
+            status = await self._execute(run, step)
+        return status
+
+    async def _execute(self, run: Run, step: Step) -> StepStatus | None:
+        config = from_dict(run.config)
+        problem = self._refusal(run, step, config)
+        if problem is not None:
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, problem))
+        try:
+            context = await self._context(run, step, config)
+        except (GitError, ValueError) as exc:
+            message = self._describe(exc)
+            return self._retry_or_fail(run, step, f"preparing the workspace failed: {message}")
+        try:
+            work = checkpoints.checkpointed(self.store, context, self.handlers[step.tool](context))
+            result = await self._with_heartbeat(step, work)
+        except _Cancelled:
+            log.info("step cancelled while running")
+            report.request_publish(self.queue, run.id)
+            return StepStatus.cancelled
+        except TimeoutError:
+            message = f"timed out after {step.timeout_s} s"
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message))
+        except RetryableError as exc:
+            return self._retry_or_fail(run, step, self._describe(exc))
+        except StepFailed as exc:
+            message, output = self._describe(exc), exc.output
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message, output))
+        except Exception as exc:
+            log.exception("handler raised")
+            message = self._describe(exc, with_type=True)
+            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message))
+        return self._record(run, step, lambda: _finish(self.store, step, result))
+
+    def _refusal(self, run: Run, step: Step, config: RepoConfig) -> str | None:
+        """Why the step may not run now, or None: missing handler, unmet dependencies, policy."""
+        if step.tool not in self.handlers:
+            return f"no handler for the tool {step.tool!r} on this server"
+        by_name = {s.name: s for s in runs.steps_of(self.store, run.id)}
+        unmet = [d for d in step.depends_on if by_name.get(d) is None or by_name[d].status != StepStatus.succeeded]
+        if unmet:
+            return f"dependencies not finished: {', '.join(unmet)}"
+        allowed = set(config.policy.tools_allowed) & set(
+            step.policy.get("tools_allowed") or config.policy.tools_allowed
+        )
+        if config.policy.tools_allowed and step.tool not in allowed:
+            return f"the repository's policy does not allow the tool {step.tool!r}"
+        return None
+
+    async def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
+        earlier = {s.name: s for s in runs.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}
+
+        def emit(type_: str, payload: dict[str, object]) -> None:
+            runs.record_event(self.store, run.id, type_, {"step": step.name, **payload}, step.id)
+
+        github = self.github
+        token = (lambda: github.installation_token(run.installation_id)) if github else None
+        workspace = None
+        if step.tool in WORKSPACE_TOOLS and self.workspaces is not None:
+            workspace = await self.workspaces.prepare(
+                installation_id=run.installation_id,
+                owner=run.repository.split("/", 1)[0],
+                repo=run.repository.split("/", 1)[1],
+                clone_url=run.clone_url or "",
+                token=token or _no_token,
+                run_id=run.id,
+                branch=run.branch or f"nofx/run-{run.id[:8]}",
+                base_ref=run.default_branch or "main",
+                reuse_remote_branch=run.follows_run_id is not None,
+            )
+            start = checkpoints.start_point(self.store, run.id)
+            if start is not None:  # a run resumed from a checkpoint starts with that checkpoint's files
+                await checkpoints.restore(workspace, start)
+        budget = Budget(limit_usd=config.policy.max_cost_usd, spent_usd=run.cost_usd)
+        return StepContext(
+            run=run,
+            step=step,
+            config=config,
+            gh=github.installation_client(run.installation_id) if github else None,
+            earlier=earlier,
+            emit=emit,
+            log=logging.LoggerAdapter(logging.getLogger(f"handlers.{step.tool}"), {}),
+            artifacts=self.artifacts.for_step(run.id, step.id) if self.artifacts else None,
+            workspace=workspace,
+            llm=StepLLM(self.llm, self.store, step) if self.llm else None,
+            budget=budget,
+            git_token=token,
+            inherited_files=checkpoints.written_files(self.store, run.id),
+            author=(lambda: identity.bot_author(github.installation_client(run.installation_id), self.store))
+            if github
+            else None,
+        )
+
+    async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:
+        """Run the handler under its timeout; a heartbeat proves we live and notices a cancel."""
+        task = asyncio.ensure_future(asyncio.wait_for(work, timeout=step.timeout_s))
+        cancelled = False
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_S)
+            if done:
+                break
+            if not await asyncio.to_thread(runs.heartbeat, self.store, step.id):
+                cancelled = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                break
+        if cancelled:
+            raise _Cancelled
+        return task.result()
+
+    def _retry_or_fail(self, run: Run, step: Step, message: str) -> StepStatus | None:
+        if step.attempts <= step.retries:
+            delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (step.attempts - 1)) * random.uniform(0.75, 1.25)
+            try:
+                runs.requeue_step(self.store, step.id, message)
+            except runs.TransitionError:
+                return None
+            log.warning(
+                "retryable error, attempt %s of %s in %.1f s: %s", step.attempts, step.retries + 1, delay, message
+            )
+            self.enqueue(step.id, delay_s=delay)
+            report.request_publish(self.queue, run.id)
+            return StepStatus.queued
+        final = f"{message} (gave up after {step.attempts} attempts)"
+        return self._record(run, step, lambda: runs.fail_step(self.store, step.id, final))
+
+    def _record(self, run: Run, step: Step, transition: Callable[[], runs.Progress]) -> StepStatus | None:
+        try:
+            progress = transition()
+        except runs.TransitionError as exc:  # cancelled meanwhile: the cancel already recorded the outcome
+            log.info("step result not recorded: %s", exc)
+            report.request_publish(self.queue, run.id)
+            return None
+        self.after(progress, run.id)
+        latest = runs.get_step(self.store, step.id)
+        return latest.status if latest else None
+
+    def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
+        text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
+        return self.redact(text)[-MAX_ERROR_CHARS:]
+
+
+class ThreadMemoryConfig:
+    """The keys and longest TTL of thread memory (NOFX_MEMORY_KEYS, NOFX_MEMORY_TTL_DAYS); no keys: memory off."""
+
+    def __init__(self, keys: tuple[str, ...] = (), ttl_days: int = 30) -> None:
+        self.keys = keys
+        self.ttl_days = ttl_days
+
+    def thread(self, run: Run) -> memory.ThreadKey:
+        return memory.ThreadKey(run.repository, run.thread_number)
+
+    def remember(self, store: Store, run: Run, kind: str, text: str) -> None:
+        ttl = memory.effective_ttl_days(self.ttl_days, run.config.get("memory_ttl_days"))
+        memory.remember(store, self.keys, self.thread(run), kind, text, ttl_days=ttl)
+
+    def remember_thread(self, store: Store, repository: str, number: int, kind: str, text: str) -> None:
+        memory.remember(store, self.keys, memory.ThreadKey(repository, number), kind, text, ttl_days=self.ttl_days)
+
+    def recall(self, store: Store, repository: str, number: int) -> list[str]:
+        entries = memory.recall(store, self.keys, memory.ThreadKey(repository, number))
+        return [f"[{e.kind}, {e.created_at:%Y-%m-%d}] {e.text}" for e in entries]
+
+
+class StepLLM:
+    """The LLM as a step sees it: the same router, with every call's tokens and cost charged to the step."""
+
+    def __init__(self, llm: LLM, store: Store, step: Step) -> None:
+        self._llm = llm
+        self._store = store
+        self._step = step
+
+    async def call(self, **kwargs: Any) -> LLMResponse:
+        budget: Budget | None = kwargs.get("budget")
+        spent_before = budget.spent_usd if budget else 0.0
+        response: LLMResponse | None = None
+        try:
+            response = await self._llm.call(**kwargs)
+            return response
+        finally:
+            usage = response.usage if response else None
+            cost = (budget.spent_usd - spent_before) if budget else (usage.cost_usd if usage else 0.0)
+            if usage is not None or cost > 0:
+                runs.add_usage(
+                    self._store,
+                    self._step,
+                    input_tokens=usage.input_tokens if usage else 0,
+                    output_tokens=usage.output_tokens if usage else 0,
+                    cost_usd=cost,
+                    detail={
+                        "purpose": kwargs.get("purpose", ""),
+                        "provider": usage.provider if usage else "",
+                        "model": usage.model if usage else "",
+                        "cached": usage.cached if usage else False,
+                    },
+                )
+
+
+async def _no_token() -> str:
+    raise StepFailed("this step needs the GitHub App to reach the repository, and none is configured")
+
+
+class _Cancelled(Exception):
+    """The step stopped being `running` under us: somebody cancelled the run."""
+
+
+def _finish(store: Store, step: Step, result: StepResult) -> runs.Progress:
+    output = {**result.output, **({"summary": result.summary} if result.summary else {})}
+    if result.wait:
+        return runs.wait_step(store, step.id, output)
+    return runs.succeed_step(store, step.id, output)

@@ -1,0 +1,165 @@
+"""POST /webhooks: size cap, HMAC check on the raw bytes, parse, record, enqueue, answer 202.
+
+The web process does nothing else with a delivery: no GitHub call, no LLM call, no git.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from anyio import to_thread
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from bot import deliveries, logs
+from bot.metrics.web import Metrics
+from bot.models import Delivery, DeliveryStatus
+from bot.queue import WorkQueue
+from bot.store import Store
+
+MAX_BODY_BYTES = 25 * 1024 * 1024
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+_EVENT_NAME = re.compile(r"^[a-z_]{1,100}$")
+
+log = logging.getLogger(__name__)
+
+
+class Refusal(Exception):
+    """A delivery we will not accept; carries the HTTP status and a message for the sender."""
+
+    def __init__(self, status: int, message: str, outcome: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.outcome = outcome
+
+
+@dataclass
+class Intake:
+    """Everything the webhook endpoint needs, passed in by `create_app`."""
+
+    store: Store
+    queue: WorkQueue
+    metrics: Metrics
+    secret: Callable[[], str | None]
+    # Decides whether nofx acts on a delivery: returns None to route it, or why it is ignored.
+    ignore_reason: Callable[[Delivery], str | None]
+
+    async def receive(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        event = request.headers.get("x-github-event", "")
+        delivery_id = request.headers.get("x-github-delivery", "")
+        with logs.bound(delivery_id=delivery_id or None, event=event or None):
+            try:
+                status, body, outcome = await self._receive(request, event, delivery_id)
+            except Refusal as refusal:
+                log.warning("webhook refused: %s", refusal.message, extra=logs.fields(status=refusal.status))
+                status, body, outcome = refusal.status, {"error": refusal.message}, refusal.outcome
+            except Exception:
+                log.exception("webhook intake failed")
+                status, body, outcome = (
+                    500,
+                    {"error": "internal error; the delivery will be retried"},
+                    "error",
+                )
+        self.metrics.deliveries.labels(event=_metric_event(event), outcome=outcome).inc()
+        self.metrics.intake_seconds.observe(time.perf_counter() - started)
+        return JSONResponse(body, status_code=status)
+
+    async def _receive(self, request: Request, event: str, delivery_id: str) -> tuple[int, dict[str, Any], str]:
+        secret = self.secret()
+        if not secret:
+            raise Refusal(401, "GITHUB_WEBHOOK_SECRET is not configured; every delivery is refused", "unsigned")
+        raw = await _read_capped(request)
+        _verify_signature(raw, request.headers.get("x-hub-signature-256"), secret)
+        if not _EVENT_NAME.match(event):
+            raise Refusal(400, "missing or invalid X-GitHub-Event header", "malformed")
+        if not _DELIVERY_ID.match(delivery_id):
+            raise Refusal(400, "missing or invalid X-GitHub-Delivery header", "malformed")
+        payload = _parse(raw, request.headers.get("content-type", ""))
+
+        delivery = deliveries.describe(delivery_id, event, payload)
+        with logs.bound(installation=delivery.installation_id, repo=delivery.repository):
+            stored, new = await to_thread.run_sync(self._record, delivery)
+            if stored.status == DeliveryStatus.ignored:
+                log.info("delivery ignored: %s", stored.reason)
+                return 202, {"delivery": delivery_id, "status": "ignored", "reason": stored.reason}, "ignored"
+            if not new and stored.status != DeliveryStatus.received:
+                log.info("duplicate delivery; already %s", stored.status.value)
+                return 202, {"delivery": delivery_id, "status": "duplicate"}, "duplicate"
+            if new:
+                await to_thread.run_sync(self._enqueue_recorded, delivery_id)
+            else:  # recorded earlier but never enqueued (the queue was down): enqueue now
+                await to_thread.run_sync(deliveries.enqueue, self.store, self.queue, delivery_id)
+            log.info("delivery queued")
+            return 202, {"delivery": delivery_id, "status": "queued"}, "queued"
+
+    def _record(self, delivery: Delivery) -> tuple[Delivery, bool]:
+        # Recorded as queued in the same write, saving a second one per delivery; `_enqueue_recorded`
+        # puts it back to received if the queue refuses, and the sweeper re-enqueues queued deliveries
+        # whose job is missing, so a crash between the two loses nothing.
+        delivery.status = DeliveryStatus.queued
+        return deliveries.record_or_ignore(self.store, delivery, self.ignore_reason(delivery))
+
+    def _enqueue_recorded(self, delivery_id: str) -> None:
+        try:
+            self.queue.enqueue_dispatch(delivery_id)
+        except Exception:
+            deliveries.mark_received(self.store, delivery_id)
+            raise
+
+
+async def _read_capped(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Refusal(400, "client disconnected before the body was read", "malformed") from None
+    return b"".join(chunks)
+
+
+def _verify_signature(raw: bytes, header: str | None, secret: str) -> None:
+    if not header or not header.startswith("sha256="):
+        raise Refusal(401, "missing X-Hub-Signature-256 signature", "bad_signature")
+    expected = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), header.strip().encode()):
+        raise Refusal(401, "X-Hub-Signature-256 does not match the payload", "bad_signature")
+
+
+def _parse(raw: bytes, content_type: str) -> dict[str, Any]:
+    """GitHub sends JSON, or a form with a `payload` field when the hook is set to urlencoded."""
+    text = raw
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        fields = parse_qs(raw.decode("utf-8", "replace"))
+        if "payload" not in fields:
+            raise Refusal(400, "form-encoded delivery without a payload field", "malformed")
+        text = fields["payload"][0].encode()
+    try:
+        payload = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Refusal(400, f"body is not valid JSON: {exc}", "malformed") from None
+    if not isinstance(payload, dict):
+        raise Refusal(400, "payload must be a JSON object", "malformed")
+    return payload
+
+
+def _metric_event(event: str) -> str:
+    # Bound the label's cardinality: a sender could invent event names.
+    return event if _EVENT_NAME.match(event) and len(event) <= 40 else "invalid"

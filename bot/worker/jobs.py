@@ -1,0 +1,107 @@
+"""RQ job entry points. Jobs take ids and rebuild everything else from the database."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from rq import get_current_job
+
+from bot import deliveries, logs
+from bot.events import router as events
+from bot.models import DeliveryStatus
+from bot.review import passes as reviews
+from bot.runs import records as runs
+from bot.runs import report
+from bot.settings import Settings
+from bot.worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+RETRY_WINDOW = timedelta(hours=24)  # a failed run keeps its worktree this long, for `/nofx retry`
+_runtime: Runtime | None = None
+
+
+def use_runtime(runtime: Runtime) -> None:
+    """Called by the worker entry point so jobs share its dependencies and warm caches."""
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> Runtime:
+    """The process's runtime; built from the environment if a foreign worker runs our jobs."""
+    if _runtime is None:
+        use_runtime(Runtime(Settings.from_env()))
+    assert _runtime is not None
+    return _runtime
+
+
+def dispatch(delivery_id: str) -> None:
+    """Route one recorded delivery through the event routers; a second run of the job does nothing."""
+    runtime = current_runtime()
+    runtime.run(route_delivery(runtime, delivery_id))
+
+
+def run_step(step_id: str) -> None:
+    """Run one attempt of a step; a duplicate of the job finds the step claimed and does nothing."""
+    runtime = current_runtime()
+    job = get_current_job()
+    runtime.run(runtime.engine.run_step(step_id, job.id if job else None))
+
+
+def run_review(pass_id: str) -> None:
+    """Run one review pass of a pull request; a duplicate of the job finds the pass claimed and does nothing."""
+    runtime = current_runtime()
+    memory = runtime.engine.memory
+
+    def remember(repository: str, number: int, feedback: str) -> None:
+        memory.remember_thread(runtime.store, repository, number, "review_feedback", feedback)
+
+    deps = reviews.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact, remember)
+    runtime.run(reviews.run_pass(deps, pass_id))
+
+
+def publish_run(run_id: str) -> None:
+    """Show a run's current state on GitHub (status comment and check run)."""
+    runtime = current_runtime()
+    run = runs.get_run(runtime.store, run_id)
+    if run is None or runtime.github is None:
+        return
+    with logs.bound(run_id=run_id, repo=run.repository, installation=run.installation_id):
+        gh = runtime.github.installation_client(run.installation_id)
+        runtime.run(report.publish(runtime.store, runtime.queue, runtime.settings, gh, run_id))
+
+
+def clean_up_workspaces() -> None:
+    """Remove the worktrees of runs that are over, then evict mirrors past the disk budget."""
+    runtime = current_runtime()
+    workspaces = runtime.engine.workspaces
+    if workspaces is None:
+        return
+    active = runs.runs_keeping_worktrees(runtime.store, RETRY_WINDOW)
+    removed = runtime.run(workspaces.reap(active))
+    evicted = runtime.run(workspaces.evict())
+    log.info("workspaces cleaned", extra=logs.fields(removed=len(removed), evicted=len(evicted)))
+
+
+async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus | None:
+    """Claim, dispatch and record the outcome; failures are recorded on the delivery for replay."""
+    delivery = deliveries.claim(runtime.store, delivery_id)
+    if delivery is None:
+        log.info("delivery not claimable (unknown, taken or finished)", extra=logs.fields(delivery_id=delivery_id))
+        return None
+    with logs.bound(
+        delivery_id=delivery.id,
+        event=delivery.event,
+        installation=delivery.installation_id,
+        repo=delivery.repository,
+    ):
+        try:
+            await events.dispatch(delivery, runtime.context())
+        except Exception as exc:
+            reason = runtime.redactor.redact(f"{type(exc).__name__}: {exc}")
+            log.exception("delivery failed; `nofx replay %s` routes it again", delivery.id)
+            deliveries.finish(runtime.store, delivery.id, DeliveryStatus.failed, reason)
+            return DeliveryStatus.failed
+        deliveries.finish(runtime.store, delivery.id, DeliveryStatus.done)
+        log.info("delivery routed")
+        return DeliveryStatus.done

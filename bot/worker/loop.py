@@ -1,0 +1,140 @@
+"""The worker process: runs RQ jobs; its maintenance thread re-enqueues what the queue lost and reaps dead steps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from rq import SimpleWorker
+
+from bot import deliveries, logs
+from bot.github import identity
+from bot.metrics import workers as worker_metrics
+from bot.models import Step, StepStatus, utcnow
+from bot.queue import REVIEW_JOB_TIMEOUT_S, dispatch_job_id, step_job_id
+from bot.review import passes as reviews
+from bot.runs import memory
+from bot.runs import records as runs
+from bot.worker import jobs
+from bot.worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+SWEEP_EVERY_S = 10.0
+SCHEDULE_EVERY_S = 0.25  # delayed jobs (report coalescing, retry backoff) start at most this late
+STALE_AFTER = timedelta(seconds=30)
+# Routing a delivery takes seconds (its job times out after DISPATCH_TIMEOUT_S); longer means its worker died.
+ABANDONED_AFTER = timedelta(minutes=10)
+# A review pass's job is killed by RQ after REVIEW_JOB_TIMEOUT_S; still `running` well after that, its worker died.
+ABANDONED_REVIEW_AFTER = timedelta(seconds=REVIEW_JOB_TIMEOUT_S + 120)
+# A running step's heartbeat comes every 5 s; six missed beats mean its worker is gone (killed, crashed).
+DEAD_STEP_AFTER = timedelta(seconds=30)
+# A queued step whose RQ job vanished (Redis restarted without persistence) is enqueued again.
+LOST_JOB_AFTER = timedelta(seconds=60)
+
+
+def run_worker(runtime: Runtime, *, burst: bool = False, max_jobs: int | None = None) -> None:
+    """Serve jobs until stopped. Jobs run in this process so token caches and the loop stay warm."""
+    jobs.use_runtime(runtime)
+    runtime.store.create_all()
+    _refresh_identity(runtime)
+    stop = threading.Event()
+    if not burst:
+        threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
+        threading.Thread(target=_schedule_forever, args=(runtime, stop), name="scheduler", daemon=True).start()
+    worker = SimpleWorker([runtime.queue.queue], connection=runtime.queue.redis)
+    try:
+        # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
+        # is killed, so the server goes on handing jobs to a dead reader. A thread moves due jobs instead.
+        worker.work(burst=burst, max_jobs=max_jobs, logging_level="WARNING", with_scheduler=False)
+    finally:
+        stop.set()
+
+
+def sweep(runtime: Runtime) -> list[str]:
+    """Enqueue deliveries that were recorded while the queue was down; returns their ids."""
+    memory.purge_expired(runtime.store)
+    for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
+        log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
+    for pass_id in reviews.restart_abandoned(runtime.store, runtime.queue, ABANDONED_REVIEW_AFTER):
+        log.warning("review pass abandoned by its worker; queued again", extra=logs.fields(review_pass=pass_id))
+    lost = [
+        delivery_id
+        for delivery_id in deliveries.stale_queued(runtime.store, LOST_JOB_AFTER)
+        if not runtime.queue.job_exists(dispatch_job_id(delivery_id))
+    ]
+    stale = deliveries.stale_received(runtime.store, STALE_AFTER) + lost
+    for delivery_id in stale:
+        deliveries.enqueue(runtime.store, runtime.queue, delivery_id)
+        log.info("re-enqueued a delivery the queue never received", extra={"fields": {"delivery_id": delivery_id}})
+    return stale
+
+
+def reap(runtime: Runtime, *, dead_after: timedelta = DEAD_STEP_AFTER) -> list[str]:
+    """Retry (or fail) steps whose worker died mid-step, and re-enqueue queued steps whose job is lost."""
+    reaped: list[str] = []
+    now = utcnow()
+    for step in runs.unfinished_steps(runtime.store):
+        if step.status == StepStatus.running and (step.heartbeat_at or now) < now - dead_after:
+            reaped.append(step.id)
+            _reap_dead(runtime, step)
+        elif (
+            step.status == StepStatus.queued
+            and _queued_since(runtime, step) < now - LOST_JOB_AFTER
+            and not runtime.queue.job_exists(step_job_id(step.id, step.attempts + 1))
+        ):
+            reaped.append(step.id)
+            log.warning("re-enqueued step %s: its job was lost", step.name, extra=logs.fields(step_id=step.id))
+            runtime.engine.enqueue(step.id)
+    return reaped
+
+
+def _reap_dead(runtime: Runtime, step: Step) -> None:
+    reason = "the worker running this step stopped (killed or crashed)"
+    try:
+        if step.attempts <= step.retries:
+            runs.requeue_step(runtime.store, step.id, reason)
+            runtime.engine.enqueue(step.id)
+            progress = runs.advance(runtime.store, step.run_id)
+        else:
+            progress = runs.fail_step(runtime.store, step.id, f"{reason}; no retries left")
+    except runs.TransitionError:  # it finished or was cancelled meanwhile
+        return
+    log.warning("reaped step %s of run %s: %s", step.name, step.run_id, reason)
+    runtime.engine.after(progress, step.run_id)
+
+
+def _queued_since(runtime: Runtime, step: Step) -> datetime:
+    return runs.last_event_time(runtime.store, step.id) or utcnow()
+
+
+def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
+    while not stop.wait(SCHEDULE_EVERY_S):
+        try:
+            runtime.queue.enqueue_due()
+        except Exception:  # the scheduler must outlive a queue hiccup
+            log.exception("moving delayed jobs failed; trying again")
+
+
+def _report_usage(runtime: Runtime) -> None:
+    worker_metrics.report_usage(runtime.queue.redis)
+
+
+def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_EVERY_S):
+        for task in (sweep, reap, _report_usage):
+            try:
+                task(runtime)
+            except Exception:  # maintenance must outlive a database or queue hiccup
+                log.exception("%s failed; trying again in %ss", task.__name__, SWEEP_EVERY_S)
+
+
+def _refresh_identity(runtime: Runtime) -> None:
+    if runtime.github is None:
+        log.warning("GitHub App not configured: open the web page to register it")
+        return
+    try:
+        app = runtime.run(identity.refresh(runtime.github, runtime.store))
+        log.info("running as GitHub App %s", app.slug)
+    except Exception:  # a worker still serves installation events without it; retried next start
+        log.exception("could not fetch the App's identity from GitHub")

@@ -1,0 +1,75 @@
+"""A worker process's dependencies, built once by its entry point and reused by every job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from bot.events.context import EventContext
+from bot.github.client import GitHubApp
+from bot.llm.router import LLM, FileCache
+from bot.logs import Redactor
+from bot.metrics.workers import GitHubCallRecorder
+from bot.queue import WorkQueue
+from bot.runs.artifacts import Artifacts
+from bot.runs.contract import discover_handlers
+from bot.runs.engine import Engine, ThreadMemoryConfig
+from bot.settings import Settings
+from bot.store import Store
+from bot.workspace.mirrors import Workspaces
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """Settings, store, queue, GitHub App client and one event loop, so caches (tokens) stay warm."""
+
+    def __init__(
+        self, settings: Settings, *, redactor: Redactor | None = None, workspaces: Workspaces | None = None
+    ) -> None:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is required by a worker (`nofx serve` sets it for its workers)")
+        self.settings = settings
+        self.redactor = redactor or Redactor(settings.secrets)
+        self.store = Store(settings.database_url)
+        self.queue = WorkQueue.from_url(settings.redis_url)
+        self.github = (
+            GitHubApp.from_settings(
+                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.redis)
+            )
+            if settings.app_configured
+            else None
+        )
+        self.llm = LLM.from_settings(
+            settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact
+        )
+        self.engine = Engine(
+            self.store,
+            self.queue,
+            discover_handlers(),
+            github=self.github,
+            workspaces=workspaces or Workspaces(settings.data_dir / "workspaces"),
+            artifacts=Artifacts(settings.data_dir, self.store),
+            llm=self.llm,
+            redact=self.redactor.redact,
+            memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
+        )
+        self._runner = asyncio.Runner()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a job's coroutine on this process's loop (HTTP clients are bound to one loop)."""
+        return self._runner.run(coro)
+
+    def context(self) -> EventContext:
+        return EventContext(
+            settings=self.settings, store=self.store, queue=self.queue, github=self.github, engine=self.engine
+        )
+
+    def close(self) -> None:
+        if self.github is not None:
+            self._runner.run(self.github.aclose())
+        if self.llm is not None:
+            self._runner.run(self.llm.aclose())
+        self._runner.close()
+        self.store.dispose()
