@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -43,6 +44,25 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def upsert(
+    session: Session,
+    table: type[SQLModel],
+    values: dict[str, Any],
+    *,
+    keys: list[str],
+    insert_only: tuple[str, ...] = (),
+) -> None:
+    """Insert a row or update it in one statement, so processes writing the same row at once never collide.
+
+    Columns in `insert_only` are written when the row is new and left as they are otherwise.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table).values(**values)  # type: ignore[arg-type]
+    updates = {name: statement.excluded[name] for name in values if name not in keys and name not in insert_only}
+    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
 
 
 def _engine(url: str) -> Engine:

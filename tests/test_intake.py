@@ -181,6 +181,14 @@ def test_unknown_event_is_recorded_as_ignored(deliver: Deliverer, store: Store, 
     assert queue.queue.count == 0
 
 
+def test_an_event_name_with_digits_is_accepted(deliver: Deliverer, store: Store) -> None:
+    response = deliver("projects_v2_item", load_payload("projects_v2_item.edited"), delivery_id="p2-1")
+
+    assert response.status_code == 202
+    row = deliveries.get(store, "p2-1")
+    assert row is not None and row.reason == "nofx does not handle projects_v2_item.edited"
+
+
 def test_installation_events_are_enqueued_for_any_installation(deliver: Deliverer, queue: WorkQueue) -> None:
     response = deliver("installation", load_payload("installation.created"))
     assert response.json()["status"] == "queued"

@@ -15,11 +15,11 @@ from sqlmodel import select
 from bot import deliveries
 from bot.events import installations
 from bot.events.context import EventContext
-from bot.models import Delivery, DeliveryStatus, Installation, Repository, utcnow
+from bot.models import AppIdentity, Delivery, DeliveryStatus, Installation, Repository, utcnow
 from bot.queue import WorkQueue
 from bot.runs.engine import Engine
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import Store, upsert
 from tests.support.payloads import load_payload
 
 
@@ -126,3 +126,21 @@ def test_a_delivery_abandoned_mid_dispatch_is_failed_for_replay(any_store: Store
     row = deliveries.get(any_store, "stuck")
     assert row is not None and row.status == DeliveryStatus.failed and "nofx replay" in (row.reason or "")
     assert deliveries.fail_abandoned(any_store, timedelta(minutes=10)) == []
+
+
+def test_workers_writing_the_identity_row_at_once_never_collide(any_store: Store) -> None:
+    def write(n: int) -> None:
+        with any_store.session() as session:
+            upsert(
+                session,
+                AppIdentity,
+                {"id": 7, "slug": f"nofx-{n}", "name": "nofx", "updated_at": utcnow()},
+                keys=["id"],
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(16)))  # raises if any writer hit an IntegrityError
+
+    with any_store.session() as session:
+        rows = session.exec(select(AppIdentity)).all()
+    assert len(rows) == 1 and rows[0].slug.startswith("nofx-")

@@ -9,19 +9,26 @@ from sqlmodel import select
 
 from bot.github.client import GitHubApp
 from bot.models import AppIdentity, utcnow
-from bot.store import Store
+from bot.store import Store, upsert
 
 
 async def refresh(github: GitHubApp, store: Store) -> AppIdentity:
     """Fetch `GET /app` and store it; the status page and the bot-sender check read it."""
     data = await github.app_client().getitem("/app")
+    slug = data.get("slug") or ""
+    values = {
+        "id": data["id"],
+        "slug": slug,
+        "name": data.get("name") or slug,
+        "html_url": data.get("html_url"),
+        "updated_at": utcnow(),
+    }
+    # Workers starting together all write this row: an upsert, not read-then-insert (which raced).
     with store.session() as session:
-        identity = session.get(AppIdentity, data["id"]) or AppIdentity(id=data["id"], slug="", name="")
-        identity.slug = data.get("slug") or ""
-        identity.name = data.get("name") or identity.slug
-        identity.html_url = data.get("html_url")
-        identity.updated_at = utcnow()
-        session.add(identity)
+        upsert(session, AppIdentity, values, keys=["id"])
+    with store.session() as session:
+        identity = session.get(AppIdentity, data["id"])
+    assert identity is not None
     return identity
 
 

@@ -28,7 +28,8 @@ from bot.store import Store
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
-_EVENT_NAME = re.compile(r"^[a-z_]{1,100}$")
+# GitHub's event names: lower case, digits and underscores (`projects_v2_item`, `sub_issues`).
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 
 log = logging.getLogger(__name__)
 
