@@ -17,7 +17,27 @@ from markdown_it.token import Token
 
 from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
-from bot.render import surfaces as render
+from bot.render.check_run import check_run
+from bot.render.replies import (
+    config_error,
+    help_comment,
+    not_allowed,
+    nothing_to_do,
+    permission_refused,
+    plan_comment,
+    plan_refused,
+)
+from bot.render.status_comment import MARKER_PREFIX, find_run_marker, run_status_summary, status_comment, status_marker
+from bot.render.text import (
+    COMMENT_LIMIT,
+    code_span,
+    escape_inline,
+    escape_markdown,
+    format_duration,
+    link,
+    mention,
+    text_size,
+)
 from tests.support import openapi
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -116,7 +136,7 @@ def comment(status: RunStatus, mode: str = "basic", **kw: Any) -> str:
     run = make_run(status, error=kw.pop("error", None))
     steps = kw.pop("steps", None) or steps_for(status)
     kw.setdefault("run_url", RUN_URL)
-    return render.status_comment(run, steps, git_mode=mode, now=T0 + timedelta(seconds=30), **kw)
+    return status_comment(run, steps, git_mode=mode, now=T0 + timedelta(seconds=30), **kw)
 
 
 def tokens(markdown: str) -> list[Token]:
@@ -153,7 +173,7 @@ def assert_safe(markdown: str, *, fences: int | None = None) -> None:
     """No HTML but our marker (the last block), and the fences we wrote, no more."""
     found = tokens(markdown)
     html = [t for t in found if t.type in ("html_block", "html_inline")]
-    assert [t.content.strip() for t in html] == [render.status_marker(RUN_ID)]
+    assert [t.content.strip() for t in html] == [status_marker(RUN_ID)]
     assert found[-1].type == "html_block"
     assert markdown.count("<!--") == 1
     assert find(markdown) == RUN_ID
@@ -162,7 +182,7 @@ def assert_safe(markdown: str, *, fences: int | None = None) -> None:
 
 
 def find(markdown: str) -> str | None:
-    return render.find_run_marker(markdown)
+    return find_run_marker(markdown)
 
 
 # --- the status comment --------------------------------------------------------------------------------------
@@ -221,28 +241,26 @@ def test_skipped_steps_are_ticked_and_failed_ones_are_not() -> None:
     ],
 )
 def test_durations(seconds: float, shown: str) -> None:
-    assert render.format_duration(seconds) == shown
+    assert format_duration(seconds) == shown
 
 
 def test_a_running_step_counts_from_its_start_to_now() -> None:
     step = make_step(1, "generate", "codegen", StepStatus.running, started_at=T0)
-    text = render.status_comment(
-        make_run(), [step], git_mode="basic", run_url=None, now=T0 + timedelta(minutes=2, seconds=5)
-    )
+    text = status_comment(make_run(), [step], git_mode="basic", run_url=None, now=T0 + timedelta(minutes=2, seconds=5))
     assert "running for 2 min 5 s" in text
 
 
 def test_naive_timestamps_are_read_as_utc() -> None:
     step = make_step(1, "generate", "codegen", StepStatus.running, started_at=T0.replace(tzinfo=None))
-    text = render.status_comment(make_run(), [step], git_mode="basic", run_url=None, now=T0 + timedelta(seconds=7))
+    text = status_comment(make_run(), [step], git_mode="basic", run_url=None, now=T0 + timedelta(seconds=7))
     assert "running for 7.0 s" in text
 
 
 def test_queued_behind_another_run_says_so() -> None:
     behind = make_run(id="aaaa1111", status=RunStatus.running)
-    text = render.status_comment(make_run(RunStatus.queued), [], git_mode="basic", run_url=None, behind=behind)
+    text = status_comment(make_run(RunStatus.queued), [], git_mode="basic", run_url=None, behind=behind)
     assert "Queued behind run `aaaa1111` — it starts when that run finishes." in text
-    from_field = render.status_comment(
+    from_field = status_comment(
         make_run(RunStatus.queued, behind_run_id="bbbb2222"), [], git_mode="basic", run_url=None
     )
     assert "Queued behind run `bbbb2222`" in from_field
@@ -261,7 +279,7 @@ def test_several_waiting_approvals_ask_to_name_one() -> None:
         make_step(1, "design-ok", "manual:approval", StepStatus.waiting),
         make_step(2, "deploy-ok", "manual:approval", StepStatus.waiting),
     ]
-    text = render.status_comment(make_run(RunStatus.waiting), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.waiting), steps, git_mode="basic", run_url=None)
     assert "`/nofx approve <step>`" in text
 
 
@@ -271,7 +289,7 @@ def test_failure_names_the_step_shows_the_last_lines_and_the_retry_command() -> 
         make_step(1, "generate", "codegen", StepStatus.succeeded, **finished(1)),
         make_step(2, "unit-tests", "gate:test", StepStatus.failed, error=error, **finished(125)),
     ]
-    text = render.status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=RUN_URL)
+    text = status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=RUN_URL)
     assert "**`unit-tests` (run the tests) failed after 2 min 5 s.**" in text
     assert "The last 15 of 40 lines:" in text
     assert "test_39" in text
@@ -284,7 +302,7 @@ def test_failure_names_the_step_shows_the_last_lines_and_the_retry_command() -> 
 def test_error_text_cannot_close_the_fence_or_fake_the_marker() -> None:
     error = "before\n```\n## not a heading\n<!-- nofx:run:fake -->\n  ````\n@org/team </details>\nafter"
     steps = [make_step(1, "lint", "gate:lint", StepStatus.failed, error=error, **finished(1))]
-    text = render.status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=None)
     assert_safe(text, fences=1)
     fence = next(t for t in tokens(text) if t.type == "fence")
     assert "## not a heading" in fence.content
@@ -309,7 +327,7 @@ def test_cancelled_shows_who_stopped_it_without_notifying_them() -> None:
 def test_an_approval_decision_names_who_decided() -> None:
     steps = steps_for(RunStatus.cancelled)
     steps[3] = make_step(4, "approve", "manual:approval", StepStatus.cancelled, decided_by="bob")
-    text = render.status_comment(make_run(RunStatus.cancelled), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.cancelled), steps, git_mode="basic", run_url=None)
     assert "`approve` · wait for approval · rejected by @\u200dbob" in text
 
 
@@ -333,14 +351,14 @@ def test_success_without_a_review_says_the_changes_are_saved() -> None:
 
 def test_success_without_git_outputs_adds_nothing() -> None:
     steps = [make_step(1, "review", "gate:llm_review", StepStatus.succeeded, output={"branch": 3})]
-    text = render.status_comment(make_run(RunStatus.succeeded), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.succeeded), steps, git_mode="basic", run_url=None)
     assert "saved" not in text
     assert "ready for review" not in text
 
 
 def test_a_link_that_is_not_http_is_shown_not_linked() -> None:
     steps = [make_step(1, "pr", "git_pr", StepStatus.succeeded, output={"pull_request_url": "javascript:alert(1)"})]
-    text = render.status_comment(make_run(RunStatus.succeeded), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.succeeded), steps, git_mode="basic", run_url=None)
     assert "](javascript" not in text
     assert not [t for t in tokens(text) if t.type == "link_open"]
 
@@ -350,14 +368,14 @@ def test_hidden_mode_never_uses_git_words(status: RunStatus) -> None:
     run = make_run(status, error="cancelled by @bob" if status is RunStatus.cancelled else None)
     steps = steps_for(status)
     outputs = [
-        render.status_comment(run, steps, git_mode="hidden", run_url=RUN_URL, now=T0),
-        render.status_comment(run, steps, git_mode="hidden", run_url=None, now=T0),
-        render.run_status_summary(run, steps, "hidden", RUN_URL, now=T0),
+        status_comment(run, steps, git_mode="hidden", run_url=RUN_URL, now=T0),
+        status_comment(run, steps, git_mode="hidden", run_url=None, now=T0),
+        run_status_summary(run, steps, "hidden", RUN_URL, now=T0),
     ]
     for text in outputs:
         assert_hidden(text)
     for url in (RUN_URL, None):
-        body = render.check_run(run, steps, git_mode="hidden", run_url=url)
+        body = check_run(run, steps, git_mode="hidden", run_url=url)
         output = body.pop("output")
         assert_hidden(output["summary"])
         assert_hidden(output["text"])
@@ -372,7 +390,7 @@ def test_hidden_mode_never_uses_git_words(status: RunStatus) -> None:
 
 def test_hidden_mode_shows_the_repositorys_own_test_output_as_it_is() -> None:
     steps = [make_step(1, "tests", "gate:test", StepStatus.failed, error="AssertionError: 1 != 2", **finished(1))]
-    text = render.status_comment(make_run(RunStatus.failed), steps, git_mode="hidden", run_url=None)
+    text = status_comment(make_run(RunStatus.failed), steps, git_mode="hidden", run_url=None)
     assert "AssertionError: 1 != 2" in text
     assert "To try again: `/nofx retry tests`" in text
 
@@ -392,9 +410,9 @@ def test_unknown_git_mode_is_refused() -> None:
 
 
 def test_marker_round_trips() -> None:
-    marker = render.status_marker(RUN_ID)
+    marker = status_marker(RUN_ID)
     assert marker == f"<!-- nofx:run:{RUN_ID} -->"
-    assert marker.startswith(render.MARKER_PREFIX)
+    assert marker.startswith(MARKER_PREFIX)
     assert find(f"some text\n\n{marker}") == RUN_ID
     assert find("no marker here") is None
     assert find(None) is None
@@ -404,15 +422,13 @@ def test_marker_round_trips() -> None:
 @pytest.mark.parametrize("bad", ["", "x --> <b>", "a" * 65, "id\n"])
 def test_a_run_id_that_could_break_the_marker_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
-        render.status_marker(bad)
+        status_marker(bad)
 
 
 def test_a_request_cannot_fake_the_marker_mention_or_break_the_comment() -> None:
     request = f"add a cart\n{NASTY}\n```\n# heading\n    indented\n> quoted\n- item\n1. first\n===\n@org/team"
     for status in RunStatus:
-        text = render.status_comment(
-            make_run(status, request=request), steps_for(status), git_mode="basic", run_url=None
-        )
+        text = status_comment(make_run(status, request=request), steps_for(status), git_mode="basic", run_url=None)
         assert find(text) == RUN_ID
         assert_safe(text)
         assert "</details>" not in text
@@ -423,13 +439,13 @@ def test_a_request_cannot_fake_the_marker_mention_or_break_the_comment() -> None
 
 def test_step_names_from_an_llm_plan_are_escaped() -> None:
     steps = [make_step(1, f"x`{NASTY}", "codegen", StepStatus.failed, error="boom", **finished(1))]
-    text = render.status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=None)
     assert_safe(text, fences=1)
     assert mentions(text) == ["alice"]
 
 
 def test_a_requester_that_is_not_a_login_is_escaped() -> None:
-    text = render.status_comment(make_run(requester="x <b>@evil</b>"), [], git_mode="basic", run_url=None)
+    text = status_comment(make_run(requester="x <b>@evil</b>"), [], git_mode="basic", run_url=None)
     assert mentions(text) == []
     assert "<b>" not in text
 
@@ -439,7 +455,7 @@ def test_a_requester_that_is_not_a_login_is_escaped() -> None:
 def test_no_text_breaks_the_comment(request: str, error: str, name: str) -> None:
     steps = [make_step(1, name, "gate:test", StepStatus.failed, error=error, **finished(1))]
     run = make_run(RunStatus.failed, request=request, error=error)
-    text = render.status_comment(run, steps, git_mode="basic", run_url=RUN_URL)
+    text = status_comment(run, steps, git_mode="basic", run_url=RUN_URL)
     assert_safe(text, fences=1 if error else 0)
     assert set(mentions(text)) <= {"alice"}
 
@@ -465,10 +481,10 @@ def fifty_steps(status: RunStatus) -> list[Step]:
 @pytest.mark.parametrize("status", list(RunStatus))
 def test_the_comment_fits_githubs_limit(status: RunStatus) -> None:
     run = make_run(status, request="please " + "<&>`@" * 30_000, error=HUGE_ERROR)
-    text = render.status_comment(run, fifty_steps(status), git_mode="advanced", run_url=RUN_URL)
-    assert render.text_size(text) <= render.COMMENT_LIMIT
+    text = status_comment(run, fifty_steps(status), git_mode="advanced", run_url=RUN_URL)
+    assert text_size(text) <= COMMENT_LIMIT
     assert len(text) <= 65_535
-    assert text.endswith(render.status_marker(RUN_ID))
+    assert text.endswith(status_marker(RUN_ID))
     assert find(text) == RUN_ID
     assert "characters, middle cut" in text
     assert_safe(text)
@@ -478,7 +494,7 @@ def test_the_comment_fits_githubs_limit(status: RunStatus) -> None:
 
 def test_a_huge_error_keeps_its_start_and_end() -> None:
     steps = [make_step(1, "tests", "gate:test", StepStatus.failed, error="START " + "y" * 1_000_000 + " END")]
-    text = render.status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=None)
+    text = status_comment(make_run(RunStatus.failed), steps, git_mode="basic", run_url=None)
     assert "START" in text
     assert "END" in text
     assert len(text) < 10_000
@@ -489,11 +505,11 @@ def test_a_huge_error_keeps_its_start_and_end() -> None:
 @pytest.mark.parametrize("run_url", [RUN_URL, None])
 def test_check_run_keeps_every_github_limit(status: RunStatus, mode: str, run_url: str | None) -> None:
     run = make_run(status, request="r" * 200_000, error=HUGE_ERROR, finished_at=T0 + timedelta(minutes=3))
-    body = render.check_run(run, fifty_steps(status), git_mode=mode, run_url=run_url)
+    body = check_run(run, fifty_steps(status), git_mode=mode, run_url=run_url)
     output = body["output"]
     assert len(output["title"]) <= 255
-    assert render.text_size(output["summary"]) <= 65_535
-    assert render.text_size(output["text"]) <= 65_535
+    assert text_size(output["summary"]) <= 65_535
+    assert text_size(output["text"]) <= 65_535
     assert len(body["actions"]) <= 3
     for action in body["actions"]:
         assert len(action["label"]) <= 20
@@ -520,7 +536,7 @@ def test_check_run_keeps_every_github_limit(status: RunStatus, mode: str, run_ur
     ],
 )
 def test_check_run_state_and_buttons(status: RunStatus, state: str, conclusion: str | None, actions: list[str]) -> None:
-    body = render.check_run(make_run(status), steps_for(status), git_mode="basic", run_url=RUN_URL)
+    body = check_run(make_run(status), steps_for(status), git_mode="basic", run_url=RUN_URL)
     assert body["name"] == "nofx"
     assert body["external_id"] == RUN_ID
     assert body["details_url"] == RUN_URL
@@ -530,7 +546,7 @@ def test_check_run_state_and_buttons(status: RunStatus, state: str, conclusion: 
 
 
 def test_waiting_without_a_run_page_stays_in_progress_with_its_buttons() -> None:
-    body = render.check_run(make_run(RunStatus.waiting), steps_for(RunStatus.waiting), git_mode="basic", run_url=None)
+    body = check_run(make_run(RunStatus.waiting), steps_for(RunStatus.waiting), git_mode="basic", run_url=None)
     assert body["status"] == "in_progress"
     assert "conclusion" not in body
     assert "details_url" not in body
@@ -540,10 +556,10 @@ def test_waiting_without_a_run_page_stays_in_progress_with_its_buttons() -> None
 
 def test_check_run_times_are_iso_8601() -> None:
     run = make_run(RunStatus.succeeded, finished_at=T0 + timedelta(minutes=2))
-    body = render.check_run(run, steps_for(RunStatus.succeeded), git_mode="basic", run_url=None)
+    body = check_run(run, steps_for(RunStatus.succeeded), git_mode="basic", run_url=None)
     assert body["started_at"] == "2024-05-01T12:00:00Z"
     assert body["completed_at"] == "2024-05-01T12:02:00Z"
-    running = render.check_run(make_run(started_at=None), [], git_mode="basic", run_url=None)
+    running = check_run(make_run(started_at=None), [], git_mode="basic", run_url=None)
     assert "started_at" not in running
     assert "completed_at" not in running
 
@@ -553,7 +569,7 @@ def test_check_run_summary_has_the_plan_and_text_has_the_failed_output() -> None
         make_step(1, "generate", "codegen", StepStatus.succeeded, **finished(1)),
         make_step(2, "tests", "gate:test", StepStatus.failed, error="E assert 1 == 2\n```\nbye", **finished(1)),
     ]
-    body = render.check_run(make_run(RunStatus.failed), steps, git_mode="basic", run_url=RUN_URL, prefix="/bot")
+    body = check_run(make_run(RunStatus.failed), steps, git_mode="basic", run_url=RUN_URL, prefix="/bot")
     output = body["output"]
     assert output["title"] == "Failed at step tests (run the tests)"
     assert "- [x] `generate` · write the code · done in 1.0 s" in output["summary"]
@@ -565,7 +581,7 @@ def test_check_run_summary_has_the_plan_and_text_has_the_failed_output() -> None
 
 
 def test_check_run_text_is_replaced_once_nothing_fails() -> None:
-    body = render.check_run(make_run(), steps_for(RunStatus.running), git_mode="basic", run_url=None)
+    body = check_run(make_run(), steps_for(RunStatus.running), git_mode="basic", run_url=None)
     assert body["output"]["text"] == "No step has failed."
 
 
@@ -585,7 +601,7 @@ def plan() -> Plan:
 
 
 def test_plan_comment_lists_the_steps_and_runs_nothing() -> None:
-    text = render.plan_comment(plan(), request="add a cart", git_mode="basic", prefix="/bot")
+    text = plan_comment(plan(), request="add a cart", git_mode="basic", prefix="/bot")
     assert "**Goal:** Add a shopping cart with tests" in text
     assert "1. `generate` · write the code\n" in text
     assert "2. `test` · run the tests · after `generate`" in text
@@ -596,20 +612,20 @@ def test_plan_comment_lists_the_steps_and_runs_nothing() -> None:
 
 
 def test_plan_comment_in_hidden_mode() -> None:
-    text = render.plan_comment(plan(), request="add a cart", git_mode="hidden", prefix="/nofx")
+    text = plan_comment(plan(), request="add a cart", git_mode="hidden", prefix="/nofx")
     assert "4. step 4 · get your changes ready for review · after `approve` and `test`" in text
     assert_hidden(text)
 
 
 def test_plan_comment_with_a_long_request_shows_a_placeholder() -> None:
-    text = render.plan_comment(plan(), request="a\n" * 500, git_mode="advanced", prefix="/nofx")
+    text = plan_comment(plan(), request="a\n" * 500, git_mode="advanced", prefix="/nofx")
     assert "1. `generate` · write the code (`codegen`)" in text
     assert text.endswith("Reply `/nofx <request>` to run it.")
 
 
 def test_plan_comment_escapes_the_goal_and_request() -> None:
     bad = Plan(goal=NASTY, steps=(StepSpec("generate", "codegen"),))
-    text = render.plan_comment(bad, request=NASTY, git_mode="basic", prefix="/nofx")
+    text = plan_comment(bad, request=NASTY, git_mode="basic", prefix="/nofx")
     assert "<!--" not in text.replace("<\u200d!--", "")
     assert not [t for t in tokens(text) if t.type in ("html_block", "html_inline")]
     assert mentions(text) == []
@@ -617,7 +633,7 @@ def test_plan_comment_escapes_the_goal_and_request() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_help_lists_the_commands_and_git_only_in_advanced_mode(mode: str) -> None:
-    text = render.help_comment("/bot", git_mode=mode)
+    text = help_comment("/bot", git_mode=mode)
     for usage in ("help", "plan <request>", "review", "approve [step]", "reject [reason]", "retry [step]"):
         assert f"`/bot {usage}`" in text
     assert "`/bot cancel`" in text
@@ -629,21 +645,21 @@ def test_help_lists_the_commands_and_git_only_in_advanced_mode(mode: str) -> Non
 
 
 def test_permission_refused_mentions_the_user() -> None:
-    assert render.permission_refused("alice", "write") == (
+    assert permission_refused("alice", "write") == (
         "@alice, only people with *write* access (or higher) to this repository can ask nofx to act. "
         "A maintainer can run the command instead."
     )
 
 
 def test_not_allowed_names_the_action() -> None:
-    text = render.not_allowed("bob", "approve", minimum="maintain")
+    text = not_allowed("bob", "approve", minimum="maintain")
     assert text.startswith("@bob, you cannot approve this run: that needs *maintain* access (or higher)")
-    assert "more access" in render.not_allowed("bob", "reject")
+    assert "more access" in not_allowed("bob", "reject")
 
 
 def test_config_error_keeps_our_code_spans_and_escapes_the_rest() -> None:
     error = "`.github/nofx.yml`: `<!-- nofx:run:x -->` is not a known key; allowed: the keys git_mode, <b>"
-    text = render.config_error(error)
+    text = config_error(error)
     assert text.startswith("nofx could not read `.github/nofx.yml`: `<\u200d!-- nofx:run:x -->` is not a known key")
     assert "&lt;b&gt;" in text
     assert text.endswith("Nothing was run. Fix the file on the default branch and try again.")
@@ -651,46 +667,46 @@ def test_config_error_keeps_our_code_spans_and_escapes_the_rest() -> None:
 
 
 def test_plan_refused_and_nothing_to_do() -> None:
-    text = render.plan_refused("step 2 ('x'): unknown tool 'rm -rf'; tools are `codegen`", prefix="/bot")
+    text = plan_refused("step 2 ('x'): unknown tool 'rm -rf'; tools are `codegen`", prefix="/bot")
     assert "unknown tool 'rm -rf'; tools are `codegen`" in text
     assert "`/bot plan <request>`" in text
     assert "Nothing was run." in text
-    assert render.nothing_to_do("There is no run waiting for approval on this issue.") == (
+    assert nothing_to_do("There is no run waiting for approval on this issue.") == (
         "There is no run waiting for approval on this issue."
     )
-    assert mentions(render.nothing_to_do("@org/team <b>")) == []
+    assert mentions(nothing_to_do("@org/team <b>")) == []
 
 
 def test_status_summary_is_short() -> None:
     steps = steps_for(RunStatus.running)
-    text = render.run_status_summary(make_run(), steps, "basic", RUN_URL, now=T0 + timedelta(seconds=65))
+    text = run_status_summary(make_run(), steps, "basic", RUN_URL, now=T0 + timedelta(seconds=65))
     assert text.startswith(f"🔄 Run `{RUN_ID}` is running: 2 of 5 steps done; now `commit` (running for 1 min 5 s).")
     assert text.endswith(f"[Details]({RUN_URL})")
     assert "shopping cart" not in text
-    waiting = render.run_status_summary(make_run(RunStatus.waiting), steps_for(RunStatus.waiting), "basic", None)
+    waiting = run_status_summary(make_run(RunStatus.waiting), steps_for(RunStatus.waiting), "basic", None)
     assert "`/nofx approve`" in waiting
 
 
 def test_escape_helpers() -> None:
-    assert render.code_span("a`b") == "``a`b``"
-    assert render.code_span("`x`") == "`` `x` ``"
-    assert render.code_span("") == "` `"
-    assert render.escape_inline("a\n\nb") == "a b"
-    assert render.mention("alice") == "@alice"
-    assert render.mention("nofx[bot]") == "nofx\\[bot\\]"
-    assert render.escape_markdown("\u202eevil\x00") == "evil"
-    assert render.link("x", "https://a.example/p (1)") == "[x](https://a.example/p%20%281%29)"
+    assert code_span("a`b") == "``a`b``"
+    assert code_span("`x`") == "`` `x` ``"
+    assert code_span("") == "` `"
+    assert escape_inline("a\n\nb") == "a b"
+    assert mention("alice") == "@alice"
+    assert mention("nofx[bot]") == "nofx\\[bot\\]"
+    assert escape_markdown("\u202eevil\x00") == "evil"
+    assert link("x", "https://a.example/p (1)") == "[x](https://a.example/p%20%281%29)"
 
 
 def test_plain_string_statuses_render_like_the_enums() -> None:
     """Rows read back without enum conversion must not change the text."""
     steps = [make_step(1, "tests", "gate:test", "failed", error="boom", **finished(1))]  # type: ignore[arg-type]
-    text = render.status_comment(make_run("failed"), steps, git_mode="basic", run_url=None)  # type: ignore[arg-type]
-    expected = render.status_comment(
+    text = status_comment(make_run("failed"), steps, git_mode="basic", run_url=None)  # type: ignore[arg-type]
+    expected = status_comment(
         make_run(RunStatus.failed),
         [make_step(1, "tests", "gate:test", StepStatus.failed, error="boom", **finished(1))],
         git_mode="basic",
         run_url=None,
     )
     assert text == expected
-    assert render.check_run(make_run("running"), [], git_mode="basic", run_url=None)["status"] == "in_progress"  # type: ignore[arg-type]
+    assert check_run(make_run("running"), [], git_mode="basic", run_url=None)["status"] == "in_progress"  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bot.render.surfaces import COMMENT_LIMIT
+from bot.render.text import COMMENT_LIMIT
 from bot.review import diffs
 from bot.review.diffs import Commentable, Skipped
 from bot.review.findings import (

@@ -22,7 +22,16 @@ from bot.github.permissions import is_automation, permission_of
 from bot.github.threads import Thread
 from bot.models import ReviewPass, Run, RunStatus, StepStatus
 from bot.plans import Plan, PlanError, validate
-from bot.render import surfaces as render
+from bot.render.replies import (
+    config_error,
+    help_comment,
+    not_allowed,
+    nothing_to_do,
+    permission_refused,
+    plan_comment,
+    plan_refused,
+)
+from bot.render.status_comment import run_status_summary
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
 from bot.review import passes as reviews
 from bot.runs import checkpoints, memory, planner
@@ -130,7 +139,7 @@ async def review_pull_request(
 ) -> None:
     """Queue a full LLM review of the pull request's current head; its review and check run follow."""
     if await reviews.request_review(ctx, gh, thread, config, trigger=trigger, requested_by=requested_by) is None:
-        await _reply(gh, thread, render.nothing_to_do("This pull request is not open, so nofx did not review it."))
+        await _reply(gh, thread, nothing_to_do("This pull request is not open, so nofx did not review it."))
 
 
 async def _review_again(ctx: EventContext, event: sansio.Event, review: ReviewPass) -> None:
@@ -228,7 +237,7 @@ class _Turn:
         await _reply(self.gh, self.thread, body)
 
     async def say(self, message: str) -> None:
-        await self.reply(render.nothing_to_do(message))
+        await self.reply(nothing_to_do(message))
 
     def latest_run(self) -> Run | None:
         return runs.latest_run_on_thread(self.store, self.thread.full_name, self.thread.number)
@@ -248,9 +257,9 @@ async def _authorised_command(
     if not permission_reaches(permission, config.trigger.min_permission):
         log.info("refused %s from %s (%s)", command.verb.value, sender, permission)
         if command.verb in (Verb.approve, Verb.reject):
-            await _reply(gh, thread, render.not_allowed(sender, command.verb.value))
+            await _reply(gh, thread, not_allowed(sender, command.verb.value))
         else:
-            await _reply(gh, thread, render.permission_refused(sender, config.trigger.min_permission))
+            await _reply(gh, thread, permission_refused(sender, config.trigger.min_permission))
         return
     await _carry_out(_Turn(ctx, event, gh, thread, config, source, sender), command)
 
@@ -259,7 +268,7 @@ async def _carry_out(turn: _Turn, command: Command) -> None:
     ctx, thread, config = turn.ctx, turn.thread, turn.config
     match command.verb:
         case Verb.help:
-            await turn.reply(render.help_comment(turn.prefix, git_mode=config.git_mode))
+            await turn.reply(help_comment(turn.prefix, git_mode=config.git_mode))
         case Verb.plan:
             await _show_plan(turn, command.argument)
         case Verb.change:
@@ -282,7 +291,7 @@ async def _carry_out(turn: _Turn, command: Command) -> None:
                 await turn.say("nofx has not run anything on this thread yet.")
                 return
             steps = runs.steps_of(ctx.store, run.id)
-            await turn.reply(render.run_status_summary(run, steps, config.git_mode, ctx.settings.run_url(run.id)))
+            await turn.reply(run_status_summary(run, steps, config.git_mode, ctx.settings.run_url(run.id)))
         case Verb.review:
             if thread.kind != "pull_request":
                 await turn.say("`review` works on pull requests.")
@@ -309,14 +318,14 @@ async def _show_plan(turn: _Turn, request: str) -> None:
             llm_planner=_llm_planner(turn.ctx, turn.config),
         )
     except PlanError as exc:
-        await turn.reply(render.plan_refused(str(exc), prefix=turn.prefix))
+        await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
         return
-    await turn.reply(render.plan_comment(plan, request=request, git_mode=turn.config.git_mode, prefix=turn.prefix))
+    await turn.reply(plan_comment(plan, request=request, git_mode=turn.config.git_mode, prefix=turn.prefix))
 
 
 async def _start_run(turn: _Turn, request: str) -> None:
     if not request.strip():
-        await turn.reply(render.help_comment(turn.prefix, git_mode=turn.config.git_mode))
+        await turn.reply(help_comment(turn.prefix, git_mode=turn.config.git_mode))
         return
     try:
         where = await _where_to_work(turn.ctx, turn.gh, turn.thread, request)
@@ -332,7 +341,7 @@ async def _start_run(turn: _Turn, request: str) -> None:
             previous=_context_for(turn.ctx, turn.thread, where.follows),
         )
     except PlanError as exc:
-        await turn.reply(render.plan_refused(str(exc), prefix=turn.prefix))
+        await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
         return
     _create_and_start(turn, request, plan, where)
 
@@ -359,7 +368,7 @@ async def _start_git_operation(turn: _Turn, argument: str) -> None:
             plan_data, available_tools=turn.ctx.engine.handlers, tools_allowed=turn.config.policy.tools_allowed
         )
     except PlanError as exc:
-        await turn.reply(render.plan_refused(str(exc), prefix=turn.prefix))
+        await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
         return
     base = earlier.default_branch or turn.thread.default_branch
     _create_and_start(turn, f"git {argument}", plan, _Where(earlier.branch, base, earlier.head_sha or "", earlier))
@@ -509,7 +518,7 @@ async def _config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *,
     except ConfigError as exc:
         log.info("invalid repository config: %s", exc)
         if mentioned:
-            await _reply(gh, thread, render.config_error(str(exc)))
+            await _reply(gh, thread, config_error(str(exc)))
         return None
 
 

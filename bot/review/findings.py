@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from bot.render.surfaces import (
+from bot.render.text import (
     COMMENT_LIMIT,
     clean_text,
     code_block,

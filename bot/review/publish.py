@@ -16,7 +16,8 @@ from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
 from bot.logs import fields
-from bot.render import surfaces as render
+from bot.render.check_run import CHECK_TEXT_LIMIT
+from bot.render.text import code_span, escape_inline, text_size
 from bot.review.findings import Placement, move_to_body, posted_fingerprints, severity_at_least
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ async def comment_ids(gh: GitHubAPI, pull: PullRef, review_id: int) -> dict[str,
 async def reply_resolved(gh: GitHubAPI, pull: PullRef, comment_id: int, head_sha: str) -> None:
     """Say on the finding's thread that the latest review no longer reports it."""
     body = (
-        f"✅ This looks resolved as of {render.code_span(head_sha[:12])}: the latest nofx review of this file "
+        f"✅ This looks resolved as of {code_span(head_sha[:12])}: the latest nofx review of this file "
         "no longer reports it."
     )
     await gh.post(
@@ -162,9 +163,9 @@ def summary_header(
 ) -> str:
     """The first lines of the review body: what was reviewed, what is new, and open vs resolved on the PR."""
     scope = (
-        f"the changes since {render.code_span(previous_head[:12])} (up to {render.code_span(head_sha[:12])})"
+        f"the changes since {code_span(previous_head[:12])} (up to {code_span(head_sha[:12])})"
         if previous_head
-        else f"the whole pull request at {render.code_span(head_sha[:12])}"
+        else f"the whole pull request at {code_span(head_sha[:12])}"
     )
     lines = [f"## nofx review\n\nReviewed {scope}."]
     found = f"**{new} new finding{'s' if new != 1 else ''}**" if new else "No new findings"
@@ -174,7 +175,7 @@ def summary_header(
     if open_count is not None and resolved_count is not None:
         lines.append(f"On this pull request: **{open_count} open**, **{resolved_count} resolved**.")
     if resolved:
-        items = "\n".join(f"- {render.code_span(r.path)}: {render.escape_inline(r.title)}" for r in resolved)
+        items = "\n".join(f"- {code_span(r.path)}: {escape_inline(r.title)}" for r in resolved)
         lines.append(f"Looks resolved since the last review:\n\n{items}")
     return "\n\n".join(lines)
 
@@ -259,6 +260,6 @@ def check_title(open_findings: Sequence[Noted], fail_on: str) -> str:
 
 
 def _cap(text: str) -> str:
-    if render.text_size(text) <= render.CHECK_TEXT_LIMIT:
+    if text_size(text) <= CHECK_TEXT_LIMIT:
         return text
-    return text[: render.CHECK_TEXT_LIMIT // 2 - 100] + "\n\n[… cut to fit GitHub's size limit …]"
+    return text[: CHECK_TEXT_LIMIT // 2 - 100] + "\n\n[… cut to fit GitHub's size limit …]"

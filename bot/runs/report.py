@@ -16,7 +16,8 @@ from gidgethub.abc import GitHubAPI
 
 from bot.models import Run, Step
 from bot.queue import WorkQueue
-from bot.render import surfaces as render
+from bot.render.check_run import check_run
+from bot.render.status_comment import status_comment, status_marker
 from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
@@ -54,9 +55,7 @@ async def publish(store: Store, queue: WorkQueue, settings: Settings, gh: GitHub
 async def _publish_comment(
     store: Store, gh: GitHubAPI, run: Run, steps: list[Step], behind: Run | None, run_url: str | None
 ) -> None:
-    body = render.status_comment(
-        run, steps, git_mode=_git_mode(run), run_url=run_url, behind=behind, prefix=_prefix(run)
-    )
+    body = status_comment(run, steps, git_mode=_git_mode(run), run_url=run_url, behind=behind, prefix=_prefix(run))
     owner, repo = run.repository.split("/", 1)
     comment_id = run.status_comment_id or await _find_status_comment(gh, owner, repo, run)
     if comment_id is not None:
@@ -78,7 +77,7 @@ async def _publish_comment(
 
 async def _find_status_comment(gh: GitHubAPI, owner: str, repo: str, run: Run) -> int | None:
     """After a restart between posting and recording the id, find the comment by its hidden marker."""
-    marker = render.status_marker(run.id)
+    marker = status_marker(run.id)
     async for comment in gh.getiter(
         "/repos/{owner}/{repo}/issues/{issue_number}/comments{?per_page}",
         url_vars={"owner": owner, "repo": repo, "issue_number": run.thread_number, "per_page": 100},
@@ -89,7 +88,7 @@ async def _find_status_comment(gh: GitHubAPI, owner: str, repo: str, run: Run) -
 
 
 async def _publish_check_run(store: Store, gh: GitHubAPI, run: Run, steps: list[Step], details_url: str | None) -> None:
-    body = render.check_run(run, steps, git_mode=_git_mode(run), run_url=details_url)
+    body = check_run(run, steps, git_mode=_git_mode(run), run_url=details_url)
     owner, repo = run.repository.split("/", 1)
     check_run_id = run.check_run_id or await _find_check_run(gh, owner, repo, run)
     if check_run_id is not None:
