@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.repo_config import ReviewConfig
-from bot.review import diffs
-from bot.review.diffs import FileDiff, Hunk
+from bot.review.chunks import Skipped, estimate_tokens, plan_chunks
+from bot.review.commentable import commentable
+from bot.workspace.diffs import FileDiff, Hunk, changed_lines, from_github_files, parse_git_diff
 
 APP_BASE = "".join(f"value_{n} = {n}\n" for n in range(1, 41))
 APP_HEAD = (
@@ -113,7 +114,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def files(repo: Path) -> dict[str, FileDiff]:
-    return {diff.path: diff for diff in diffs.parse_git_diff(git_diff(repo))}
+    return {diff.path: diff for diff in parse_git_diff(git_diff(repo))}
 
 
 def numstat(repo: Path) -> dict[str, tuple[str | None, int | None, int | None]]:
@@ -167,8 +168,8 @@ def test_counts_match_git_numstat(repo: Path, files: dict[str, FileDiff]) -> Non
 
 
 def test_quoted_and_unquoted_paths_read_the_same(repo: Path) -> None:
-    quoted = [diff.path for diff in diffs.parse_git_diff(git_diff(repo))]
-    raw = [diff.path for diff in diffs.parse_git_diff(git_diff(repo, "-c", "core.quotepath=false"))]
+    quoted = [diff.path for diff in parse_git_diff(git_diff(repo))]
+    raw = [diff.path for diff in parse_git_diff(git_diff(repo, "-c", "core.quotepath=false"))]
     assert quoted == raw
     assert UNICODE_PATH in quoted and QUOTED_PATH in quoted and "docs/new name.md" in quoted
 
@@ -203,10 +204,10 @@ def test_commentable_lines_of_a_file_with_three_hunks(files: dict[str, FileDiff]
         (15, 7, 15, 6),
         (32, 7, 31, 7),
     ]
-    places = diffs.commentable(files.values())
+    places = commentable(files.values())
     assert places.lines[("src/app.py", "RIGHT")] == set(range(2, 9)) | set(range(15, 21)) | set(range(31, 38))
     assert places.lines[("src/app.py", "LEFT")] == set(range(2, 9)) | set(range(15, 22)) | set(range(32, 39))
-    assert diffs.changed_lines([app]) == {"src/app.py": {5, 34}}
+    assert changed_lines([app]) == {"src/app.py": {5, 34}}
     assert places.can_comment("src/app.py", "RIGHT", 34)
     assert not places.can_comment("src/app.py", "RIGHT", 12)
     assert places.can_comment("src/app.py", "LEFT", 18)  # the deleted line
@@ -215,7 +216,7 @@ def test_commentable_lines_of_a_file_with_three_hunks(files: dict[str, FileDiff]
 
 
 def test_commentable_lines_of_the_other_kinds(files: dict[str, FileDiff]) -> None:
-    places = diffs.commentable(files.values())
+    places = commentable(files.values())
     assert places.lines[("src/gone.py", "LEFT")] == set(range(1, 9))
     assert ("src/gone.py", "RIGHT") not in places.lines
     assert places.lines[("src/new_module.py", "RIGHT")] == {1, 2}
@@ -233,7 +234,7 @@ def test_crlf_and_missing_newline_lines_keep_their_form(files: dict[str, FileDif
     assert "+THREE\r" in files["crlf.txt"].hunks[0].lines
     nonl = files["nonl.txt"].hunks[0].lines
     assert nonl.count("\\ No newline at end of file") == 2
-    assert diffs.changed_lines([files["nonl.txt"]]) == {"nonl.txt": {3, 4}}
+    assert changed_lines([files["nonl.txt"]]) == {"nonl.txt": {3, 4}}
 
 
 def test_content_that_looks_like_headers_is_content(files: dict[str, FileDiff]) -> None:
@@ -249,17 +250,17 @@ def test_patch_round_trips(repo: Path, files: dict[str, FileDiff]) -> None:
     for diff in files.values():
         if diff.hunks:
             assert diff.patch() in raw
-            assert diffs.from_github_files([{"filename": diff.path, "patch": diff.patch()}])[0].hunks == diff.hunks
+            assert from_github_files([{"filename": diff.path, "patch": diff.patch()}])[0].hunks == diff.hunks
 
 
 def test_binary_patch_and_plain_unified_diffs(repo: Path) -> None:
     with_binary = run_git(repo, "diff", "--no-color", "--binary", "-M", "base...HEAD")
-    parsed = {diff.path: diff for diff in diffs.parse_git_diff(with_binary)}
+    parsed = {diff.path: diff for diff in parse_git_diff(with_binary)}
     assert parsed["data.bin"].binary and parsed["data.bin"].hunks == ()
-    without = {diff.path: diff for diff in diffs.parse_git_diff(git_diff(repo))}
+    without = {diff.path: diff for diff in parse_git_diff(git_diff(repo))}
     assert {path: diff.hunks for path, diff in parsed.items()} == {path: diff.hunks for path, diff in without.items()}
     plain = "--- a/x.py\t2024-01-01\n+++ b/x.py\t2024-01-02\n@@ -1 +1 @@\n-a\n+b\n"
-    [diff] = diffs.parse_git_diff(plain)
+    [diff] = parse_git_diff(plain)
     assert (diff.path, diff.status, diff.hunks[0].right_lines(), diff.hunks[0].left_lines()) == (
         "x.py",
         "modified",
@@ -273,7 +274,7 @@ def test_github_files_read_like_the_git_diff(repo: Path, files: dict[str, FileDi
     raw = git_diff(repo)
     blocks = [block for block in re.split(r"^(?=diff --git )", raw, flags=re.MULTILINE) if block]
     entries = []
-    for block, diff in zip(blocks, diffs.parse_git_diff(raw), strict=True):
+    for block, diff in zip(blocks, parse_git_diff(raw), strict=True):
         entry: dict[str, object] = {
             "filename": diff.path,
             "status": diff.status,
@@ -286,8 +287,8 @@ def test_github_files_read_like_the_git_diff(repo: Path, files: dict[str, FileDi
         if at != -1:
             entry["patch"] = block[at + 1 :].rstrip("\n")  # GitHub's patch: the hunks, no final newline
         entries.append(entry)
-    from_github = {diff.path: diff for diff in diffs.from_github_files(entries)}
-    assert diffs.commentable(from_github.values()) == diffs.commentable(files.values())
+    from_github = {diff.path: diff for diff in from_github_files(entries)}
+    assert commentable(from_github.values()) == commentable(files.values())
     for path, diff in files.items():
         other = from_github[path]
         assert (other.status, other.old_path, other.hunks, other.additions, other.deletions) == (
@@ -302,14 +303,14 @@ def test_github_files_read_like_the_git_diff(repo: Path, files: dict[str, FileDi
 
 
 def test_github_file_without_patch_but_with_changes_is_not_silently_empty() -> None:
-    [huge] = diffs.from_github_files([{"filename": "big.py", "status": "modified", "additions": 9000, "deletions": 1}])
+    [huge] = from_github_files([{"filename": "big.py", "status": "modified", "additions": 9000, "deletions": 1}])
     assert huge.no_patch and not huge.binary
-    _chunks, skipped = diffs.plan_chunks([huge], skip=lambda path: False, max_tokens_per_chunk=10_000)
-    assert skipped == [diffs.Skipped("big.py", "GitHub sent no diff for it (too large)")]
+    _chunks, skipped = plan_chunks([huge], skip=lambda path: False, max_tokens_per_chunk=10_000)
+    assert skipped == [Skipped("big.py", "GitHub sent no diff for it (too large)")]
 
 
 def test_hunk_counts_default_to_one() -> None:
-    [diff] = diffs.from_github_files([{"filename": "a.py", "status": "modified", "patch": "@@ -3 +3 @@\n-x\n+y"}])
+    [diff] = from_github_files([{"filename": "a.py", "status": "modified", "patch": "@@ -3 +3 @@\n-x\n+y"}])
     assert diff.hunks[0] == Hunk(3, 1, 3, 1, "@@ -3 +3 @@", ("-x", "+y"))
 
 
@@ -317,7 +318,7 @@ def test_hunk_counts_default_to_one() -> None:
 
 
 def test_skipped_files_say_why(files: dict[str, FileDiff]) -> None:
-    generated = diffs.from_github_files(
+    generated = from_github_files(
         [
             {"filename": "api/models_pb2.py", "status": "added", "patch": "@@ -0,0 +1,2 @@\n+# @generated\n+x = 1"},
             {"filename": "poetry.lock", "status": "modified", "patch": "@@ -1 +1 @@\n-a\n+b"},
@@ -329,9 +330,7 @@ def test_skipped_files_say_why(files: dict[str, FileDiff]) -> None:
             {"filename": "late.py", "status": "modified", "patch": "@@ -40,2 +40,2 @@\n # DO NOT EDIT\n-a\n+b"},
         ]
     )
-    chunks, skipped = diffs.plan_chunks(
-        [*files.values(), *generated], skip=ReviewConfig().skips, max_tokens_per_chunk=20_000
-    )
+    chunks, skipped = plan_chunks([*files.values(), *generated], skip=ReviewConfig().skips, max_tokens_per_chunk=20_000)
     assert {item.path: item.reason for item in skipped} == {
         "src/gone.py": "removed file",
         "docs/new name.md": "renamed without changes",
@@ -355,8 +354,8 @@ def test_files_are_ordered_by_importance() -> None:
 
     names = [("README.md", 50), ("tests/test_a.py", 9), ("src/small.py", 2), ("pyproject.toml", 1)]
     names += [("src/big.py", 30), ("assets/logo.svg", 3), ("src/a_test.go", 4)]
-    chunks, _ = diffs.plan_chunks(
-        diffs.from_github_files([entry(*item) for item in names]), skip=lambda path: False, max_tokens_per_chunk=50_000
+    chunks, _ = plan_chunks(
+        from_github_files([entry(*item) for item in names]), skip=lambda path: False, max_tokens_per_chunk=50_000
     )
     assert chunks[0].paths == (
         "pyproject.toml",
@@ -373,13 +372,13 @@ def test_files_are_ordered_by_importance() -> None:
 
 
 def test_chunk_text_numbers_lines_for_the_model(files: dict[str, FileDiff]) -> None:
-    chunks, _ = diffs.plan_chunks([files["src/app.py"]], skip=lambda path: False, max_tokens_per_chunk=20_000)
+    chunks, _ = plan_chunks([files["src/app.py"]], skip=lambda path: False, max_tokens_per_chunk=20_000)
     [chunk] = chunks
     assert chunk.text.startswith("## src/app.py [modified, +2 -3]\n@@ -2,7 +2,7 @@ value_1 = 1\n     2   value_2 = 2\n")
     assert "     5 + value_5 = 'five'" in chunk.text
     assert "     4   value_4 = 4" in chunk.text
     assert "       - value_18 = 18" in chunk.text
-    assert chunk.tokens == diffs.estimate_tokens(chunk.text)
+    assert chunk.tokens == estimate_tokens(chunk.text)
 
 
 def _big_pull_request(root: Path) -> tuple[Path, list[FileDiff]]:
@@ -402,7 +401,7 @@ def _big_pull_request(root: Path) -> tuple[Path, list[FileDiff]]:
     head["tests/test_huge.py"] = "".join(f"def test_{n}():\n    assert True\n" for n in range(100))
     head["docs/guide.md"] = "".join(f"Step {n}.\n" for n in range(100))
     repo = make_repo(root, base, head)
-    return repo, diffs.parse_git_diff(git_diff(repo))
+    return repo, parse_git_diff(git_diff(repo))
 
 
 @pytest.fixture(scope="module")
@@ -415,23 +414,23 @@ def test_a_5000_line_pull_request_is_reviewed_whole_in_several_chunks(big: tuple
     total = sum(diff.additions + diff.deletions for diff in files)
     assert total >= 5_000
     budget = 8_000
-    chunks, skipped = diffs.plan_chunks(files, skip=lambda path: False, max_tokens_per_chunk=budget)
+    chunks, skipped = plan_chunks(files, skip=lambda path: False, max_tokens_per_chunk=budget)
     assert skipped == []
     assert len(chunks) > 3
     for chunk in chunks:
         assert chunk.tokens <= budget
-        assert diffs.estimate_tokens(chunk.text) == chunk.tokens
+        assert estimate_tokens(chunk.text) == chunk.tokens
 
     # Every added line is in exactly one chunk, and so is every commentable line on both sides.
     seen: dict[tuple[str, int], int] = {}
     for chunk in chunks:
-        for path, lines in diffs.changed_lines(chunk.files).items():
+        for path, lines in changed_lines(chunk.files).items():
             for line in lines:
                 seen[(path, line)] = seen.get((path, line), 0) + 1
     assert set(seen.values()) == {1}
-    assert {key for key in seen} == {(path, n) for path, lines in diffs.changed_lines(files).items() for n in lines}
+    assert {key for key in seen} == {(path, n) for path, lines in changed_lines(files).items() for n in lines}
     pieces = [piece for chunk in chunks for piece in chunk.files]
-    assert diffs.commentable(pieces).lines == diffs.commentable(files).lines
+    assert commentable(pieces).lines == commentable(files).lines
 
     # Split hunks keep their numbers: each numbered line in the prompt is that line of the file.
     head = {diff.path: show(repo, "HEAD", diff.path) for diff in files}
@@ -454,7 +453,7 @@ def test_a_5000_line_pull_request_is_reviewed_whole_in_several_chunks(big: tuple
 
 def test_small_files_share_chunks_and_are_never_split_needlessly(big: tuple[Path, list[FileDiff]]) -> None:
     _repo, files = big
-    chunks, _ = diffs.plan_chunks(files, skip=lambda path: False, max_tokens_per_chunk=8_000)
+    chunks, _ = plan_chunks(files, skip=lambda path: False, max_tokens_per_chunk=8_000)
     for path in {diff.path for diff in files} - {"src/huge.py"}:
         assert sum(path in chunk.paths for chunk in chunks) == 1, path
     assert max(len(chunk.paths) for chunk in chunks) > 5
@@ -462,15 +461,15 @@ def test_small_files_share_chunks_and_are_never_split_needlessly(big: tuple[Path
 
 def test_a_line_longer_than_a_chunk_is_shown_cut_not_dropped() -> None:
     patch = "@@ -0,0 +1,3 @@\n+short = 1\n+" + "x" * 100_000 + "\n+last = 3"
-    [diff] = diffs.from_github_files([{"filename": "min.py", "status": "added", "patch": patch}])
-    chunks, skipped = diffs.plan_chunks([diff], skip=lambda path: False, max_tokens_per_chunk=2_000)
+    [diff] = from_github_files([{"filename": "min.py", "status": "added", "patch": patch}])
+    chunks, skipped = plan_chunks([diff], skip=lambda path: False, max_tokens_per_chunk=2_000)
     assert skipped == []
     assert all(chunk.tokens <= 2_000 for chunk in chunks)
     text = "\n".join(chunk.text for chunk in chunks)
     assert "[line cut: 100,000 characters]" in text and "     3 + last = 3" in text
-    assert diffs.changed_lines([piece for chunk in chunks for piece in chunk.files]) == {"min.py": {1, 2, 3}}
+    assert changed_lines([piece for chunk in chunks for piece in chunk.files]) == {"min.py": {1, 2, 3}}
 
 
 def test_a_budget_too_small_for_any_diff_is_refused() -> None:
     with pytest.raises(ValueError, match="max_tokens_per_chunk"):
-        diffs.plan_chunks([], skip=lambda path: False, max_tokens_per_chunk=10)
+        plan_chunks([], skip=lambda path: False, max_tokens_per_chunk=10)

@@ -14,22 +14,20 @@ import jsonschema
 import pytest
 
 from bot.render.text import COMMENT_LIMIT
-from bot.review import diffs
-from bot.review.diffs import Commentable, Skipped
+from bot.review.chunks import Skipped
+from bot.review.comment_text import MORE, OUTSIDE
+from bot.review.commentable import Commentable, commentable
 from bot.review.findings import (
-    MORE,
-    OUTSIDE,
     REPORT_FINDINGS_SCHEMA,
     Finding,
-    Placement,
     merge_duplicates,
-    move_to_body,
     parse_findings,
-    place,
     posted_fingerprints,
     severity_at_least,
     without_already_posted,
 )
+from bot.review.placement import Placement, move_to_body, place
+from bot.workspace.diffs import parse_git_diff
 
 APP_BASE = "".join(f"v{n} = {n}\n" for n in range(1, 41))
 APP_HEAD = APP_BASE.replace("v5 = 5\n", "v5 = 'five'\n").replace("v30 = 30\n", "v30 = 'thirty'\n")
@@ -61,8 +59,8 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Commentable:
     (repo / "new.js").write_text("const a = 1;\nconst b = 2;\nconst c = 3;\n")
     run_git(repo, "add", "-A")
     run_git(repo, "commit", "-q", "-m", "head")
-    files = diffs.parse_git_diff(run_git(repo, "diff", "--no-color", "-M", "HEAD~1...HEAD"))
-    found = diffs.commentable(files)
+    files = parse_git_diff(run_git(repo, "diff", "--no-color", "-M", "HEAD~1...HEAD"))
+    found = commentable(files)
     assert found.lines[("app.py", "RIGHT")] == set(range(2, 9)) | set(range(27, 34))
     return found
 

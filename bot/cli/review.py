@@ -31,10 +31,12 @@ from bot.github.client import NofxGitHubAPI
 from bot.llm.router import LLM, LLMError
 from bot.repo_config import CONFIG_PATH, ConfigError, RepoConfig, parse_config
 from bot.review import publish
-from bot.review.diffs import commentable, parse_git_diff
-from bot.review.findings import Finding, Placement, place, severity_at_least, without_already_posted
+from bot.review.commentable import commentable
+from bot.review.findings import Finding, severity_at_least, without_already_posted
 from bot.review.passes import Analysis, analyse
+from bot.review.placement import Placement, place
 from bot.settings import Settings
+from bot.workspace.diffs import parse_git_diff
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 GIT_TIMEOUT_S = 120

@@ -44,18 +44,19 @@ from bot.models import (
 from bot.queue import WorkQueue
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict
 from bot.review import publish
-from bot.review.diffs import Chunk, Commentable, FileDiff, Skipped, commentable, from_github_files, plan_chunks
+from bot.review.chunks import Chunk, Skipped, plan_chunks
+from bot.review.commentable import Commentable, commentable
 from bot.review.findings import (
     REPORT_FINDINGS_SCHEMA,
     Finding,
-    Placement,
     merge_duplicates,
     parse_findings,
-    place,
     without_already_posted,
 )
+from bot.review.placement import Placement, place
 from bot.runs.records import new_id
 from bot.store import Store
+from bot.workspace.diffs import FileDiff, from_github_files
 
 router = routing.Router()
 log = logging.getLogger(__name__)

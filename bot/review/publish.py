@@ -18,7 +18,8 @@ from gidgethub.abc import GitHubAPI
 from bot.logs import fields
 from bot.render.check_run import CHECK_TEXT_LIMIT
 from bot.render.text import code_span, escape_inline, text_size
-from bot.review.findings import Placement, move_to_body, posted_fingerprints, severity_at_least
+from bot.review.findings import posted_fingerprints, severity_at_least
+from bot.review.placement import Placement, move_to_body
 
 log = logging.getLogger(__name__)
 
