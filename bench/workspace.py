@@ -76,7 +76,7 @@ async def bench(commits: int, files: int, warm_runs: int) -> None:
 
 async def prepare_timed(workspaces: Workspaces, server: GitServer, run_id: str) -> tuple[float, str]:
     """Seconds `prepare` took for a new run, and the size of its checkout (the worktree is kept: see below)."""
-    from bot.workspace.mirrors import branch_name
+    from bot.workspace.worktrees import branch_name
 
     async def token() -> str:
         return TOKEN

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.workspace.mirrors import GitError
+from bot.workspace.git import GitError
 
 TOOLS = ("git_ops",)
 OPS = ("branch", "rebase", "revert")

@@ -9,7 +9,7 @@ from gidgethub import BadRequest
 
 from bot.models import Step
 from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.workspace.mirrors import GitError
+from bot.workspace.git import GitError
 
 TOOLS = ("git_pr",)
 PR_MARKER = "<!-- nofx:pr -->"

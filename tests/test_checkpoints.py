@@ -27,7 +27,8 @@ from bot.runs.artifacts import Artifacts
 from bot.runs.contract import StepContext, StepFailed, StepResult
 from bot.settings import Settings
 from bot.store import Store
-from bot.workspace.mirrors import Workspaces, Worktree
+from bot.workspace.mirrors import Workspaces
+from bot.workspace.worktrees import Worktree
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from bot.workspace.mirrors import GitError, Workspaces, Worktree, _locked, branch_name, git_env
+from bot.workspace.git import GitError, git_env
+from bot.workspace.mirrors import Workspaces, _locked
+from bot.workspace.worktrees import Worktree, branch_name
 from tests.support.git_server import GitServer
 
 TOKEN = "ghs_" + "T0kenForTests" * 3

@@ -26,7 +26,8 @@ from bot.runs import records as runs
 from bot.settings import Settings
 from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
-from bot.workspace.mirrors import LocalWorkspaces, branch_name
+from bot.workspace.local import LocalWorkspaces
+from bot.workspace.worktrees import branch_name
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "waiting": "magenta"}
 

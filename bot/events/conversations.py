@@ -38,7 +38,7 @@ from bot.runs import checkpoints, memory, planner
 from bot.runs import records as runs
 from bot.runs.llm_planner import planner_for
 from bot.store import Store
-from bot.workspace.mirrors import branch_name
+from bot.workspace.worktrees import branch_name
 
 router = routing.Router()
 log = logging.getLogger(__name__)

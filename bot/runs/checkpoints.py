@@ -36,7 +36,9 @@ from bot.runs import records as runs
 from bot.runs.contract import StepContext, StepResult
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
-from bot.workspace.mirrors import GitError, Workspaces, Worktree, git_env
+from bot.workspace.git import GitError, git_env
+from bot.workspace.mirrors import Workspaces
+from bot.workspace.worktrees import Worktree
 
 log = logging.getLogger(__name__)
 

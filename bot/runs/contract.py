@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from bot.llm.router import Budget
     from bot.runs.artifacts import StepArtifacts
     from bot.runs.engine import StepLLM
-    from bot.workspace.mirrors import Worktree
+    from bot.workspace.worktrees import Worktree
 
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]
 

@@ -26,7 +26,8 @@ from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
-from bot.workspace.mirrors import GitError, Workspaces
+from bot.workspace.git import GitError
+from bot.workspace.mirrors import Workspaces
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0

@@ -29,7 +29,7 @@ from bot.runs import records as runs
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.settings import Settings
 from bot.store import Store
-from bot.workspace.mirrors import GitError
+from bot.workspace.git import GitError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.web.auth import require_token
 from bot.web.openapi import MAX_ID, MAX_RESUMED_BY, MEMORY_ENTRY_PATTERN, RUN_ID_PATTERN, THREAD_PATTERN
-from bot.workspace.mirrors import GitError
+from bot.workspace.git import GitError
 
 log = logging.getLogger(__name__)
 

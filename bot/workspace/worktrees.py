@@ -1,0 +1,216 @@
+"""One run's checkout: the `Worktree`, its branch name, and how it is added, found again and dropped in a git dir.
+
+A worktree's metadata is kept in its admin dir inside the mirror (or the local repository's git dir), out of reach
+of the checkout's own code, so a later step finds the same worktree without trusting anything in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bot.workspace.git import git, git_or_none
+
+SLUG_MAX = 40
+RUN_META = "nofx-run.json"  # in the worktree's admin dir inside the mirror, out of reach of the checkout
+
+
+def branch_name(issue_number: int, request: str) -> str:
+    """`nofx/<issue>-<slug>`: readable in GitHub's branch list, always a valid ref, whatever the request says."""
+    if issue_number < 0:
+        raise ValueError(f"issue number must not be negative: {issue_number}")
+    ascii_text = unicodedata.normalize("NFKD", request).encode("ascii", "ignore").decode().lower()
+    slug = ""
+    for word in re.findall(r"[a-z0-9]+", ascii_text):
+        candidate = f"{slug}-{word}" if slug else word
+        if len(candidate) > SLUG_MAX:
+            if not slug:  # one very long first word: cut it rather than lose it
+                slug = word[:SLUG_MAX]
+            break
+        slug = candidate
+    return f"nofx/{issue_number}-{slug or 'change'}"
+
+
+@dataclass
+class Worktree:
+    """One run's checkout. Git runs here with GIT_DIR pinned to its admin dir, ignoring the checkout's `.git` file."""
+
+    path: Path
+    branch: str
+    base_ref: str
+    base_sha: str
+    mirror: Path
+    run_id: str
+    clone_url: str = ""
+    start_sha: str = ""  # where the branch started: base_sha, or the PR branch's tip for a follow-up run
+    git_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.start_sha = self.start_sha or self.base_sha
+
+    async def git(self, *args: str, token: str | None = None, check: bool = True) -> str:
+        """Any git command in the worktree; `token` only for commands that talk to the origin."""
+        return await self._git(*args, token=token, check=check)
+
+    async def head_sha(self) -> str:
+        return (await self._git("rev-parse", "HEAD")).strip()
+
+    async def changed_files(self) -> list[str]:
+        """Paths that differ from the branch point with base (committed, staged, unstaged, untracked; deletions too)."""
+        since = (await self._git("merge-base", self.base_sha, "HEAD", check=False)).strip() or self.base_sha
+        tracked = await self._git("diff", "--name-only", "--no-renames", "-z", since)
+        untracked = await self._git("ls-files", "--others", "--exclude-standard", "-z")
+        return sorted({name for name in (tracked + untracked).split("\0") if name})
+
+    async def commit_all(
+        self, message: str, *, author_name: str, author_email: str, paths: list[str] | None = None
+    ) -> str | None:
+        """Stage `paths` (default: everything) and commit as the author (also the committer); None if unchanged.
+
+        Passing the paths a run wrote keeps by-products of the gates (caches, build output) out of the commit.
+        """
+        if paths is None:
+            await self._git("add", "--all")
+        elif paths:
+            await self._git("add", "--all", "--", *paths)
+        if not (await self._git("diff", "--cached", "--name-only")).strip():
+            return None  # nothing staged (changes outside `paths` are deliberately left out)
+        identity = {
+            "GIT_AUTHOR_NAME": author_name,
+            "GIT_AUTHOR_EMAIL": author_email,
+            "GIT_COMMITTER_NAME": author_name,
+            "GIT_COMMITTER_EMAIL": author_email,
+        }
+        await self._git(
+            "-c",
+            "commit.gpgSign=false",
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "--file=-",
+            extra_env=identity,
+            input=message.encode(),
+        )
+        return await self.head_sha()
+
+    async def push(self, token: str, *, force: bool = False, branch: str | None = None) -> None:
+        """Push HEAD to `refs/heads/<branch>` at the clone URL itself, so a rewritten remote in config cannot divert it."""
+        if not self.clone_url:
+            raise ValueError("this worktree has no clone URL to push to")
+        refspec = f"{'+' if force else ''}HEAD:refs/heads/{branch or self.branch}"
+        await self._git("push", "--quiet", "--no-verify", "--porcelain", self.clone_url, refspec, token=token)
+
+    async def _git(
+        self,
+        *args: str,
+        token: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        check: bool = True,
+    ) -> str:
+        # GIT_DIR pins the admin dir in the mirror: a `.git` file rewritten by the checkout's code is ignored.
+        pinned = {"GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.path)} if self.git_dir else {}
+        return await git(
+            *args,
+            token=token,
+            url=self.clone_url or None,
+            cwd=self.path,
+            extra_env={**pinned, **(extra_env or {})},
+            input=input,
+            check=check,
+        )
+
+
+async def add_worktree(worktree: Worktree) -> None:
+    """Check the run's branch out at its start; the run id names the directory and the admin dir."""
+    await drop_worktree(worktree.mirror, worktree.path, None)  # leftovers of a crashed attempt at this run
+    worktree.path.parent.mkdir(parents=True, exist_ok=True)
+    add = ["worktree", "add", "--quiet", "--no-track", "-B", worktree.branch, str(worktree.path)]
+    await git(*add, worktree.start_sha, cwd=worktree.mirror)
+    # Read right after creation, before any code from the repository ran in the checkout.
+    worktree.git_dir = Path((await git("rev-parse", "--absolute-git-dir", cwd=worktree.path)).strip())
+    _write_meta(worktree.git_dir, worktree)
+
+
+async def find_worktree(git_dir: Path, path: Path) -> Worktree | None:
+    """The run's worktree if it is complete and registered in this mirror (or repository), else None."""
+    if not git_dir.exists() or not path.exists():  # noqa: ASYNC240 - a stat, cheaper than a thread hop
+        return None
+    registered = {p for p, _ in await list_worktrees(git_dir)}
+    admin = _admin_dir(git_dir, path)
+    if path not in registered or admin is None:
+        return None
+    try:
+        meta = json.loads((admin / RUN_META).read_text())
+        fields = {**meta, "path": Path(meta["path"]), "mirror": Path(meta["mirror"]), "git_dir": admin}
+        return Worktree(**fields)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def drop_worktree(git_dir: Path, path: Path, branch: str | None) -> None:
+    """Remove a checkout, its registration and (when given) its branch; safe when any of them is already gone."""
+    if git_dir.exists():  # noqa: ASYNC240 - a stat, cheaper than a thread hop
+        await git("worktree", "remove", "--force", "--force", str(path), cwd=git_dir, check=False)
+    await asyncio.to_thread(remove_path, path)
+    if git_dir.exists():  # noqa: ASYNC240 - a stat, cheaper than a thread hop
+        await git("worktree", "prune", cwd=git_dir)
+        if branch:
+            await git("branch", "--quiet", "-D", branch, cwd=git_dir, check=False)
+
+
+async def resolve_ref(mirror: Path, ref: str) -> str | None:
+    """The commit a base names: an upstream branch first, then a tag, then anything rev-parse takes (a sha)."""
+    if ref.startswith("refs/heads/"):
+        candidates = [f"refs/remotes/origin/{ref.removeprefix('refs/heads/')}"]
+    elif ref.startswith("refs/"):
+        candidates = [ref]
+    else:
+        candidates = [f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref]
+    for candidate in candidates:
+        sha = await git_or_none("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}", cwd=mirror)
+        if sha:
+            return sha
+    return None
+
+
+def _write_meta(git_dir: Path, worktree: Worktree) -> None:
+    meta = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(worktree).items() if k != "git_dir"}
+    partial = git_dir / f"{RUN_META}.tmp"
+    partial.write_text(json.dumps(meta))
+    partial.replace(git_dir / RUN_META)
+
+
+async def list_worktrees(mirror: Path) -> list[tuple[Path, str | None]]:
+    """Linked worktrees registered in the mirror: (path, branch or None)."""
+    listing = await git("worktree", "list", "--porcelain", cwd=mirror)
+    found: list[tuple[Path, str | None]] = []
+    for block in listing.strip().split("\n\n"):
+        lines = dict(line.partition(" ")[::2] for line in block.splitlines())
+        if "worktree" not in lines or "bare" in lines:
+            continue
+        branch = lines.get("branch")
+        found.append((Path(lines["worktree"]), branch.removeprefix("refs/heads/") if branch else None))
+    return found
+
+
+def _admin_dir(mirror: Path, path: Path) -> Path | None:
+    """The mirror's `worktrees/<name>` entry whose `gitdir` points at this checkout."""
+    for admin in (mirror / "worktrees").glob("*"):
+        with contextlib.suppress(OSError):
+            if Path((admin / "gitdir").read_text().strip()) == path / ".git":
+                return admin
+    return None
+
+
+def remove_path(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
