@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from bot.models import Delivery, DeliveryStatus, utcnow
 from bot.queue import WorkQueue
@@ -158,12 +158,10 @@ def _move(
     if count_attempt:
         values["attempts"] = Delivery.attempts + 1
     statement = (
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status.in_(only_from))  # type: ignore[attr-defined]
-        .values(**values)
+        update(Delivery).where(col(Delivery.id) == delivery_id, col(Delivery.status).in_(only_from)).values(**values)
     )
     with store.session() as session:
-        result = session.exec(statement)  # type: ignore[call-overload]
+        result = session.exec(statement)
         return bool(result.rowcount)
 
 

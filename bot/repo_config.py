@@ -160,14 +160,14 @@ def parse_config(text: str | None) -> RepoConfig:
         return RepoConfig()
     if not isinstance(data, dict):
         raise ConfigError("(file)", f"is {_show(data)} at the top level", _SCHEMA.allowed)
-    config = _SCHEMA.parse(data, "")
+    config: RepoConfig = _SCHEMA.parse(data, "")
     _check_consistency(config)
     return config
 
 
 def from_dict(data: Mapping[str, Any]) -> RepoConfig:
     """Rebuild a config from its `describe()` snapshot (stored on each run), through the same schema."""
-    config = _SCHEMA.parse(dict(data), "")
+    config: RepoConfig = _SCHEMA.parse(dict(data), "")
     _check_consistency(config)
     return config
 
@@ -183,7 +183,8 @@ def permission_reaches(actual: str, minimum: str) -> bool:
 
 def describe(config: RepoConfig) -> dict[str, Any]:
     """The config as plain JSON-ready data, for logs, the audit trail and the plan display."""
-    return _plain(dataclasses.asdict(config))
+    plain: dict[str, Any] = _plain(dataclasses.asdict(config))
+    return plain
 
 
 # --- the schema ------------------------------------------------------------------------------------------------
@@ -390,7 +391,7 @@ class _StrictLoader(yaml.SafeLoader):
         self._nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # the PyYAML stubs leave it untyped
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
             raise _file_error(f"uses a YAML anchor or alias (line {line})", "plain YAML without & and *", line)
@@ -404,7 +405,8 @@ class _StrictLoader(yaml.SafeLoader):
             raise _file_error(f"has more than {MAX_NODES} values (line {line})", "a short mapping", line)
         self._depth += 1
         try:
-            return super().compose_node(parent, index)
+            # PyYAML passes the key node as `index` of a mapping value; the stubs say int
+            return super().compose_node(parent, index)  # type: ignore[arg-type]
         finally:
             self._depth -= 1
 

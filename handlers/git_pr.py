@@ -58,12 +58,13 @@ async def _open_or_update(ctx: StepContext, owner: str, repo: str) -> dict[str, 
     body = _body(ctx)
     if existing:
         number = existing[0]["number"]
-        return await ctx.gh.patch(
+        updated: dict[str, Any] = await ctx.gh.patch(
             "/repos/{owner}/{repo}/pulls/{pull_number}",
             url_vars={"owner": owner, "repo": repo, "pull_number": number},
             data={"body": body},
         )
-    return await ctx.gh.post(
+        return updated
+    created: dict[str, Any] = await ctx.gh.post(
         "/repos/{owner}/{repo}/pulls",
         url_vars={"owner": owner, "repo": repo},
         data={
@@ -75,6 +76,7 @@ async def _open_or_update(ctx: StepContext, owner: str, repo: str) -> dict[str, 
             "maintainer_can_modify": True,
         },
     )
+    return created
 
 
 async def _request_review(ctx: StepContext, owner: str, repo: str, number: int) -> None:

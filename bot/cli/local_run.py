@@ -126,7 +126,8 @@ async def _commit(runtime: Runtime, run_id: str, repo: Path, console: Console) -
     """Commit what the run wrote on its branch, then remove the worktree: the branch stays in the repository."""
     run = runs.get_run(runtime.store, run_id)
     assert run is not None and runtime.engine.workspaces is not None
-    worktree = await runtime.engine.workspaces.prepare(
+    # LocalWorkspaces.prepare takes fewer arguments than Workspaces.prepare; issue 9 part A gives both one Protocol
+    worktree = await runtime.engine.workspaces.prepare(  # type: ignore[call-arg]
         run_id=run.id, branch=run.branch or "", base_ref=run.head_sha or ""
     )
     written = sorted(

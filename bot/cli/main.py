@@ -9,6 +9,7 @@ import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bot import deliveries, logs
 from bot.events import router as events
@@ -176,7 +177,7 @@ def _review(args: argparse.Namespace, settings: Settings, redactor: logs.Redacto
     return run(args, settings, redactor)
 
 
-def _read_saved_delivery(path: Path, event: str | None) -> tuple[str, dict, str]:
+def _read_saved_delivery(path: Path, event: str | None) -> tuple[str, dict[str, Any], str]:
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise ValueError("the file must hold a JSON object")

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import gidgethub
-import gidgethub.httpx as gh_httpx
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from bot import logs
-from bot.github.client import NofxGitHubAPI
+from bot.github.client import NofxGitHubAPI, http_client
 from bot.llm.router import LLM, LLMError
 from bot.repo_config import CONFIG_PATH, ConfigError, RepoConfig, parse_config
 from bot.review import publish
@@ -123,7 +122,7 @@ async def _review(
         placement = _placement(analysis, analysis.findings, files, config, head_sha)
         _show(out, analysis, placement)
         return _verdict(out, analysis.findings, config)
-    async with gh_httpx.httpx.AsyncClient(timeout=gh_httpx.httpx.Timeout(30.0, connect=10.0)) as http:
+    async with http_client() as http:
         gh = _client(http, settings.github_api_url, target.token)
         earlier = await publish.earlier_fingerprints(gh, target.pull)
         new = without_already_posted(analysis.findings, earlier)

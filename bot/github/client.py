@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 if TYPE_CHECKING:
-    from bot.settings import Settings
+    import httpx2 as httpx  # what gidgethub.httpx is typed against
 
-    # gidgethub picks httpx2 when it is installed, else httpx; use whichever it uses.
-    AsyncClient = gh_httpx.httpx.AsyncClient
+    from bot.settings import Settings
+else:
+    httpx = gh_httpx.httpx  # gidgethub picks httpx2 when it is installed, else httpx; use whichever it uses
 
 REQUESTER = "nofx"
 API_VERSION = "2022-11-28"
@@ -93,7 +94,7 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
 
     def __init__(
         self,
-        client: AsyncClient,
+        client: httpx.AsyncClient,
         *,
         base_url: str,
         authorization: Callable[[], Awaitable[str]],
@@ -143,7 +144,7 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
                 request_headers["authorization"] = await self._authorization()
             try:
                 response = await self._client.request(method, url, headers=request_headers, content=body)
-            except gh_httpx.httpx.TransportError as exc:
+            except httpx.TransportError as exc:
                 if attempt >= self._retry.max_attempts or not _transport_retryable(method, exc):
                     raise
                 await self._sleep(self._backoff(attempt))
@@ -178,7 +179,7 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
     def _backoff(self, attempt: int, *, base: float | None = None, jitter: tuple[float, float] = (0.5, 1.0)) -> float:
         """Exponential backoff with jitter, so many workers hitting the same outage spread out."""
         start = self._retry.backoff_base_s if base is None else base
-        delay = start * 2 ** (attempt - 1) * random.uniform(*jitter)
+        delay = start * 2.0 ** (attempt - 1) * random.uniform(*jitter)
         return min(self._retry.max_wait_s, delay)
 
 
@@ -198,7 +199,7 @@ class GitHubApp:
         private_key: str,
         api_url: str,
         *,
-        http: AsyncClient | None = None,
+        http: httpx.AsyncClient | None = None,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         retry: RetryPolicy | None = None,
@@ -211,7 +212,7 @@ class GitHubApp:
         self.api_url = api_url.rstrip("/")
         self._key = _load_private_key(private_key)
         self._owns_http = http is None
-        self._http = http if http is not None else _default_http_client()
+        self._http = http if http is not None else http_client()
         self._clock = clock
         self._sleep = sleep
         self._retry = retry or RetryPolicy()
@@ -229,7 +230,7 @@ class GitHubApp:
         cls,
         settings: Settings,
         *,
-        http: AsyncClient | None = None,
+        http: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
         on_secret: SecretHook | None = None,
         on_response: ResponseHook | None = None,
@@ -356,9 +357,10 @@ def _load_private_key(private_key: str) -> RSAPrivateKey:
     return key
 
 
-def _default_http_client() -> AsyncClient:
+def http_client() -> httpx.AsyncClient:
+    """The HTTP client every GitHub API client of nofx uses."""
     # GitHub answers some calls (large diffs, searches) slowly; httpx's 5 s default is too tight.
-    return gh_httpx.httpx.AsyncClient(timeout=gh_httpx.httpx.Timeout(30.0, connect=10.0))
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
 
 
 def _parse_token_response(data: Any, installation_id: int) -> _Token:
@@ -377,7 +379,6 @@ def _parse_token_response(data: Any, installation_id: int) -> _Token:
 
 def _transport_retryable(method: str, exc: Exception) -> bool:
     """A failed connect never reached GitHub, so any method may retry; a lost answer only if idempotent."""
-    httpx = gh_httpx.httpx
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return True
     retryable = isinstance(exc, httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError)

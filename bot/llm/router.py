@@ -346,7 +346,7 @@ class LLM:
             return None
         if exc.retry_after is not None:
             return exc.retry_after if exc.retry_after <= self._max_retry_after_s else None
-        backoff = min(self._max_delay_s, self._base_delay_s * 2 ** (attempt - 1))
+        backoff = min(self._max_delay_s, self._base_delay_s * 2.0 ** (attempt - 1))
         return backoff * (0.5 + self._random.random() / 2)
 
     def _usage(self, route: _Route, completion: Completion) -> Usage:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
@@ -32,6 +32,7 @@ STARTED_EVENT = "step.started"  # carries the step's queue wait
 GATE_EVENT = "gate.finished"  # carries the sandbox isolation used
 COUNTED_EVENTS = (LLM_EVENT, STARTED_EVENT, GATE_EVENT)
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+_go_float: Callable[[float], str] = _untyped_float_to_go_string  # bucket bounds as Prometheus prints them
 
 
 class RunMetrics(Collector):
@@ -123,7 +124,7 @@ class RunMetrics(Collector):
             labels=["tool"],
         )
         for tool, counts in sorted(self._wait_buckets.items()):
-            buckets = [(floatToGoString(bound), count) for bound, count in zip(WAIT_BUCKETS, counts, strict=True)]
+            buckets = [(_go_float(bound), count) for bound, count in zip(WAIT_BUCKETS, counts, strict=True)]
             family.add_metric([tool], [*buckets, ("+Inf", self._wait_count[tool])], sum_value=self._wait_sum[tool])
         return family
 
@@ -170,6 +171,6 @@ class RunMetrics(Collector):
             if started is not None and finished is not None:
                 by_tool[tool].append(max(0.0, (finished - started).total_seconds()))
         for tool, durations in sorted(by_tool.items()):
-            buckets = [(floatToGoString(bound), sum(1 for d in durations if d <= bound)) for bound in DURATION_BUCKETS]
+            buckets = [(_go_float(bound), sum(1 for d in durations if d <= bound)) for bound in DURATION_BUCKETS]
             family.add_metric([tool], [*buckets, ("+Inf", len(durations))], sum_value=sum(durations))
         return family

@@ -78,7 +78,7 @@ class WorkerMetrics(Collector):
             "nofx_github_api_calls", "GitHub API calls made by workers.", labels=["method", "status"]
         )
         for field, count in sorted(calls.items()):
-            method, _, status = field.decode().partition(" ")
+            method, _, status = _text(field).partition(" ")
             github.add_metric([method, status], int(count))
         yield github
         remaining = GaugeMetricFamily(
@@ -99,3 +99,8 @@ class WorkerMetrics(Collector):
             memory.add_metric([name], float(values.get(b"max_rss_bytes", 0)))
         yield cpu
         yield memory
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis hash field as text (the queue's client returns bytes; redis-py types it as either)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from bot.render.text import clean_text
 from bot.workspace.diffs import LEFT, RIGHT
@@ -137,7 +137,7 @@ def _finding(item: object) -> Finding | None:
     )
 
 
-def _is_line(value: object) -> bool:
+def _is_line(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 

@@ -213,7 +213,7 @@ def findings_of(store: Store, repository: str, pull_number: int) -> list[ReviewF
 def claim_pass(store: Store, pass_id: str) -> ReviewPass | None:
     """queued → running, atomically: a duplicate job (or a second worker) gets None and does nothing."""
     with store.session() as session:
-        claimed = session.exec(  # type: ignore[call-overload]
+        claimed = session.exec(
             update(ReviewPass)
             .where(col(ReviewPass.id) == pass_id, col(ReviewPass.status) == ReviewStatus.queued)
             .values(status=ReviewStatus.running, started_at=utcnow(), updated_at=utcnow())
@@ -239,7 +239,7 @@ def restart_abandoned(store: Store, queue: WorkQueue, older_than: timedelta) -> 
             finish_pass(store, review.id, ReviewStatus.failed, error=ABANDONED)
             continue
         with store.session() as session:
-            moved = session.exec(  # type: ignore[call-overload]
+            moved = session.exec(
                 update(ReviewPass)
                 .where(col(ReviewPass.id) == review.id, col(ReviewPass.status) == ReviewStatus.running)
                 .values(status=ReviewStatus.queued, restarts=col(ReviewPass.restarts) + 1, updated_at=utcnow())
@@ -255,7 +255,7 @@ def set_pass_fields(store: Store, pass_id: str, **values: Any) -> None:
     if "status" in values:
         raise ValueError("a pass's status changes only through finish_pass")
     with store.session() as session:
-        session.exec(update(ReviewPass).where(col(ReviewPass.id) == pass_id).values(**values, updated_at=utcnow()))  # type: ignore[call-overload]
+        session.exec(update(ReviewPass).where(col(ReviewPass.id) == pass_id).values(**values, updated_at=utcnow()))
 
 
 def finish_pass(store: Store, pass_id: str, status: ReviewStatus, **values: Any) -> None:
@@ -263,7 +263,7 @@ def finish_pass(store: Store, pass_id: str, status: ReviewStatus, **values: Any)
     if status not in TERMINAL:
         raise ValueError(f"{status.value} is not an end state")
     with store.session() as session:
-        session.exec(  # type: ignore[call-overload]
+        session.exec(
             update(ReviewPass)
             .where(col(ReviewPass.id) == pass_id, col(ReviewPass.status) == ReviewStatus.running)
             .values(status=status, finished_at=utcnow(), updated_at=utcnow(), **values)

@@ -137,7 +137,7 @@ def entries(
 def forget(store: Store, thread: ThreadKey) -> int:
     """Delete everything remembered on a thread (`/nofx forget`, `DELETE /threads/{id}/memory`); returns how many."""
     with store.session() as session:
-        result = session.exec(delete(ThreadMemory).where(col(ThreadMemory.thread) == str(thread)))  # type: ignore[call-overload]
+        result = session.exec(delete(ThreadMemory).where(col(ThreadMemory.thread) == str(thread)))
         return int(result.rowcount or 0)
 
 
@@ -147,7 +147,7 @@ def redact(store: Store, keys: Sequence[str], thread: ThreadKey, entry_id: str) 
     blank = cipher.encrypt(REDACTED_TEXT.encode()).decode("ascii") if cipher else ""
     with store.session() as session:
         result = session.exec(
-            update(ThreadMemory)  # type: ignore[call-overload]
+            update(ThreadMemory)
             .where(col(ThreadMemory.id) == entry_id, col(ThreadMemory.thread) == str(thread))
             .values(ciphertext=blank, redacted=True)
         )
@@ -157,7 +157,7 @@ def redact(store: Store, keys: Sequence[str], thread: ThreadKey, entry_id: str) 
 def purge_expired(store: Store) -> int:
     """Delete entries past their TTL (the worker's sweeper calls this); returns how many."""
     with store.session() as session:
-        result = session.exec(delete(ThreadMemory).where(col(ThreadMemory.expires_at) <= utcnow()))  # type: ignore[call-overload]
+        result = session.exec(delete(ThreadMemory).where(col(ThreadMemory.expires_at) <= utcnow()))
         return int(result.rowcount or 0)
 
 

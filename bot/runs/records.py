@@ -188,7 +188,7 @@ def heartbeat(store: Store, step_id: str) -> bool:
         .values(heartbeat_at=utcnow())
     )
     with store.session() as session:
-        return bool(session.exec(statement).rowcount)  # type: ignore[call-overload]
+        return bool(session.exec(statement).rowcount)
 
 
 def succeed_step(store: Store, step_id: str, output: dict[str, Any]) -> Progress:
@@ -302,7 +302,7 @@ def add_usage(
 ) -> None:
     """Charge an LLM call to its step and run (atomic increments: parallel steps share the run's total)."""
     with store.session() as session:
-        session.exec(  # type: ignore[call-overload]
+        session.exec(
             update(Step)
             .where(col(Step.id) == step.id)
             .values(
@@ -311,9 +311,7 @@ def add_usage(
                 cost_usd=col(Step.cost_usd) + cost_usd,
             )
         )
-        session.exec(  # type: ignore[call-overload]
-            update(Run).where(col(Run.id) == step.run_id).values(cost_usd=col(Run.cost_usd) + cost_usd)
-        )
+        session.exec(update(Run).where(col(Run.id) == step.run_id).values(cost_usd=col(Run.cost_usd) + cost_usd))
         _event(
             session,
             step.run_id,
@@ -411,7 +409,7 @@ def set_run_fields(store: Store, run_id: str, **values: Any) -> None:
     if "status" in values:
         raise TransitionError("statuses change only through the transition functions")
     with store.session() as session:
-        session.exec(update(Run).where(col(Run.id) == run_id).values(**values, updated_at=utcnow()))  # type: ignore[call-overload]
+        session.exec(update(Run).where(col(Run.id) == run_id).values(**values, updated_at=utcnow()))
 
 
 # --- internals -------------------------------------------------------------------------------------
@@ -556,7 +554,7 @@ def _conditional(
     only_from: Iterable[RunStatus | StepStatus],
 ) -> bool:
     """UPDATE ... WHERE status IN (from-states that may reach `to`): the one place status is written."""
-    machine: dict[Any, frozenset[Any]] = RUN_MACHINE if model is Run else STEP_MACHINE  # type: ignore[assignment]
+    machine: dict[Any, frozenset[Any]] = RUN_MACHINE if model is Run else STEP_MACHINE
     allowed = [state for state in only_from if to in machine[state]]
     if not allowed:
         return False
@@ -566,7 +564,7 @@ def _conditional(
         .where(model.id == row_id, model.status.in_(allowed))  # type: ignore[attr-defined]
         .values(status=to, **values, **extra)
     )
-    result = session.exec(statement)  # type: ignore[call-overload]
+    result = session.exec(statement)
     return bool(result.rowcount)
 
 

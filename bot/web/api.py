@@ -329,16 +329,18 @@ def _find_artifact(store: Store, run_id: str, step_name: str, name: str) -> Arti
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 def _queue(request: Request) -> WorkQueue:
-    return request.app.state.queue
+    queue: WorkQueue = request.app.state.queue
+    return queue
 
 
 def _run_id(request: Request) -> str:
     """Ids that cannot exist are 404 before any query (and never reach the database as odd bytes)."""
-    run_id = request.path_params["run_id"]
+    run_id: str = request.path_params["run_id"]
     if not _RUN_ID.fullmatch(run_id):
         raise Problem(404, f"no run {run_id[:40]!r}")
     return run_id

@@ -244,11 +244,13 @@ def _mirror(request: Request, run: Run) -> Path:
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.store
+    store: Store = request.app.state.store
+    return store
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _error(status: int, message: str) -> JSONResponse:
