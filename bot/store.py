@@ -60,7 +60,7 @@ def upsert(
     """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(**values)  # type: ignore[arg-type]
+    statement = insert(table).values(**values)
     updates = {name: statement.excluded[name] for name in values if name not in keys and name not in insert_only}
     session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
 
