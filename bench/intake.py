@@ -1,156 +1,403 @@
-"""Intake throughput: signed deliveries from a separate load process against a running `nofx serve`.
+"""Webhook intake beside Probot: the same signed delivery, the same load, deliveries/s, p50, p99 and the ratio.
 
-Prints deliveries/s, p50/p99 acknowledgement latency, and what was recorded and routed
-(nothing lost, nothing duplicated). Usage: .venv/bin/python bench/intake.py [--deliveries N]
+Each target is started in a temporary directory and loaded by `wrk` (Debian's package) from a separate
+process: `--connections` connections for `--duration` seconds after a `--warmup`, every request a unique
+`X-GitHub-Delivery` id. Targets:
+
+- `probot`: Probot 13 with a no-op app (installed with npm into `bench/.cache/probot` on first use),
+- `sqlite`: `nofx web` on SQLite and Redis,
+- `postgres`: `nofx web` on PostgreSQL (`--postgres-url`, a schema of its own) and Redis,
+- `serve`: `nofx serve` (web, two workers and the embedded Valkey on this machine).
+
+For nofx it also checks that every delivery answered 202 was recorded (`lost` must be 0) and samples the
+web process's RSS. Usage: .venv/bin/python bench/intake.py [--targets probot,sqlite,postgres,serve]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
-import multiprocessing
 import os
+import re
 import secrets
+import shutil
 import socket
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import create_engine, text
 
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "webhooks"
+BENCH = Path(__file__).resolve().parent
+FIXTURE = BENCH.parent / "tests" / "fixtures" / "webhooks" / "issue_comment.created.json"
+PROBOT_VERSION = "13.4.7"
+PROBOT_DIR = BENCH / ".cache" / "probot"
+INSTALLATION_ID = 1  # the fixture's installation
+
+WRK_SCRIPT = """
+local counter = 0
+local threads = {}
+local body = nil
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  prefix = args[1] .. "-" .. tid .. "-"
+  local f = io.open(args[2], "rb"); body = f:read("*a"); f:close()
+  headers = {
+    ["Content-Type"] = "application/json",
+    ["X-GitHub-Event"] = "issue_comment",
+    ["X-Hub-Signature-256"] = args[3],
+    ["User-Agent"] = "GitHub-Hookshot/bench",
+  }
+  accepted = 0
+  refused = 0
+end
+
+function request()
+  counter = counter + 1
+  headers["X-GitHub-Delivery"] = prefix .. counter
+  return wrk.format("POST", args_path, headers, body)
+end
+
+function response(status, hdrs, resp)
+  if status == 202 or status == 200 then accepted = accepted + 1 else refused = refused + 1 end
+end
+
+function done(summary, latency, requests)
+  local ok, bad = 0, 0
+  for _, t in ipairs(threads) do ok = ok + t:get("accepted"); bad = bad + t:get("refused") end
+  io.write(string.format("RESULT requests=%d seconds=%.3f p50_us=%d p99_us=%d accepted=%d refused=%d errors=%d\\n",
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99), ok, bad,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout))
+end
+"""
+
+
+@dataclass
+class Result:
+    target: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    accepted: int
+    refused: int
+    errors: int
+    recorded: int | None = None
+    rss_mb: float | None = None
+
+    @property
+    def lost(self) -> int | None:
+        return None if self.recorded is None else self.accepted - self.recorded
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--deliveries", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--duplicates", type=float, default=0.05, help="share of deliveries sent twice")
-    parser.add_argument("--workers", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default="probot,sqlite,postgres,serve")
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--redis-url", default=os.environ.get("NOFX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("NOFX_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    )
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
 
     secret = secrets.token_hex(16)
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="nofx-bench-") as tmp:
-        data = Path(tmp) / "data"
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")},
-            "NOFX_DATA_DIR": str(data),
-            "GITHUB_WEBHOOK_SECRET": secret,
-            "PORT": str(port),
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--workers", str(args.workers)],
-            env=env,
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(base)
-            ids = [str(uuid.uuid4()) for _ in range(args.deliveries)]
-            resend = ids[: int(len(ids) * args.duplicates)]
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                latencies, statuses, elapsed = pool.apply(_load, (base, secret, ids + resend, args.concurrency))
-            routed, recorded, by_status = _wait_routed(data / "nofx.db", len(ids), timeout_s=120)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-    sent = len(ids) + len(resend)
-    latencies.sort()
-    print(f"deliveries sent       {sent} ({len(resend)} of them redeliveries), concurrency {args.concurrency}")
-    print(f"answers               {dict(sorted(statuses.items()))}")
-    print(f"throughput            {sent / elapsed:,.0f} deliveries/s")
-    print(
-        f"ack latency           p50 {_ms(statistics.median(latencies))}  p99 {_ms(latencies[int(0.99 * len(latencies))])}"
-    )
-    print(
-        f"recorded (unique)     {recorded} of {len(ids)}  -> lost {len(ids) - recorded}, duplicated {recorded - len(ids)}"
-    )
-    print(f"routed by workers     {routed} of {len(ids)}  statuses {by_status}")
-
-
-def _load(base: str, secret: str, ids: list[str], concurrency: int) -> tuple[list[float], dict[int, int], float]:
-    """Runs in a separate process so the load generator does not share the server's CPU accounting."""
-    payload = json.loads((FIXTURE / "installation_repositories.added.json").read_text())
-    return asyncio.run(_send_all(base, secret, payload, ids, concurrency))
-
-
-async def _send_all(
-    base: str, secret: str, payload: dict, ids: list[str], concurrency: int
-) -> tuple[list[float], dict[int, int], float]:
-    body = json.dumps(payload).encode()
+    body = json.dumps(json.loads(FIXTURE.read_text())).encode()
     signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    pending: asyncio.Queue[str] = asyncio.Queue()
-    for delivery_id in ids:
-        pending.put_nowait(delivery_id)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def sender(http: httpx.AsyncClient) -> None:
-        while not pending.empty():
-            delivery_id = pending.get_nowait()
-            headers = {
-                "Content-Type": "application/json",
-                "X-GitHub-Event": "installation_repositories",
-                "X-GitHub-Delivery": delivery_id,
-                "X-Hub-Signature-256": signature,
-                "User-Agent": "GitHub-Hookshot/bench",
-            }
-            started = time.perf_counter()
-            response = await http.post("/webhooks", content=body, headers=headers)
-            latencies.append(time.perf_counter() - started)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
-        await asyncio.gather(*(sender(http) for _ in range(concurrency)))
-    return latencies, statuses, time.perf_counter() - started
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="nofx-bench-") as tmp:
+        body_file = Path(tmp) / "body.json"
+        body_file.write_bytes(body)
+        script = Path(tmp) / "load.lua"
+        script.write_text(WRK_SCRIPT)
+        load = _Load(args, script, body_file, signature)
+        for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+            starter = {"probot": _probot, "sqlite": _nofx_web, "postgres": _nofx_web, "serve": _nofx_serve}[target]
+            with starter(target, Path(tmp) / target, secret, args) as (url, pid, count_recorded):
+                result = load.run(target, url, pid)
+                if count_recorded is not None:
+                    result.recorded = count_recorded(load.prefix)
+            results.append(result)
+            print(_line(result), flush=True)
+    _summary(results, body, args)
 
 
-def _wait_ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+class _Load:
+    def __init__(self, args: argparse.Namespace, script: Path, body_file: Path, signature: str) -> None:
+        self.args = args
+        self.script = script
+        self.body_file = body_file
+        self.signature = signature
+        self.prefix = ""
+
+    def run(self, target: str, url: str, pid: int) -> Result:
+        self._wrk(url, self.args.warmup, f"warm-{uuid.uuid4().hex[:8]}")
+        self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        rss = _RssSampler(pid)
+        with rss:
+            out = self._wrk(url, self.args.duration, self.prefix)
+        fields = dict(kv.split("=") for kv in re.search(r"RESULT (.*)", out).group(1).split())  # type: ignore[union-attr]
+        return Result(
+            target=target,
+            requests_per_s=int(fields["requests"]) / float(fields["seconds"]),
+            p50_ms=int(fields["p50_us"]) / 1000,
+            p99_ms=int(fields["p99_us"]) / 1000,
+            accepted=int(fields["accepted"]),
+            refused=int(fields["refused"]),
+            errors=int(fields["errors"]),
+            rss_mb=rss.max_mb,
+        )
+
+    def _wrk(self, url: str, seconds: int, prefix: str) -> str:
+        base, path = url.split("/", 3)[:3], "/" + url.split("/", 3)[3]
+        script = self.script.read_text().replace("args_path", json.dumps(path))
+        local = self.script.with_suffix(".run.lua")
+        local.write_text(script)
+        command = ["wrk", "-t", str(self.args.threads), "-c", str(self.args.connections), "-d", f"{seconds}s"]
+        command += ["-s", str(local), "/".join(base), "--", prefix, str(self.body_file), self.signature]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+
+
+class _RssSampler:
+    """The largest resident set of the web process while the load runs (sampled every 100 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.max_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.max_mb = max(self.max_mb, int(line.split()[1]) / 1024)
+
+
+@contextlib.contextmanager
+def _probot(_target: str, workdir: Path, secret: str, _args: argparse.Namespace) -> Iterator[tuple[str, int, None]]:
+    _install_probot()
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(workdir),
+        "NODE_ENV": "production",
+        "APP_ID": "1",
+        "PRIVATE_KEY": pem,
+        "WEBHOOK_SECRET": secret,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "NODE_PATH": str(PROBOT_DIR / "node_modules"),
+    }
+    app = BENCH / "probot_noop.js"
+    with _process(["node", str(app)], env=env, cwd=PROBOT_DIR, log=workdir / "probot.log") as process:
+        _wait_http(f"http://127.0.0.1:{port}/", accept_any=True)
+        yield f"http://127.0.0.1:{port}/api/github/webhooks", process.pid, None
+
+
+@contextlib.contextmanager
+def _nofx_web(target: str, workdir: Path, secret: str, args: argparse.Namespace) -> Iterator[tuple[str, int, object]]:
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    with contextlib.ExitStack() as stack:
+        if target == "postgres":
+            database_url = stack.enter_context(_postgres_schema(args.postgres_url))
+        else:
+            database_url = f"sqlite:///{workdir}/nofx.db"
+        redis_url = stack.enter_context(_redis(args.redis_url, workdir))
+        _seed_installation(database_url)
+        env = {**_nofx_env(workdir, secret, port), "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        process = stack.enter_context(
+            _process([sys.executable, "-m", "bot.cli", "web"], env=env, cwd=workdir, log=workdir / "web.log")
+        )
+        _wait_http(f"http://127.0.0.1:{port}/readyz")
+        yield f"http://127.0.0.1:{port}/webhooks", process.pid, lambda prefix: _count(database_url, prefix)
+
+
+@contextlib.contextmanager
+def _nofx_serve(_target: str, workdir: Path, secret: str, _args: argparse.Namespace) -> Iterator[tuple[str, int, object]]:
+    workdir.mkdir(parents=True)
+    port = _free_port()
+    database_url = f"sqlite:///{workdir}/data/nofx.db"
+    _seed_installation(database_url)
+    env = _nofx_env(workdir, secret, port)
+    command = [sys.executable, "-m", "bot.cli", "serve", "--workers", "2"]
+    with _process(command, env=env, cwd=workdir, log=workdir / "serve.log") as process:
+        _wait_http(f"http://127.0.0.1:{port}/readyz")
+        yield f"http://127.0.0.1:{port}/webhooks", process.pid, lambda prefix: _count(database_url, prefix)
+
+
+def _nofx_env(workdir: Path, secret: str, port: int) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL")
+    return {
+        **{k: v for k, v in os.environ.items() if k in keep},
+        "NOFX_DATA_DIR": str(workdir / "data"),
+        "GITHUB_WEBHOOK_SECRET": secret,
+        "GITHUB_APP_ID": "1",
+        "PORT": str(port),
+    }
+
+
+def _seed_installation(database_url: str) -> None:
+    """The fixture's installation is known, so every delivery takes the full path (recorded and enqueued)."""
+    from bot.models import Installation
+    from bot.store import Store
+
+    store = Store(database_url)
+    store.create_all()
+    with store.session() as session:
+        if session.get(Installation, INSTALLATION_ID) is None:
+            session.add(Installation(id=INSTALLATION_ID, account_login="Codertocat"))
+    store.dispose()
+
+
+def _count(database_url: str, prefix: str) -> int:
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM delivery WHERE id LIKE :p"), {"p": prefix + "%"}).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+@contextlib.contextmanager
+def _postgres_schema(url: str) -> Iterator[str]:
+    schema = f"nofx_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def _redis(url: str, workdir: Path) -> Iterator[str]:
+    """The named Redis when it answers (its database is flushed), else an embedded Valkey of our own."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        Redis.from_url(url, socket_connect_timeout=1).flushdb()
+        yield url
+        return
+    except RedisError:
+        pass
+    from bot.queue import start_embedded_valkey
+
+    server = start_embedded_valkey(workdir / "valkey-data")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _process(command: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _install_probot() -> None:
+    if (PROBOT_DIR / "node_modules" / "probot" / "package.json").exists():
+        return
+    PROBOT_DIR.mkdir(parents=True, exist_ok=True)
+    (PROBOT_DIR / "package.json").write_text('{"private": true}\n')
+    subprocess.run(
+        ["npm", "install", "--silent", "--no-audit", "--no-fund", f"probot@{PROBOT_VERSION}"],
+        cwd=PROBOT_DIR,
+        check=True,
+        timeout=600,
+    )
+
+
+def _wait_http(url: str, *, accept_any: bool = False) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if accept_any or httpx.get(url, timeout=1).status_code == 200:
+                httpx.get(url, timeout=1)
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.2)
-    raise SystemExit("nofx serve did not become ready in 30 s")
-
-
-def _wait_routed(db: Path, expected: int, timeout_s: float) -> tuple[int, int, dict[str, int]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with sqlite3.connect(db) as conn:
-            rows = dict(conn.execute("SELECT status, count(*) FROM delivery GROUP BY status").fetchall())
-        recorded = sum(rows.values())
-        routed = rows.get("DONE", 0) + rows.get("done", 0)
-        if routed >= expected or time.monotonic() > deadline:
-            return routed, recorded, rows
-        time.sleep(0.5)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
+    raise SystemExit(f"{url} did not answer in 60 s")
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def _line(r: Result) -> str:
+    recorded = "" if r.recorded is None else f"  recorded {r.recorded} of {r.accepted} accepted (lost {r.lost})"
+    rss = "" if r.rss_mb is None else f"  web RSS max {r.rss_mb:.0f} MB"
+    return (
+        f"{r.target:<9} {r.requests_per_s:8,.0f} deliveries/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms"
+        f"  refused {r.refused} errors {r.errors}{recorded}{rss}"
+    )
+
+
+def _summary(results: list[Result], body: bytes, args: argparse.Namespace) -> None:
+    print(
+        f"\nsame signed issue_comment delivery ({len(body) / 1024:.1f} KB), wrk {args.connections} connections, "
+        f"{args.threads} threads, {args.duration} s after a {args.warmup} s warm-up, {os.cpu_count()} cores"
+    )
+    peer = next((r for r in results if r.target == "probot"), None)
+    if peer is None:
+        return
+    for r in results:
+        if r is not peer:
+            print(
+                f"{r.target:<9} vs probot: {r.requests_per_s / peer.requests_per_s:.2f}x deliveries/s, "
+                f"p99 {r.p99_ms / peer.p99_ms:.2f}x"
+            )
 
 
 if __name__ == "__main__":

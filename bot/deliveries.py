@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -42,6 +45,45 @@ def record(store: Store, delivery: Delivery) -> tuple[Delivery, bool]:
         if existing is None:  # the conflicting row vanished: a real error, not a duplicate
             raise
         return existing, False
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """How one delivery of a group commit stands after the write."""
+
+    status: DeliveryStatus
+    reason: str | None
+    new: bool
+
+
+def record_all(store: Store, batch: list[Delivery]) -> list[Recorded]:
+    """Insert deliveries in one transaction, skipping ids already recorded; one answer per delivery, in order.
+
+    Intake's group commit: one round trip to the database for every delivery that arrived meanwhile. A
+    redelivery (an id recorded earlier, or twice in the batch) is reported with its stored status, not new.
+    """
+    first: dict[str, Delivery] = {}
+    for delivery in batch:
+        first.setdefault(delivery.id, delivery)
+    insert = _insert_ignoring_known(store)
+    columns = [column.name for column in Delivery.__table__.columns]  # type: ignore[attr-defined]
+    rows = [{name: getattr(delivery, name) for name in columns} for delivery in first.values()]
+    with store.engine.begin() as conn:
+        inserted = set(conn.execute(insert.returning(Delivery.__table__.c.id), rows).scalars())  # type: ignore[attr-defined]
+        known = [delivery_id for delivery_id in first if delivery_id not in inserted]
+        stored: dict[str, tuple[Any, str | None]] = {}
+        if known:
+            query = select(Delivery.id, Delivery.status, Delivery.reason).where(Delivery.id.in_(known))  # type: ignore[attr-defined]
+            stored = {row[0]: (row[1], row[2]) for row in conn.execute(query)}
+    answers: list[Recorded] = []
+    for delivery in batch:
+        new = delivery.id in inserted and first[delivery.id] is delivery
+        if new:
+            answers.append(Recorded(delivery.status, delivery.reason, new=True))
+        else:
+            status, reason = stored.get(delivery.id, (first[delivery.id].status, first[delivery.id].reason))
+            answers.append(Recorded(DeliveryStatus(status), reason, new=False))
+    return answers
 
 
 def record_or_ignore(store: Store, delivery: Delivery, ignore_reason: str | None) -> tuple[Delivery, bool]:
@@ -141,6 +183,25 @@ def fail_abandoned(store: Store, older_than: timedelta) -> list[str]:
         for delivery_id in stuck
         if _move(store, delivery_id, DeliveryStatus.failed, only_from=[DeliveryStatus.processing], reason=reason)
     ]
+
+
+def mark_all_received(store: Store, delivery_ids: list[str]) -> None:
+    """The group's enqueue failed: the sweeper (or a redelivery) enqueues them once the queue is back."""
+    statement = (
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.queued)  # type: ignore[attr-defined]
+        .values(status=DeliveryStatus.received, updated_at=utcnow())
+    )
+    with store.session() as session:
+        session.exec(statement)  # type: ignore[call-overload]
+
+
+def _insert_ignoring_known(store: Store) -> Any:
+    """INSERT ... ON CONFLICT (id) DO NOTHING, in the dialect of the store (SQLite or PostgreSQL)."""
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    if store.engine.dialect.name == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing(index_elements=["id"])
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
 
 
 def _move(

@@ -28,6 +28,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.intake_batch = Histogram(
+            "nofx_webhook_intake_batch_deliveries",
+            "Deliveries recorded per database transaction (intake's group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.registry.register(_QueueDepth(queue_depth))
 
     def render(self) -> bytes:

@@ -61,6 +61,7 @@ def create_app(
             *api.routes(),
         ]
     )
+    logging.getLogger("uvicorn.access").addFilter(_not_a_webhook)
     app.state.settings = settings
     app.state.env_file = env_file or Path(ENV_FILE)
     app.state.store = store
@@ -77,6 +78,12 @@ def create_app(
         ignore_reason=lambda delivery: events.ignore_reason(store, delivery),
     )
     return app
+
+
+def _not_a_webhook(record: logging.LogRecord) -> bool:
+    """Deliveries are recorded in the database and refusals logged by the intake: no access line each."""
+    args = record.args
+    return not (isinstance(args, tuple) and len(args) >= 3 and args[2] == "/webhooks")
 
 
 async def receive_webhook(request: Request) -> Response:

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from anyio import to_thread
+import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
@@ -25,6 +24,7 @@ from bot.metrics.web import Metrics
 from bot.models import Delivery, DeliveryStatus
 from bot.queue import WorkQueue
 from bot.store import Store
+from bot.web.group_commit import GroupCommit
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
@@ -54,6 +54,10 @@ class Intake:
     secret: Callable[[], str | None]
     # Decides whether nofx acts on a delivery: returns None to route it, or why it is ignored.
     ignore_reason: Callable[[Delivery], str | None]
+    group: GroupCommit[Delivery, deliveries.Recorded] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = GroupCommit(self._write)
 
     async def receive(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -90,33 +94,43 @@ class Intake:
 
         delivery = deliveries.describe(delivery_id, event, payload)
         with logs.bound(installation=delivery.installation_id, repo=delivery.repository):
-            stored, new = await to_thread.run_sync(self._record, delivery)
-            if stored.status == DeliveryStatus.ignored:
-                log.info("delivery ignored: %s", stored.reason)
-                return 202, {"delivery": delivery_id, "status": "ignored", "reason": stored.reason}, "ignored"
-            if not new and stored.status != DeliveryStatus.received:
-                log.info("duplicate delivery; already %s", stored.status.value)
+            recorded = await self.group.submit(delivery)
+            if recorded.status == DeliveryStatus.ignored:
+                log.info("delivery ignored: %s", recorded.reason)
+                return 202, {"delivery": delivery_id, "status": "ignored", "reason": recorded.reason}, "ignored"
+            if not recorded.new and recorded.status != DeliveryStatus.received:
+                log.info("duplicate delivery; already %s", recorded.status.value)
                 return 202, {"delivery": delivery_id, "status": "duplicate"}, "duplicate"
-            if new:
-                await to_thread.run_sync(self._enqueue_recorded, delivery_id)
-            else:  # recorded earlier but never enqueued (the queue was down): enqueue now
-                await to_thread.run_sync(deliveries.enqueue, self.store, self.queue, delivery_id)
-            log.info("delivery queued")
+            log.debug("delivery queued")
             return 202, {"delivery": delivery_id, "status": "queued"}, "queued"
 
-    def _record(self, delivery: Delivery) -> tuple[Delivery, bool]:
-        # Recorded as queued in the same write, saving a second one per delivery; `_enqueue_recorded`
-        # puts it back to received if the queue refuses, and the sweeper re-enqueues queued deliveries
-        # whose job is missing, so a crash between the two loses nothing.
-        delivery.status = DeliveryStatus.queued
-        return deliveries.record_or_ignore(self.store, delivery, self.ignore_reason(delivery))
+    def _write(self, batch: list[Delivery]) -> list[deliveries.Recorded]:
+        """Record a batch as queued in one transaction, then enqueue what needs routing in one round trip.
 
-    def _enqueue_recorded(self, delivery_id: str) -> None:
+        Recorded as queued in the same write, saving a second one per delivery; if the queue refuses,
+        they go back to received and the request fails (500, GitHub may redeliver), and the sweeper
+        re-enqueues received deliveries and queued ones whose job is missing, so a crash between the
+        two steps loses nothing.
+        """
+        for delivery in batch:
+            reason = self.ignore_reason(delivery)
+            delivery.status = DeliveryStatus.ignored if reason is not None else DeliveryStatus.queued
+            delivery.reason = reason
+        answers = deliveries.record_all(self.store, batch)
+        self.metrics.intake_batch.observe(len(batch))
+        new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
+        # Recorded earlier but never enqueued (the queue was down then): enqueue now.
+        stranded = [
+            d.id for d, a in zip(batch, answers, strict=True) if not a.new and a.status == DeliveryStatus.received
+        ]
         try:
-            self.queue.enqueue_dispatch(delivery_id)
+            self.queue.enqueue_dispatches(new + stranded)
         except Exception:
-            deliveries.mark_received(self.store, delivery_id)
+            deliveries.mark_all_received(self.store, new)
             raise
+        for delivery_id in stranded:
+            deliveries.mark_queued(self.store, delivery_id)
+        return answers
 
 
 async def _read_capped(request: Request) -> bytes:
@@ -153,8 +167,8 @@ def _parse(raw: bytes, content_type: str) -> dict[str, Any]:
             raise Refusal(400, "form-encoded delivery without a payload field", "malformed")
         text = fields["payload"][0].encode()
     try:
-        payload = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise Refusal(400, f"body is not valid JSON: {exc}", "malformed") from None
     if not isinstance(payload, dict):
         raise Refusal(400, "payload must be a JSON object", "malformed")

@@ -1,0 +1,161 @@
+"""What a 202 promises under load and crashes: recorded durably, once, and enqueued (group commit included)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+from starlette.applications import Starlette
+
+from bot import deliveries
+from bot.models import Delivery, DeliveryStatus, Installation
+from bot.queue import WorkQueue
+from bot.settings import Settings
+from bot.store import Store
+from bot.web.app import create_app
+from tests.support.payloads import load_payload, webhook_headers
+
+
+async def test_a_burst_shares_transactions_and_each_delivery_is_recorded_and_enqueued_once(
+    app: Starlette, settings: Settings, store: Store, queue: WorkQueue, installed: Callable[[dict[str, Any]], None]
+) -> None:
+    payload = load_payload("issue_comment.created")
+    installed(payload)
+    body = json.dumps(payload).encode()
+    ids = [f"burst-{n}" for n in range(60)]
+    sent = ids + ids[:20]  # a third of them redelivered while the first copies are still in flight
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://nofx") as http:
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    "/webhooks",
+                    content=body,
+                    headers=webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id=d),
+                )
+                for d in sent
+            )
+        )
+
+    assert [a.status_code for a in answers] == [202] * len(sent)
+    statuses = [a.json()["status"] for a in answers]
+    assert statuses.count("queued") == len(ids)
+    assert statuses.count("duplicate") == 20
+    with store.session() as session:
+        assert session.exec(select(func.count()).select_from(Delivery)).one() == len(ids)
+    assert sorted(queue.queue.job_ids) == sorted(f"dispatch-{d}" for d in ids)
+    batches = app.state.metrics.registry.get_sample_value("nofx_webhook_intake_batch_deliveries_count")
+    assert batches is not None and batches < len(sent)  # requests in flight together shared a transaction
+
+
+async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_sweeper(
+    settings: Settings, store: Store, installed: Callable[[dict[str, Any]], None], tmp_path: Path
+) -> None:
+    payload = load_payload("issue_comment.created")
+    installed(payload)
+    body = json.dumps(payload).encode()
+    down = WorkQueue.from_url("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    app = create_app(settings, store=store, queue=down, env_file=tmp_path / ".env")
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx") as http:
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    "/webhooks",
+                    content=body,
+                    headers=webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id=d),
+                )
+                for d in ("down-1", "down-2", "down-3")
+            )
+        )
+
+    assert [a.status_code for a in answers] == [500, 500, 500]
+    for delivery_id in ("down-1", "down-2", "down-3"):
+        row = deliveries.get(store, delivery_id)
+        assert row is not None and row.status == DeliveryStatus.received  # the sweeper enqueues these
+
+
+def test_a_202_survives_kill_9_of_the_web_process_right_after_the_answer(
+    tmp_path: Path, settings: Settings, redis_url: str
+) -> None:
+    database = tmp_path / "durable.db"
+    store = Store(f"sqlite:///{database}")
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    with store.session() as session:
+        session.add(Installation(id=payload["installation"]["id"], account_login="Codertocat"))
+    body = json.dumps(payload).encode()
+    headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="survivor")
+
+    with _web(tmp_path, settings, redis_url, database) as (base, process):
+        answer = httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10)
+        os.kill(process.pid, signal.SIGKILL)
+        assert answer.status_code == 202 and answer.json()["status"] == "queued"
+    process.wait(timeout=10)
+
+    row = deliveries.get(store, "survivor")
+    assert row is not None and row.status == DeliveryStatus.queued and row.payload == payload
+    assert WorkQueue.from_url(redis_url).job_exists("dispatch-survivor")
+
+    with _web(tmp_path, settings, redis_url, database) as (base, _process):
+        again = httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10)
+    assert again.status_code == 202 and again.json()["status"] == "duplicate"
+    with store.session() as session:
+        assert session.exec(select(func.count()).select_from(Delivery)).one() == 1
+    store.dispose()
+
+
+@contextlib.contextmanager
+def _web(
+    tmp_path: Path, settings: Settings, redis_url: str, database: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`nofx web` as a real process on SQLite and the test's queue server."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "NOFX_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REDIS_URL": redis_url,
+        "GITHUB_WEBHOOK_SECRET": settings.webhook_secret or "",
+        "PORT": str(port),
+    }
+    with (tmp_path / "web.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "web"], env=env, cwd=tmp_path, stdout=log, stderr=log
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(f"nofx web did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield base, process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
