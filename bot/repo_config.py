@@ -66,13 +66,20 @@ DEFAULT_SKIP_PATHS = (
 class ConfigError(ValueError):
     """The repo config cannot be used; `str()` names the file, the key and what is allowed, for the status comment."""
 
-    def __init__(self, key: str, problem: str, allowed: str, *, line: int | None = None) -> None:
+    def __init__(
+        self, key: str, problem: str, allowed: str, *, line: int | None = None, file: str = CONFIG_PATH
+    ) -> None:
         self.key = key
         self.problem = problem
         self.allowed = allowed
         self.line = line
-        self.message = f"`{CONFIG_PATH}`: `{key}` {problem}; allowed: {allowed}"
+        self.file = file
+        self.message = f"`{file}`: `{key}` {problem}; allowed: {allowed}"
         super().__init__(self.message)
+
+    def in_file(self, file: str) -> ConfigError:
+        """The same error, naming the file the offending key came from (a base config of `_extends`)."""
+        return ConfigError(self.key, self.problem, self.allowed, line=self.line, file=file)
 
 
 @dataclass(frozen=True)
@@ -150,26 +157,37 @@ class RepoConfig:
 
 def parse_config(text: str | None) -> RepoConfig:
     """Parse the file's text into a RepoConfig; a missing or empty file means defaults. Raises ConfigError."""
-    if text is None or not text.strip():
-        return RepoConfig()
-    size = len(text.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError("(file)", f"is {size} bytes", f"at most {MAX_CONFIG_BYTES} bytes (64 KB)")
-    data = _load_yaml(text)
-    if data is None:
-        return RepoConfig()
-    if not isinstance(data, dict):
-        raise ConfigError("(file)", f"is {_show(data)} at the top level", _SCHEMA.allowed)
-    config: RepoConfig = _SCHEMA.parse(data, "")
+    return from_mapping(load_mapping(text))
+
+
+def load_mapping(text: str | None, *, file: str = CONFIG_PATH) -> dict[str, Any]:
+    """The file's YAML as a mapping, read strictly but not yet checked against the schema ({} when empty)."""
+    try:
+        if text is None or not text.strip():
+            return {}
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError("(file)", f"is {size} bytes", f"at most {MAX_CONFIG_BYTES} bytes (64 KB)")
+        data = _load_yaml(text)
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError("(file)", f"is {_show(data)} at the top level", _SCHEMA.allowed)
+        return data
+    except ConfigError as exc:
+        raise exc.in_file(file) from None
+
+
+def from_mapping(data: Mapping[str, Any]) -> RepoConfig:
+    """Check a (merged) mapping against the schema and the rules that span keys. Raises ConfigError."""
+    config: RepoConfig = _SCHEMA.parse(dict(data), "")
     _check_consistency(config)
     return config
 
 
 def from_dict(data: Mapping[str, Any]) -> RepoConfig:
     """Rebuild a config from its `describe()` snapshot (stored on each run), through the same schema."""
-    config: RepoConfig = _SCHEMA.parse(dict(data), "")
-    _check_consistency(config)
-    return config
+    return from_mapping(data)
 
 
 def permission_reaches(actual: str, minimum: str) -> bool:

@@ -60,8 +60,13 @@ def test_reaction_comes_before_anything_slow(
     work()
     repo_calls = [c.template for c in github.calls() if c.template.startswith("/repos")]
     assert repo_calls.index(COMMENT_REACTIONS) < repo_calls.index(COMMENTS)
-    # Only the config was read before the reaction.
-    assert repo_calls[: repo_calls.index(COMMENT_REACTIONS)] == ["/repos/{owner}/{repo}/contents/{path}"]
+    # Only the config was read before the reaction (own file, else the organization's; heads key the cache).
+    config_reads = {
+        "/repos/{owner}/{repo}/contents/{path}",
+        "/repos/{owner}/{repo}/branches/{branch}",
+        "/repos/{owner}/{repo}",
+    }
+    assert set(repo_calls[: repo_calls.index(COMMENT_REACTIONS)]) == config_reads
 
 
 def test_reader_is_refused_once_and_nothing_else_happens(
@@ -75,7 +80,9 @@ def test_reader_is_refused_once_and_nothing_else_happens(
     assert reply.startswith("@Codertocat, only people with *write* access")
     assert _run_count(store) == 0
     assert not github.calls("POST", "/repos/{owner}/{repo}/check-runs")
-    assert not github.calls("GET", "/repos/{owner}/{repo}/branches/{branch}")
+    templates = [c.template for c in github.calls() if c.template.startswith("/repos")]
+    after_check = templates[templates.index("/repos/{owner}/{repo}/collaborators/{username}/permission") + 1 :]
+    assert after_check == [COMMENTS]  # no branch of the run was looked up
 
 
 @pytest.mark.parametrize(

@@ -426,7 +426,9 @@ def test_changing_ci_workflows_needs_an_approval_step(
     assert apply.status == StepStatus.failed
     assert ".github/workflows/ci.yml" in (apply.error or "") and "require_approval_before" in (apply.error or "")
 
-    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL.replace("[]", "[workspace:write]")
+    approving = NO_APPROVAL.replace("[]", "[workspace:write]")
+    github.files[(OWNER, REPO, CONFIG, None)] = approving  # a config change is a commit: the cache is per commit
+    github.branches[(OWNER, REPO, BASE)] = git.commit(OWNER, REPO, {CONFIG: approving}, branch=BASE)
     llm.tool_calls(edit)
     deliver("issue_comment", ask(git, "/nofx add a CI workflow", number=2))
     work()

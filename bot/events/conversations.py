@@ -514,7 +514,7 @@ def _previous_outcome(ctx: EventContext, run: Run | None) -> str | None:
 async def _config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *, mentioned: bool) -> RepoConfig | None:
     """The repository's config; an invalid file is reported (only when nofx was addressed) and stops here."""
     try:
-        return await repos.load_config(gh, thread)
+        return await repos.load_config(gh, thread, ctx.queue.redis)
     except ConfigError as exc:
         log.info("invalid repository config: %s", exc)
         if mentioned:

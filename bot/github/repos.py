@@ -4,35 +4,99 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+import json
+from typing import Any, Protocol
 
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
+from bot import config_inheritance
+from bot.config_inheritance import ConfigFile
 from bot.github.threads import Thread
-from bot.repo_config import CONFIG_PATH, MAX_CONFIG_BYTES, ConfigError, RepoConfig, parse_config
+from bot.repo_config import MAX_CONFIG_BYTES, ConfigError, RepoConfig
+
+CONFIG_CACHE_TTL_S = 24 * 3600
 
 
-async def load_config(gh: GitHubAPI, thread: Thread) -> RepoConfig:
-    """`.github/nofx.yml` from the default branch; defaults when it is missing. Raises ConfigError."""
-    try:
-        data = await gh.getitem(
-            "/repos/{owner}/{repo}/contents/{+path}{?ref}",
-            url_vars={"owner": thread.owner, "repo": thread.repo, "path": CONFIG_PATH, "ref": thread.default_branch},
-        )
-    except BadRequest as exc:
-        if exc.status_code == 404:
-            return parse_config(None)
-        raise
-    if not isinstance(data, dict) or data.get("type") != "file":
-        raise ConfigError("(file)", f"{CONFIG_PATH} is not a file", "a YAML file")
-    if (data.get("size") or 0) > MAX_CONFIG_BYTES:
-        raise ConfigError("(file)", f"is {data['size']} bytes", f"at most {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = base64.b64decode(data.get("content") or "").decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ConfigError("(file)", "is not UTF-8 text", "a UTF-8 YAML file") from None
-    return parse_config(text)
+async def load_config(gh: GitHubAPI, thread: Thread, cache: TextCache | None = None) -> RepoConfig:
+    """The effective `.github/nofx.yml` (own, else the organization's, with `_extends` bases). Raises ConfigError.
+
+    Each file is read at its repository's default-branch head; with a `cache` (Redis) a file is read once per
+    commit, so a burst of comments costs one small branch lookup per repository each, not a file read.
+    """
+    reader = _ConfigReader(gh, thread, cache)
+    return await config_inheritance.resolve(reader.read, thread.owner, thread.repo)
+
+
+class TextCache(Protocol):
+    """What the config cache needs of Redis."""
+
+    def get(self, name: str) -> Any: ...
+
+    def set(self, name: str, value: str, ex: int | None = None) -> Any: ...
+
+
+class _ConfigReader:
+    """Reads config files for one event: head commit first (which also proves access), then the cache or the file."""
+
+    def __init__(self, gh: GitHubAPI, thread: Thread, cache: TextCache | None) -> None:
+        self.gh, self.thread, self.cache = gh, thread, cache
+
+    async def read(self, file: ConfigFile) -> str | None:
+        head = await self._head(file.owner, file.repo)
+        if head is None:
+            if self._is_own(file.owner, file.repo):  # an empty repository, or a branch renamed a moment ago
+                return await self._file_at(file, self.thread.default_branch)
+            return None
+        key = f"nofx:config:{file.owner.lower()}/{file.repo.lower()}@{head}:{file.path}"
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            cached: str | None = json.loads(hit)["text"]
+            return cached
+        text = await self._file_at(file, head)
+        if self.cache is not None:
+            self.cache.set(key, json.dumps({"text": text}), ex=CONFIG_CACHE_TTL_S)
+        return text
+
+    async def _head(self, owner: str, repo: str) -> str | None:
+        """The default branch's head commit, or None when the repository cannot be read or is empty."""
+        try:
+            if self._is_own(owner, repo):
+                branch = self.thread.default_branch
+            else:
+                meta = await self.gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo})
+                branch = str(meta["default_branch"])
+            data = await self.gh.getitem(
+                "/repos/{owner}/{repo}/branches/{branch}", url_vars={"owner": owner, "repo": repo, "branch": branch}
+            )
+        except BadRequest as exc:
+            if exc.status_code in (403, 404):
+                return None
+            raise
+        return str(data["commit"]["sha"])
+
+    def _is_own(self, owner: str, repo: str) -> bool:
+        return (owner.lower(), repo.lower()) == (self.thread.owner.lower(), self.thread.repo.lower())
+
+    async def _file_at(self, file: ConfigFile, ref: str) -> str | None:
+        try:
+            data = await self.gh.getitem(
+                "/repos/{owner}/{repo}/contents/{+path}{?ref}",
+                url_vars={"owner": file.owner, "repo": file.repo, "path": file.path, "ref": ref},
+            )
+        except BadRequest as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        if not isinstance(data, dict) or data.get("type") != "file":
+            raise ConfigError("(file)", "is not a file", "a YAML file", file=file.label)
+        if (data.get("size") or 0) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                "(file)", f"is {data['size']} bytes", f"at most {MAX_CONFIG_BYTES} bytes", file=file.label
+            )
+        try:
+            return base64.b64decode(data.get("content") or "").decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigError("(file)", "is not UTF-8 text", "a UTF-8 YAML file", file=file.label) from None
 
 
 async def branch_head(gh: GitHubAPI, thread: Thread, branch: str) -> str:

@@ -117,7 +117,7 @@ async def review_updated_pull_request(event: sansio.Event, ctx: EventContext) ->
         raise RuntimeError("the GitHub App is not configured (GITHUB_APP_ID and a private key are required)")
     gh = ctx.github.installation_client(thread.installation_id)
     try:
-        config = await repos.load_config(gh, thread)
+        config = await repos.load_config(gh, thread, ctx.queue.redis)
     except ConfigError as exc:  # nobody asked: no comment, the next `/nofx` command reports the error
         log.info("invalid repository config, no automatic review: %s", exc)
         return
