@@ -250,7 +250,9 @@ def _nofx_web(target: str, workdir: Path, secret: str, args: argparse.Namespace)
 
 
 @contextlib.contextmanager
-def _nofx_serve(_target: str, workdir: Path, secret: str, _args: argparse.Namespace) -> Iterator[tuple[str, int, object]]:
+def _nofx_serve(
+    _target: str, workdir: Path, secret: str, _args: argparse.Namespace
+) -> Iterator[tuple[str, int, object]]:
     workdir.mkdir(parents=True)
     port = _free_port()
     database_url = f"sqlite:///{workdir}/data/nofx.db"

@@ -73,7 +73,7 @@ def record_all(store: Store, batch: list[Delivery]) -> list[Recorded]:
         known = [delivery_id for delivery_id in first if delivery_id not in inserted]
         stored: dict[str, tuple[Any, str | None]] = {}
         if known:
-            query = select(Delivery.id, Delivery.status, Delivery.reason).where(Delivery.id.in_(known))  # type: ignore[attr-defined]
+            query = select(Delivery.id, Delivery.status, Delivery.reason).where(col(Delivery.id).in_(known))
             stored = {row[0]: (row[1], row[2]) for row in conn.execute(query)}
     answers: list[Recorded] = []
     for delivery in batch:
@@ -189,11 +189,11 @@ def mark_all_received(store: Store, delivery_ids: list[str]) -> None:
     """The group's enqueue failed: the sweeper (or a redelivery) enqueues them once the queue is back."""
     statement = (
         update(Delivery)
-        .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.queued)  # type: ignore[attr-defined]
+        .where(col(Delivery.id).in_(delivery_ids), col(Delivery.status) == DeliveryStatus.queued)
         .values(status=DeliveryStatus.received, updated_at=utcnow())
     )
-    with store.session() as session:
-        session.exec(statement)  # type: ignore[call-overload]
+    with store.engine.begin() as conn:
+        conn.execute(statement)
 
 
 def _insert_ignoring_known(store: Store) -> Any:
