@@ -18,6 +18,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from bot.events import router as events
 from bot.queue import WorkQueue
 from bot.runs import records as runs
 from bot.runs.artifacts import Artifacts
@@ -46,7 +47,14 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> Starlette:
     timing = StreamTiming(poll_s=0.1, heartbeat_s=5)
-    return create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env", stream_timing=timing)
+    return create_app(
+        settings,
+        ignore_reason=events.ignore_reason,
+        store=store,
+        queue=queue,
+        env_file=tmp_path / ".env",
+        stream_timing=timing,
+    )
 
 
 def log_in(client: TestClient, run_id: str, token: str = TOKEN) -> Any:

@@ -89,7 +89,13 @@ def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
     from bot.web.app import create_app
 
     settings = _with_queue(settings)
-    uvicorn.run(create_app(settings), host=args.host, port=settings.port, log_config=None, proxy_headers=True)
+    uvicorn.run(
+        create_app(settings, ignore_reason=events.ignore_reason),
+        host=args.host,
+        port=settings.port,
+        log_config=None,
+        proxy_headers=True,
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import uvicorn
 
+from bot.events import router as events
 from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
@@ -37,7 +38,11 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
     pool.start()
     try:
         config = uvicorn.Config(
-            create_app(settings), host=host, port=settings.port, log_config=None, proxy_headers=True
+            create_app(settings, ignore_reason=events.ignore_reason),
+            host=host,
+            port=settings.port,
+            log_config=None,
+            proxy_headers=True,
         )
         log.info("serving on http://%s:%s", host, settings.port)
         # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler

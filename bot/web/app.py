@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from anyio import to_thread
 from rq import Worker
+from sqlmodel import col, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bot.events import router as events
-from bot.github import identity
 from bot.metrics.runs import RunMetrics
 from bot.metrics.web import CONTENT_TYPE, Metrics
 from bot.metrics.workers import WorkerMetrics
+from bot.models import AppIdentity, Delivery
 from bot.queue import WorkQueue
 from bot.runs.artifacts import Artifacts
 from bot.settings import ENV_FILE, Settings
@@ -33,12 +34,17 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings,
     *,
+    ignore_reason: Callable[[Store, Delivery], str | None],
     store: Store | None = None,
     queue: WorkQueue | None = None,
     env_file: Path | None = None,
     stream_timing: StreamTiming | None = None,
 ) -> Starlette:
-    """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings."""
+    """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings.
+
+    `ignore_reason` is the event routers' verdict on a delivery (`bot.events.router.ignore_reason`), passed in by
+    the command that starts the web process, so the web layer imports no router, GitHub client or model.
+    """
     if store is None:
         store = Store(settings.database_url)
         store.create_all()
@@ -75,7 +81,7 @@ def create_app(
         metrics=metrics,
         # Read per request: the setup flow may write the secret while the app runs.
         secret=lambda: app.state.settings.webhook_secret,
-        ignore_reason=lambda delivery: events.ignore_reason(store, delivery),
+        ignore_reason=lambda delivery: ignore_reason(store, delivery),
     )
     return app
 
@@ -131,7 +137,8 @@ def _dependency_checks(store: Store, queue: WorkQueue) -> dict[str, str]:
 
 
 def _queue_status(store: Store, queue: WorkQueue) -> dict[str, str]:
-    app = identity.current(store)
+    with store.session() as session:  # the identity a worker recorded (bot.github.identity); none before one ran
+        app = session.exec(select(AppIdentity).order_by(col(AppIdentity.updated_at).desc())).first()
     try:
         queue.ping()
         depth = sum(queue.depths().values())
