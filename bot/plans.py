@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 ALL_TOOLS = (
@@ -137,17 +136,25 @@ def _step(raw: Any, index: int, earlier: set[str], available: Collection[str], a
     )
 
 
+def normalise_path(path: str) -> str:
+    """One spelling per file: `\\` as `/`, no empty or `.` components (`.github/./workflows//x` is
+    `.github/workflows/x`). Every check on a path runs on this form, and edits are written under it."""
+    return "/".join(part for part in path.replace("\\", "/").split("/") if part not in ("", "."))
+
+
 def path_problem(path: str) -> str | None:
     """Why a path may not be touched (it leaves the workspace or targets .git), or None if it is fine."""
     if not path or "\x00" in path:
         return "is empty or contains a NUL byte"
     if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
         return "is absolute; paths must be relative to the repository"
-    parts = PurePosixPath(path.replace("\\", "/")).parts
+    parts = normalise_path(path).split("/")
     if ".." in parts:
         return "leaves the workspace ('..')"
-    if parts and parts[0] == ".git":
-        return "is inside .git/"
+    if parts == [""]:
+        return "names the repository root, not a file"
+    if any(part.lower() == ".git" for part in parts):
+        return "is inside .git/ (git's own files are never edited)"
     return None
 
 

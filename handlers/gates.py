@@ -15,9 +15,13 @@ OUTPUT_ARTIFACT = "output.log"
 
 
 async def run(ctx: StepContext) -> StepResult:
-    """Pass when the command exits 0 in time; otherwise fail the run with the output's last lines."""
-    command = ctx.inputs.get("command")
+    """Pass when the command exits 0 in time; otherwise fail the run with the output's last lines.
+
+    The command is the repository's `gates.<kind>`, never an input of the plan: a plan chooses which gates
+    run, not what they run.
+    """
     kind = ctx.step.tool.removeprefix("gate:")
+    command = getattr(ctx.config.gates, kind, None)
     if not isinstance(command, str) or not command.strip():
         raise StepFailed(f"this gate has no command to run; set `gates.{kind}` in .github/nofx.yml")
     if ctx.workspace is None:

@@ -49,7 +49,7 @@ PLAN = Plan(
     steps=(
         StepSpec("generate", "codegen"),
         StepSpec("apply", "workspace:write", depends_on=("generate",)),
-        StepSpec("test", "gate:test", inputs={"command": "python3 -m unittest"}, depends_on=("apply",)),
+        StepSpec("test", "gate:test", depends_on=("apply",)),
         StepSpec("approve", "manual:approval", depends_on=("test",)),
         StepSpec("pull-request", "git_pr", depends_on=("approve",)),
     ),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.models import Run, Step
-from bot.repo_config import PolicyConfig, RepoConfig
+from bot.repo_config import GatesConfig, PolicyConfig, RepoConfig
 from bot.runs.contract import StepContext, StepFailed, discover_handlers
 from bot.workspace import sandbox
 from handlers import gates
@@ -57,7 +58,7 @@ class Harness:
             position=2,
             name=tool.removeprefix("gate:"),
             tool=tool,
-            inputs={"command": command},
+            inputs={},
             depends_on=[],
             policy={},
             timeout_s=timeout_s,
@@ -66,7 +67,7 @@ class Harness:
         return StepContext(
             run=run,
             step=step,
-            config=config or RepoConfig(),
+            config=replace(config or RepoConfig(), gates=GatesConfig(**{tool.removeprefix("gate:"): command})),
             gh=None,
             earlier={},
             emit=lambda kind, payload: self.events.append((kind, payload)),

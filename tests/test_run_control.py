@@ -7,6 +7,7 @@ chooses its own steps; everything else is the real app, queue, worker, git serve
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload
 
-LLM_PLANNER = "planner: llm\ngates: {}\npolicy:\n  require_approval_before: []\n"
+LLM_PLANNER = "planner: llm\ngates:\n  test: 'true'\npolicy:\n  require_approval_before: []\n"
 CONFIG = ".github/nofx.yml"
 CHECK_RUN_UPDATES = "/repos/{owner}/{repo}/check-runs/{check_run_id}"
 
@@ -52,8 +53,15 @@ def plan(llm: AnthropicDouble, *steps: dict[str, Any]) -> None:
     llm.tool_call("submit_plan", {"goal": "test the engine", "steps": list(steps)})
 
 
-def gate(name: str, command: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "tool": "gate:test", "inputs": {"command": command}, **extra}
+def gate(name: str, tool: str = "gate:test", **extra: Any) -> dict[str, Any]:
+    """A gate step as the model plans it: which gate, never its command (that is the repository's config)."""
+    return {"name": name, "tool": tool, **extra}
+
+
+def use_gates(github: GitHubDouble, **commands: str) -> None:
+    """The repository's `gates:` section, e.g. `use_gates(github, test="make check")`."""
+    lines = "".join(f"  {kind}: {json.dumps(command)}\n" for kind, command in commands.items())
+    github.files[(OWNER, REPO, CONFIG, None)] = f"planner: llm\ngates:\n{lines}policy:\n  require_approval_before: []\n"
 
 
 def only_run(store: Store) -> Run:
@@ -78,7 +86,7 @@ def test_approve_then_reject_on_the_next_run(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    plan(llm, {"name": "ok", "tool": "manual:approval"}, gate("check", "true", depends_on=["ok"]))
+    plan(llm, {"name": "ok", "tool": "manual:approval"}, gate("check", depends_on=["ok"]))
     deliver("issue_comment", ask(git, "/nofx check things"))
     work()
     run = only_run(store)
@@ -102,7 +110,7 @@ def test_reject_cancels_the_run(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    plan(llm, {"name": "ok", "tool": "manual:approval"}, gate("check", "true", depends_on=["ok"]))
+    plan(llm, {"name": "ok", "tool": "manual:approval"}, gate("check", depends_on=["ok"]))
     deliver("issue_comment", ask(git, "/nofx check things"))
     work()
 
@@ -154,7 +162,8 @@ def test_retry_reruns_the_failed_step_and_rerequested_does_too(
 ) -> None:
     # Fails on its first two attempts, passes on the third: the file lives in the run's worktree.
     flaky = 'n=$(cat .attempts 2>/dev/null || echo 0); echo $((n+1)) > .attempts; [ "$n" -ge 2 ] || { echo "attempt $n fails"; exit 1; }'
-    plan(llm, gate("flaky", flaky), gate("after", "true", depends_on=["flaky"]))
+    use_gates(github, test=flaky, lint="true")
+    plan(llm, gate("flaky"), gate("after", "gate:lint", depends_on=["flaky"]))
     deliver("issue_comment", ask(git, "/nofx be flaky"))
     work()
     run = only_run(store)
@@ -187,7 +196,7 @@ def test_a_second_request_on_the_thread_waits_behind_the_active_run(
     plan(llm, {"name": "ok", "tool": "manual:approval"})
     deliver("issue_comment", ask(git, "/nofx first"))
     work()
-    plan(llm, gate("second", "true"))
+    plan(llm, gate("second"))
     deliver("issue_comment", ask(git, "/nofx second"))
     work()
 
@@ -226,9 +235,9 @@ def test_a_plan_the_model_cannot_correct_is_refused(
 @pytest.mark.parametrize(
     ("steps", "reason"),
     [
-        ([gate("a", "true", depends_on=["b"]), gate("b", "true", depends_on=["a"])], "not an earlier step"),
+        ([gate("a", depends_on=["b"]), gate("b", depends_on=["a"])], "not an earlier step"),
         ([{"name": "w", "tool": "workspace:write", "inputs": {"path": "../../etc/passwd"}}], "leaves the workspace"),
-        ([gate("a", "true"), gate("a", "true")], "used twice"),
+        ([gate("a"), gate("a")], "used twice"),
     ],
 )
 def test_an_invalid_llm_plan_is_refused_and_never_run(
@@ -257,7 +266,8 @@ def test_plan_command_shows_the_plan_and_runs_nothing(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    plan(llm, gate("check", "make check"))
+    use_gates(github, test="make check")
+    plan(llm, gate("check"))
     deliver("issue_comment", ask(git, "/nofx plan check the build"))
     work()
     assert "check" in last_comment(github) and "Nothing has run" in last_comment(github)
@@ -274,7 +284,8 @@ def test_cancel_stops_the_running_step_in_another_worker(
     store: Store,
     settings: Settings,
 ) -> None:
-    plan(llm, gate("slow", "sleep 97531", timeout_s=300))  # an unusual duration, to find the process
+    use_gates(github, test="sleep 97531")
+    plan(llm, gate("slow", timeout_s=300))  # an unusual duration, to find the process
     deliver("issue_comment", ask(git, "/nofx be slow"))
     with background_worker(settings) as _worker:
         run = wait_for_running(store, "slow")
@@ -298,7 +309,8 @@ def test_a_worker_killed_mid_step_leaves_no_run_stuck(
     runtime: Runtime,
 ) -> None:
     once = "if [ -f .killed ]; then echo recovered; else touch .killed; sleep 120; fi"
-    plan(llm, gate("fragile", once, retries=1, timeout_s=300))
+    use_gates(github, test=once)
+    plan(llm, gate("fragile", retries=1, timeout_s=300))
     deliver("issue_comment", ask(git, "/nofx survive a crash"))
     with background_worker(settings) as worker:
         run = wait_for_running(store, "fragile")
@@ -402,7 +414,7 @@ def _issue_event(name: str, git: GitServer, **changes: Any) -> dict[str, Any]:
 def test_the_run_label_starts_a_run_with_the_issues_title_and_body(
     deliver: Deliverer, work: Callable[..., None], git: GitServer, llm: AnthropicDouble, store: Store
 ) -> None:
-    plan(llm, gate("check", "true"))
+    plan(llm, gate("check"))
     labeled = _issue_event(
         "issues.labeled", git, label__name="nofx", issue__title="Add a cart", issue__body="With a total."
     )
@@ -430,7 +442,7 @@ def test_a_command_in_a_new_issues_body_starts_a_run(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    plan(llm, gate("check", "true"))
+    plan(llm, gate("check"))
     opened = _issue_event("issues.opened", git, issue__body="Please:\n\n/nofx add a cart")
     deliver("issues", opened)
     work()
@@ -448,7 +460,8 @@ def test_a_command_in_a_review_comment_runs_on_the_pull_requests_branch(
 ) -> None:
     git.commit(OWNER, REPO, {"feature.py": "x = 1\n"}, branch="feature")
     pull = github.add_pull(OWNER, REPO, head="feature", base="master", user="Codertocat")
-    plan(llm, gate("check", "test -f feature.py"))
+    use_gates(github, test="test -f feature.py")
+    plan(llm, gate("check"))
     comment = _issue_event("pull_request_review_comment.created", git, comment__body="/nofx tidy this up")
     comment["pull_request"]["number"] = pull["number"]
     deliver("pull_request_review_comment", comment)
@@ -489,7 +502,7 @@ def test_each_surface_gets_at_most_one_edit_per_second(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    plan(llm, *(gate(f"g{i}", "true", depends_on=[f"g{i - 1}"] if i else []) for i in range(6)))
+    plan(llm, *(gate(f"g{i}", depends_on=[f"g{i - 1}"] if i else []) for i in range(6)))
     deliver("issue_comment", ask(git, "/nofx many quick steps"))
     work()
     run = only_run(store)

@@ -21,7 +21,7 @@ from bot.github import identity, repos
 from bot.github.permissions import is_automation, permission_of
 from bot.github.threads import Thread
 from bot.models import ReviewPass, Run, RunStatus, StepStatus
-from bot.plans import Plan, PlanError, validate
+from bot.plans import Plan, PlanError
 from bot.render.replies import (
     config_error,
     help_comment,
@@ -34,7 +34,7 @@ from bot.render.replies import (
 from bot.render.status_comment import run_status_summary
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
 from bot.review import passes as reviews
-from bot.runs import checkpoints, memory, planner
+from bot.runs import checkpoints, memory, planner, policy
 from bot.runs import records as runs
 from bot.runs.llm_planner import planner_for
 from bot.store import Store
@@ -364,9 +364,7 @@ async def _start_git_operation(turn: _Turn, argument: str) -> None:
         "steps": [{"name": "git", "tool": "git_ops", "inputs": {"op": op, "args": args}}],
     }
     try:
-        plan = validate(
-            plan_data, available_tools=turn.ctx.engine.handlers, tools_allowed=turn.config.policy.tools_allowed
-        )
+        plan = policy.enforce(plan_data, turn.config, available_tools=turn.ctx.engine.handlers)
     except PlanError as exc:
         await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
         return

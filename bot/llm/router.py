@@ -390,7 +390,12 @@ class LLM:
     # ------------------------------------------------------------------ prompt hygiene
 
     def _prepare(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> tuple[str, list[Message]]:
-        """Redact every prompt string, tell the model about fences, and refuse a prompt that still holds a secret."""
+        """Redact every prompt string, tell the model about fences, and refuse a prompt that still holds a secret.
+
+        A system prompt with a fence in it is refused: untrusted text belongs in user messages only.
+        """
+        if _FENCE_OPEN in system:
+            raise LLMError("refusing to send the prompt: untrusted text belongs in a user message, not the system")
         system = self._redact(system)
         redacted = [_map_strings(message, self._redact, keys={"content", "tool_calls"}) for message in messages]
         fenced = any(_FENCE_OPEN in s for s in _strings(redacted))

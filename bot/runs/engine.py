@@ -20,7 +20,7 @@ from bot.llm.router import LLM, Budget, LLMResponse
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import checkpoints, memory, report
+from bot.runs import checkpoints, memory, policy, report
 from bot.runs import records as runs
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
@@ -141,7 +141,8 @@ class Engine:
         """Why the step may not run now, or None: missing handler, unmet dependencies, policy."""
         if step.tool not in self.handlers:
             return f"no handler for the tool {step.tool!r} on this server"
-        by_name = {s.name: s for s in runs.steps_of(self.store, run.id)}
+        steps = runs.steps_of(self.store, run.id)
+        by_name = {s.name: s for s in steps}
         unmet = [d for d in step.depends_on if by_name.get(d) is None or by_name[d].status != StepStatus.succeeded]
         if unmet:
             return f"dependencies not finished: {', '.join(unmet)}"
@@ -150,7 +151,7 @@ class Engine:
         )
         if config.policy.tools_allowed and step.tool not in allowed:
             return f"the repository's policy does not allow the tool {step.tool!r}"
-        return None
+        return policy.step_refusal(step, steps, config)
 
     async def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
         earlier = {s.name: s for s in runs.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}

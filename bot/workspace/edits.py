@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.plans import path_problem
+from bot.plans import normalise_path, path_problem
 
 WORKFLOWS_DIR = ".github/workflows/"
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -39,14 +39,18 @@ class Edit:
         path = data.get("path")
         if op not in ("write_file", "replace_in_file") or not isinstance(path, str):
             raise EditError(f"not an edit: {str(data)[:200]}")
+        problem = path_problem(path)
+        if problem:
+            raise EditError(f"{path}: {problem}")
+        path = normalise_path(path)
         if op == "write_file":
             return cls(op=op, path=path, content=_text(data, "content"))
         return cls(op=op, path=path, old=_text(data, "old"), new=_text(data, "new"))
 
 
 def touches_workflows(edits: list[Edit]) -> list[str]:
-    """Paths under .github/workflows/: changing CI needs a person's approval first."""
-    return sorted({e.path for e in edits if _normal(e.path).startswith(WORKFLOWS_DIR)})
+    """Paths under .github/workflows/ (in any spelling or letter case): changing CI needs a person's approval first."""
+    return sorted({e.path for e in edits if normalise_path(e.path).lower().startswith(WORKFLOWS_DIR)})
 
 
 def apply(root: Path, edits: list[Edit]) -> list[str]:
@@ -85,10 +89,10 @@ def safe_target(root: Path, path: str) -> Path:
     if problem:
         raise EditError(f"{path}: {problem}")
     real_root = root.resolve()
-    target = real_root / _normal(path)
+    target = real_root / normalise_path(path)
     # Walk every existing component: a symlink anywhere on the way may point out of the worktree.
     current = real_root
-    for part in Path(_normal(path)).parts:
+    for part in Path(normalise_path(path)).parts:
         current = current / part
         if current.is_symlink():
             raise EditError(f"{path}: goes through a symbolic link ({current.relative_to(real_root)})")
@@ -114,13 +118,6 @@ def _read(target: Path, path: str) -> str:
         return target.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise EditError(f"{path}: not a UTF-8 text file") from None
-
-
-def _normal(path: str) -> str:
-    normal = path.replace("\\", "/")
-    while normal.startswith("./"):
-        normal = normal[2:]
-    return normal
 
 
 def _text(data: dict[str, Any], key: str) -> str:
