@@ -833,7 +833,7 @@ def test_a_pass_whose_worker_died_is_queued_again_once_then_failed(
 
     from sqlalchemy import text
 
-    from bot.review import passes as reviews
+    from bot.review import pass_records
     from bot.worker.loop import run_worker
 
     pull = PullRequest(github, git)
@@ -841,13 +841,13 @@ def test_a_pass_whose_worker_died_is_queued_again_once_then_failed(
     deliver("pull_request", pull.event("opened"))
     run_worker(runtime, burst=True, max_jobs=1)  # only the dispatch: the pass is recorded and queued
     [review_pass] = passes(store)
-    reviews.claim_pass(store, review_pass.id)  # a worker took it ... and died
+    pass_records.claim_pass(store, review_pass.id)  # a worker took it ... and died
     with store.session() as session:
         session.execute(
             text("UPDATE reviewpass SET started_at = '2000-01-01 00:00:00' WHERE id = :i"), {"i": review_pass.id}
         )
 
-    assert reviews.restart_abandoned(store, queue, timedelta(minutes=30)) == [review_pass.id]
+    assert pass_records.restart_abandoned(store, queue, timedelta(minutes=30)) == [review_pass.id]
     answer(llm, finding(30))
     work()
     [done] = passes(store)
@@ -860,6 +860,6 @@ def test_a_pass_whose_worker_died_is_queued_again_once_then_failed(
             text("UPDATE reviewpass SET status = 'running', started_at = '2000-01-01 00:00:00' WHERE id = :i"),
             {"i": review_pass.id},
         )
-    assert reviews.restart_abandoned(store, queue, timedelta(minutes=30)) == []
-    failed = reviews.get_pass(store, review_pass.id)
+    assert pass_records.restart_abandoned(store, queue, timedelta(minutes=30)) == []
+    failed = pass_records.get_pass(store, review_pass.id)
     assert failed is not None and failed.status == ReviewStatus.failed and "Re-run" in (failed.error or "")

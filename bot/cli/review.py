@@ -30,9 +30,9 @@ from bot.github.client import NofxGitHubAPI, http_client
 from bot.llm.router import LLM, LLMError
 from bot.repo_config import CONFIG_PATH, ConfigError, RepoConfig, parse_config
 from bot.review import publish
+from bot.review.analysis import Analysis, analyse
 from bot.review.commentable import commentable
 from bot.review.findings import Finding, severity_at_least, without_already_posted
-from bot.review.passes import Analysis, analyse
 from bot.review.placement import Placement, place
 from bot.settings import Settings
 from bot.workspace.diffs import parse_git_diff

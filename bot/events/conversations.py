@@ -14,7 +14,7 @@ from typing import Any
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
-from bot.events import commands
+from bot.events import commands, pull_requests
 from bot.events.commands import Command, Verb
 from bot.events.context import EventContext
 from bot.github import identity, repos
@@ -33,7 +33,6 @@ from bot.render.replies import (
 )
 from bot.render.status_comment import run_status_summary
 from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
-from bot.review import passes as reviews
 from bot.runs import checkpoints, memory, planner, policy
 from bot.runs import records as runs
 from bot.runs.llm_planner import planner_for
@@ -114,7 +113,7 @@ async def decide_from_check_run_button(event: sansio.Event, ctx: EventContext) -
 @router.register("check_run", action="rerequested")
 async def retry_from_check_run(event: sansio.Event, ctx: EventContext) -> None:
     """ "Re-run" on the run's check run re-runs its failed steps; on a review's check run, reviews again."""
-    review = reviews.pass_of_check(ctx.store, event.data.get("check_run") or {}, identity.current(ctx.store))
+    review = pull_requests.pass_of_check(ctx.store, event.data.get("check_run") or {}, identity.current(ctx.store))
     if review is not None:
         await _review_again(ctx, event, review)
         return
@@ -138,7 +137,7 @@ async def review_pull_request(
     trigger: str = "comment",
 ) -> None:
     """Queue a full LLM review of the pull request's current head; its review and check run follow."""
-    if await reviews.request_review(ctx, gh, thread, config, trigger=trigger, requested_by=requested_by) is None:
+    if await pull_requests.request_review(ctx, gh, thread, config, trigger=trigger, requested_by=requested_by) is None:
         await _reply(gh, thread, nothing_to_do("This pull request is not open, so nofx did not review it."))
 
 

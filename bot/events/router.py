@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from gidgethub import routing, sansio
 
-from bot.events import conversations, installations
+from bot.events import conversations, installations, pull_requests
 from bot.events.context import EventContext
 from bot.models import Delivery
-from bot.review import passes as reviews
 from bot.store import Store
 
-router = routing.Router(installations.router, conversations.router, reviews.router)
+router = routing.Router(installations.router, conversations.router, pull_requests.router)
 
 
 def ignore_reason(store: Store, delivery: Delivery) -> str | None:

@@ -10,7 +10,7 @@ from rq import get_current_job
 from bot import deliveries, logs
 from bot.events import router as events
 from bot.models import DeliveryStatus
-from bot.review import passes as reviews
+from bot.review import passes
 from bot.runs import records as runs
 from bot.runs import report
 from bot.settings import Settings
@@ -56,8 +56,8 @@ def run_review(pass_id: str) -> None:
     def remember(repository: str, number: int, feedback: str) -> None:
         memory.remember_thread(runtime.store, repository, number, "review_feedback", feedback)
 
-    deps = reviews.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact, remember)
-    runtime.run(reviews.run_pass(deps, pass_id))
+    deps = passes.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact, remember)
+    runtime.run(passes.run_pass(deps, pass_id))
 
 
 def publish_run(run_id: str) -> None:

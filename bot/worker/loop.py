@@ -13,7 +13,7 @@ from bot.github import identity
 from bot.metrics import workers as worker_metrics
 from bot.models import Step, StepStatus, utcnow
 from bot.queue import REVIEW_JOB_TIMEOUT_S, dispatch_job_id, step_job_id
-from bot.review import passes as reviews
+from bot.review.pass_records import restart_abandoned
 from bot.runs import memory
 from bot.runs import records as runs
 from bot.worker import jobs
@@ -56,7 +56,7 @@ def sweep(runtime: Runtime) -> list[str]:
     memory.purge_expired(runtime.store)
     for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
         log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
-    for pass_id in reviews.restart_abandoned(runtime.store, runtime.queue, ABANDONED_REVIEW_AFTER):
+    for pass_id in restart_abandoned(runtime.store, runtime.queue, ABANDONED_REVIEW_AFTER):
         log.warning("review pass abandoned by its worker; queued again", extra=logs.fields(review_pass=pass_id))
     lost = [
         delivery_id
