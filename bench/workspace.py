@@ -76,7 +76,7 @@ async def bench(commits: int, files: int, warm_runs: int) -> None:
 
 async def prepare_timed(workspaces: Workspaces, server: GitServer, run_id: str) -> tuple[float, str]:
     """Seconds `prepare` took for a new run, and the size of its checkout (the worktree is kept: see below)."""
-    from bot.workspace.worktrees import branch_name
+    from bot.workspace.worktrees import Checkout, branch_name
 
     async def token() -> str:
         return TOKEN
@@ -86,14 +86,16 @@ async def prepare_timed(workspaces: Workspaces, server: GitServer, run_id: str) 
     os.sync()
     started = time.perf_counter()
     worktree = await workspaces.prepare(
-        installation_id=1,
-        owner=OWNER,
-        repo=REPO,
-        clone_url=server.url_for(OWNER, REPO),
-        token=token,
-        run_id=run_id,
-        branch=branch_name(1, f"{run_id} run"),
-        base_ref="main",
+        Checkout(
+            installation_id=1,
+            owner=OWNER,
+            repo=REPO,
+            clone_url=server.url_for(OWNER, REPO),
+            token=token,
+            run_id=run_id,
+            branch=branch_name(1, f"{run_id} run"),
+            base_ref="main",
+        )
     )
     seconds = time.perf_counter() - started
     return seconds, mib(worktree.path)

@@ -28,7 +28,7 @@ from bot.runs.contract import StepContext, StepFailed, StepResult
 from bot.settings import Settings
 from bot.store import Store
 from bot.workspace.mirrors import Workspaces
-from bot.workspace.worktrees import Worktree
+from bot.workspace.worktrees import Checkout, Worktree
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
@@ -103,14 +103,16 @@ async def prepare(workspaces: Workspaces, server: GitServer, run: Run) -> Worktr
         return TOKEN
 
     return await workspaces.prepare(
-        installation_id=99,
-        owner="octo",
-        repo="shop",
-        clone_url=server.url_for("octo", "shop"),
-        token=token,
-        run_id=run.id,
-        branch=run.branch or "",
-        base_ref="main",
+        Checkout(
+            installation_id=99,
+            owner="octo",
+            repo="shop",
+            clone_url=server.url_for("octo", "shop"),
+            token=token,
+            run_id=run.id,
+            branch=run.branch or "",
+            base_ref="main",
+        )
     )
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from bot.workspace.git import GitError, git_env
 from bot.workspace.mirrors import Workspaces, _locked
-from bot.workspace.worktrees import Worktree, branch_name
+from bot.workspace.worktrees import Checkout, Worktree, branch_name
 from tests.support.git_server import GitServer
 
 TOKEN = "ghs_" + "T0kenForTests" * 3
@@ -63,15 +63,17 @@ async def prepare(
     reuse_remote_branch: bool = False,
 ) -> Worktree:
     return await workspaces.prepare(
-        installation_id=99,
-        owner=OWNER,
-        repo=repo,
-        clone_url=server.url_for(OWNER, repo),
-        token=Tokens(token),
-        run_id=run_id,
-        branch=branch or branch_name(7, f"run {run_id}"),
-        base_ref=base_ref,
-        reuse_remote_branch=reuse_remote_branch,
+        Checkout(
+            installation_id=99,
+            owner=OWNER,
+            repo=repo,
+            clone_url=server.url_for(OWNER, repo),
+            token=Tokens(token),
+            run_id=run_id,
+            branch=branch or branch_name(7, f"run {run_id}"),
+            base_ref=base_ref,
+            reuse_remote_branch=reuse_remote_branch,
+        )
     )
 
 
@@ -360,14 +362,16 @@ def _prepare_in_another_process(root: str, clone_url: str, run_id: str) -> str:
 
     async def main() -> str:
         worktree = await Workspaces(Path(root)).prepare(
-            installation_id=99,
-            owner=OWNER,
-            repo=REPO,
-            clone_url=clone_url,
-            token=provider,
-            run_id=run_id,
-            branch=f"nofx/1-{run_id}",
-            base_ref="main",
+            Checkout(
+                installation_id=99,
+                owner=OWNER,
+                repo=REPO,
+                clone_url=clone_url,
+                token=provider,
+                run_id=run_id,
+                branch=f"nofx/1-{run_id}",
+                base_ref="main",
+            )
         )
         return str(worktree.path)
 

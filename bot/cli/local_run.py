@@ -27,7 +27,7 @@ from bot.settings import Settings
 from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
 from bot.workspace.local import LocalWorkspaces
-from bot.workspace.worktrees import branch_name
+from bot.workspace.worktrees import Checkout, branch_name
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "waiting": "magenta"}
 
@@ -53,7 +53,8 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
         app_id=None,
         private_key=None,
     )
-    runtime = Runtime(local, workspaces=LocalWorkspaces(repo, data_dir / "worktrees"))
+    workspaces = LocalWorkspaces(repo, data_dir / "worktrees")
+    runtime = Runtime(local, workspaces=workspaces)
     try:
         runtime.store.create_all()
         plan = asyncio.run(_plan(runtime, request, config))
@@ -73,7 +74,7 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
         run = runs.create(runtime.store, spec, plan, describe(config))
         console.print(f"[bold]nofx[/] run [cyan]{run.id}[/] on {repo}: {plan.goal}")
         runtime.engine.after(runs.start(runtime.store, run.id), run.id)
-        return _follow(runtime, run.id, repo, console)
+        return _follow(runtime, workspaces, run.id, repo, console)
     finally:
         runtime.close()
         valkey.stop()
@@ -93,7 +94,7 @@ async def _plan(runtime: Runtime, request: str, config: RepoConfig) -> Plan:
     return Plan(goal=plan.goal, steps=steps)
 
 
-def _follow(runtime: Runtime, run_id: str, repo: Path, console: Console) -> int:
+def _follow(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Path, console: Console) -> int:
     """Work the queue in this process, printing every event, until the run is over."""
     seen = 0
     while True:
@@ -115,21 +116,16 @@ def _follow(runtime: Runtime, run_id: str, repo: Path, console: Console) -> int:
             return 1
     if run.status != RunStatus.succeeded:
         console.print(f"[red]run {run.status.value}[/]: {run.error or ''}")
-        workspaces = runtime.engine.workspaces
-        if isinstance(workspaces, LocalWorkspaces):
-            asyncio.run(workspaces.discard(run.id, run.branch or ""))
+        asyncio.run(workspaces.discard(run.id, run.branch or ""))
         return 1
-    return asyncio.run(_commit(runtime, run_id, repo, console))
+    return asyncio.run(_commit(runtime, workspaces, run_id, repo, console))
 
 
-async def _commit(runtime: Runtime, run_id: str, repo: Path, console: Console) -> int:
+async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Path, console: Console) -> int:
     """Commit what the run wrote on its branch, then remove the worktree: the branch stays in the repository."""
     run = runs.get_run(runtime.store, run_id)
-    assert run is not None and runtime.engine.workspaces is not None
-    # LocalWorkspaces.prepare takes fewer arguments than Workspaces.prepare; issue 9 part A gives both one Protocol
-    worktree = await runtime.engine.workspaces.prepare(  # type: ignore[call-arg]
-        run_id=run.id, branch=run.branch or "", base_ref=run.head_sha or ""
-    )
+    assert run is not None
+    worktree = await workspaces.prepare(Checkout(run_id=run.id, branch=run.branch or "", base_ref=run.head_sha or ""))
     written = sorted(
         {
             path
@@ -146,7 +142,7 @@ async def _commit(runtime: Runtime, run_id: str, repo: Path, console: Console) -
         author_email=email,
         paths=written,
     )
-    await runtime.engine.workspaces.remove(worktree)
+    await workspaces.remove(worktree)
     if sha is None:
         console.print("[yellow]the run changed no file[/]")
         return 1

@@ -27,7 +27,7 @@ from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, 
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
 from bot.workspace.git import GitError
-from bot.workspace.mirrors import Workspaces
+from bot.workspace.worktrees import Checkout, RunWorkspaces, TokenProvider
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
@@ -51,7 +51,7 @@ class Engine:
         handlers: dict[str, Handler],
         *,
         github: GitHubApp | None = None,
-        workspaces: Workspaces | None = None,
+        workspaces: RunWorkspaces | None = None,
         artifacts: Artifacts | None = None,
         llm: LLM | None = None,
         redact: Callable[[str], str] = str,
@@ -163,17 +163,7 @@ class Engine:
         token = (lambda: github.installation_token(run.installation_id)) if github else None
         workspace = None
         if step.tool in WORKSPACE_TOOLS and self.workspaces is not None:
-            workspace = await self.workspaces.prepare(
-                installation_id=run.installation_id,
-                owner=run.repository.split("/", 1)[0],
-                repo=run.repository.split("/", 1)[1],
-                clone_url=run.clone_url or "",
-                token=token or _no_token,
-                run_id=run.id,
-                branch=run.branch or f"nofx/run-{run.id[:8]}",
-                base_ref=run.default_branch or "main",
-                reuse_remote_branch=run.follows_run_id is not None,
-            )
+            workspace = await self.workspaces.prepare(checkout_of(run, token or _no_token))
             start = checkpoints.start_point(self.store, run.id)
             if start is not None:  # a run resumed from a checkpoint starts with that checkpoint's files
                 await checkpoints.restore(workspace, start)
@@ -316,3 +306,19 @@ def _finish(store: Store, step: Step, result: StepResult) -> runs.Progress:
     if result.wait:
         return runs.wait_step(store, step.id, output)
     return runs.succeed_step(store, step.id, output)
+
+
+def checkout_of(run: Run, token: TokenProvider) -> Checkout:
+    """What a run's worktree is made from: its branch from its base, in its repository."""
+    owner, _, repo = run.repository.partition("/")
+    return Checkout(
+        run_id=run.id,
+        branch=run.branch or f"nofx/run-{run.id[:8]}",
+        base_ref=run.default_branch or "main",
+        installation_id=run.installation_id,
+        owner=owner,
+        repo=repo,
+        clone_url=run.clone_url or "",
+        token=token,
+        reuse_remote_branch=run.follows_run_id is not None,
+    )

@@ -18,6 +18,7 @@ from bot.runs.engine import Engine, ThreadMemoryConfig
 from bot.settings import Settings
 from bot.store import Store
 from bot.workspace.mirrors import Workspaces
+from bot.workspace.worktrees import RunWorkspaces
 
 T = TypeVar("T")
 
@@ -26,7 +27,7 @@ class Runtime:
     """Settings, store, queue, GitHub App client and one event loop, so caches (tokens) stay warm."""
 
     def __init__(
-        self, settings: Settings, *, redactor: Redactor | None = None, workspaces: Workspaces | None = None
+        self, settings: Settings, *, redactor: Redactor | None = None, workspaces: RunWorkspaces | None = None
     ) -> None:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is required by a worker (`nofx serve` sets it for its workers)")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from bot.workspace.git import GitError, git
-from bot.workspace.worktrees import Worktree, add_worktree, find_worktree, resolve_ref
+from bot.workspace.worktrees import Checkout, Worktree, create_worktree, find_worktree, resolve_ref
 
 
 class LocalWorkspaces:
@@ -16,27 +15,18 @@ class LocalWorkspaces:
         self.repo = Path(repo).resolve()
         self.worktrees = Path(worktrees).resolve()
 
-    async def prepare(self, *, run_id: str, branch: str, base_ref: str, **_remote: Any) -> Worktree:
-        """The run's worktree on a new `branch` of the local repository, from `base_ref`."""
+    async def prepare(self, checkout: Checkout) -> Worktree:
+        """The run's worktree on a new branch of the local repository, from its base; the remote fields are unused."""
         git_dir = Path((await git("rev-parse", "--absolute-git-dir", cwd=self.repo)).strip())
-        path = self.worktrees / run_id
+        path = self.worktrees / checkout.run_id
         existing = await find_worktree(git_dir, path)
         if existing is not None:
             return existing
-        base_sha = await resolve_ref(git_dir, base_ref)
+        base_sha = await resolve_ref(git_dir, checkout.base_ref)
         if base_sha is None:
-            raise GitError(["rev-parse", base_ref], None, "", summary=f"{self.repo} has no {base_ref!r} to start from")
-        worktree = Worktree(
-            path=path,
-            branch=branch,
-            base_ref=base_ref,
-            base_sha=base_sha,
-            mirror=git_dir,
-            run_id=run_id,
-            start_sha=base_sha,
-        )
-        await add_worktree(worktree)
-        return worktree
+            summary = f"{self.repo} has no {checkout.base_ref!r} to start from"
+            raise GitError(["rev-parse", checkout.base_ref], None, "", summary=summary)
+        return await create_worktree(checkout, git_dir=git_dir, path=path, base_sha=base_sha, start_sha=base_sha)
 
     async def remove(self, worktree: Worktree) -> None:
         """Delete the checkout but keep its branch: the branch is the local run's result."""

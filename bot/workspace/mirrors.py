@@ -24,13 +24,14 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from bot.workspace.git import GitError, git, git_or_none, http_origin
 from bot.workspace.worktrees import (
+    Checkout,
     Worktree,
-    add_worktree,
+    create_worktree,
     drop_worktree,
     find_worktree,
     list_worktrees,
@@ -39,8 +40,6 @@ from bot.workspace.worktrees import (
 )
 
 log = logging.getLogger(__name__)
-
-TokenProvider = Callable[[], Awaitable[str]]
 
 GC_AUTO_THRESHOLD = 6700  # git's own default for `gc.auto`, applied only where we run gc
 UPSTREAM_REFSPECS = ("+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*")
@@ -73,26 +72,17 @@ class Workspaces:
                 raise ValueError(f"not a GitHub owner or repository name: {name!r}")
         return self.root / str(int(installation_id)) / owner.lower() / repo.lower() / "mirror.git"
 
-    async def prepare(
-        self,
-        *,
-        installation_id: int,
-        owner: str,
-        repo: str,
-        clone_url: str,
-        token: TokenProvider,
-        run_id: str,
-        branch: str,
-        base_ref: str,
-        reuse_remote_branch: bool = False,
-    ) -> Worktree:
-        """The run's worktree on `branch`, from a freshly fetched `base_ref` (or the branch's remote tip when reusing).
+    async def prepare(self, checkout: Checkout) -> Worktree:
+        """The run's worktree on its branch, from a freshly fetched base (or the branch's remote tip when reusing).
 
         Idempotent per run: when the run already has its worktree (a later step, a redelivered job) it is returned
         as it is, without fetching. The mirror is cloned only when missing.
         """
-        mirror = self.mirror_path(installation_id, owner, repo)
+        run_id, branch, base_ref, clone_url = checkout.run_id, checkout.branch, checkout.base_ref, checkout.clone_url
+        mirror = self.mirror_path(checkout.installation_id, checkout.owner, checkout.repo)
         http_origin(clone_url)
+        if checkout.token is None:
+            raise ValueError("a mirror is fetched with a token; the checkout has no token provider")
         if not _RUN_ID.fullmatch(run_id):
             raise ValueError(f"run id must be a plain file name: {run_id!r}")
         if base_ref.startswith("-") or await git_or_none("check-ref-format", "--branch", branch) != branch:
@@ -107,26 +97,17 @@ class Workspaces:
                         f"run {run_id} already has a worktree on {existing.branch} of {existing.clone_url}"
                     )
                 return existing
-            await self._refresh(mirror, clone_url, await token())
+            await self._refresh(mirror, clone_url, await checkout.token())
             base_sha = await resolve_ref(mirror, base_ref)
             if base_sha is None:
-                summary = f"{owner}/{repo} has no {base_ref!r} to start from"
+                summary = f"{checkout.owner}/{checkout.repo} has no {base_ref!r} to start from"
                 raise GitError(["rev-parse", base_ref], None, "", summary=summary)
             start_sha = base_sha
-            if reuse_remote_branch:
+            if checkout.reuse_remote_branch:
                 start_sha = await resolve_ref(mirror, f"refs/remotes/origin/{branch}") or base_sha
-            worktree = Worktree(
-                path=path,
-                branch=branch,
-                base_ref=base_ref,
-                base_sha=base_sha,
-                mirror=mirror,
-                run_id=run_id,
-                clone_url=clone_url,
-                start_sha=start_sha,
+            return await create_worktree(
+                checkout, git_dir=mirror, path=path, base_sha=base_sha, start_sha=start_sha, clone_url=clone_url
             )
-            await add_worktree(worktree)
-            return worktree
 
     async def remove(self, worktree: Worktree) -> None:
         """Delete the run's checkout, its registration and its local branch; safe to call twice."""

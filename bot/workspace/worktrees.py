@@ -12,8 +12,10 @@ import json
 import re
 import shutil
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from bot.workspace.git import git, git_or_none
 
@@ -35,6 +37,48 @@ def branch_name(issue_number: int, request: str) -> str:
             break
         slug = candidate
     return f"nofx/{issue_number}-{slug or 'change'}"
+
+
+TokenProvider = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What a run's worktree is made from: its branch and base, and where the repository comes from.
+
+    The remote fields (installation, owner, repo, clone URL, token) name a GitHub repository for `Workspaces`;
+    `LocalWorkspaces` checks out a repository on this machine and has no use for them.
+    """
+
+    run_id: str
+    branch: str
+    base_ref: str
+    installation_id: int = 0
+    owner: str = ""
+    repo: str = ""
+    clone_url: str = ""
+    token: TokenProvider | None = None
+    reuse_remote_branch: bool = False  # start from the branch's remote tip when it exists (a follow-up run)
+
+
+class RunWorkspaces(Protocol):
+    """Where runs get their worktrees: GitHub mirrors (`Workspaces`) or a local repository (`LocalWorkspaces`)."""
+
+    async def prepare(self, checkout: Checkout) -> Worktree:
+        """The run's worktree, made once and found again by later steps."""
+        ...
+
+    async def remove(self, worktree: Worktree) -> None:
+        """The run is over with its worktree."""
+        ...
+
+    async def reap(self, active_run_ids: set[str]) -> list[Path]:
+        """Remove the worktrees of runs that are no longer active; the paths removed."""
+        ...
+
+    async def evict(self) -> list[Path]:
+        """Free disk space the workspaces keep beyond their runs; the paths removed."""
+        ...
 
 
 @dataclass
@@ -127,15 +171,31 @@ class Worktree:
         )
 
 
-async def add_worktree(worktree: Worktree) -> None:
-    """Check the run's branch out at its start; the run id names the directory and the admin dir."""
-    await drop_worktree(worktree.mirror, worktree.path, None)  # leftovers of a crashed attempt at this run
-    worktree.path.parent.mkdir(parents=True, exist_ok=True)
-    add = ["worktree", "add", "--quiet", "--no-track", "-B", worktree.branch, str(worktree.path)]
-    await git(*add, worktree.start_sha, cwd=worktree.mirror)
+async def create_worktree(
+    checkout: Checkout, *, git_dir: Path, path: Path, base_sha: str, start_sha: str, clone_url: str = ""
+) -> Worktree:
+    """The one place a run's worktree is made: its branch checked out at `start_sha` under `path`, from `git_dir`.
+
+    The run id names the directory and the admin dir; the metadata `find_worktree` reads back is written here.
+    """
+    worktree = Worktree(
+        path=path,
+        branch=checkout.branch,
+        base_ref=checkout.base_ref,
+        base_sha=base_sha,
+        mirror=git_dir,
+        run_id=checkout.run_id,
+        clone_url=clone_url,
+        start_sha=start_sha,
+    )
+    await drop_worktree(git_dir, path, None)  # leftovers of a crashed attempt at this run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    add = ["worktree", "add", "--quiet", "--no-track", "-B", checkout.branch, str(path)]
+    await git(*add, start_sha, cwd=git_dir)
     # Read right after creation, before any code from the repository ran in the checkout.
-    worktree.git_dir = Path((await git("rev-parse", "--absolute-git-dir", cwd=worktree.path)).strip())
+    worktree.git_dir = Path((await git("rev-parse", "--absolute-git-dir", cwd=path)).strip())
     _write_meta(worktree.git_dir, worktree)
+    return worktree
 
 
 async def find_worktree(git_dir: Path, path: Path) -> Worktree | None:
