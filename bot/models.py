@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -24,6 +25,11 @@ from sqlmodel import Field, SQLModel
 def utcnow() -> datetime:
     """Timezone-aware now, so SQLite and PostgreSQL rows compare the same way."""
     return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A row id: 32 hex characters, safe in file names, refs and markers."""
+    return uuid.uuid4().hex
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot.models import FindingStatus, ReviewFinding, ReviewKind, ReviewPass, ReviewStatus
-from bot.runs.records import new_id
+from bot.models import FindingStatus, ReviewFinding, ReviewKind, ReviewPass, ReviewStatus, new_id
 from bot.settings import Settings
 from bot.store import Store
 from bot.worker.runtime import Runtime

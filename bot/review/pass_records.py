@@ -10,11 +10,10 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from bot.github.threads import Thread
-from bot.models import FindingStatus, ReviewFinding, ReviewKind, ReviewPass, ReviewStatus, utcnow
+from bot.models import FindingStatus, ReviewFinding, ReviewKind, ReviewPass, ReviewStatus, new_id, utcnow
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, describe
 from bot.review.findings import Finding
-from bot.runs.records import new_id
 from bot.store import Store
 
 TERMINAL = (ReviewStatus.done, ReviewStatus.failed, ReviewStatus.cancelled)

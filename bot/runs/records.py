@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, select
 
-from bot.models import Run, RunEvent, RunStatus, Step, StepStatus, utcnow
+from bot.models import Run, RunEvent, RunStatus, Step, StepStatus, new_id, utcnow
 from bot.plans import Plan
 from bot.store import Store
 
@@ -86,10 +85,6 @@ class Progress:
 def idempotency_key(run_id: str, name: str, inputs: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{run_id}:{name}:{digest}"
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def create(store: Store, request: RunRequest, plan: Plan, config: dict[str, Any]) -> Run:
