@@ -37,6 +37,7 @@ class Settings:
     port: int = 3000
     memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
     memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
+    sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             port=_port(env.get("PORT") or "3000"),
             memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
+            sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),
         )
 
     @property
@@ -144,6 +146,13 @@ def _ttl_days(value: str) -> int:
     if not 1 <= days <= 3650:
         raise SettingsError(f"NOFX_MEMORY_TTL_DAYS must be between 1 and 3650, got {days}")
     return days
+
+
+def _sandbox(value: str) -> str:
+    """NOFX_SANDBOX: `bwrap`, or `none` spelled out; anything else is a typo that must not mean "no isolation"."""
+    if value not in ("bwrap", "none"):
+        raise SettingsError(f"NOFX_SANDBOX must be `bwrap` (the default) or `none` (no isolation), got {value!r}")
+    return value
 
 
 def _port(value: str) -> int:

@@ -7,7 +7,7 @@ import signal
 from typing import Any
 
 from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.workspace.sandbox import CommandResult, run_command
+from bot.workspace.sandbox import UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
 TAIL_LINES = 30
@@ -27,14 +27,13 @@ async def run(ctx: StepContext) -> StepResult:
     if ctx.workspace is None:
         raise StepFailed("this step needs a workspace")
     try:
-        result = await run_command(
-            command,
-            cwd=ctx.workspace.path,
-            env_allowed=ctx.config.policy.env_allowed,
-            timeout_s=ctx.step.timeout_s,
+        result = await ctx.sandbox.run(
+            command, ctx.workspace, env_allowed=ctx.config.policy.env_allowed, timeout_s=ctx.step.timeout_s
         )
+    except (SandboxUnavailable, WorkspaceTampered) as exc:  # the message names the cause and what to do
+        raise StepFailed(f"`{command}`: {exc}") from None
     except OSError as exc:  # the worktree is gone, or the host cannot start a process
-        raise StepFailed(f"`{command}` could not be started: {exc}") from None
+        raise StepFailed(f"`{command}` could not be started: {exc.strerror or exc}") from None
     if ctx.artifacts is not None:
         ctx.artifacts.put(OUTPUT_ARTIFACT, result.output.encode("utf-8"))
     output = _output(command, result)
@@ -46,7 +45,7 @@ async def run(ctx: StepContext) -> StepResult:
     if result.ok:
         return StepResult(
             output=output,
-            summary=f"`{command}` passed in {result.duration_s:.1f} s (isolation: {result.isolation})",
+            summary=f"`{command}` passed in {result.duration_s:.1f} s ({_isolation(result)})",
         )
     raise StepFailed(_failure_message(command, result, ctx.step.timeout_s), output)
 
@@ -57,7 +56,7 @@ def _output(command: str, result: CommandResult) -> dict[str, Any]:
         "exit_code": result.exit_code,
         "duration_s": round(result.duration_s, 2),
         "isolation": result.isolation,
-        "output_tail": result.tail(TAIL_LINES),
+        "output_tail": _unsafe(result) + result.tail(TAIL_LINES),
         "truncated": result.truncated,
     }
 
@@ -66,15 +65,27 @@ def _failure_message(command: str, result: CommandResult, timeout_s: float) -> s
     """What the status comment and the check run show: the verdict, then the lines that explain it."""
     if result.timed_out:
         verdict = f"timed out after {timeout_s:g} s"
+    elif result.over_disk:
+        verdict = "was stopped for using more disk in the worktree than the sandbox allows"
     elif result.exit_code is not None and result.exit_code < 0:
         verdict = f"was killed by {_signal_name(-result.exit_code)}"
     else:
         verdict = f"failed with exit code {result.exit_code}"
-    message = f"`{command}` {verdict} (isolation: {result.isolation})"
+    message = f"`{command}` {verdict} ({_isolation(result)})"
     tail = result.tail(TAIL_LINES)
     if not tail.strip():
         return message + "; it printed nothing"
     return f"{message}. Last {TAIL_LINES} lines of output:\n{_fence(tail)}"
+
+
+def _isolation(result: CommandResult) -> str:
+    if result.isolation == "none":
+        return "isolation: none, the operator turned the sandbox off with NOFX_SANDBOX=none"
+    return f"isolation: {result.isolation}"
+
+
+def _unsafe(result: CommandResult) -> str:
+    return f"{UNSAFE_NOTICE}\n" if result.isolation == "none" else ""
 
 
 def _signal_name(number: int) -> str:

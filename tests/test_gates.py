@@ -13,8 +13,12 @@ import pytest
 from bot.models import Run, Step
 from bot.repo_config import GatesConfig, PolicyConfig, RepoConfig
 from bot.runs.contract import StepContext, StepFailed, discover_handlers
-from bot.workspace import sandbox
+from bot.workspace import isolation as layouts
+from bot.workspace.sandbox import UNSAFE_NOTICE, Sandbox
 from handlers import gates
+
+# The handler behaves the same in both; the sandbox's own tests cover what bwrap adds.
+ISOLATION = "bwrap" if layouts.probe().ok else "none"
 
 OUTPUT_KEYS = {"command", "exit_code", "duration_s", "isolation", "output_tail", "truncated"}
 
@@ -32,8 +36,9 @@ class RecordingArtifacts:
 class Harness:
     """One gate step of one run, with what it emitted and stored."""
 
-    def __init__(self, worktree: Path | None) -> None:
+    def __init__(self, worktree: Path | None, isolation: str = ISOLATION) -> None:
         self.worktree = worktree
+        self.sandbox = Sandbox(isolation=isolation)
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.artifacts = RecordingArtifacts()
 
@@ -73,7 +78,10 @@ class Harness:
             emit=lambda kind, payload: self.events.append((kind, payload)),
             log=logging.LoggerAdapter(logging.getLogger("test.gates"), {}),
             artifacts=self.artifacts,  # type: ignore[arg-type]
-            workspace=types.SimpleNamespace(path=self.worktree) if self.worktree else None,  # type: ignore[arg-type]
+            workspace=types.SimpleNamespace(path=self.worktree, git_dir=None, mirror=None)  # type: ignore[arg-type]
+            if self.worktree
+            else None,
+            sandbox=self.sandbox,
         )
 
 
@@ -93,14 +101,14 @@ async def test_a_passing_gate_reports_what_ran_and_where(harness: Harness, tmp_p
 
     result = await gates.run(harness.context("test -f tests_ok && echo '3 passed'"))
 
-    isolation = sandbox.isolation_available()
+    isolation = ISOLATION
     assert set(result.output) == OUTPUT_KEYS
     assert result.output["exit_code"] == 0
     assert result.output["output_tail"] == "3 passed"
     assert result.output["isolation"] == isolation
     assert result.output["truncated"] is False
     assert result.summary.startswith("`test -f tests_ok && echo '3 passed'` passed in ")
-    assert result.summary.endswith(f" s (isolation: {isolation})")
+    assert result.summary.endswith(" s (isolation: bwrap)" if isolation == "bwrap" else "NOFX_SANDBOX=none)")
     assert not result.wait
     assert harness.artifacts.stored == {gates.OUTPUT_ARTIFACT: b"3 passed\n"}
     [(kind, payload)] = harness.events
@@ -169,3 +177,42 @@ async def test_a_gate_needs_a_workspace_and_a_command(tmp_path: Path) -> None:
 async def test_a_missing_worktree_fails_the_step(tmp_path: Path) -> None:
     with pytest.raises(StepFailed, match="could not be started"):
         await gates.run(Harness(tmp_path / "gone").context("true"))
+
+
+async def test_without_a_sandbox_the_gate_fails_naming_the_cause_and_the_fix(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    harness.sandbox = Sandbox(isolation="bwrap")
+
+    with pytest.raises(StepFailed) as failed:
+        await gates.run(harness.context("touch ran"))
+
+    assert not (tmp_path / "ran").exists()
+    assert "no repository code ran: bubblewrap (`bwrap`) is not installed" in str(failed.value)
+    assert "NOFX_SANDBOX=none" in str(failed.value)
+    assert harness.events == []
+
+
+async def test_a_gate_run_without_isolation_says_so_in_every_output(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, isolation="none")
+
+    passed = await gates.run(harness.context("echo fine"))
+    with pytest.raises(StepFailed) as failed:
+        await gates.run(harness.context("echo broken; exit 1"))
+
+    assert passed.output["output_tail"] == f"{UNSAFE_NOTICE}\nfine"
+    assert "NOFX_SANDBOX=none" in passed.summary
+    assert failed.value.output["output_tail"].startswith(UNSAFE_NOTICE)
+    assert "the operator turned the sandbox off with NOFX_SANDBOX=none" in str(failed.value)
+
+
+async def test_gate_output_names_paths_relative_to_the_worktree(harness: Harness, tmp_path: Path) -> None:
+    command = 'echo "File \\"$PWD/tests/test_x.py\\", line 3"; echo "cwd: $PWD"; exit 1'
+
+    with pytest.raises(StepFailed) as failed:
+        await gates.run(harness.context(command))
+
+    assert str(tmp_path) not in str(failed.value) and str(tmp_path) not in failed.value.output["output_tail"]
+    assert 'File "tests/test_x.py", line 3' in failed.value.output["output_tail"]
+    assert "cwd: ." in failed.value.output["output_tail"]

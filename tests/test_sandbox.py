@@ -8,30 +8,35 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bot.workspace import isolation as layouts
 from bot.workspace import sandbox
-from bot.workspace.sandbox import CommandResult, Limits, SandboxUnavailable, run_command, scrubbed_env
+from bot.workspace.sandbox import (
+    CommandResult,
+    SandboxUnavailable,
+    run_command,
+    scrubbed_env,
+)
 
-NO_BWRAP = "bwrap is not installed or cannot create namespaces here (isolation_available() == 'none')"
+NO_BWRAP = "bwrap is not installed or cannot create namespaces here (isolation.probe() says why)"
 
 
 @pytest.fixture(params=["none", "bwrap"])
 def isolation(request: pytest.FixtureRequest) -> str:
     """Each behaviour that must hold in both modes runs in both; the bwrap half skips where bwrap cannot work."""
-    if request.param == "bwrap" and sandbox.isolation_available() != "bwrap":
+    if request.param == "bwrap" and not layouts.probe().ok:
         pytest.skip(NO_BWRAP)
     return request.param
 
 
 @pytest.fixture
 def bwrap() -> None:
-    if sandbox.isolation_available() != "bwrap":
+    if not layouts.probe().ok:
         pytest.skip(NO_BWRAP)
 
 
@@ -116,14 +121,9 @@ async def test_exit_codes_and_isolation_are_reported(isolation: str, worktree: P
     assert failed.isolation == isolation
 
 
-async def test_auto_isolation_uses_bwrap_exactly_when_available(worktree: Path) -> None:
-    result = await run_command("true", cwd=worktree, timeout_s=10)
-
-    assert result.isolation == sandbox.isolation_available()
-
-
-async def test_output_is_utf8_with_replacement_for_bad_bytes(worktree: Path) -> None:
-    result = await run_command(r"printf 'héllo ✓ 日本\n'; printf 'bad \377 byte\n'", cwd=worktree, timeout_s=10)
+async def test_output_is_utf8_with_replacement_for_bad_bytes(isolation: str, worktree: Path) -> None:
+    command = r"printf 'héllo ✓ 日本\n'; printf 'bad \377 byte\n'"
+    result = await run_command(command, cwd=worktree, timeout_s=10, isolation=isolation)
 
     assert result.output == "héllo ✓ 日本\nbad \ufffd byte\n"
 
@@ -285,29 +285,6 @@ async def test_an_escaped_process_holding_the_pipe_does_not_block(
             os.kill(pid, signal.SIGKILL)
 
 
-# --- resource limits ---------------------------------------------------------------------------------------------
-
-
-async def test_file_size_limit_stops_a_big_write(isolation: str, worktree: Path) -> None:
-    result = await run_command(
-        "head -c 2097152 /dev/zero > big.bin",
-        cwd=worktree,
-        timeout_s=10,
-        isolation=isolation,
-        limits=Limits(file_bytes=2**20),
-    )
-
-    assert not result.ok
-    assert (worktree / "big.bin").stat().st_size <= 2**20
-
-
-async def test_cpu_limit_stops_a_busy_loop(worktree: Path) -> None:
-    result = await run_command("while :; do :; done", cwd=worktree, timeout_s=10, limits=Limits(cpu_s=1))
-
-    assert not result.ok and not result.timed_out
-    assert result.duration_s < 5
-
-
 # --- bubblewrap isolation ----------------------------------------------------------------------------------------
 
 
@@ -364,62 +341,47 @@ async def test_network_is_unreachable_only_inside_bwrap(isolation: str, worktree
     assert result.output.splitlines()[-1] == ("no-network" if isolation == "bwrap" else "connected")
 
 
-async def test_git_works_in_a_linked_worktree_without_showing_the_others(bwrap: None, tmp_path: Path) -> None:
-    """The layout DESIGN.md describes: a bare mirror, one worktree per run (beside it or inside it)."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    seed, mirror = tmp_path / "seed", tmp_path / "mirror.git"
-    mine, theirs, inner = tmp_path / "run-mine", tmp_path / "run-theirs", mirror / "checkouts" / "run-inner"
-
-    def git(*args: str, cwd: Path = mirror) -> None:
-        subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-    seed.mkdir()
-    git("init", "-q", "-b", "main", cwd=seed)
-    (seed / "a.txt").write_text("a\n")
-    git("add", "a.txt", cwd=seed)
-    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "a", cwd=seed)
-    git("clone", "-q", "--bare", str(seed), str(mirror), cwd=tmp_path)
-    for branch, path in (("mine", mine), ("theirs", theirs), ("inner", inner)):
-        git("worktree", "add", "-q", "-b", branch, str(path))
-        (path / "draft.txt").write_text(f"{branch}'s work\n")
-    (mine / "a.txt").write_text("changed\n")
-
-    result = await run_command(
-        f"git status --porcelain; cat {theirs}/draft.txt {inner}/draft.txt 2>/dev/null || echo others-hidden; "
-        f"ls {mirror}/worktrees",
-        cwd=mine,
-        timeout_s=10,
-        isolation="bwrap",
-    )
-
-    assert result.output.splitlines() == [" M a.txt", "?? draft.txt", "others-hidden", "run-mine"], result.output
-
-
 # --- choosing the isolation --------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def no_bwrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """A host without bubblewrap: nothing on PATH, and the per-process probe forgotten before and after."""
+def no_bwrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A host without bubblewrap: nothing on PATH."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    sandbox._probe_bwrap.cache_clear()
-    yield
-    monkeypatch.undo()
-    sandbox._probe_bwrap.cache_clear()
 
 
-async def test_without_bwrap_auto_falls_back_and_bwrap_is_refused(no_bwrap: None, worktree: Path) -> None:
-    assert sandbox.isolation_available() == "none"
-    result = await run_command("true", cwd=worktree, timeout_s=10)
-    assert result.isolation == "none" and result.ok
+async def test_without_bwrap_nothing_runs_and_the_message_names_cause_and_fix(no_bwrap: None, worktree: Path) -> None:
+    with pytest.raises(SandboxUnavailable) as refused:
+        await run_command("touch ran", cwd=worktree, timeout_s=10)
 
-    with pytest.raises(SandboxUnavailable, match="not installed"):
-        await run_command("true", cwd=worktree, timeout_s=10, isolation="bwrap")
+    assert not (worktree / "ran").exists()
+    message = str(refused.value)
+    assert "no repository code ran" in message and "not installed" in message
+    assert "apt-get install bubblewrap" in message and "NOFX_SANDBOX=none" in message
+
+
+async def test_where_namespaces_are_refused_nothing_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, worktree: Path
+) -> None:
+    """A host whose bwrap cannot create namespaces (Docker's default seccomp profile) says so, in bwrap's words."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    refusing = tools / "bwrap"
+    refusing.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    refusing.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+
+    with pytest.raises(SandboxUnavailable) as refused:
+        await run_command("touch ran", cwd=worktree, timeout_s=10)
+
+    assert not (worktree / "ran").exists()
+    message = str(refused.value)
+    assert "No permissions to create new namespace" in message
+    assert "user namespaces" in message and "NOFX_SANDBOX=none" in message
 
 
 async def test_unknown_isolation_and_missing_directory_are_refused(worktree: Path) -> None:
     with pytest.raises(ValueError, match="isolation must be one of"):
-        await run_command("true", cwd=worktree, timeout_s=10, isolation="docker")
+        await run_command("true", cwd=worktree, timeout_s=10, isolation="auto")
     with pytest.raises(FileNotFoundError):
-        await run_command("true", cwd=worktree / "gone", timeout_s=10)
+        await run_command("true", cwd=worktree / "gone", timeout_s=10, isolation="none")

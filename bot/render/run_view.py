@@ -27,6 +27,7 @@ from bot.render.text import (
 )
 from bot.render.words import GIT_WORDS, Words, step_ref, tool_words, words_for
 
+UNISOLATED_NOTE = "⚠️ Repository code ran without isolation: the operator turned the sandbox off (`NOFX_SANDBOX=none`)."
 ERROR_TAIL_LINES = 15  # in the status comment
 
 STATUS_EMOJI: Mapping[RunStatus, str] = {
@@ -257,6 +258,19 @@ def _stopped_note(view: RunView, budget: TextBudget, run_url: str | None) -> str
 
 
 def status_notes(
+    view: RunView, *, prefix: str, run_url: str | None, behind_id: str | None, budget: TextBudget, tail: bool
+) -> list[str]:
+    """What the run's state asks of the reader, after a warning when repository code ran without the sandbox."""
+    notes = _outcome_notes(view, prefix=prefix, run_url=run_url, behind_id=behind_id, budget=budget, tail=tail)
+    return [UNISOLATED_NOTE, *notes] if _unisolated(view) else notes
+
+
+def _unisolated(view: RunView) -> bool:
+    """Whether repository code of this run ran without the sandbox (the operator's NOFX_SANDBOX=none)."""
+    return any(isinstance(step.output, dict) and step.output.get("isolation") == "none" for step in view.steps)
+
+
+def _outcome_notes(
     view: RunView, *, prefix: str, run_url: str | None, behind_id: str | None, budget: TextBudget, tail: bool
 ) -> list[str]:
     status = view.run.status

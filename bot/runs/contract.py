@@ -13,6 +13,7 @@ from gidgethub.abc import GitHubAPI
 
 from bot.models import Run, Step
 from bot.repo_config import RepoConfig
+from bot.workspace.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from bot.llm.router import Budget
@@ -41,6 +42,7 @@ class StepContext:
     git_token: Callable[[], Awaitable[str]] | None = None  # an installation token for git, through the env only
     author: Callable[[], Awaitable[tuple[str, str]]] | None = None  # the App's bot account, for commits
     inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
+    sandbox: Sandbox = field(default_factory=Sandbox)  # where repository code runs (NOFX_SANDBOX)
 
     @property
     def inputs(self) -> dict[str, Any]:

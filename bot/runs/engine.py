@@ -27,6 +27,7 @@ from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, 
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
 from bot.workspace.git import GitError
+from bot.workspace.sandbox import Sandbox
 from bot.workspace.worktrees import Checkout, RunWorkspaces, TokenProvider
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Engine:
         llm: LLM | None = None,
         redact: Callable[[str], str] = str,
         memory: ThreadMemoryConfig | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -66,6 +68,7 @@ class Engine:
         self.llm = llm
         self.memory = memory or ThreadMemoryConfig()
         self.redact = redact
+        self.sandbox = sandbox or Sandbox()
 
     def after(self, progress: runs.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
@@ -182,6 +185,7 @@ class Engine:
             budget=budget,
             git_token=token,
             inherited_files=checkpoints.written_files(self.store, run.id),
+            sandbox=self.sandbox,
             author=(lambda: identity.bot_author(github.installation_client(run.installation_id), self.store))
             if github
             else None,

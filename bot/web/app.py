@@ -153,6 +153,15 @@ def _queue_status(store: Store, queue: WorkQueue) -> dict[str, str]:
     }
 
 
+def _sandbox_text(mode: str) -> str:
+    if mode == "none":
+        return (
+            '<strong style="color:#b00">NONE: NOFX_SANDBOX=none, repository code (gates) runs WITHOUT isolation, '
+            "seeing this machine as the workers do</strong>"
+        )
+    return "bubblewrap: gates run isolated, without network; where a worker cannot build the sandbox, no gate runs (<code>nofx doctor</code> checks a machine)"
+
+
 def _status_page(settings: Settings, *, app_name: str, app_url: str, queue: str) -> str:
     name = html.escape(app_name or f"GitHub App {settings.app_id}")
     link = f' (<a href="{html.escape(app_url)}">on GitHub</a>)' if app_url else ""
@@ -165,6 +174,7 @@ dt{{font-weight:600}}</style></head>
 <body><h1>nofx is running</h1>
 <dl><dt>App</dt><dd>{name}{link}</dd>
 <dt>GitHub API</dt><dd>{html.escape(settings.github_api_url)}</dd>
-<dt>Queue</dt><dd>{html.escape(queue)}</dd></dl>{pending}
+<dt>Queue</dt><dd>{html.escape(queue)}</dd>
+<dt>Sandbox</dt><dd>{_sandbox_text(settings.sandbox)}</dd></dl>{pending}
 <p>Health: <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a> · <a href="/metrics">/metrics</a></p>
 </body></html>"""

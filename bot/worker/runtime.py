@@ -18,6 +18,7 @@ from bot.runs.engine import Engine, ThreadMemoryConfig
 from bot.settings import Settings
 from bot.store import Store
 from bot.workspace.mirrors import Workspaces
+from bot.workspace.sandbox import Sandbox
 from bot.workspace.worktrees import RunWorkspaces
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class Runtime:
             llm=self.llm,
             redact=self.redactor.redact,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
+            sandbox=Sandbox(isolation=settings.sandbox),
         )
         self._runner = asyncio.Runner()
 

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from bot.workspace.git import GitError, git, git_or_none, http_origin
+from bot.workspace.limits import disk_usage
 from bot.workspace.worktrees import (
     Checkout,
     Worktree,
@@ -140,7 +141,7 @@ class Workspaces:
     async def evict(self) -> list[Path]:
         """Delete least-recently-used mirrors without worktrees until the total fits the disk budget."""
         mirrors = [d / "mirror.git" for d in self._repo_dirs() if (d / "mirror.git").is_dir()]
-        sizes = {m: await asyncio.to_thread(_disk_usage, m) for m in mirrors}
+        sizes = {m: await asyncio.to_thread(disk_usage, m) for m in mirrors}
         total = sum(sizes.values())
         evicted: list[Path] = []
         for mirror in sorted(mirrors, key=lambda m: _last_used(m.parent)):
@@ -211,15 +212,6 @@ class Workspaces:
 
     def _repo_dirs(self) -> list[Path]:
         return sorted(p.parent for p in self.root.glob("*/*/*/mirror.lock"))
-
-
-def _disk_usage(path: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-    return total
 
 
 def _last_used(repo_dir: Path) -> float:

@@ -1,0 +1,177 @@
+"""What sandboxed code can reach: the layout comes from nofx's records, never from the worktree's own `.git`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.workspace import isolation as layouts
+from bot.workspace.sandbox import GitLayout, WorkspaceTampered, run_command
+
+NO_BWRAP = "bwrap is not installed or cannot create namespaces here (isolation.probe() says why)"
+
+
+@pytest.fixture(params=["none", "bwrap"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    if request.param == "bwrap" and not layouts.probe().ok:
+        pytest.skip(NO_BWRAP)
+    return str(request.param)
+
+
+@pytest.fixture
+def bwrap() -> None:
+    if not layouts.probe().ok:
+        pytest.skip(NO_BWRAP)
+
+
+@dataclass
+class Checkouts:
+    """A bare mirror with three linked worktrees, as nofx lays them out (one inside the mirror, for good measure)."""
+
+    mirror: Path
+    mine: Path
+    theirs: Path
+    inner: Path
+
+    @property
+    def layout(self) -> GitLayout:
+        return GitLayout(git_dir=self.mirror / "worktrees" / self.mine.name, common_dir=self.mirror)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def checkouts(tmp_path: Path) -> Checkouts:
+    seed, mirror = tmp_path / "seed", tmp_path / "mirror.git"
+    made = Checkouts(mirror, tmp_path / "run-mine", tmp_path / "run-theirs", mirror / "checkouts" / "run-inner")
+    seed.mkdir()
+    _git("init", "-q", "-b", "main", cwd=seed)
+    (seed / "a.txt").write_text("a\n")
+    _git("add", "a.txt", cwd=seed)
+    _git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "a", cwd=seed)
+    _git("clone", "-q", "--bare", str(seed), str(mirror), cwd=tmp_path)
+    for branch, path in (("mine", made.mine), ("theirs", made.theirs), ("inner", made.inner)):
+        _git("worktree", "add", "-q", "-b", branch, str(path), cwd=mirror)
+        (path / "draft.txt").write_text(f"{branch}'s work\n")
+    (made.mine / "a.txt").write_text("changed\n")
+    (tmp_path / "nofx.db").write_text("the database\n")
+    return made
+
+
+async def test_git_works_in_a_linked_worktree_without_showing_the_others(bwrap: None, checkouts: Checkouts) -> None:
+    result = await run_command(
+        f"git status --porcelain; cat {checkouts.theirs}/draft.txt {checkouts.inner}/draft.txt 2>/dev/null "
+        f"|| echo others-hidden; ls {checkouts.mirror}/worktrees",
+        cwd=checkouts.mine,
+        git=checkouts.layout,
+        timeout_s=10,
+    )
+
+    assert result.output.splitlines() == [" M a.txt", "?? draft.txt", "others-hidden", "run-mine"], result.output
+
+
+def test_the_layout_never_depends_on_the_worktrees_dot_git(checkouts: Checkouts) -> None:
+    """Finding 1 at its root: the same recorded layout gives the same mounts, whatever `.git` says."""
+    before = layouts.bwrap_args(checkouts.mine, git=checkouts.layout)
+    (checkouts.mine / ".git").write_text("gitdir: /\n")
+
+    assert layouts.bwrap_args(checkouts.mine, git=checkouts.layout) == before
+    assert "/" not in [before[i + 1] for i, arg in enumerate(before) if arg in ("--ro-bind", "--bind")]
+
+
+async def test_a_planted_dot_git_gives_no_view_of_the_host_and_stops_the_run(
+    isolation: str, checkouts: Checkouts
+) -> None:
+    """A gate writes `gitdir: /`; nofx refuses at once, and the next command is refused before it starts."""
+    database = checkouts.mirror.parent / "nofx.db"
+    with pytest.raises(WorkspaceTampered, match="refuses to run anything more"):
+        await run_command(
+            "echo 'gitdir: /' > .git", cwd=checkouts.mine, git=checkouts.layout, timeout_s=10, isolation=isolation
+        )
+
+    with pytest.raises(WorkspaceTampered, match=r"`\.git` was changed or replaced"):
+        await run_command(
+            f"cat {database} > stolen.txt", cwd=checkouts.mine, git=checkouts.layout, timeout_s=10, isolation=isolation
+        )
+    assert not (checkouts.mine / "stolen.txt").exists()
+
+
+async def test_a_replaced_dot_git_directory_stops_the_run(isolation: str, checkouts: Checkouts) -> None:
+    command = "rm .git && mkdir .git && printf '[core]\\n\\tfsmonitor = touch /tmp/pwned\\n' > .git/config"
+
+    with pytest.raises(WorkspaceTampered):
+        await run_command(command, cwd=checkouts.mine, git=checkouts.layout, timeout_s=10, isolation=isolation)
+
+
+async def test_git_config_written_by_the_command_stops_the_run(checkouts: Checkouts) -> None:
+    """Without isolation the mirror is writable; a planted filter or fsmonitor would run inside nofx's own git."""
+    command = f"git config --file {checkouts.mirror}/config core.fsmonitor 'touch /tmp/pwned'"
+
+    with pytest.raises(WorkspaceTampered, match=r"core\.fsmonitor"):
+        await run_command(command, cwd=checkouts.mine, git=checkouts.layout, timeout_s=10, isolation="none")
+
+
+async def test_the_mirror_and_git_dir_are_read_only_inside(bwrap: None, checkouts: Checkouts) -> None:
+    command = (
+        f"git config --file {checkouts.mirror}/config core.fsmonitor x 2>/dev/null || echo mirror-read-only; "
+        f"touch {checkouts.layout.git_dir}/HEAD 2>/dev/null || echo gitdir-read-only; ls {checkouts.mirror.parent}"
+    )
+
+    result = await run_command(command, cwd=checkouts.mine, git=checkouts.layout, timeout_s=10)
+
+    lines = result.output.splitlines()
+    assert lines[:2] == ["mirror-read-only", "gitdir-read-only"], result.output
+    assert "nofx.db" not in lines and "run-theirs" not in lines and "seed" not in lines
+
+
+async def test_no_other_process_is_visible(bwrap: None, tmp_path: Path) -> None:
+    command = "for p in /proc/[0-9]*; do cat $p/cmdline | tr '\\0' ' '; echo; done"
+
+    result = await run_command(command, cwd=tmp_path, timeout_s=10)
+
+    programs = {line.split()[0] for line in result.output.splitlines() if line.strip()}
+    assert programs <= {layouts.probe().bwrap, "/bin/sh", "cat", "tr"}, result.output  # bwrap is the namespace's init
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_network_only_when_asked_for(bwrap: None, tmp_path: Path, listener: int) -> None:
+    """Gates get no network; the setup step (network=True) shares the host's."""
+    command = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {listener}), 2)' && echo connected"
+
+    offline = await run_command(command, cwd=tmp_path, timeout_s=10)
+    online = await run_command(command, cwd=tmp_path, timeout_s=10, network=True)
+
+    assert not offline.ok and "connected" not in offline.output
+    assert online.ok and online.output == "connected\n"
+
+
+async def test_tool_directories_are_visible_read_only(bwrap: None, tmp_path: Path) -> None:
+    tools, work = tmp_path / "toolchain" / "bin", tmp_path / "work"
+    tools.mkdir(parents=True)
+    work.mkdir()
+    (tools / "greet").write_text("#!/bin/sh\necho hello from the toolchain\n")
+    (tools / "greet").chmod(0o755)
+
+    result = await run_command(
+        f"{tools}/greet; touch {tools}/x 2>/dev/null || echo tools-read-only; ls {tmp_path}",
+        cwd=work,
+        timeout_s=10,
+        readonly=[tools, tmp_path / "missing"],
+    )
+
+    assert result.output.splitlines() == ["hello from the toolchain", "tools-read-only", "toolchain", "work"]
