@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from redis import Redis
@@ -17,7 +17,13 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-QUEUE_NAME = "nofx"
+QUEUE_NAME = "nofx"  # deliveries: acknowledging and routing them never waits behind other work
+REPORTS_QUEUE = "nofx-reports"  # status comments and check runs, short GitHub calls
+STEPS_QUEUE = "nofx-steps"  # run steps and workspace cleanup, seconds to minutes each
+REVIEWS_QUEUE = "nofx-reviews"  # pull request reviews, many LLM calls each
+# The dispatch lane of every worker serves only these, so a delivery finds a free worker however busy the rest is.
+DISPATCH_LANE = (QUEUE_NAME, REPORTS_QUEUE)
+WORK_LANE = (QUEUE_NAME, REPORTS_QUEUE, STEPS_QUEUE, REVIEWS_QUEUE)
 DISPATCH_JOB = "bot.worker.jobs.dispatch"
 DISPATCH_TIMEOUT_S = 300
 STEP_JOB = "bot.worker.jobs.run_step"
@@ -32,15 +38,27 @@ PR_SET_PDEATHSIG = 1
 
 
 class WorkQueue:
-    """Enqueue jobs by id; everything a job needs it rebuilds from the database."""
+    """Enqueue jobs by id on the queue of their kind; everything a job needs it rebuilds from the database."""
 
     def __init__(self, redis: Redis, name: str = QUEUE_NAME) -> None:
         self.redis = redis
-        self.queue = Queue(name, connection=redis)
+        self.queue = Queue(name, connection=redis)  # deliveries
+        self.reports = Queue(REPORTS_QUEUE, connection=redis)
+        self.steps = Queue(STEPS_QUEUE, connection=redis)
+        self.reviews = Queue(REVIEWS_QUEUE, connection=redis)
 
     @classmethod
     def from_url(cls, url: str, name: str = QUEUE_NAME) -> WorkQueue:
         return cls(Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), name)
+
+    @property
+    def all(self) -> list[Queue]:
+        return [self.queue, self.reports, self.steps, self.reviews]
+
+    def lane(self, names: tuple[str, ...]) -> list[Queue]:
+        """The queues a worker lane serves, in its order."""
+        by_name = {queue.name: queue for queue in self.all}
+        return [by_name[name] for name in names]
 
     def enqueue_dispatch(self, delivery_id: str) -> None:
         """Queue the routing of one recorded delivery (the job id makes duplicates visible in RQ)."""
@@ -75,22 +93,22 @@ class WorkQueue:
             "failure_ttl": 7 * 24 * 3600,
         }
         if delay_s > 0:
-            self.queue.enqueue_in(timedelta(seconds=delay_s), STEP_JOB, step_id, **options)
+            self.steps.enqueue_in(timedelta(seconds=delay_s), STEP_JOB, step_id, **options)
         else:
-            self.queue.enqueue(STEP_JOB, step_id, **options)
+            self.steps.enqueue(STEP_JOB, step_id, **options)
         return job_id
 
     def enqueue_report(self, run_id: str, delay_s: float = 0) -> None:
         """Queue publishing a run to GitHub; callers coalesce through `bot.report.request_publish`."""
         options = {"job_timeout": 120, "result_ttl": 60, "failure_ttl": 24 * 3600}
         if delay_s > 0:
-            self.queue.enqueue_in(timedelta(seconds=delay_s), REPORT_JOB, run_id, **options)
+            self.reports.enqueue_in(timedelta(seconds=delay_s), REPORT_JOB, run_id, **options)
         else:
-            self.queue.enqueue(REPORT_JOB, run_id, **options)
+            self.reports.enqueue(REPORT_JOB, run_id, **options)
 
     def enqueue_review(self, pass_id: str) -> None:
         """Queue one review pass of a pull request; a duplicate job finds the pass claimed and does nothing."""
-        self.queue.enqueue(
+        self.reviews.enqueue(
             REVIEW_JOB,
             pass_id,
             job_id=f"review-{pass_id}",
@@ -101,30 +119,48 @@ class WorkQueue:
 
     def enqueue_cleanup(self) -> None:
         """Remove worktrees of finished runs and evict cold mirrors (one job at a time is enough)."""
-        self.queue.enqueue(CLEANUP_JOB, job_id="clean-up-workspaces", job_timeout=600, result_ttl=0, failure_ttl=3600)
+        self.steps.enqueue(CLEANUP_JOB, job_id="clean-up-workspaces", job_timeout=600, result_ttl=0, failure_ttl=3600)
 
     def enqueue_due(self) -> int:
-        """Move delayed jobs (retries, coalesced reports) whose time has come onto the queue.
+        """Move delayed jobs (retries, coalesced reports) whose time has come onto their queues.
 
         Several workers may do this at once: only the one whose ZREM removes a job enqueues it.
         """
-        registry = self.queue.scheduled_job_registry
         moved = 0
-        for job_id in registry.get_jobs_to_schedule(int(time.time())):
-            if not self.redis.zrem(registry.key, job_id):
-                continue
-            try:
-                self.queue.enqueue_job(Job.fetch(job_id, connection=self.redis))
-            except NoSuchJobError:
-                continue
-            moved += 1
+        for queue in self.all:
+            registry = queue.scheduled_job_registry
+            for job_id in registry.get_jobs_to_schedule(int(time.time())):
+                if not self.redis.zrem(registry.key, job_id):
+                    continue
+                try:
+                    queue.enqueue_job(Job.fetch(job_id, connection=self.redis))
+                except NoSuchJobError:
+                    continue
+                moved += 1
         return moved
+
+    def scheduled(self) -> int:
+        """Delayed jobs not yet due, over all queues."""
+        return sum(queue.scheduled_job_registry.count for queue in self.all)
 
     def job_exists(self, job_id: str) -> bool:
         return Job.exists(job_id, connection=self.redis)
 
     def depths(self) -> dict[str, int]:
-        return {self.queue.name: self.queue.count}
+        return {queue.name: queue.count for queue in self.all}
+
+    def waits(self) -> dict[str, float]:
+        """Seconds the oldest waiting job of each queue has waited (0 when the queue is empty)."""
+        now = datetime.now(UTC)
+        waits: dict[str, float] = {}
+        for queue in self.all:
+            head = queue.get_job_ids(0, 1)
+            job = Job.fetch(head[0], connection=self.redis) if head and self.job_exists(head[0]) else None
+            enqueued = job.enqueued_at if job is not None else None
+            if enqueued is not None and enqueued.tzinfo is None:
+                enqueued = enqueued.replace(tzinfo=UTC)
+            waits[queue.name] = max((now - enqueued).total_seconds(), 0.0) if enqueued else 0.0
+        return waits
 
     def ping(self) -> None:
         """Raise if the queue server does not answer (used by /readyz)."""

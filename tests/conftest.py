@@ -16,7 +16,6 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from rq.registry import ScheduledJobRegistry
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
@@ -208,14 +207,13 @@ def work(runtime: Runtime) -> Callable[..., None]:
 
     def drain(timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
-        queue = runtime.queue.queue
-        scheduled = ScheduledJobRegistry(queue=queue)
+        queue = runtime.queue
         while True:
             run_worker(runtime, burst=True)
-            if scheduled.count == 0 and queue.count == 0:
+            if queue.scheduled() == 0 and sum(queue.depths().values()) == 0:
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"jobs still scheduled after {timeout_s} s: {scheduled.get_job_ids()}")
+                raise AssertionError(f"jobs still waiting after {timeout_s} s: {queue.depths()}")
             time.sleep(0.1)
             runtime.queue.enqueue_due()  # what the worker's scheduler thread does
 

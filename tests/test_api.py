@@ -42,7 +42,7 @@ def conforms(body: Any, schema_name: str) -> None:
 
 def jobs(queue: WorkQueue) -> list[tuple[str, tuple[Any, ...]]]:
     """Every job on the queue, waiting or scheduled, as (function, args)."""
-    ids = queue.queue.job_ids + ScheduledJobRegistry(queue=queue.queue).get_job_ids()
+    ids = [i for q in queue.all for i in q.job_ids + ScheduledJobRegistry(queue=q).get_job_ids()]
     return [(job.func_name, job.args) for job in queue.queue.job_class.fetch_many(ids, connection=queue.redis) if job]
 
 

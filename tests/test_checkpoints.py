@@ -348,7 +348,7 @@ async def test_resume_starts_a_new_run_on_its_own_branch_from_the_checkpoint(
         ("approve", ["test"], StepStatus.pending),
         ("pull-request", ["approve"], StepStatus.pending),
     ]
-    assert step_job_id(steps[0].id, 1) in queue.queue.job_ids  # the first step was enqueued
+    assert step_job_id(steps[0].id, 1) in queue.steps.job_ids  # the first step was enqueued
     assert checkpoints.start_point(store, resumed.id) == cp.commit_sha
     assert checkpoints.start_point(store, run.id) is None
     assert checkpoints.written_files(store, resumed.id) == ["src/cart.py", "src/old.py", "src/total_test.py"]

@@ -534,3 +534,8 @@ def test_metrics_cover_queue_waits_sandboxes_github_calls_and_workers(
     assert 'nofx_worker_cpu_seconds_total{worker="test-worker"}' in text
     assert 'nofx_llm_tokens_total{direction="input",model="claude-sonnet-4-6",provider="anthropic"}' in text
     assert 'nofx_runs{status="succeeded"} 1.0' in text
+    # Every queue the run used reports how long its jobs waited, and the waiting now (none left).
+    for name in ("nofx", "nofx-reports", "nofx-steps"):
+        assert f'nofx_queue_wait_seconds_count{{queue="{name}"}}' in text
+        assert f'nofx_queue_oldest_wait_seconds{{queue="{name}"}} 0.0' in text
+    assert 'nofx_queue_depth{queue="nofx-reviews"} 0.0' in text

@@ -739,7 +739,7 @@ def test_a_pass_job_delivered_twice_runs_once(
         session.add(review_pass)
     answer(llm)
     runtime.queue.enqueue_review(review_pass.id)
-    runtime.queue.queue.enqueue("bot.worker.jobs.run_review", review_pass.id)
+    runtime.queue.reviews.enqueue("bot.worker.jobs.run_review", review_pass.id)
     work()
 
     assert passes(store)[0].status == ReviewStatus.done

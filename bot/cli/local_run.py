@@ -109,7 +109,7 @@ def _follow(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Pa
             console.print(f"  [{style}]{event.type:<16}[/] {name} {event.payload.get('error', '')}".rstrip())
         run = runs.get_run(runtime.store, run_id)
         assert run is not None
-        if run.status in runs.TERMINAL_RUN and runtime.queue.queue.count == 0:
+        if run.status in runs.TERMINAL_RUN and sum(runtime.queue.depths().values()) == 0:
             break
         if run.status == RunStatus.waiting:
             console.print("[magenta]the run waits for an approval, which local runs do not have[/]")

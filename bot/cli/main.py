@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="one worker process (REDIS_URL required)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--lane",
+        choices=["all", "dispatch", "work"],
+        default="all",
+        help="all (default): a dispatch lane process beside the work lane; dispatch/work: only that lane",
+    )
     worker.set_defaults(func=_worker)
 
     local = sub.add_parser("run", help="run a request on a local repository, no GitHub; the result is a branch")
@@ -100,14 +106,24 @@ def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
 
 
 def _worker(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.queue import DISPATCH_LANE
+    from bot.worker.lanes import dispatch_lane_process
     from bot.worker.loop import run_worker
     from bot.worker.runtime import Runtime
 
+    # Capacity reserved for deliveries: beside the lane that runs steps and reviews, every worker keeps a
+    # process that only acknowledges and routes deliveries, so a busy worker still answers within a second.
+    helper = dispatch_lane_process() if args.lane == "all" and not args.burst else None
     runtime = Runtime(_with_queue(settings), redactor=redactor)
     try:
-        run_worker(runtime, burst=args.burst)
+        if args.lane == "dispatch":
+            run_worker(runtime, burst=args.burst, lane=DISPATCH_LANE, maintenance=False)
+        else:
+            run_worker(runtime, burst=args.burst)
     finally:
         runtime.close()
+        if helper is not None:
+            helper.stop()
     return 0
 
 

@@ -9,6 +9,7 @@ from bot.events.context import EventContext
 from bot.models import Delivery
 from bot.store import Store
 
+INSTALLATION_EVENTS = ("installation", "installation_repositories")
 router = routing.Router(installations.router, conversations.router, pull_requests.router)
 
 
@@ -21,7 +22,18 @@ def ignore_reason(store: Store, delivery: Delivery) -> str | None:
     return installations.ignore_reason(store, delivery.installation_id, delivery.event)
 
 
-async def dispatch(delivery: Delivery, ctx: EventContext) -> None:
-    """Run every router function registered for this delivery's event and action."""
+async def dispatch(delivery: Delivery, ctx: EventContext) -> str | None:
+    """Run every router function registered for this delivery's event and action.
+
+    Returns why the delivery was ignored instead (its installation does not exist or is suspended), or None.
+    """
+    if delivery.installation_id is not None and delivery.event not in INSTALLATION_EVENTS:
+        repository = delivery.payload.get("repository")
+        reason = await installations.learn(
+            ctx, delivery.installation_id, repository if isinstance(repository, dict) else None
+        )
+        if reason is not None:
+            return reason
     event = sansio.Event(delivery.payload, event=delivery.event, delivery_id=delivery.id)
     await router.dispatch(event, ctx)
+    return None

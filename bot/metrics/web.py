@@ -14,7 +14,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     """What operators graph: deliveries by event and outcome, intake latency, queue depth."""
 
-    def __init__(self, queue_depth: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, queue_depth: Callable[[], dict[str, int]], queue_wait: Callable[[], dict[str, float]] = dict
+    ) -> None:
         self.registry = CollectorRegistry()
         self.deliveries = Counter(
             "nofx_webhook_deliveries",
@@ -34,7 +36,7 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        self.registry.register(_QueueDepth(queue_depth))
+        self.registry.register(_QueueDepth(queue_depth, queue_wait))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -43,15 +45,24 @@ class Metrics:
 class _QueueDepth(Collector):
     """Read the queue length at scrape time, so the number is never stale."""
 
-    def __init__(self, depth: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, depth: Callable[[], dict[str, int]], wait: Callable[[], dict[str, float]]) -> None:
         self._depth = depth
+        self._wait = wait
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         gauge = GaugeMetricFamily("nofx_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+        oldest = GaugeMetricFamily(
+            "nofx_queue_oldest_wait_seconds",
+            "How long the oldest waiting job of each queue has waited.",
+            labels=["queue"],
+        )
         try:
-            depths = self._depth()
+            depths, waits = self._depth(), self._wait()
         except Exception:  # a scrape must not fail because the queue is down; /readyz reports that
-            depths = {}
+            depths, waits = {}, {}
         for name, depth in depths.items():
             gauge.add_metric([name], depth)
+        for name, seconds in waits.items():
+            oldest.add_metric([name], seconds)
         yield gauge
+        yield oldest

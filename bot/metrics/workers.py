@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 GITHUB_CALLS = "nofx:metrics:github_calls"  # hash "<method> <status>" -> count
 RATE_LIMIT = "nofx:metrics:github_rate_limit"  # hash "remaining", "limit", "reset"
+QUEUE_WAIT = "nofx:metrics:queue_wait"  # hash "<queue> sum" -> seconds, "<queue> count" -> jobs started
 WORKERS = "nofx:metrics:worker:"  # one hash per worker, expiring when it stops reporting
 WORKER_TTL_S = 60
 
@@ -44,6 +45,17 @@ class GitHubCallRecorder:
                 pipe.execute()
         except RedisError as exc:  # metrics must never break a GitHub call
             log.debug("github call not counted: %s", exc)
+
+
+def record_queue_wait(redis: Redis, queue: str, seconds: float) -> None:
+    """How long a job waited in its queue before a worker started it (workers call this per job)."""
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.hincrbyfloat(QUEUE_WAIT, f"{queue} sum", max(seconds, 0.0))
+            pipe.hincrby(QUEUE_WAIT, f"{queue} count", 1)
+            pipe.execute()
+    except RedisError as exc:  # metrics must never break a job
+        log.debug("queue wait not recorded: %s", exc)
 
 
 def report_usage(redis: Redis, name: str | None = None) -> None:
@@ -70,6 +82,7 @@ class WorkerMetrics(Collector):
         try:
             calls = self.redis.hgetall(GITHUB_CALLS)
             limit = self.redis.hgetall(RATE_LIMIT)
+            waits = self.redis.hgetall(QUEUE_WAIT)
             workers = {key: self.redis.hgetall(key) for key in self.redis.scan_iter(f"{WORKERS}*", count=100)}
         except RedisError as exc:  # a scrape must not fail because the queue is down; /readyz says so
             log.warning("worker metrics unavailable: %s", type(exc).__name__)
@@ -99,8 +112,22 @@ class WorkerMetrics(Collector):
             memory.add_metric([name], float(values.get(b"max_rss_bytes", 0)))
         yield cpu
         yield memory
+        yield _queue_waits(waits)
 
 
 def _text(value: bytes | str) -> str:
     """A Redis hash field as text (the queue's client returns bytes; redis-py types it as either)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _queue_waits(values: Mapping[bytes | str, bytes | str]) -> SummaryMetricFamily:
+    summary = SummaryMetricFamily(
+        "nofx_queue_wait_seconds", "Time jobs waited in each queue before a worker started them.", labels=["queue"]
+    )
+    totals: dict[str, dict[str, float]] = {}
+    for field, value in values.items():
+        queue, _, kind = _text(field).rpartition(" ")
+        totals.setdefault(queue, {})[kind] = float(value)
+    for queue, total in sorted(totals.items()):
+        summary.add_metric([queue], count_value=total.get("count", 0.0), sum_value=total.get("sum", 0.0))
+    return summary

@@ -52,7 +52,7 @@ def create_app(
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is required by the web process (`nofx serve` sets it)")
         queue = WorkQueue.from_url(settings.redis_url)
-    metrics = Metrics(queue.depths)
+    metrics = Metrics(queue.depths, queue.waits)
     metrics.registry.register(RunMetrics(store))
     metrics.registry.register(WorkerMetrics(queue.redis))
     app = Starlette(

@@ -96,12 +96,16 @@ async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus |
         repo=delivery.repository,
     ):
         try:
-            await events.dispatch(delivery, runtime.context())
+            ignored = await events.dispatch(delivery, runtime.context())
         except Exception as exc:
             reason = runtime.redactor.redact(f"{type(exc).__name__}: {exc}")
             log.exception("delivery failed; `nofx replay %s` routes it again", delivery.id)
             deliveries.finish(runtime.store, delivery.id, DeliveryStatus.failed, reason)
             return DeliveryStatus.failed
+        if ignored is not None:
+            log.info("delivery ignored: %s", ignored)
+            deliveries.finish(runtime.store, delivery.id, DeliveryStatus.ignored, ignored)
+            return DeliveryStatus.ignored
         deliveries.finish(runtime.store, delivery.id, DeliveryStatus.done)
         log.info("delivery routed")
         return DeliveryStatus.done

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.worker import DequeueStrategy
 
 from bot import deliveries, logs
 from bot.github import identity
 from bot.metrics import workers as worker_metrics
 from bot.models import Step, StepStatus, utcnow
-from bot.queue import REVIEW_JOB_TIMEOUT_S, dispatch_job_id, step_job_id
+from bot.queue import DISPATCH_LANE, REVIEW_JOB_TIMEOUT_S, WORK_LANE, dispatch_job_id, step_job_id
 from bot.review.pass_records import restart_abandoned
 from bot.runs import memory
 from bot.runs import records as runs
-from bot.worker import jobs
+from bot.worker import jobs, startup
 from bot.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -33,20 +35,59 @@ DEAD_STEP_AFTER = timedelta(seconds=30)
 LOST_JOB_AFTER = timedelta(seconds=60)
 
 
-def run_worker(runtime: Runtime, *, burst: bool = False, max_jobs: int | None = None) -> None:
-    """Serve jobs until stopped. Jobs run in this process so token caches and the loop stay warm."""
+class Worker(SimpleWorker):
+    """RQ's in-process worker: deliveries and reports first, then steps and reviews in turn (a long review queue
+    does not starve steps, nor steps reviews); records how long each job waited in its queue (`/metrics`)."""
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        urgent = [q for q in self._ordered_queues if q.name in DISPATCH_LANE]
+        rest = [q for q in self._ordered_queues if q.name not in DISPATCH_LANE]
+        if reference_queue in rest:
+            position = rest.index(reference_queue)
+            rest = rest[position + 1 :] + rest[: position + 1]
+        self._ordered_queues = urgent + rest
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if job.enqueued_at is not None:
+            enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
+            worker_metrics.record_queue_wait(self.connection, queue.name, (utcnow() - enqueued).total_seconds())
+        super().execute_job(job, queue)
+
+
+def run_worker(
+    runtime: Runtime,
+    *,
+    burst: bool = False,
+    max_jobs: int | None = None,
+    lane: tuple[str, ...] = WORK_LANE,
+    maintenance: bool = True,
+) -> None:
+    """Serve the lane's queues until stopped. Jobs run in this process so token caches and the loop stay warm.
+
+    The work lane takes steps and reviews in turn (round robin), and deliveries when nothing else waits; the
+    dispatch lane (`serve_dispatch_lane`) takes only deliveries and reports. `maintenance` runs the start-up
+    sync, the sweeper and the scheduler beside it (one lane per worker needs them).
+    """
     jobs.use_runtime(runtime)
     runtime.store.create_all()
-    _refresh_identity(runtime)
     stop = threading.Event()
-    if not burst:
+    if maintenance:
+        _refresh_identity(runtime)
+    if maintenance and not burst:
+        startup.start_in_background(runtime)
         threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
         threading.Thread(target=_schedule_forever, args=(runtime, stop), name="scheduler", daemon=True).start()
-    worker = SimpleWorker([runtime.queue.queue], connection=runtime.queue.redis)
+    worker = Worker(runtime.queue.lane(lane), connection=runtime.queue.redis)
     try:
         # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
         # is killed, so the server goes on handing jobs to a dead reader. A thread moves due jobs instead.
-        worker.work(burst=burst, max_jobs=max_jobs, logging_level="WARNING", with_scheduler=False)
+        worker.work(
+            burst=burst,
+            max_jobs=max_jobs,
+            logging_level="WARNING",
+            with_scheduler=False,
+            dequeue_strategy=DequeueStrategy.ROUND_ROBIN,
+        )
     finally:
         stop.set()
 

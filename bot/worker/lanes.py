@@ -1,0 +1,34 @@
+"""The dispatch lane: a process of its own beside each worker, so deliveries never wait behind steps or reviews."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from bot.queue import die_with_parent
+
+STOP_GRACE_S = 10
+
+
+class LaneProcess:
+    """A `nofx worker --lane dispatch` child that dies with its parent (even when the parent is killed)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # RQ finishes the current job, then exits
+        try:
+            self.process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def dispatch_lane_process() -> LaneProcess:
+    """Start the dispatch lane with this process's environment (REDIS_URL, DATABASE_URL, …)."""
+    command = [sys.executable, "-m", "bot.cli", "worker", "--lane", "dispatch"]
+    return LaneProcess(subprocess.Popen(command, preexec_fn=die_with_parent))
