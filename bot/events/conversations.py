@@ -32,7 +32,7 @@ from bot.render.replies import (
     plan_refused,
 )
 from bot.render.status_comment import run_status_summary
-from bot.repo_config import ConfigError, RepoConfig, describe, from_dict, permission_reaches
+from bot.repo_config import ConfigError, RepoConfig, describe, permission_reaches
 from bot.runs import checkpoints, memory, planner, policy
 from bot.runs import records as runs
 from bot.runs.llm_planner import planner_for
@@ -96,7 +96,8 @@ async def request_review_from_label(event: sansio.Event, ctx: EventContext) -> N
 
 @router.register("check_run", action="requested_action")
 async def decide_from_check_run_button(event: sansio.Event, ctx: EventContext) -> None:
-    """Approve / Reject / Cancel buttons on the run's check run, with the same permission check."""
+    """Approve / Reject / Cancel buttons act on the run their check run names (its external_id), with the
+    repository's current config and the presser's current permission, like a command."""
     run = _run_of_check(ctx, event.data)
     if run is None:
         return
@@ -104,10 +105,7 @@ async def decide_from_check_run_button(event: sansio.Event, ctx: EventContext) -
     verb = {"approve": Verb.approve, "reject": Verb.reject, "cancel": Verb.cancel}.get(identifier or "")
     if verb is None:
         return
-    thread = _thread_of_run(run)
-    gh = _gh(ctx, thread)
-    source = _issue_source(thread, "check_run")
-    await _authorised_command(ctx, event, gh, thread, _config_of_run(run), Command(verb=verb, argument=""), source)
+    await _command_on_run(ctx, event, run, Command(verb=verb, argument=""))
 
 
 @router.register("check_run", action="rerequested")
@@ -120,11 +118,18 @@ async def retry_from_check_run(event: sansio.Event, ctx: EventContext) -> None:
     run = _run_of_check(ctx, event.data)
     if run is None:
         return
+    await _command_on_run(ctx, event, run, Command(verb=Verb.retry, argument=""))
+
+
+async def _command_on_run(ctx: EventContext, event: sansio.Event, run: Run, command: Command) -> None:
+    """A check-run button: the command, aimed at the button's own run, under the config as it is now."""
     thread = _thread_of_run(run)
     gh = _gh(ctx, thread)
+    config = await _config_or_report(gh, thread, ctx, mentioned=True)
+    if config is None:
+        return
     source = _issue_source(thread, "check_run")
-    command = Command(verb=Verb.retry, argument="")
-    await _authorised_command(ctx, event, gh, thread, _config_of_run(run), command, source)
+    await _authorised_command(ctx, event, gh, thread, config, command, source, target=run)
 
 
 async def review_pull_request(
@@ -223,6 +228,7 @@ class _Turn:
     config: RepoConfig
     source: Source
     sender: str
+    target: Run | None = None  # the run a check-run button names; commands in comments act on the thread's
 
     @property
     def store(self) -> Store:
@@ -239,7 +245,15 @@ class _Turn:
         await self.reply(nothing_to_do(message))
 
     def latest_run(self) -> Run | None:
+        if self.target is not None:
+            return runs.get_run(self.store, self.target.id)
         return runs.latest_run_on_thread(self.store, self.thread.full_name, self.thread.number)
+
+    def active_run(self) -> Run | None:
+        if self.target is not None:
+            run = runs.get_run(self.store, self.target.id)
+            return run if run is not None and run.status not in runs.TERMINAL_RUN else None
+        return runs.active_run_on_thread(self.store, self.thread.full_name, self.thread.number)
 
 
 async def _authorised_command(
@@ -250,6 +264,8 @@ async def _authorised_command(
     config: RepoConfig,
     command: Command,
     source: Source,
+    *,
+    target: Run | None = None,
 ) -> None:
     sender = event.data["sender"]["login"]
     permission = await permission_of(gh, thread.owner, thread.repo, sender)
@@ -260,7 +276,7 @@ async def _authorised_command(
         else:
             await _reply(gh, thread, permission_refused(sender, config.trigger.min_permission))
         return
-    await _carry_out(_Turn(ctx, event, gh, thread, config, source, sender), command)
+    await _carry_out(_Turn(ctx, event, gh, thread, config, source, sender, target), command)
 
 
 async def _carry_out(turn: _Turn, command: Command) -> None:
@@ -275,7 +291,7 @@ async def _carry_out(turn: _Turn, command: Command) -> None:
         case Verb.approve | Verb.reject:
             await _decide(turn, command)
         case Verb.cancel:
-            run = runs.active_run_on_thread(ctx.store, thread.full_name, thread.number)
+            run = turn.active_run()
             if run is None:
                 await turn.say("There is no active run on this thread to cancel.")
                 return
@@ -418,13 +434,14 @@ async def _resume_from_checkpoint(turn: _Turn, checkpoint: str) -> None:
             turn.sender,
             trigger="comment",
             delivery_id=turn.event.delivery_id,
+            config=turn.config,
         )
     except checkpoints.ResumeError as exc:
         await turn.say(str(exc))
 
 
 async def _decide(turn: _Turn, command: Command) -> None:
-    run = runs.active_run_on_thread(turn.store, turn.thread.full_name, turn.thread.number)
+    run = turn.active_run()
     waiting = [
         s
         for s in (runs.steps_of(turn.store, run.id) if run and run.status == RunStatus.waiting else [])
@@ -560,7 +577,3 @@ def _thread_of_run(run: Run) -> Thread:
         clone_url=run.clone_url,
         html_url=run.thread_url,
     )
-
-
-def _config_of_run(run: Run) -> RepoConfig:
-    return from_dict(run.config)

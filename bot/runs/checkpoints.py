@@ -30,8 +30,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
 from bot.models import Artifact, Checkpoint, Run, RunStart, Step
-from bot.plans import Plan, StepSpec
+from bot.plans import ALL_TOOLS, Plan, PlanError, StepSpec
 from bot.queue import WorkQueue
+from bot.repo_config import RepoConfig
+from bot.repo_config import describe as describe_config
+from bot.runs import policy
 from bot.runs import records as runs
 from bot.runs.contract import StepContext, StepResult
 from bot.runs.progress import enqueue_progress
@@ -450,9 +453,15 @@ def resume(
     *,
     trigger: str = "api",
     delivery_id: str | None = None,
+    config: RepoConfig | None = None,
 ) -> Run:
     """Start a new run from checkpoint `n` of `run_id`: same thread and request, the plan's steps after the
-    checkpoint's step, on a branch of its own; its worktree starts from the checkpoint (`start_point`)."""
+    checkpoint's step, on a branch of its own; its worktree starts from the checkpoint (`start_point`).
+
+    `config` is the repository's config as it is now (a `/nofx retry --from` read it): the new run runs under
+    it and its plan passes the policy again. Without it (the runs API, which reads no repository) the source
+    run's config is kept; the engine still checks each step against it.
+    """
     source = runs.get_run(store, run_id)
     if source is None:
         raise ResumeError(f"run {run_id} does not exist")
@@ -466,6 +475,11 @@ def resume(
     plan = _remaining_plan(source, at.position)
     if not plan.steps:
         raise ResumeError(f"checkpoint {n} is after {at.name}, the last step: there is nothing left to run")
+    if config is not None:
+        try:
+            plan = policy.enforce(plan.to_dict(), config, available_tools=ALL_TOOLS)
+        except PlanError as exc:
+            raise ResumeError(f"the rest of the plan breaks the repository's current policy: {exc}") from None
     request = runs.RunRequest(
         installation_id=source.installation_id,
         repository=source.repository,
@@ -482,7 +496,7 @@ def resume(
         head_sha=source.head_sha,
         branch=_branch_for(store, source, n),
     )
-    run = runs.create(store, request, plan, source.config)
+    run = runs.create(store, request, plan, describe_config(config) if config is not None else source.config)
     files = set(written_files(store, run_id))
     files |= {
         path
