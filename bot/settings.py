@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_API_URL = "https://api.github.com"
 ENV_FILE = ".env"
@@ -85,6 +86,7 @@ class Settings:
             self.anthropic_api_key,
             self.openai_api_key,
             *self.memory_keys,
+            urlsplit(self.redis_url).password if self.redis_url else None,
         ]
         return [v for v in values if v]
 

@@ -33,7 +33,7 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
     if not settings.redis_url:
         valkey = start_embedded_valkey(settings.data_dir)
         settings = replace(settings, redis_url=valkey.url)
-        log.info("embedded Valkey started on %s", settings.redis_url)
+        log.info("embedded Valkey started on %s (password in %s)", valkey.socket, valkey.socket.parent / "password")
     pool = WorkerPool(settings, size=max(workers, 0))
     pool.start()
     try:
