@@ -21,7 +21,7 @@ from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
 from bot.queue import WorkQueue, step_job_id
 from bot.repo_config import RepoConfig
-from bot.runs import checkpoints
+from bot.runs import checkpoint_diffs, checkpoints
 from bot.runs import records as runs
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import StepContext, StepFailed, StepResult
@@ -254,7 +254,7 @@ async def test_the_diff_is_structured_with_statuses_counts_hunks_and_line_number
     (worktree.path / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
     second = await checkpoints.create(store, worktree, run, test, outcome="failed")
 
-    diff = await checkpoints.diff(worktree.mirror, second.parent_sha, second.commit_sha)
+    diff = await checkpoint_diffs.diff(worktree.mirror, second.parent_sha, second.commit_sha)
 
     files = {f["path"]: f for f in diff["files"]}
     assert set(files) == {"docs/guide.txt", "logo.png", "src/test_total.py"}
@@ -275,12 +275,12 @@ async def test_the_diff_is_structured_with_statuses_counts_hunks_and_line_number
     assert hunk["lines"][-1].get("no_newline_at_end") is True
     assert diff["stats"] == {"files": 3, "additions": 2, "deletions": 1}
     # Against the run's start instead: everything since the base.
-    whole = await checkpoints.diff(worktree.mirror, first.parent_sha, second.commit_sha)
+    whole = await checkpoint_diffs.diff(worktree.mirror, first.parent_sha, second.commit_sha)
     statuses = {f["path"]: f["status"] for f in whole["files"]}
     assert statuses["src/old.py"] == "deleted" and statuses["src/cart.py"] == "modified"
     assert statuses["src/test_total.py"] == "added"
     # A cap cuts at a file boundary and says which files it could not show.
-    capped = await checkpoints.diff(worktree.mirror, first.parent_sha, second.commit_sha, max_bytes=300)
+    capped = await checkpoint_diffs.diff(worktree.mirror, first.parent_sha, second.commit_sha, max_bytes=300)
     assert capped["truncated"] is True
     assert any(f["truncated"] and f["hunks"] == [] and f["additions"] is None for f in capped["files"])
     assert all(f["hunks"] or f["binary"] or f["truncated"] for f in capped["files"])

@@ -33,7 +33,7 @@ from bot.render.replies import (
 )
 from bot.render.status_comment import run_status_summary
 from bot.repo_config import ConfigError, RepoConfig, describe, permission_reaches
-from bot.runs import checkpoints, memory, planner, policy
+from bot.runs import memory, planner, policy, resume
 from bot.runs import records as runs
 from bot.runs.llm_planner import planner_for
 from bot.store import Store
@@ -426,7 +426,7 @@ async def _resume_from_checkpoint(turn: _Turn, checkpoint: str) -> None:
         await turn.say("Say which checkpoint of the latest run: `retry --from 2`.")
         return
     try:
-        checkpoints.resume(
+        resume.resume(
             turn.store,
             turn.ctx.queue,
             run.id,
@@ -436,7 +436,7 @@ async def _resume_from_checkpoint(turn: _Turn, checkpoint: str) -> None:
             delivery_id=turn.event.delivery_id,
             config=turn.config,
         )
-    except checkpoints.ResumeError as exc:
+    except resume.ResumeError as exc:
         await turn.say(str(exc))
 
 

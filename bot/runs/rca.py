@@ -24,7 +24,7 @@ from sqlmodel import SQLModel
 
 from bot.logs import Redactor, run_log_path
 from bot.models import Checkpoint, Delivery, Run, RunEvent, RunStatus, Step, StepStatus
-from bot.runs import checkpoints
+from bot.runs import checkpoint_diffs, checkpoints
 from bot.runs import records as runs
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.settings import Settings
@@ -196,8 +196,8 @@ async def _add_checkpoint_diffs(
     mirror = checkpoints.mirror_of(settings.data_dir / "workspaces", run)
     for cp in cps:
         try:
-            structured = await checkpoints.diff(mirror, cp.parent_sha, cp.commit_sha, max_bytes=MAX_PATCH_BYTES)
-            text = await checkpoints.patch_text(mirror, cp.parent_sha, cp.commit_sha, max_bytes=MAX_PATCH_BYTES)
+            structured = await checkpoint_diffs.diff(mirror, cp.parent_sha, cp.commit_sha, max_bytes=MAX_PATCH_BYTES)
+            text = await checkpoint_diffs.patch_text(mirror, cp.parent_sha, cp.commit_sha, max_bytes=MAX_PATCH_BYTES)
         except checkpoints.CheckpointError as exc:
             bundle.notes.append(f"checkpoint {cp.n}: {exc}")
             continue

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot.models import Checkpoint, Run
-from bot.runs import checkpoints, memory, rca
+from bot.runs import checkpoint_diffs, checkpoints, memory, rca, resume
 from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
@@ -119,8 +119,8 @@ async def checkpoint_diff(request: Request) -> Response:
         base_n = int(raw_base)
         base_sha = by_n[base_n].commit_sha if base_n else _start_of(found)
     try:
-        structured = await checkpoints.diff(_mirror(request, run), base_sha, head.commit_sha)
-    except checkpoints.CheckpointGone as exc:
+        structured = await checkpoint_diffs.diff(_mirror(request, run), base_sha, head.commit_sha)
+    except checkpoint_diffs.CheckpointGone as exc:
         return _error(410, str(exc))
     except GitError as exc:
         log.warning("diff of checkpoint %s of run %s failed: %s", n, run_id, exc)
@@ -149,10 +149,8 @@ async def resume_from_checkpoint(request: Request) -> Response:
     if not _RUN_ID.fullmatch(run_id) or n is None:
         return _error(404, f"run {run_id[:40]!r} has no checkpoint {request.path_params['n'][:40]!r}")
     try:
-        run = await to_thread.run_sync(
-            lambda: checkpoints.resume(_store(request), request.app.state.queue, run_id, n, by)
-        )
-    except checkpoints.ResumeError as exc:
+        run = await to_thread.run_sync(lambda: resume.resume(_store(request), request.app.state.queue, run_id, n, by))
+    except resume.ResumeError as exc:
         missing = "does not exist" in str(exc) or "has no checkpoint" in str(exc)
         return _error(404 if missing else 409, str(exc))
     steps = await to_thread.run_sync(runs.steps_of, _store(request), run.id)

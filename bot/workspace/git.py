@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -106,6 +107,16 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
 # ---------------------------------------------------------------- running git
 
 
+@dataclass(frozen=True)
+class GitResult:
+    """What a git command left: its exit code (None when stopped after `max_bytes`), its output, redacted."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    truncated: bool = False  # stdout was cut after `max_bytes`, and git stopped: the rest was never read
+
+
 async def run_git(
     args: Sequence[str],
     *,
@@ -114,8 +125,13 @@ async def run_git(
     secrets: Sequence[str] = (),
     input: bytes | None = None,
     timeout_s: float = GIT_TIMEOUT_S,
-) -> tuple[int, str, str]:
-    """Run git, kill its whole process group on timeout or cancellation; output comes back redacted."""
+    max_bytes: int | None = None,
+) -> GitResult:
+    """Run git, kill its whole process group on timeout, cancellation or too much output; output comes back redacted.
+
+    With `max_bytes`, stdout is read as it comes and git is stopped once it passed `max_bytes`: a huge diff costs
+    neither the memory nor the time of reading it all.
+    """
     process = await asyncio.create_subprocess_exec(
         "git",
         *args,
@@ -127,20 +143,61 @@ async def run_git(
         start_new_session=True,  # git's helpers (remote-http, pack-objects) die with it
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(input), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            if max_bytes is None:
+                out, err = await process.communicate(input)
+                truncated = False
+            else:
+                out, err, truncated = await _read_limited(process, input, max_bytes)
     except BaseException as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        _kill_group(process)
         await process.wait()
         if isinstance(exc, TimeoutError):
             raise GitError(
                 args, None, "", summary=f"`{shlex.join(['git', *args])}` timed out after {timeout_s}s"
             ) from None
         raise
-    stdout = _redact(out.decode(errors="replace"), secrets)
-    stderr = _redact(err.decode(errors="replace"), secrets)
-    assert process.returncode is not None
-    return process.returncode, stdout, stderr
+    if truncated:
+        _kill_group(process)
+        await process.wait()
+    return GitResult(
+        returncode=None if truncated else process.returncode,
+        stdout=_redact(out.decode(errors="replace"), secrets),
+        stderr=_redact(err.decode(errors="replace"), secrets),
+        truncated=truncated,
+    )
+
+
+async def _read_limited(
+    process: asyncio.subprocess.Process, input: bytes | None, max_bytes: int
+) -> tuple[bytes, bytes, bool]:
+    """stdout up to just past `max_bytes` (whole if shorter), stderr drained alongside so a full pipe cannot stall git."""
+    assert process.stdout is not None and process.stderr is not None
+    if input is not None:
+        assert process.stdin is not None
+        process.stdin.write(input)
+        await process.stdin.drain()
+        process.stdin.close()
+    errors = asyncio.ensure_future(process.stderr.read())
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await process.stdout.read(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                errors.cancel()
+                return b"".join(chunks), b"", True
+        await process.wait()
+        return b"".join(chunks), await errors, False
+    except BaseException:
+        errors.cancel()
+        raise
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 async def git(
@@ -151,15 +208,20 @@ async def git(
     extra_env: dict[str, str] | None = None,
     input: bytes | None = None,
     check: bool = True,
+    timeout_s: float = GIT_TIMEOUT_S,
 ) -> str:
+    """stdout of one git command; `token` goes into git's environment as a header scoped to `url`, nowhere else."""
     env = {**git_env(token, url=url), **(extra_env or {})}
-    code, out, err = await run_git(args, env=env, cwd=cwd, secrets=_secrets(token), input=input)
-    if check and code != 0:
-        raise GitError(args, code, err)
-    return out
+    result = await run_git(args, env=env, cwd=cwd, secrets=_secrets(token), input=input, timeout_s=timeout_s)
+    if check and result.returncode != 0:
+        raise GitError(args, result.returncode, result.stderr)
+    return result.stdout
 
 
-async def git_or_none(*args: str, cwd: Path | None = None) -> str | None:
+async def git_or_none(
+    *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None, timeout_s: float = GIT_TIMEOUT_S
+) -> str | None:
     """stdout of a local query that may legitimately fail (a ref that does not exist), else None."""
-    code, out, _ = await run_git(args, env=git_env(None), cwd=cwd)
-    return out.strip() if code == 0 else None
+    env = {**git_env(None), **(extra_env or {})}
+    result = await run_git(args, env=env, cwd=cwd, timeout_s=timeout_s)
+    return result.stdout.strip() if result.returncode == 0 else None

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from bot.workspace.git import git, git_or_none
+from bot.workspace.git import GIT_TIMEOUT_S, git, git_or_none
 
 SLUG_MAX = 40
 RUN_META = "nofx-run.json"  # in the worktree's admin dir inside the mirror, out of reach of the checkout
@@ -98,18 +98,14 @@ class Worktree:
     def __post_init__(self) -> None:
         self.start_sha = self.start_sha or self.base_sha
 
-    async def git(self, *args: str, token: str | None = None, check: bool = True) -> str:
-        """Any git command in the worktree; `token` only for commands that talk to the origin."""
-        return await self._git(*args, token=token, check=check)
-
     async def head_sha(self) -> str:
-        return (await self._git("rev-parse", "HEAD")).strip()
+        return (await self.git("rev-parse", "HEAD")).strip()
 
     async def changed_files(self) -> list[str]:
         """Paths that differ from the branch point with base (committed, staged, unstaged, untracked; deletions too)."""
-        since = (await self._git("merge-base", self.base_sha, "HEAD", check=False)).strip() or self.base_sha
-        tracked = await self._git("diff", "--name-only", "--no-renames", "-z", since)
-        untracked = await self._git("ls-files", "--others", "--exclude-standard", "-z")
+        since = (await self.git("merge-base", self.base_sha, "HEAD", check=False)).strip() or self.base_sha
+        tracked = await self.git("diff", "--name-only", "--no-renames", "-z", since)
+        untracked = await self.git("ls-files", "--others", "--exclude-standard", "-z")
         return sorted({name for name in (tracked + untracked).split("\0") if name})
 
     async def commit_all(
@@ -120,10 +116,10 @@ class Worktree:
         Passing the paths a run wrote keeps by-products of the gates (caches, build output) out of the commit.
         """
         if paths is None:
-            await self._git("add", "--all")
+            await self.git("add", "--all")
         elif paths:
-            await self._git("add", "--all", "--", *paths)
-        if not (await self._git("diff", "--cached", "--name-only")).strip():
+            await self.git("add", "--all", "--", *paths)
+        if not (await self.git("diff", "--cached", "--name-only")).strip():
             return None  # nothing staged (changes outside `paths` are deliberately left out)
         identity = {
             "GIT_AUTHOR_NAME": author_name,
@@ -131,14 +127,14 @@ class Worktree:
             "GIT_COMMITTER_NAME": author_name,
             "GIT_COMMITTER_EMAIL": author_email,
         }
-        await self._git(
+        await self.git(
             "-c",
             "commit.gpgSign=false",
             "commit",
             "--quiet",
             "--no-verify",
             "--file=-",
-            extra_env=identity,
+            env=identity,
             input=message.encode(),
         )
         return await self.head_sha()
@@ -148,16 +144,18 @@ class Worktree:
         if not self.clone_url:
             raise ValueError("this worktree has no clone URL to push to")
         refspec = f"{'+' if force else ''}HEAD:refs/heads/{branch or self.branch}"
-        await self._git("push", "--quiet", "--no-verify", "--porcelain", self.clone_url, refspec, token=token)
+        await self.git("push", "--quiet", "--no-verify", "--porcelain", self.clone_url, refspec, token=token)
 
-    async def _git(
+    async def git(
         self,
         *args: str,
         token: str | None = None,
-        extra_env: dict[str, str] | None = None,
-        input: bytes | None = None,
         check: bool = True,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        timeout_s: float = GIT_TIMEOUT_S,
     ) -> str:
+        """Any git command in the worktree; `token` only for commands that talk to the origin, `env` on top of git's."""
         # GIT_DIR pins the admin dir in the mirror: a `.git` file rewritten by the checkout's code is ignored.
         pinned = {"GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.path)} if self.git_dir else {}
         return await git(
@@ -165,9 +163,10 @@ class Worktree:
             token=token,
             url=self.clone_url or None,
             cwd=self.path,
-            extra_env={**pinned, **(extra_env or {})},
+            extra_env={**pinned, **(env or {})},
             input=input,
             check=check,
+            timeout_s=timeout_s,
         )
 
 
