@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
@@ -156,6 +157,14 @@ def path_problem(path: str) -> str | None:
     if any(part.lower() == ".git" for part in parts):
         return "is inside .git/ (git's own files are never edited)"
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`**/` spans any number of directories (none included), `**` anything, `*` and `?` stay inside one."""
+    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+    tokens = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(tokens.get(part, re.escape(part)) for part in parts))
 
 
 def _paths(inputs: dict[str, Any]) -> Iterable[str]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
-import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from bot.plans import ALL_TOOLS
+from bot.plan_templates import PlanTemplate, TemplateError, parse_templates
+from bot.plans import ALL_TOOLS, glob_regex
 
 CONFIG_PATH = ".github/nofx.yml"
 MAX_CONFIG_BYTES = 64 * 1024
@@ -104,7 +104,7 @@ class ReviewConfig:
 
     def skips(self, path: str) -> bool:
         """True if a changed file is generated or vendored and the review should not read it."""
-        return any(_glob_regex(pattern).fullmatch(path) for pattern in self.skip_paths)
+        return any(glob_regex(pattern).fullmatch(path) for pattern in self.skip_paths)
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ class RepoConfig:
     gates: GatesConfig = DEFAULT_GATES
     policy: PolicyConfig = PolicyConfig()
     pr: PrConfig = PrConfig()
+    templates: dict[str, PlanTemplate] = field(default_factory=dict)
 
 
 def parse_config(text: str | None) -> RepoConfig:
@@ -245,7 +246,7 @@ class _Section:
     """A mapping whose keys are exactly the dataclass's fields; absent keys keep the dataclass default."""
 
     cls: type
-    fields: Mapping[str, _Value | _List | _Section]
+    fields: Mapping[str, _Value | _List | _Section | _Templates]
 
     @property
     def allowed(self) -> str:
@@ -262,6 +263,19 @@ class _Section:
                 raise _unknown_key(name, key, list(self.fields))
             parsed[name] = self.fields[name].parse(item, _join(key, name))
         return self.cls(**parsed)
+
+
+@dataclass(frozen=True)
+class _Templates:
+    """`templates:`: named plans, checked by `bot.plan_templates` (which knows what a step may say)."""
+
+    allowed: str = "a mapping of template names to {description, steps}"
+
+    def parse(self, value: object, key: str) -> dict[str, PlanTemplate]:
+        try:
+            return parse_templates(value)
+        except TemplateError as exc:
+            raise ConfigError(_join(key, exc.key) if exc.key else key, exc.problem, exc.allowed) from None
 
 
 def _one_of(*choices: str) -> _Value:
@@ -365,6 +379,7 @@ _SCHEMA = _Section(
             },
         ),
         "pr": _Section(PrConfig, {"draft": _boolean()}),
+        "templates": _Templates(),
     },
 )
 
@@ -510,14 +525,6 @@ def _show(value: object) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return f"a {type(value).__name__}"
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """`**/` spans any number of directories (none included), `**` anything, `*` and `?` stay inside one."""
-    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
-    tokens = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(tokens.get(part, re.escape(part)) for part in parts))
 
 
 def _plain(value: Any) -> Any:

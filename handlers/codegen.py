@@ -134,6 +134,9 @@ def _first_prompt(ctx: StepContext, request: str, context: repo_context.RepoCont
         f"Repository: {ctx.run.repository}. The request comes from @{ctx.run.requester} on #{ctx.run.thread_number}.",
         untrusted("request", request),
     ]
+    instructions = ctx.inputs.get("instructions")
+    if instructions:  # from the plan template the run was started with (repo config or built in)
+        parts.append("The kind of change asked for:\n" + untrusted("template instructions", str(instructions)))
     previous = ctx.inputs.get("previous")
     if previous:
         parts.append(

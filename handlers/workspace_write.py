@@ -6,7 +6,7 @@ import json
 
 from bot.runs.artifacts import ArtifactError
 from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.workspace.edits import Edit, EditError, apply, touches_workflows
+from bot.workspace.edits import Edit, EditError, apply, outside, touches_workflows
 
 TOOLS = ("workspace:write",)
 EDITS_ARTIFACT = "edits.json"
@@ -24,6 +24,11 @@ async def run(ctx: StepContext) -> StepResult:
         edits = [Edit.from_dict(item) for item in raw]
     except (ArtifactError, EditError, ValueError) as exc:
         raise StepFailed(f"the edits of step {source!r} cannot be used: {exc}") from None
+    limits = ctx.inputs.get("paths")
+    if limits and (stray := outside(edits, [str(p) for p in limits])):
+        raise StepFailed(
+            "this plan may only change " + ", ".join(map(str, limits)) + "; the edits also change " + ", ".join(stray)
+        )
     workflows = touches_workflows(edits)
     if workflows and not _approved_before(ctx):
         raise StepFailed(

@@ -41,8 +41,8 @@ everything up to the next `-->` in the text, even one a browser would not read a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import NamedTuple
 
@@ -73,9 +73,23 @@ class Command:
     argument: str
     truncated: bool = False
     retry_from: str | None = None
+    template: str | None = None  # a named plan, from `/nofx <template>: request` or the label `nofx:<template>`
 
 
 _RESERVED = {verb.value: verb for verb in Verb if verb is not Verb.change}
+_TEMPLATE_PREFIX = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9-]{0,30}):(?:\s+|$)(.*)", re.DOTALL)
+
+
+def with_template(command: Command, templates: Collection[str]) -> Command:
+    """`docs: fix the typo` names the template `docs` when the repository has one; otherwise all is request."""
+    if command.template is not None or command.verb not in (Verb.change, Verb.plan):
+        return command
+    match = _TEMPLATE_PREFIX.fullmatch(command.argument)
+    if match is None or match.group(1).lower() not in templates:
+        return command
+    return replace(command, template=match.group(1).lower(), argument=match.group(2).strip())
+
+
 _PARAGRAPH_VERBS = frozenset({Verb.change, Verb.plan, Verb.reject})
 _WORD_PUNCTUATION = ".,:;!?"
 

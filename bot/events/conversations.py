@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gidgethub import routing, sansio
@@ -21,6 +22,7 @@ from bot.github import identity, repos
 from bot.github.permissions import is_automation, permission_of
 from bot.github.threads import Thread
 from bot.models import ReviewPass, Run, RunStatus, StepStatus
+from bot.plan_templates import DEFAULT_TEMPLATE
 from bot.plans import Plan, PlanError
 from bot.render.replies import (
     config_error,
@@ -85,13 +87,22 @@ async def start_run_from_label(event: sansio.Event, ctx: EventContext) -> None:
     """The run label on an issue: its title and body are the request."""
     issue = event.data["issue"]
     request = "\n\n".join(part for part in (issue.get("title"), issue.get("body")) if part)
-    await _handle_label(ctx, event, "run_label", Command(verb=Verb.change, argument=request[: commands.MAX_ARGUMENT]))
+    change = Command(verb=Verb.change, argument=request[: commands.MAX_ARGUMENT])
+
+    def run_label(label: str, config: RepoConfig) -> Command | None:
+        if label == config.trigger.run_label:
+            return change
+        name = label.removeprefix(config.trigger.run_label + ":")
+        return replace(change, template=name) if name != label and name in planner.templates_of(config) else None
+
+    await _handle_label(ctx, event, run_label)
 
 
 @router.register("pull_request", action="labeled")
 async def request_review_from_label(event: sansio.Event, ctx: EventContext) -> None:
     """The review label on a pull request asks for a review (with the same permission check as a command)."""
-    await _handle_label(ctx, event, "review_label", Command(verb=Verb.review, argument=""))
+    review = Command(verb=Verb.review, argument="")
+    await _handle_label(ctx, event, lambda label, config: review if label == config.trigger.review_label else None)
 
 
 @router.register("check_run", action="requested_action")
@@ -202,15 +213,18 @@ async def _handle_command(
     await _authorised_command(ctx, event, gh, thread, config, command, source)
 
 
-async def _handle_label(ctx: EventContext, event: sansio.Event, which: str, command: Command) -> None:
-    """A label acts like a command when it is the label the repository configured for `which`."""
+async def _handle_label(
+    ctx: EventContext, event: sansio.Event, command_for: Callable[[str, RepoConfig], Command | None]
+) -> None:
+    """A label acts like a command when `command_for` finds one for it under the repository's config."""
     label = (event.data.get("label") or {}).get("name")
     if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
         return
     thread = Thread.from_payload(event.data)
     gh = _gh(ctx, thread)
     config = await _config_or_report(gh, thread, ctx, mentioned=False)
-    if config is None or label != getattr(config.trigger, which):
+    command = command_for(label, config) if config is not None else None
+    if config is None or command is None:
         return
     source = _issue_source(thread, "label")
     await _react(gh, source)
@@ -281,13 +295,14 @@ async def _authorised_command(
 
 async def _carry_out(turn: _Turn, command: Command) -> None:
     ctx, thread, config = turn.ctx, turn.thread, turn.config
+    command = commands.with_template(command, planner.templates_of(config))
     match command.verb:
         case Verb.help:
-            await turn.reply(help_comment(turn.prefix, git_mode=config.git_mode))
+            await turn.reply(_help(turn))
         case Verb.plan:
-            await _show_plan(turn, command.argument)
+            await _show_plan(turn, command.argument, command.template)
         case Verb.change:
-            await _start_run(turn, command.argument)
+            await _start_run(turn, command.argument, command.template)
         case Verb.approve | Verb.reject:
             await _decide(turn, command)
         case Verb.cancel:
@@ -321,7 +336,14 @@ async def _carry_out(turn: _Turn, command: Command) -> None:
             await turn.say(f"nofx forgot what it remembered of this thread ({removed} entries).")
 
 
-async def _show_plan(turn: _Turn, request: str) -> None:
+def _help(turn: _Turn) -> str:
+    templates = {name: t.description for name, t in planner.templates_of(turn.config).items()}
+    return help_comment(
+        turn.prefix, git_mode=turn.config.git_mode, templates=templates, run_label=turn.config.trigger.run_label
+    )
+
+
+async def _show_plan(turn: _Turn, request: str, template: str | None = None) -> None:
     if not request.strip():
         await turn.say(f"Say what to plan: `{turn.prefix} plan add a cart`.")
         return
@@ -331,6 +353,7 @@ async def _show_plan(turn: _Turn, request: str) -> None:
             turn.config,
             available_tools=turn.ctx.engine.handlers,
             llm_planner=_llm_planner(turn.ctx, turn.config),
+            template_name=template or DEFAULT_TEMPLATE,
         )
     except PlanError as exc:
         await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
@@ -338,9 +361,9 @@ async def _show_plan(turn: _Turn, request: str) -> None:
     await turn.reply(plan_comment(plan, request=request, git_mode=turn.config.git_mode, prefix=turn.prefix))
 
 
-async def _start_run(turn: _Turn, request: str) -> None:
+async def _start_run(turn: _Turn, request: str, template: str | None = None) -> None:
     if not request.strip():
-        await turn.reply(help_comment(turn.prefix, git_mode=turn.config.git_mode))
+        await turn.reply(_help(turn))
         return
     try:
         where = await _where_to_work(turn.ctx, turn.gh, turn.thread, request)
@@ -354,6 +377,7 @@ async def _start_run(turn: _Turn, request: str) -> None:
             available_tools=turn.ctx.engine.handlers,
             llm_planner=_llm_planner(turn.ctx, turn.config),
             previous=_context_for(turn.ctx, turn.thread, where.follows),
+            template_name=template or DEFAULT_TEMPLATE,
         )
     except PlanError as exc:
         await turn.reply(plan_refused(str(exc), prefix=turn.prefix))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from bot.plans import Plan
 from bot.render.run_view import APPROVAL_TOOL, request_section
 from bot.render.text import (
@@ -62,8 +64,13 @@ def plan_comment(plan: Plan, *, request: str, git_mode: str, prefix: str = "/nof
     return fit(render, COMMENT_LIMIT, TextBudget(request=4_000, detail=2_000))
 
 
-def help_comment(prefix: str, *, git_mode: str) -> str:
-    """The command list, in the repository's prefix; `git <op>` only where the mode allows git operations."""
+def help_comment(
+    prefix: str, *, git_mode: str, templates: Mapping[str, str] | None = None, run_label: str = "nofx"
+) -> str:
+    """The command list, in the repository's prefix; `git <op>` only where the mode allows git operations.
+
+    `templates` (name → one-line description) are listed one line each, with the label that starts each.
+    """
     words = words_for(git_mode)
     commands = [
         ("add a shopping cart", "ask for a change: nofx plans it, does it and reports here"),
@@ -79,7 +86,13 @@ def help_comment(prefix: str, *, git_mode: str) -> str:
     if words.details:
         commands.append(("git <op> [args]", "run a git operation on the run's branch"))
     lines = [f"- {code_span(f'{prefix} {usage}')} — {what}" for usage, what in commands]
-    return paragraphs("### nofx commands", "\n".join(lines))
+    listed = [
+        f"- {code_span(f'{prefix} {name}: <request>')} or the label {code_span(f'{run_label}:{name}')} — "
+        + escape_inline(shorten(clean_text(description), 200))
+        for name, description in (templates or {}).items()
+    ]
+    templates_part = paragraphs("### Templates", "\n".join(listed)) if listed else ""
+    return paragraphs("### nofx commands", "\n".join(lines), templates_part)
 
 
 def permission_refused(user: str, minimum: str) -> str:

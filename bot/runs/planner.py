@@ -1,4 +1,4 @@
-"""Turn a change request into a validated plan: from the template, or from an LLM's `submit_plan` call."""
+"""Turn a change request into a validated plan: from a template (built in or the config's), or the LLM's `submit_plan`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from bot.llm.router import LLMError
+from bot.plan_templates import BUILTIN, DEFAULT_TEMPLATE, PlanTemplate
 from bot.plans import Plan, PlanError
 from bot.repo_config import RepoConfig
 from bot.runs.policy import enforce, gate_command
@@ -16,18 +17,66 @@ LLMPlanner = Callable[[str, str | None, dict[str, Any]], Awaitable[Any]]
 GATE_TIMEOUT_S = 900
 
 
-def template(request: str, config: RepoConfig, *, previous: str | None = None) -> dict[str, Any]:
-    """codegen → workspace:write → the configured gates → git_pr; `policy.enforce` adds the approvals."""
-    generate: dict[str, Any] = {"request": request, **({"previous": previous} if previous else {})}
-    steps: list[dict[str, Any]] = [
-        {"name": "generate", "tool": "codegen", "inputs": generate, "retries": 2},
-        {"name": "apply", "tool": "workspace:write", "inputs": {"from_step": "generate"}},
-    ]
-    for kind in ("test", "lint", "typecheck"):
-        if gate_command(f"gate:{kind}", config):
-            steps.append({"name": kind, "tool": f"gate:{kind}", "timeout_s": GATE_TIMEOUT_S})
-    steps.append({"name": "pull-request", "tool": "git_pr", "inputs": {}, "retries": 2})
-    return {"goal": request.splitlines()[0][:200] if request.strip() else "change", "steps": _chain(steps)}
+_STEP_NAMES = {
+    "codegen": "generate",
+    "workspace:write": "apply",
+    "git_pr": "pull-request",
+    "manual:approval": "approval",
+}
+_DEFAULT_RETRIES = {"codegen": 2, "git_pr": 2}
+
+
+class UnknownTemplate(PlanError):
+    """A template name that neither the config nor nofx defines."""
+
+
+def templates_of(config: RepoConfig) -> dict[str, PlanTemplate]:
+    """The templates a repository can use: the built-in ones, then its config's (which may replace them)."""
+    return {**BUILTIN, **config.templates}
+
+
+def template(
+    request: str, config: RepoConfig, *, previous: str | None = None, name: str = DEFAULT_TEMPLATE
+) -> dict[str, Any]:
+    """The plan data of a template for a request; `policy.enforce` adds the approvals, the engine the gate commands."""
+    chosen = templates_of(config).get(name)
+    if chosen is None:
+        raise UnknownTemplate(f"there is no template named {name!r}; `help` lists them")
+    steps: list[dict[str, Any]] = []
+    last_codegen = None
+    for spec in chosen.steps:
+        tool = spec["tool"]
+        inputs = dict(spec.get("inputs") or {})
+        if tool.startswith("gate:") and tool != "gate:llm_review" and gate_command(tool, config) is None:
+            continue  # a gate this repository does not configure is left out, as in the default plan
+        if tool == "codegen":
+            inputs = {"request": request, **({"previous": previous} if previous else {}), **inputs}
+        step_name = _unique(spec.get("name") or _default_name(tool), steps)
+        if tool == "workspace:write" and last_codegen:
+            inputs["from_step"] = last_codegen
+        if tool == "codegen":
+            last_codegen = step_name
+        step: dict[str, Any] = {"name": step_name, "tool": tool, "inputs": inputs}
+        if tool.startswith("gate:"):
+            step["timeout_s"] = GATE_TIMEOUT_S
+        if tool in _DEFAULT_RETRIES:
+            step["retries"] = _DEFAULT_RETRIES[tool]
+        step.update({k: spec[k] for k in ("timeout_s", "retries") if k in spec})
+        steps.append(step)
+    return {"goal": request.splitlines()[0][:200] if request.strip() else name, "steps": _chain(steps)}
+
+
+def _default_name(tool: str) -> str:
+    return _STEP_NAMES.get(tool) or tool.removeprefix("gate:").replace("_", "-")
+
+
+def _unique(name: str, steps: list[dict[str, Any]]) -> str:
+    taken = {step["name"] for step in steps}
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
 
 
 async def build(
@@ -37,9 +86,10 @@ async def build(
     available_tools: Collection[str],
     llm_planner: LLMPlanner | None = None,
     previous: str | None = None,
+    template_name: str = DEFAULT_TEMPLATE,
 ) -> Plan:
     """The plan for a request, through the one policy check whoever wrote it. Raises PlanError."""
-    data: Any = template(request, config, previous=previous)
+    data: Any = template(request, config, previous=previous, name=template_name)
     if config.planner == "llm":
         if llm_planner is None:
             raise PlanError("the repository asks for the LLM planner, but no model is configured on this server")

@@ -18,8 +18,8 @@ from bot.repo_config import RepoConfig
 
 # The inputs each tool accepts; anything else in a plan is refused. Gates take none: their command is config.
 INPUTS: Mapping[str, frozenset[str]] = {
-    "codegen": frozenset({"request", "previous"}),
-    "workspace:write": frozenset({"from_step"}),
+    "codegen": frozenset({"request", "previous", "instructions"}),  # instructions: from a plan template
+    "workspace:write": frozenset({"from_step", "paths"}),  # paths: the only files it may write (globs)
     "manual:approval": frozenset({"before"}),
     "git_ops": frozenset({"op", "args"}),
     "git_pr": frozenset(),

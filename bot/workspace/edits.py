@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.plans import normalise_path, path_problem
+from bot.plans import glob_regex, normalise_path, path_problem
 
 WORKFLOWS_DIR = ".github/workflows/"
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -51,6 +51,11 @@ class Edit:
 def touches_workflows(edits: list[Edit]) -> list[str]:
     """Paths under .github/workflows/ (in any spelling or letter case): changing CI needs a person's approval first."""
     return sorted({e.path for e in edits if normalise_path(e.path).lower().startswith(WORKFLOWS_DIR)})
+
+
+def outside(edits: list[Edit], patterns: list[str]) -> list[str]:
+    """The edited paths no glob of `patterns` matches: a plan limited to those paths must not write them."""
+    return sorted({e.path for e in edits if not any(glob_regex(p).fullmatch(normalise_path(e.path)) for p in patterns)})
 
 
 def apply(root: Path, edits: list[Edit]) -> list[str]:
