@@ -35,6 +35,7 @@ class Settings:
     openai_base_url: str | None = None
     model: str | None = None
     public_url: str | None = None
+    webhook_proxy_url: str | None = None  # a smee.io-style channel `serve` relays deliveries from
     port: int = 3000
     memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
     memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
@@ -61,6 +62,7 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             model=env.get("NOFX_MODEL") or None,
             public_url=(env.get("NOFX_PUBLIC_URL") or "").rstrip("/") or None,
+            webhook_proxy_url=env.get("WEBHOOK_PROXY_URL") or None,
             port=_port(env.get("PORT") or "3000"),
             memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),

@@ -18,6 +18,7 @@ from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
+from bot.web.webhook_proxy import ChannelRelay, relay_target
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
@@ -36,6 +37,11 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
         log.info("embedded Valkey started on %s (password in %s)", valkey.socket, valkey.socket.parent / "password")
     pool = WorkerPool(settings, size=max(workers, 0))
     pool.start()
+    relay = None
+    if settings.webhook_proxy_url:
+        relay = ChannelRelay(settings.webhook_proxy_url, relay_target(host, settings.port))
+        relay.start()
+        log.info("relaying deliveries from the webhook proxy channel (WEBHOOK_PROXY_URL)")
     try:
         config = uvicorn.Config(
             create_app(settings, ignore_reason=events.ignore_reason),
@@ -51,6 +57,8 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
             signal.signal(sig, lambda _sig, _frame: None)
         uvicorn.Server(config).run()
     finally:
+        if relay is not None:
+            relay.stop.set()
         pool.stop()
         if valkey is not None:
             valkey.stop()

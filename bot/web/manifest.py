@@ -76,12 +76,15 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def load_manifest(app_yml: Path, base_url: str, *, public_url: str | None = None) -> dict[str, Any]:
+def load_manifest(
+    app_yml: Path, base_url: str, *, public_url: str | None = None, webhook_proxy_url: str | None = None
+) -> dict[str, Any]:
     """Read `app.yml` and point its webhook and redirect at `base_url`, as GitHub expects the JSON.
 
     `public_url` (NOFX_PUBLIC_URL), when known, takes the homepage and the webhook
     instead: the admin may open the page on a private address, but the redirect
-    must come back to that same address for the setup cookie to be sent.
+    must come back to that same address for the setup cookie to be sent. With
+    `webhook_proxy_url` (WEBHOOK_PROXY_URL), GitHub delivers to that channel.
     """
     try:
         data = yaml.safe_load(app_yml.read_text(encoding="utf-8"))
@@ -93,7 +96,10 @@ def load_manifest(app_yml: Path, base_url: str, *, public_url: str | None = None
     public = (public_url or base).rstrip("/")
     manifest = dict(data)
     manifest["url"] = manifest.get("url") or public
-    manifest["hook_attributes"] = {**(manifest.get("hook_attributes") or {}), "url": f"{public}/webhooks"}
+    manifest["hook_attributes"] = {
+        **(manifest.get("hook_attributes") or {}),
+        "url": webhook_proxy_url or f"{public}/webhooks",
+    }
     manifest["redirect_url"] = f"{base}/setup/callback"
     events = manifest.get("default_events") or []
     manifest["default_events"] = [event for event in events if event not in ALWAYS_DELIVERED_EVENTS]
@@ -130,7 +136,13 @@ async def setup_page(request: Request) -> Response:
     base_url = str(request.base_url).rstrip("/")
     app_yml: Path = getattr(request.app.state, "app_yml", None) or APP_YML
     manifest = await run_in_threadpool(
-        functools.partial(load_manifest, app_yml, base_url, public_url=settings.public_url)
+        functools.partial(
+            load_manifest,
+            app_yml,
+            base_url,
+            public_url=settings.public_url,
+            webhook_proxy_url=settings.webhook_proxy_url,
+        )
     )
     web = github_web_url(settings.github_api_url)
     owner = f"/organizations/{quote(org)}" if org else ""
@@ -560,7 +572,10 @@ def _unreachable_note(hook_url: str) -> str:
         return ""
     return (
         f'<p class="note">github.com cannot reach <code>{_e(host)}</code>, so webhooks would never arrive. '
-        "Open this page through the public address nofx will have (a tunnel such as smee.io or "
-        "cloudflared, or your deployment), unless you use a GitHub Enterprise Server that can reach "
-        "this host.</p>"
+        "On a laptop, use a webhook proxy channel: open "
+        '<a href="https://smee.io/new">smee.io/new</a>, set <code>WEBHOOK_PROXY_URL</code> to the '
+        "channel's address and restart <code>nofx serve</code>; GitHub then delivers to the channel and "
+        "<code>serve</code> relays each delivery to itself, signature and all. Or open this page through "
+        "the public address nofx will have (a tunnel or your deployment), unless you use a GitHub "
+        "Enterprise Server that can reach this host.</p>"
     )
