@@ -43,7 +43,7 @@ def test_the_default_template_is_the_plan_nofx_always_made() -> None:
         ("approve-pull-request", "manual:approval"),
         ("pull-request", "git_pr"),
     ]
-    assert steps[0][2] == {"request": "fix it"} and steps[2][2] == {"command": "pytest -q"}
+    assert steps[0][2] == {"request": "fix it"} and steps[2][2] == {}  # the engine takes the command from gates:
 
 
 def test_every_built_in_template_passes_plan_validation() -> None:
@@ -57,7 +57,7 @@ def test_docs_runs_no_gates_and_may_only_write_documentation() -> None:
     assert "**/*.md" in steps[1][2]["paths"] and "instructions" in steps[0][2]
 
 
-def test_a_config_template_takes_gate_commands_from_the_config_only() -> None:
+def test_a_config_template_leaves_out_gates_the_config_lacks() -> None:
     config = (
         "gates: {test: make test}\n"
         "templates:\n"
@@ -72,8 +72,8 @@ def test_a_config_template_takes_gate_commands_from_the_config_only() -> None:
         ("apply", "workspace:write"),
         ("test", "gate:test"),
     ]
-    assert steps[2][2] == {"command": "make test"}  # the lint gate is not configured, so it is left out
-    assert "gate:lint" not in [t for _, t, _ in steps]
+    assert steps[0][2] == {"request": "fix it", "instructions": "keep it small"}
+    assert "gate:lint" not in [t for _, t, _ in steps]  # the lint gate is not configured, so it is left out
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,8 @@ class ServerSentEvent:
 
 def parse_events(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
     """The events of a text/event-stream, line by line (the WHATWG rules: `:` comments, multi-line data)."""
-    event, data, last_id = "", [], None
+    event, last_id = "", None
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:
