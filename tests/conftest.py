@@ -22,7 +22,6 @@ from sqlmodel import SQLModel
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from bot.events import router as events
 from bot.models import Installation
 from bot.queue import WorkQueue, start_embedded_valkey
 from bot.settings import Settings
@@ -160,9 +159,7 @@ def settings(tmp_path: Path, app_key: tuple[str, str], github: GitHubDouble, red
 
 @pytest.fixture
 def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> Starlette:
-    return create_app(
-        settings, ignore_reason=events.ignore_reason, store=store, queue=queue, env_file=tmp_path / ".env"
-    )
+    return create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
 
 
 @pytest.fixture

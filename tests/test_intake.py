@@ -107,12 +107,10 @@ def test_without_a_configured_secret_every_delivery_is_refused(
 ) -> None:
     from dataclasses import replace
 
-    from bot.events import router as events
     from bot.web.app import create_app
 
     app = create_app(
         replace(settings, webhook_secret=None),
-        ignore_reason=events.ignore_reason,
         store=store,
         queue=queue,
         env_file=tmp_path / ".env",
@@ -217,13 +215,10 @@ def test_form_encoded_delivery_is_accepted(client: TestClient, settings: Setting
 def test_enqueue_failure_is_500_with_the_delivery_recorded_for_the_sweeper(
     settings: Settings, store: Store, tmp_path: Any, installed: Callable[[dict[str, Any]], None]
 ) -> None:
-    from bot.events import router as events
     from bot.web.app import create_app
 
     down = WorkQueue.from_url("redis://127.0.0.1:1/0")  # nothing listens on port 1
-    app: Starlette = create_app(
-        settings, ignore_reason=events.ignore_reason, store=store, queue=down, env_file=tmp_path / ".env"
-    )
+    app: Starlette = create_app(settings, store=store, queue=down, env_file=tmp_path / ".env")
     payload = load_payload("issue_comment.created")
     installed(payload)
     body = json.dumps(payload).encode()

@@ -18,7 +18,6 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from bot.events import router as events
 from bot.queue import WorkQueue
 from bot.runs import records as runs
 from bot.runs.artifacts import Artifacts
@@ -49,7 +48,6 @@ def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> S
     timing = StreamTiming(poll_s=0.1, heartbeat_s=5)
     return create_app(
         settings,
-        ignore_reason=events.ignore_reason,
         store=store,
         queue=queue,
         env_file=tmp_path / ".env",

@@ -13,7 +13,6 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from bot.events import router as events
 from bot.models import RunEvent
 from bot.queue import WorkQueue
 from bot.runs import records as runs
@@ -36,7 +35,6 @@ def settings(settings: Settings) -> Settings:
 def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> Starlette:
     return create_app(
         settings,
-        ignore_reason=events.ignore_reason,
         store=store,
         queue=queue,
         env_file=tmp_path / ".env",

@@ -11,8 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bot import deliveries, logs
-from bot.events import router as events
+from bot import deliveries, handled_events, logs
 from bot.models import DeliveryStatus
 from bot.queue import WorkQueue, embedded_url
 from bot.settings import Settings, SettingsError
@@ -96,7 +95,7 @@ def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
 
     settings = _with_queue(settings)
     uvicorn.run(
-        create_app(settings, ignore_reason=events.ignore_reason),
+        create_app(settings),
         host=args.host,
         port=settings.port,
         log_config=None,
@@ -159,7 +158,7 @@ def _replay(args: argparse.Namespace, settings: Settings, redactor: logs.Redacto
         print(f"nofx: cannot replay {args.file}: {exc}", file=sys.stderr)
         return 1
     delivery = deliveries.describe(delivery_id, event, payload)
-    stored, _new = deliveries.record_or_ignore(store, delivery, events.ignore_reason(store, delivery))
+    stored, _new = deliveries.record_or_ignore(store, delivery, handled_events.ignore_reason(delivery))
     if stored.status == DeliveryStatus.ignored:
         print(f"recorded {delivery_id} as ignored: {stored.reason}")
         return 0

@@ -13,7 +13,6 @@ from dataclasses import replace
 
 import uvicorn
 
-from bot.events import router as events
 from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
@@ -44,7 +43,7 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
         log.info("relaying deliveries from the webhook proxy channel (WEBHOOK_PROXY_URL)")
     try:
         config = uvicorn.Config(
-            create_app(settings, ignore_reason=events.ignore_reason),
+            create_app(settings),
             host=host,
             port=settings.port,
             log_config=None,

@@ -63,24 +63,6 @@ async def update_repositories(event: sansio.Event, ctx: EventContext) -> None:
     log.info("installation repositories updated")
 
 
-def ignore_reason(store: Store, installation_id: int | None, event: str) -> str | None:
-    """Why the intake records a delivery as ignored, or None to route it.
-
-    An installation nofx does not know (or believes removed) is routed: the worker asks GitHub about it
-    (`learn`), because its `installation` event may have been missed (nofx was down, a restored database)
-    or may still be on its way (a comment can overtake `installation.created`).
-    """
-    if event in ("installation", "installation_repositories"):
-        return None
-    if installation_id is None:
-        return "no installation in the payload"
-    with store.session() as session:
-        installation = session.get(Installation, installation_id)
-    if installation is not None and installation.suspended and not installation.removed:
-        return f"installation {installation_id} is suspended"
-    return None
-
-
 async def learn(ctx: EventContext, installation_id: int, repository: dict[str, Any] | None) -> str | None:
     """Make sure nofx knows the installation a delivery names; returns why to ignore the delivery, or None.
 

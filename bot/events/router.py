@@ -6,20 +6,10 @@ from gidgethub import routing, sansio
 
 from bot.events import conversations, installations, pull_requests
 from bot.events.context import EventContext
+from bot.handled_events import INSTALLATION_EVENTS
 from bot.models import Delivery
-from bot.store import Store
 
-INSTALLATION_EVENTS = ("installation", "installation_repositories")
 router = routing.Router(installations.router, conversations.router, pull_requests.router)
-
-
-def ignore_reason(store: Store, delivery: Delivery) -> str | None:
-    """Why a delivery needs no worker (unhandled event, unknown installation), or None to route it."""
-    event = sansio.Event(delivery.payload, event=delivery.event, delivery_id=delivery.id)
-    if not router.fetch(event):
-        action = f".{delivery.action}" if delivery.action else ""
-        return f"nofx does not handle {delivery.event}{action}"
-    return installations.ignore_reason(store, delivery.installation_id, delivery.event)
 
 
 async def dispatch(delivery: Delivery, ctx: EventContext) -> str | None:

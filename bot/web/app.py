@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from anyio import to_thread
@@ -15,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from bot import handled_events
 from bot.metrics.runs import RunMetrics
 from bot.metrics.web import CONTENT_TYPE, Metrics
 from bot.metrics.workers import WorkerMetrics
-from bot.models import AppIdentity, Delivery
+from bot.models import AppIdentity
 from bot.queue import WorkQueue
 from bot.runs.artifacts import Artifacts
 from bot.settings import ENV_FILE, Settings
@@ -34,17 +34,12 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings,
     *,
-    ignore_reason: Callable[[Store, Delivery], str | None],
     store: Store | None = None,
     queue: WorkQueue | None = None,
     env_file: Path | None = None,
     stream_timing: StreamTiming | None = None,
 ) -> Starlette:
-    """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings.
-
-    `ignore_reason` is the event routers' verdict on a delivery (`bot.events.router.ignore_reason`), passed in by
-    the command that starts the web process, so the web layer imports no router, GitHub client or model.
-    """
+    """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings."""
     if store is None:
         store = Store(settings.database_url)
         store.create_all()
@@ -81,7 +76,7 @@ def create_app(
         metrics=metrics,
         # Read per request: the setup flow may write the secret while the app runs.
         secret=lambda: app.state.settings.webhook_secret,
-        ignore_reason=lambda delivery: ignore_reason(store, delivery),
+        ignore_reason=handled_events.ignore_reason,
     )
     return app
 
