@@ -1,4 +1,4 @@
-"""The `nofx` command line: serve, web, worker, replay, rca."""
+"""The `nofx` command line: serve, web, worker, replay, rca, doctor."""
 
 from __future__ import annotations
 
@@ -79,7 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     rca.add_argument("run_id", metavar="RUN_ID")
     rca.add_argument("-o", "--output", type=Path, help="file to write (default nofx-rca-RUN_ID.tar.gz)")
     rca.set_defaults(func=_rca)
+
+    doctor = sub.add_parser("doctor", help="what this machine gives: sandbox isolation, queue, database, model keys")
+    doctor.set_defaults(func=_doctor)
     return parser
+
+
+def _doctor(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.cli.doctor import doctor
+
+    return doctor(settings, sys.stdout)
 
 
 def _serve(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:

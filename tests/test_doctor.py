@@ -1,0 +1,73 @@
+"""`nofx doctor` as an operator runs it: a real process, this machine's bubblewrap, a real queue and database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.workspace import isolation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def doctor(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ["PATH"], "NOFX_DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "doctor"],
+        cwd=tmp_path,
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def report(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    lines = [line.split(None, 1) for line in done.stdout.splitlines()]
+    return {rest.split(":", 1)[0]: f"{verdict} {rest.split(':', 1)[1].strip()}" for verdict, rest in lines}
+
+
+def test_doctor_reports_sandbox_queue_database_and_keys(tmp_path: Path, redis_url: str) -> None:
+    if not isolation.probe().ok:
+        pytest.skip(isolation.probe().reason)
+    key = "sk-ant-" + os.urandom(8).hex()
+    (tmp_path / "db.sqlite").touch()
+
+    done = doctor(tmp_path, REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite", ANTHROPIC_API_KEY=key)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = report(done)
+    assert found["sandbox"].startswith("ok bubblewrap") and "network namespaces" in found["sandbox"]
+    assert found["queue"] == "ok REDIS_URL answers"
+    assert found["database"] == "ok sqlite answers"
+    assert found["model keys"] == "ok ANTHROPIC_API_KEY set"
+    assert key not in done.stdout + done.stderr
+    assert set(found) == {"sandbox", "process limit", "queue", "database", "model keys"}
+
+
+def test_doctor_fails_without_bubblewrap_and_says_how_to_fix_it(tmp_path: Path) -> None:
+    done = doctor(tmp_path, PATH=str(tmp_path / "empty"))
+
+    assert done.returncode == 1
+    sandbox = report(done)["sandbox"]
+    assert sandbox.startswith("FAIL no gate can run here: bubblewrap (`bwrap`) is not installed")
+    assert "apt-get install bubblewrap" in sandbox
+
+
+def test_doctor_warns_when_the_operator_turned_the_sandbox_off(tmp_path: Path) -> None:
+    done = doctor(tmp_path, NOFX_SANDBOX="none")
+
+    assert done.returncode == 0
+    assert report(done)["sandbox"].startswith("warning NOFX_SANDBOX=none: repository code (gates) runs WITHOUT")
+
+
+def test_doctor_fails_when_the_queue_does_not_answer(tmp_path: Path) -> None:
+    done = doctor(tmp_path, REDIS_URL="redis://127.0.0.1:1/0", NOFX_SANDBOX="none")
+
+    assert done.returncode == 1
+    assert report(done)["queue"].startswith("FAIL REDIS_URL does not answer")
