@@ -129,5 +129,5 @@ def _queue_waits(values: Mapping[bytes | str, bytes | str]) -> SummaryMetricFami
         queue, _, kind = _text(field).rpartition(" ")
         totals.setdefault(queue, {})[kind] = float(value)
     for queue, total in sorted(totals.items()):
-        summary.add_metric([queue], count_value=total.get("count", 0.0), sum_value=total.get("sum", 0.0))
+        summary.add_metric([queue], count_value=int(total.get("count", 0)), sum_value=total.get("sum", 0.0))
     return summary
