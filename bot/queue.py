@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from redis import Redis
 from redis.exceptions import RedisError
+from redis.lock import Lock
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -61,6 +62,11 @@ class WorkQueue:
         """The queues a worker lane serves, in its order."""
         by_name = {queue.name: queue for queue in self.all}
         return [by_name[name] for name in names]
+
+    def thread_lock(self, thread: str, timeout_s: float) -> Lock:
+        """A lock on one issue or pull request thread (`owner/repo#12`), held across workers and machines."""
+        lock: Lock = self.redis.lock(f"nofx:thread:{thread}", timeout=timeout_s)
+        return lock
 
     def enqueue_dispatch(self, delivery_id: str) -> None:
         """Queue the routing of one recorded delivery (the job id makes duplicates visible in RQ)."""

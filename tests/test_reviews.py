@@ -787,7 +787,7 @@ def test_review_feedback_is_remembered_on_the_pull_requests_thread(
     from cryptography.fernet import Fernet
 
     from bot.runs import memory
-    from bot.runs.engine import ThreadMemoryConfig
+    from bot.runs.memory import ThreadMemoryConfig
 
     keys = (Fernet.generate_key().decode(),)
     runtime.engine.memory = ThreadMemoryConfig(keys)

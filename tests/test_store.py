@@ -83,7 +83,7 @@ def test_stale_received_lists_only_old_never_enqueued_deliveries(any_store: Stor
 async def test_installation_events_keep_the_tables_current(any_store: Store, queue: WorkQueue, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url=any_store.url, redis_url=None)
     engine = Engine(any_store, queue, handlers={})
-    ctx = EventContext(settings=settings, store=any_store, queue=queue, github=None, engine=engine)
+    ctx = EventContext(settings=settings, store=any_store, queue=queue, github=None, after=engine.after)
     created = load_payload("installation.created")
     created["installation"]["id"] = 3_000_000_000  # ids beyond 32 bits exist on github.com
 

@@ -1,25 +1,31 @@
-"""What an event router function may touch, built once per worker process by `bot.runtime`."""
+"""What an event router function may touch, built once per worker process by `bot.worker.runtime`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bot.queue import WorkQueue
+from bot.runs.memory import ThreadMemoryConfig
 from bot.settings import Settings
 from bot.store import Store
 
 if TYPE_CHECKING:
     from bot.github.client import GitHubApp
-    from bot.runs.engine import Engine
+    from bot.llm.router import LLM
+    from bot.runs.records import Progress
 
 
 @dataclass
 class EventContext:
-    """Dependencies of the event routers, passed in rather than read from globals."""
+    """Dependencies of the event routers, passed in rather than read from globals; never the step engine itself."""
 
     settings: Settings
     store: Store
     queue: WorkQueue
     github: GitHubApp | None
-    engine: Engine
+    after: Callable[[Progress, str], None]  # after a run changed: enqueue what became ready, show it on GitHub
+    tools: Collection[str] = ()  # the tools this server has handlers for: what a plan may use
+    llm: LLM | None = None  # for planning; None when no model key is configured
+    memory: ThreadMemoryConfig = field(default_factory=ThreadMemoryConfig)

@@ -18,7 +18,7 @@ from bot.workspace.sandbox import Sandbox
 if TYPE_CHECKING:
     from bot.llm.router import Budget
     from bot.runs.artifacts import StepArtifacts
-    from bot.runs.engine import StepLLM
+    from bot.runs.step_llm import StepLLM
     from bot.workspace.worktrees import Worktree
 
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]

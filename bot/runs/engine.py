@@ -11,20 +11,21 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from bot import logs
 from bot.github import identity
 from bot.github.client import GitHubApp
-from bot.llm.router import LLM, Budget, LLMResponse
+from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import checkpoints, memory, policy, report
+from bot.runs import checkpoints, policy, report
 from bot.runs import records as runs
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
+from bot.runs.memory import ThreadMemoryConfig
 from bot.runs.progress import enqueue_progress
+from bot.runs.step_llm import StepLLM
 from bot.store import Store
 from bot.workspace.git import GitError
 from bot.workspace.sandbox import Sandbox
@@ -239,62 +240,6 @@ class Engine:
     def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
         text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
         return self.redact(text)[-MAX_ERROR_CHARS:]
-
-
-class ThreadMemoryConfig:
-    """The keys and longest TTL of thread memory (NOFX_MEMORY_KEYS, NOFX_MEMORY_TTL_DAYS); no keys: memory off."""
-
-    def __init__(self, keys: tuple[str, ...] = (), ttl_days: int = 30) -> None:
-        self.keys = keys
-        self.ttl_days = ttl_days
-
-    def thread(self, run: Run) -> memory.ThreadKey:
-        return memory.ThreadKey(run.repository, run.thread_number)
-
-    def remember(self, store: Store, run: Run, kind: str, text: str) -> None:
-        ttl = memory.effective_ttl_days(self.ttl_days, run.config.get("memory_ttl_days"))
-        memory.remember(store, self.keys, self.thread(run), kind, text, ttl_days=ttl)
-
-    def remember_thread(self, store: Store, repository: str, number: int, kind: str, text: str) -> None:
-        memory.remember(store, self.keys, memory.ThreadKey(repository, number), kind, text, ttl_days=self.ttl_days)
-
-    def recall(self, store: Store, repository: str, number: int) -> list[str]:
-        entries = memory.recall(store, self.keys, memory.ThreadKey(repository, number))
-        return [f"[{e.kind}, {e.created_at:%Y-%m-%d}] {e.text}" for e in entries]
-
-
-class StepLLM:
-    """The LLM as a step sees it: the same router, with every call's tokens and cost charged to the step."""
-
-    def __init__(self, llm: LLM, store: Store, step: Step) -> None:
-        self._llm = llm
-        self._store = store
-        self._step = step
-
-    async def call(self, **kwargs: Any) -> LLMResponse:
-        budget: Budget | None = kwargs.get("budget")
-        spent_before = budget.spent_usd if budget else 0.0
-        response: LLMResponse | None = None
-        try:
-            response = await self._llm.call(**kwargs)
-            return response
-        finally:
-            usage = response.usage if response else None
-            cost = (budget.spent_usd - spent_before) if budget else (usage.cost_usd if usage else 0.0)
-            if usage is not None or cost > 0:
-                runs.add_usage(
-                    self._store,
-                    self._step,
-                    input_tokens=usage.input_tokens if usage else 0,
-                    output_tokens=usage.output_tokens if usage else 0,
-                    cost_usd=cost,
-                    detail={
-                        "purpose": kwargs.get("purpose", ""),
-                        "provider": usage.provider if usage else "",
-                        "model": usage.model if usage else "",
-                        "cached": usage.cached if usage else False,
-                    },
-                )
 
 
 async def _no_token() -> str:

@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import delete, update
 from sqlmodel import col, select
 
-from bot.models import ThreadMemory, utcnow
+from bot.models import Run, ThreadMemory, utcnow
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -213,3 +213,25 @@ def _decrypt(cipher: MultiFernet | None, row: ThreadMemory) -> Entry:
         except InvalidToken:
             log.warning("memory entry %s cannot be decrypted with the configured keys", row.id)
     return Entry(row.id, row.thread, row.kind, text, row.created_at, row.expires_at, row.redacted)
+
+
+class ThreadMemoryConfig:
+    """The keys and longest TTL of thread memory (NOFX_MEMORY_KEYS, NOFX_MEMORY_TTL_DAYS); no keys: memory off."""
+
+    def __init__(self, keys: tuple[str, ...] = (), ttl_days: int = 30) -> None:
+        self.keys = keys
+        self.ttl_days = ttl_days
+
+    def thread(self, run: Run) -> ThreadKey:
+        return ThreadKey(run.repository, run.thread_number)
+
+    def remember(self, store: Store, run: Run, kind: str, text: str) -> None:
+        ttl = effective_ttl_days(self.ttl_days, run.config.get("memory_ttl_days"))
+        remember(store, self.keys, self.thread(run), kind, text, ttl_days=ttl)
+
+    def remember_thread(self, store: Store, repository: str, number: int, kind: str, text: str) -> None:
+        remember(store, self.keys, ThreadKey(repository, number), kind, text, ttl_days=self.ttl_days)
+
+    def recall(self, store: Store, repository: str, number: int) -> list[str]:
+        entries = recall(store, self.keys, ThreadKey(repository, number))
+        return [f"[{e.kind}, {e.created_at:%Y-%m-%d}] {e.text}" for e in entries]

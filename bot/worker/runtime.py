@@ -14,7 +14,8 @@ from bot.metrics.workers import GitHubCallRecorder
 from bot.queue import WorkQueue
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import discover_handlers
-from bot.runs.engine import Engine, ThreadMemoryConfig
+from bot.runs.engine import Engine
+from bot.runs.memory import ThreadMemoryConfig
 from bot.settings import Settings
 from bot.store import Store
 from bot.workspace.mirrors import Workspaces
@@ -65,8 +66,16 @@ class Runtime:
         return self._runner.run(coro)
 
     def context(self) -> EventContext:
+        engine = self.engine
         return EventContext(
-            settings=self.settings, store=self.store, queue=self.queue, github=self.github, engine=self.engine
+            settings=self.settings,
+            store=self.store,
+            queue=self.queue,
+            github=self.github,
+            after=engine.after,
+            tools=frozenset(engine.handlers),
+            llm=engine.llm,
+            memory=engine.memory,
         )
 
     def close(self) -> None:
