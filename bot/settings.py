@@ -29,6 +29,7 @@ class Settings:
     private_key: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)  # NOFX_METRICS_TOKEN: /metrics needs it when set
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
@@ -56,6 +57,7 @@ class Settings:
             private_key=_private_key(env),
             webhook_secret=env.get("GITHUB_WEBHOOK_SECRET") or None,
             api_token=env.get("NOFX_API_TOKEN") or None,
+            metrics_token=env.get("NOFX_METRICS_TOKEN") or None,
             anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,

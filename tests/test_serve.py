@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,6 +65,19 @@ def test_serve_records_and_routes_a_delivery_with_embedded_defaults(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert _wait_for(lambda: not _valkey_running(workdir)), "the embedded Valkey outlived serve"
+
+
+def test_serve_prints_the_setup_code_and_only_it_opens_the_setup_page(
+    served: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
+    base, workdir, _proc = served
+    printed = re.search(r"(http://\S+/setup\?setup_code=[A-Za-z0-9_-]+)", (workdir / "serve.log").read_text())
+    assert printed, "serve did not print where to register the App"
+
+    assert httpx.get(f"{base}/setup").status_code == 403
+    with httpx.Client(follow_redirects=True) as browser:
+        page = browser.get(printed.group(1))
+    assert page.status_code == 200 and "settings/apps/new?state=" in page.text
 
 
 def _installation_count(database: Path) -> int:

@@ -26,8 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from bot.settings import Settings, read_env_file
+from bot.web import guards
 from bot.web import manifest as setup
 from tests.support.github_double import GitHubDouble
 
@@ -36,6 +38,7 @@ CONVERSION = "/app-manifests/{code}/conversions"
 APP_ID = 4242
 CLIENT_SECRET = "client-secret-0123456789abcdef"
 WEBHOOK_SECRET = "webhook-secret-0123456789abcdef"
+SETUP_CODE = guards.new_setup_code()
 # Which permission GitHub wants before it lets a manifest subscribe to an event.
 EVENT_PERMISSION = {
     "issues": "issues",
@@ -99,14 +102,22 @@ def setup_app(environ: None, env_file: Path) -> Starlette:
     app = Starlette(routes=setup.routes())
     app.state.settings = Settings.from_env(env_file=env_file)
     app.state.env_file = env_file
+    app.state.setup_code = SETUP_CODE  # what `nofx serve` printed
     return app
+
+
+async def admitted(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """A browser that opened the address `nofx serve` printed: it now holds an admitted setup cookie."""
+    response = await client.get(f"/setup?setup_code={SETUP_CODE}")
+    assert response.status_code == 303 and response.headers["location"] == "/setup", response.text
+    return client
 
 
 @pytest.fixture
 async def browser(setup_app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """The admin's browser: it keeps the setup cookie between pages."""
+    """The admin's browser: admitted with the setup code, it keeps the setup cookie between pages."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(setup_app), base_url=BASE) as client:
-        yield client
+        yield await admitted(client)
 
 
 @pytest.fixture(autouse=True)
@@ -311,7 +322,7 @@ async def test_setup_page_escapes_what_the_manifest_says(
 async def test_setup_page_warns_when_github_cannot_deliver_webhooks(setup_app: Starlette) -> None:
     transport = httpx.ASGITransport(setup_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:3000") as local:
-        response = await local.get("/setup")
+        response = await (await admitted(local)).get("/setup")
 
     assert "cannot reach <code>127.0.0.1</code>" in response.text
     assert "WEBHOOK_PROXY_URL" in response.text and "smee.io/new" in response.text  # the laptop's way out
@@ -326,7 +337,7 @@ async def test_setup_page_uses_the_public_url_for_webhooks(
     setup_app.state.settings = Settings.from_env(env_file=env_file)
     transport = httpx.ASGITransport(setup_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:3000") as local:
-        response = await local.get("/setup")
+        response = await (await admitted(local)).get("/setup")
 
     _, manifest = form_of(response.text)
     assert manifest["hook_attributes"]["url"] == f"{BASE}/webhooks"
@@ -343,6 +354,57 @@ async def test_setup_cookie_reaches_only_the_setup_routes(browser: httpx.AsyncCl
     assert "Path=/setup" in cookie
     again = await browser.get("/setup")
     assert again.headers["set-cookie"].split(";")[0] == cookie.split(";")[0]  # one browser, one id
+
+
+# ---------------------------------------------------------------------------- setup code
+
+
+async def test_the_setup_page_needs_the_code_serve_printed(setup_app: Starlette) -> None:
+    """Whoever reaches /setup first cannot register an App of their own (issue 10, finding 6)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(setup_app), base_url=BASE) as stranger:
+        first = await stranger.get("/setup")
+        wrong = await stranger.get("/setup", params={"setup_code": "a-guessed-code"})
+        stranger.cookies.set(setup.SETUP_COOKIE, "A" * 22)  # a made-up browser id
+        forged = await stranger.get("/setup")
+        for refused in (first, wrong, forged):
+            assert refused.status_code == 403
+            assert "set-cookie" not in refused.headers
+            assert "settings/apps/new" not in refused.text and 'name="setup_code"' in refused.text
+        assert not getattr(setup_app.state, "setup_states", {})
+        stranger.cookies.clear()
+        page = await (await admitted(stranger)).get("/setup")
+    assert page.status_code == 200 and "settings/apps/new?state=" in page.text
+
+
+async def test_strangers_cannot_evict_the_admins_pending_setup(
+    browser: httpx.AsyncClient, setup_app: Starlette, ghes: GitHubDouble, env_file: Path, pem: str
+) -> None:
+    state = await start_setup(browser)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(setup_app), base_url=BASE) as stranger:
+        for _ in range(setup.MAX_PENDING_STATES + 5):
+            assert (await stranger.get("/setup")).status_code == 403
+    assert list(setup_app.state.setup_states) == [state]
+
+    define_code(ghes, "c0ffee", pem)
+    response = await browser.get("/setup/callback", params={"code": "c0ffee", "state": state})
+
+    assert response.status_code == 303
+    assert setup_app.state.setup_code is None  # registered: the code is spent
+
+
+def test_setup_cookies_are_secure_behind_a_tls_proxy(
+    environ: None, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS ends at a proxy: the request is plain http to the public host, and the cookie is still Secure."""
+    monkeypatch.setenv("NOFX_PUBLIC_URL", BASE)
+    app = Starlette(routes=setup.routes())
+    app.state.settings = Settings.from_env(env_file=env_file)
+    app.state.env_file = env_file
+    app.state.setup_code = SETUP_CODE
+    with TestClient(app, base_url=BASE.replace("https://", "http://")) as proxied:
+        response = proxied.get(f"/setup?setup_code={SETUP_CODE}", follow_redirects=False)
+    assert response.status_code == 303
+    assert "Secure" in response.headers["set-cookie"]
 
 
 # ---------------------------------------------------------------------------- callback
@@ -427,7 +489,7 @@ async def test_callback_refuses_a_state_issued_to_another_browser(
     """Someone who opened the setup page themselves cannot make the admin's browser finish their flow."""
     define_code(ghes, "attacker", pem)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(setup_app), base_url=BASE) as attacker:
-        state = await start_setup(attacker)
+        state = await start_setup(await admitted(attacker))
 
     response = await browser.get("/setup/callback", params={"code": "attacker", "state": state})
 

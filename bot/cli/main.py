@@ -100,11 +100,14 @@ def _serve(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor
 def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
     import uvicorn
 
+    from bot.cli.serve import announce_setup_code
     from bot.web.app import create_app
 
     settings = _with_queue(settings)
+    app = create_app(settings)
+    announce_setup_code(app, settings, args.host)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=settings.port,
         log_config=None,

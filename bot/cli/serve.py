@@ -12,11 +12,13 @@ import time
 from dataclasses import replace
 
 import uvicorn
+from starlette.applications import Starlette
 
 from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
+from bot.web.guards import setup_url
 from bot.web.webhook_proxy import ChannelRelay, relay_target
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,10 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
         relay.start()
         log.info("relaying deliveries from the webhook proxy channel (WEBHOOK_PROXY_URL)")
     try:
+        app = create_app(settings)
+        announce_setup_code(app, settings, host)
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host=host,
             port=settings.port,
             log_config=None,
@@ -62,6 +66,22 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
         if valkey is not None:
             valkey.stop()
     return 0
+
+
+def announce_setup_code(app: Starlette, settings: Settings, host: str) -> None:
+    """Print where to register the App, with the setup code, as Jupyter prints its token (stderr, not the logs)."""
+    code = app.state.setup_code
+    if not code:
+        return
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a wildcard is not an address to open)
+    base = settings.public_url or f"http://{local}:{settings.port}"
+    print(
+        "nofx: the GitHub App is not registered yet. To register it, open\n"
+        f"    {setup_url(base, code)}\n"
+        "(the setup code works until the App is registered and changes at every start)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class WorkerPool:

@@ -23,7 +23,7 @@ from bot.queue import WorkQueue
 from bot.runs.artifacts import Artifacts
 from bot.settings import ENV_FILE, Settings
 from bot.store import Store
-from bot.web import api, trace_routes
+from bot.web import api, guards, trace_routes
 from bot.web import manifest as setup
 from bot.web.intake import Intake
 from bot.web.sse import StreamTiming
@@ -38,8 +38,13 @@ def create_app(
     queue: WorkQueue | None = None,
     env_file: Path | None = None,
     stream_timing: StreamTiming | None = None,
+    setup_code: str | None = None,
 ) -> Starlette:
-    """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings."""
+    """Build the ASGI app; tests pass their own store and queue, `nofx web` builds them from settings.
+
+    While the App is not registered, the app holds a setup code (`setup_code`, else a new one) that the command
+    prints: only a browser that presents it may register the App (`bot.web.guards`).
+    """
     if store is None:
         store = Store(settings.database_url)
         store.create_all()
@@ -70,6 +75,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.artifacts = Artifacts(settings.data_dir, store)
     app.state.stream_timing = stream_timing or StreamTiming()
+    app.state.setup_code = None if settings.app_configured else (setup_code or guards.new_setup_code())
+    app.state.login_throttle = guards.Throttle()
     app.state.intake = Intake(
         store=store,
         queue=queue,
@@ -105,6 +112,12 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    if not guards.metrics_allowed(request):
+        return JSONResponse(
+            {"error": "a valid bearer token (NOFX_METRICS_TOKEN) is required"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="nofx metrics"'},
+        )
     metrics: Metrics = request.app.state.metrics
     body = await to_thread.run_sync(metrics.render)
     return Response(body, media_type=CONTENT_TYPE)

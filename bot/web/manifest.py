@@ -35,6 +35,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot.settings import Settings
+from bot.web import guards
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ HttpFactory = Callable[[], httpx.AsyncClient]
 
 _ORG_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}")
 _CODE = re.compile(r"[A-Za-z0-9_-]{1,200}")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _BARE_ENV_VALUE = re.compile(r"[A-Za-z0-9_./:@+-]*")
 _LINE_BREAKS = frozenset("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
@@ -124,6 +124,9 @@ async def setup_page(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     if settings.app_configured:
         return _already_configured(settings)
+    refused = guards.setup_admission(request, SETUP_COOKIE, _setup_path(request))
+    if refused is not None:  # no setup code yet: nothing is issued or remembered for this browser
+        return refused
     org = request.query_params.get("org", "").strip()
     if org and not _ORG_NAME.fullmatch(org):
         return _page(
@@ -146,7 +149,7 @@ async def setup_page(request: Request) -> Response:
     )
     web = github_web_url(settings.github_api_url)
     owner = f"/organizations/{quote(org)}" if org else ""
-    browser = _browser_id(request)
+    browser = request.cookies[SETUP_COOKIE]
     action = f"{web}{owner}/settings/apps/new?state={_remember_state(request.app.state, browser)}"
     env_file: Path = request.app.state.env_file
     response = _page("Set up nofx", _setup_body(request, manifest, action, web, org, env_file))
@@ -156,7 +159,7 @@ async def setup_page(request: Request) -> Response:
         browser,
         max_age=int(STATE_TTL_S),
         path=_setup_path(request),
-        secure=request.url.scheme == "https",
+        secure=guards.cookies_secure(request),
         httponly=True,
         samesite="lax",
     )
@@ -210,6 +213,7 @@ async def setup_callback(request: Request) -> Response:
         reloaded = await run_in_threadpool(_save_and_reload, env_file, values)
         request.app.state.settings = reloaded
         _pending_states(request.app.state).clear()
+        guards.setup_finished(request.app.state)
     log.info("GitHub App %s (id %s) registered; credentials saved to %s", app["slug"], app["id"], env_file)
     install_url = f"{_app_html_url(app, settings.github_api_url)}/installations/new"
     shadowed = _shadowed_by_environment(reloaded, values)
@@ -369,12 +373,6 @@ def _pending_states(state: State) -> dict[str, _Pending]:
     if pending is None:
         pending = state.setup_states = {}
     return pending
-
-
-def _browser_id(request: Request) -> str:
-    """The random id in this browser's setup cookie, or a new one."""
-    current = request.cookies.get(SETUP_COOKIE, "")
-    return current if _TOKEN.fullmatch(current) else secrets.token_urlsafe(16)
 
 
 def _remember_state(state: State, browser: str) -> str:

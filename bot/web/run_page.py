@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from bot.settings import Settings
+from bot.web import guards
 
 SESSION_COOKIE = "nofx_session"
 SESSION_TTL_S = 12 * 3600
@@ -89,7 +90,15 @@ async def login_form(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    """`POST /login`: check the token, set the session cookie, go back to the run page."""
+    """`POST /login`: check the token, set the session cookie, go back to the run page.
+
+    Throttled per client address (`guards.Throttle`): the token cannot be guessed at the speed of the network.
+    """
+    wait = request.app.state.login_throttle.retry_after(guards.client_address(request))
+    if wait is not None:
+        return HTMLResponse(
+            "too many login attempts; try again later", status_code=429, headers={"Retry-After": str(wait)}
+        )
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -104,13 +113,12 @@ async def login(request: Request) -> Response:
         message = "That token is not right." if expected else "This server has no NOFX_API_TOKEN set."
         return login_page(request, target, status_code=401, message=message)
     response = RedirectResponse(target, status_code=303, headers=_COMMON_HEADERS)
-    secure = request.url.scheme == "https" or (settings.public_url or "").startswith("https://")
     response.set_cookie(
         SESSION_COOKIE,
         session_value(expected, int(time.time()) + SESSION_TTL_S),
         max_age=SESSION_TTL_S,
         httponly=True,
-        secure=secure,
+        secure=guards.cookies_secure(request),
         samesite="lax",  # sent on the top-level navigation from GitHub's "Details" link
         path="/",
     )
