@@ -25,7 +25,7 @@ from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = "/repos/{owner}/{repo}/pulls/{pull_number}/reviews"
 OWNER, REPO = "Codertocat", "Hello-World"
 APP = "".join(f"VALUE_{i} = {i}\n" for i in range(1, 41))

@@ -4,7 +4,7 @@ Generated requests (valid and invalid) must never get a 5xx, and every answer mu
 document: status codes, content types and response schemas. Path parameters are mixed with the ids
 of real runs, steps, artifacts, checkpoints and memory entries seeded below, so the 200/201/202/409/410
 answers are exercised too, not only 404s. Checkpoints are real commits in a real bare mirror, so diffs
-are computed by git. The SSE streams are left out (an open stream never ends); `tests/test_sse.py`
+are computed by git. The SSE streams are left out (an open stream never ends); `tests/web/test_sse.py`
 covers them. Each operation gets a bounded number of examples, so the whole file runs in seconds.
 """
 
