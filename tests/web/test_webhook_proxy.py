@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from bot.web.webhook_proxy import ServerSentEvent, parse_events, relay_target, to_delivery
+from tests.cli.test_serve import _free_port, _wait_for, _wait_ready
 from tests.support.payloads import load_payload, webhook_headers
-from tests.test_serve import _free_port, _wait_for, _wait_ready
 
 SECRET = "proxy-test-secret"
 CHANNEL = "/c6cnRNjYW9wqx1Y3"
