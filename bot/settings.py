@@ -13,6 +13,14 @@ DEFAULT_API_URL = "https://api.github.com"
 ENV_FILE = ".env"
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """How many runs may be active (running or waiting) at once: per installation, and in all (0: no limit)."""
+
+    per_installation: int = 2
+    total: int = 32
+
+
 class SettingsError(ValueError):
     """A configuration value is present but unusable; the message names the variable."""
 
@@ -40,6 +48,7 @@ class Settings:
     port: int = 3000
     memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
     memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
+    run_limits: RunLimits = RunLimits()
     sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
 
     @classmethod
@@ -69,6 +78,10 @@ class Settings:
             memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
             sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),
+            run_limits=RunLimits(
+                per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),
+                total=_count("NOFX_MAX_ACTIVE_RUNS", env, RunLimits.total),
+            ),
         )
 
     @property
@@ -159,6 +172,17 @@ def _sandbox(value: str) -> str:
     if value not in ("bwrap", "none"):
         raise SettingsError(f"NOFX_SANDBOX must be `bwrap` (the default) or `none` (no isolation), got {value!r}")
     return value
+
+
+def _count(name: str, env: Mapping[str, str], default: int) -> int:
+    value = env.get(name) or str(default)
+    try:
+        count = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {value!r}") from None
+    if count < 0:
+        raise SettingsError(f"{name} must be 0 or more, got {count}")
+    return count
 
 
 def _port(value: str) -> int:

@@ -14,14 +14,18 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from bot import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from bot.settings import RunLimits
+
+ADMISSION_LOCK = 0x6E6F6678  # "nofx": the key of the PostgreSQL advisory lock `serialized` takes
 
 
 class Store:
     """Owns the engine; hands out short sessions. One per process, built by an entry point."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, run_limits: RunLimits | None = None) -> None:
         self.url = url
         self.engine = _engine(url)
+        self.run_limits = run_limits or RunLimits()  # read where runs are admitted (`bot.runs.admission`)
 
     def create_all(self) -> None:
         """Create missing tables (migrations come when the schema first has to change in place)."""
@@ -37,6 +41,17 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def serialized(self) -> Iterator[Session]:
+        """A session that holds the database's one admission lock until it commits: writers that decide from a
+        count (how many runs are active) take turns instead of both acting on the same stale count."""
+        with self.session() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
+            else:  # SQLite: take the write lock now, not at the first write
+                session.execute(text("BEGIN IMMEDIATE"))
+            yield session
 
     def ping(self) -> None:
         """Raise if the database does not answer (used by /readyz)."""

@@ -154,7 +154,7 @@ def _run_locally(args: argparse.Namespace, settings: Settings, redactor: logs.Re
 
 def _replay(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
     settings = _with_queue(settings)
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, run_limits=settings.run_limits)
     store.create_all()
     queue = WorkQueue.from_url(settings.redis_url or "")
     if args.delivery:

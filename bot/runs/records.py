@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from bot.models import Run, RunEvent, RunStatus, Step, StepStatus, new_id, utcnow
 from bot.plans import Plan
+from bot.runs import admission
 from bot.store import Store
 
 RUN_MACHINE: dict[RunStatus, frozenset[RunStatus]] = {
@@ -121,15 +122,23 @@ def create(store: Store, request: RunRequest, plan: Plan, config: dict[str, Any]
 
 
 def start(store: Store, run_id: str) -> Progress:
-    """Start a queued run unless another run is active on its thread; then it stays queued behind it."""
-    with store.session() as session:
+    """Start a queued run unless another run is active on its thread (it stays queued behind it), or its
+    installation or the server has as many active runs as allowed (it waits its turn: `bot.runs.admission`)."""
+    with store.serialized() as session:
         run = _get_run(session, run_id)
+        if run.status != RunStatus.queued:  # admitted meanwhile by a run that ended
+            return Progress(run_status=run.status)
         blocker = _active_run_on_thread(session, run)
         if blocker is not None:
             if run.behind_run_id != blocker.id:
                 run.behind_run_id = blocker.id
                 session.add(run)
                 _event(session, run.id, "run.queued_behind", {"behind_run_id": blocker.id})
+            return Progress(run_status=RunStatus.queued)
+        if not admission.admits(session, run, store.run_limits):
+            run.behind_run_id = None  # no longer behind a run on its thread: in line with every other waiting run
+            session.add(run)
+            _event(session, run.id, admission.QUEUED_FOR_CAPACITY, {"installation": run.installation_id})
             return Progress(run_status=RunStatus.queued)
         _move_run(session, run, RunStatus.running, {"started": True})
         run.started_at = run.started_at or utcnow()
@@ -465,8 +474,25 @@ def _after_terminal(store: Store, run_id: str, status: RunStatus) -> Progress:
         next_id = waiting.id if waiting else None
     if next_id is not None:
         started = start(store, next_id)
-        progress.started_runs = [next_id, *started.started_runs]
-        progress.enqueue = started.enqueue
+        if started.run_status != RunStatus.queued:
+            progress.started_runs = [next_id, *started.started_runs]
+            progress.enqueue = started.enqueue
+    admitted = admit_waiting(store)
+    progress.started_runs += admitted.started_runs
+    progress.enqueue += admitted.enqueue
+    return progress
+
+
+def admit_waiting(store: Store) -> Progress:
+    """Start the queued runs that fit the limits now, round robin across installations (also the sweeper's)."""
+    progress = Progress()
+    with store.session() as session:
+        candidates = admission.next_to_start(session, store.run_limits)
+    for run_id in candidates:
+        started = start(store, run_id)
+        if started.run_status != RunStatus.queued:
+            progress.started_runs += [run_id, *started.started_runs]
+            progress.enqueue += started.enqueue
     return progress
 
 

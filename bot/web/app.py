@@ -46,7 +46,7 @@ def create_app(
     prints: only a browser that presents it may register the App (`bot.web.guards`).
     """
     if store is None:
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, run_limits=settings.run_limits)
         store.create_all()
     if queue is None:
         if not settings.redis_url:

@@ -114,6 +114,9 @@ def sweep(runtime: Runtime) -> list[str]:
 def reap(runtime: Runtime, *, dead_after: timedelta = DEAD_STEP_AFTER) -> list[str]:
     """Retry (or fail) steps whose worker died mid-step, and re-enqueue queued steps whose job is lost."""
     reaped: list[str] = []
+    admitted = runs.admit_waiting(runtime.store)  # normally done as runs end; this catches any left waiting
+    if admitted.started_runs:
+        runtime.engine.after(admitted, admitted.started_runs[0])
     now = utcnow()
     for step in runs.unfinished_steps(runtime.store):
         if step.status == StepStatus.running and (step.heartbeat_at or now) < now - dead_after:

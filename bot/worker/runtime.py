@@ -35,7 +35,7 @@ class Runtime:
             raise RuntimeError("REDIS_URL is required by a worker (`nofx serve` sets it for its workers)")
         self.settings = settings
         self.redactor = redactor or Redactor(settings.secrets)
-        self.store = Store(settings.database_url)
+        self.store = Store(settings.database_url, run_limits=settings.run_limits)
         self.queue = WorkQueue.from_url(settings.redis_url)
         self.github = (
             GitHubApp.from_settings(
