@@ -22,7 +22,6 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from bot import deliveries
-from bot.events import router as events
 from bot.models import Delivery, DeliveryStatus, Installation
 from bot.queue import WorkQueue
 from bot.settings import Settings
@@ -71,7 +70,7 @@ async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_swee
     installed(payload)
     body = json.dumps(payload).encode()
     down = WorkQueue.from_url("redis://127.0.0.1:1/0")  # nothing listens on port 1
-    app = create_app(settings, ignore_reason=events.ignore_reason, store=store, queue=down, env_file=tmp_path / ".env")
+    app = create_app(settings, store=store, queue=down, env_file=tmp_path / ".env")
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx") as http:
         answers = await asyncio.gather(
