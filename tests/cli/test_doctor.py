@@ -11,7 +11,7 @@ import pytest
 
 from bot.workspace import isolation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def doctor(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
