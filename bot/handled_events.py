@@ -12,13 +12,15 @@ from bot.models import Delivery
 INSTALLATION_EVENTS = frozenset({"installation", "installation_repositories"})
 
 HANDLED: dict[str, frozenset[str]] = {
-    "check_run": frozenset({"requested_action", "rerequested"}),
+    "check_run": frozenset({"completed", "requested_action", "rerequested"}),
+    "check_suite": frozenset({"completed"}),
     "installation": frozenset({"created", "deleted", "new_permissions_accepted", "suspend", "unsuspend"}),
     "installation_repositories": frozenset({"added", "removed"}),
     "issue_comment": frozenset({"created"}),
     "issues": frozenset({"labeled", "opened"}),
     "pull_request": frozenset({"labeled", "opened", "ready_for_review", "reopened", "synchronize"}),
     "pull_request_review_comment": frozenset({"created"}),
+    "workflow_run": frozenset({"completed"}),
 }
 
 

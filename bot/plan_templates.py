@@ -40,7 +40,7 @@ _DOCS_PATHS = ["**/*.md", "**/*.rst", "**/*.txt", "**/*.adoc", "docs/**", "doc/*
 
 BUILTIN: Mapping[str, PlanTemplate] = {
     DEFAULT_TEMPLATE: PlanTemplate(
-        "the default: generate the change, write it, run the configured gates, open a pull request",
+        "the default: generate the change, write it, run the configured gates, open a pull request, wait for CI",
         (
             {"tool": "codegen"},
             {"tool": "workspace:write"},
@@ -48,6 +48,7 @@ BUILTIN: Mapping[str, PlanTemplate] = {
             {"tool": "gate:lint"},
             {"tool": "gate:typecheck"},
             {"tool": "git_pr"},
+            {"tool": "gate:ci"},
         ),
     ),
     "fix-tests": PlanTemplate(
@@ -66,6 +67,7 @@ BUILTIN: Mapping[str, PlanTemplate] = {
             {"tool": "gate:lint"},
             {"tool": "gate:typecheck"},
             {"tool": "git_pr"},
+            {"tool": "gate:ci"},
         ),
     ),
     "docs": PlanTemplate(

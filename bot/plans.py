@@ -15,6 +15,7 @@ ALL_TOOLS = (
     "gate:lint",
     "gate:typecheck",
     "gate:llm_review",
+    "gate:ci",
     "manual:approval",
     "git_ops",
     "git_pr",

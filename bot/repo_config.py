@@ -134,6 +134,19 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class CiConfig:
+    """The repository's own CI as the last gate; `wait=None` waits when CI ran on the base commit.
+
+    `checks` names the check runs (or workflows) that must pass; empty means every check that ran on the base commit.
+    """
+
+    wait: bool | None = None
+    timeout_min: int = 30
+    max_repairs: int = 2
+    checks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PrConfig:
     """How the pull request a run opens looks."""
 
@@ -154,6 +167,7 @@ class RepoConfig:
     policy: PolicyConfig = PolicyConfig()
     pr: PrConfig = PrConfig()
     templates: dict[str, PlanTemplate] = field(default_factory=dict)
+    ci: CiConfig = CiConfig()
 
 
 def parse_config(text: str | None) -> RepoConfig:
@@ -380,6 +394,18 @@ _SCHEMA = _Section(
         ),
         "pr": _Section(PrConfig, {"draft": _boolean()}),
         "templates": _Templates(),
+        "ci": _Section(
+            CiConfig,
+            {
+                "wait": _or_null(_boolean(), "wait when CI ran on the base commit"),
+                "timeout_min": _whole(1, 360),
+                "max_repairs": _whole(0, 5),
+                "checks": _List(
+                    _text("a check name on one line", r"(?=.*\S)[^\r\n\x00]{1,200}"),
+                    "a list of check run or workflow names ([] means every check that ran on the base commit)",
+                ),
+            },
+        ),
     },
 )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from gidgethub import routing, sansio
 
-from bot.events import installations, pull_requests, triggers
+from bot.events import ci, installations, pull_requests, triggers
 from bot.events.context import EventContext
 from bot.handled_events import INSTALLATION_EVENTS
 from bot.models import Delivery
 
-router = routing.Router(installations.router, triggers.router, pull_requests.router)
+router = routing.Router(installations.router, triggers.router, pull_requests.router, ci.router)
 
 
 async def dispatch(delivery: Delivery, ctx: EventContext) -> str | None:

@@ -267,10 +267,18 @@ async def _decide(turn: Turn, command: Command) -> None:
         s
         for s in (runs.steps_of(turn.store, run.id) if run and run.status == RunStatus.waiting else [])
         if s.status == StepStatus.waiting
+        and s.tool == "manual:approval"  # a step waiting for CI is not a person's to decide
         and (command.verb == Verb.reject or not command.argument or s.name == command.argument)
     ]
     if run is None or not waiting:
-        await turn.say("There is no run waiting for approval on this thread.")
+        ci = run is not None and any(
+            s.status == StepStatus.waiting and s.tool == "gate:ci" for s in runs.steps_of(turn.store, run.id)
+        )
+        await turn.say(
+            "nofx is waiting for CI, not for an approval."
+            if ci
+            else "There is no run waiting for approval on this thread."
+        )
         return
     approved = command.verb == Verb.approve
     reason = command.argument if not approved else ""

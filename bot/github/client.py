@@ -16,11 +16,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import gidgethub.httpx as gh_httpx
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from gidgethub import sansio
+
+from bot.github.checks import LogUnavailable
 
 if TYPE_CHECKING:
     import httpx2 as httpx  # what gidgethub.httpx is typed against
@@ -120,6 +124,32 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
     async def graphql(self, query: str, *, endpoint: str | None = None, **variables: Any) -> Any:
         """Query GraphQL on this client's server (gidgethub's default is api.github.com)."""
         return await super().graphql(query, endpoint=endpoint or self.graphql_url, **variables)
+
+    async def download_redirected(self, url: str, url_vars: Mapping[str, Any], *, max_bytes: int) -> bytes:
+        """GET an API route that answers with a redirect (job logs), then the target without nofx's token.
+
+        The target is short-lived storage off GitHub's API host: it gets no Authorization header, and only the
+        last `max_bytes` of its body are kept.
+        """
+        headers = sansio.create_headers(self.requester, accept=sansio.accept_format())
+        status, response_headers, _ = await self._request(
+            "GET", sansio.format_url(url, url_vars, base_url=self.base_url), headers
+        )
+        location = response_headers.get("location") or ""
+        if status not in (301, 302, 303, 307, 308) or urlsplit(location).scheme not in ("http", "https"):
+            raise LogUnavailable(f"GitHub answered {status} without a usable redirect")
+        kept = bytearray()
+        try:
+            async with self._client.stream("GET", location, headers={"user-agent": REQUESTER}) as response:
+                if response.status_code != 200:
+                    raise LogUnavailable(f"the log storage answered {response.status_code}")
+                async for chunk in response.aiter_bytes():
+                    kept += chunk
+                    if len(kept) > max_bytes:
+                        del kept[: len(kept) - max_bytes]
+        except gh_httpx.httpx.HTTPError as exc:
+            raise LogUnavailable(f"the log storage could not be read: {type(exc).__name__}") from None
+        return bytes(kept)
 
     async def sleep(self, seconds: float) -> None:
         """Wait through the injected sleep, so tests never really wait."""

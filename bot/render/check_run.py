@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from bot.models import Run, RunStatus, Step, StepStatus
+from bot.render.ci import check_title as ci_check_title
+from bot.render.ci import waiting_for_ci
 from bot.render.run_view import RunView, checklist, on_run_page, output_tail, request_section, status_notes
 from bot.render.text import (
     TextBudget,
@@ -72,7 +74,8 @@ def check_run(
     """
     view = RunView.of(run, steps, git_mode, now)
     status, conclusion = _CHECK_STATES[run.status]
-    if conclusion == "action_required" and not run_url:
+    ci_wait = run.status == RunStatus.waiting and waiting_for_ci(view.steps)
+    if (conclusion == "action_required" and not run_url) or ci_wait:  # CI needs no one's action: still running
         status, conclusion = "in_progress", None
     body: dict[str, Any] = {"name": CHECK_NAME, "external_id": run.id, "status": status}
     if run_url:
@@ -97,13 +100,16 @@ def check_run(
         "summary": fit(summary, CHECK_TEXT_LIMIT, TextBudget(detail=2_000)),
         "text": fit(lambda budget: _check_text(view, run_url, budget), CHECK_TEXT_LIMIT, TextBudget(detail=60_000)),
     }
-    body["actions"] = [dict(_ACTIONS[key]) for key in _ACTIONS_BY_STATUS.get(run.status, ())][:MAX_ACTIONS]
+    actions = ("cancel",) if ci_wait else _ACTIONS_BY_STATUS.get(run.status, ())
+    body["actions"] = [dict(_ACTIONS[key]) for key in actions][:MAX_ACTIONS]
     return body
 
 
 def _check_title(view: RunView) -> str:
     """Plain text (the check run page does not render Markdown in titles), at most 255 characters."""
     title = _CHECK_TITLES[view.run.status].format(done=view.done, total=len(view.steps))
+    if view.run.status == RunStatus.waiting and waiting_for_ci(view.steps):
+        title = ci_check_title(view.steps, view.done, len(view.steps))
     failed = [step for step in view.steps if step.status == StepStatus.failed]
     if view.run.status == RunStatus.failed and failed:
         step = failed[0]

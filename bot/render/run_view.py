@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.models import Run, RunStatus, Step, StepStatus, utcnow
+from bot.render.ci import CI_TOOL, ci_note, waiting_for_ci
 from bot.render.text import (
     TextBudget,
     aware,
@@ -95,7 +96,7 @@ class RunView:
         if status == StepStatus.cancelled and step.tool == APPROVAL_TOOL and step.decided_by:
             return "rejected" + by
         if status == StepStatus.waiting:
-            return "waiting for approval" if step.tool == APPROVAL_TOOL else "waiting"
+            return {APPROVAL_TOOL: "waiting for approval", CI_TOOL: "waiting for CI"}.get(step.tool, "waiting")
         return "not started" if status == StepStatus.pending else StepStatus(status).value
 
     def error_shown(self, text: str | None, tool: str | None) -> bool:
@@ -274,17 +275,18 @@ def _outcome_notes(
     view: RunView, *, prefix: str, run_url: str | None, behind_id: str | None, budget: TextBudget, tail: bool
 ) -> list[str]:
     status = view.run.status
+    ci = ci_note(view.steps, names_git=view.words.names_git)
     if status == RunStatus.queued:
         return [queued_behind_note(behind_id)] if behind_id else []
     if status == RunStatus.waiting:
-        return [_approval_note(view, prefix)]
+        return [ci] if waiting_for_ci(view.steps) else [_approval_note(view, prefix)]
     if status == RunStatus.failed:
-        return [_failure_note(view, prefix, run_url, budget, tail=tail)]
+        return [ci, _failure_note(view, prefix, run_url, budget, tail=tail)]
     if status == RunStatus.succeeded:
-        return [_delivered_note(view)]
+        return [_delivered_note(view), ci]
     if status == RunStatus.cancelled:
         return [_stopped_note(view, budget, run_url)]
-    return []
+    return [ci]
 
 
 def request_section(request: str, budget: TextBudget) -> str:

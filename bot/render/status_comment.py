@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from bot.models import Run, RunStatus, Step, StepStatus
+from bot.render.ci import waiting_for_ci
 from bot.render.run_view import STATUS_EMOJI, RunView, checklist, request_section, status_notes
 from bot.render.text import COMMENT_LIMIT, TextBudget, code_span, fit, join_words, link, mention, paragraphs
 
@@ -44,6 +45,12 @@ def find_run_marker(body: str | None) -> str | None:
     return found[-1] if found else None
 
 
+def _headline(run: Run, view: RunView) -> str:
+    if run.status == RunStatus.waiting and waiting_for_ci(view.steps):
+        return "nofx is waiting for CI"
+    return HEADLINES[run.status]
+
+
 def status_comment(
     run: Run,
     steps: list[Step],
@@ -62,7 +69,7 @@ def status_comment(
 
     def render(budget: TextBudget) -> str:
         return paragraphs(
-            f"### {STATUS_EMOJI[run.status]} {HEADLINES[run.status]}",
+            f"### {STATUS_EMOJI[run.status]} {_headline(run, view)}",
             request_section(run.request, budget),
             f"Asked by {mention(run.requester)}.",
             checklist(view) if view.steps else "",

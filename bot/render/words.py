@@ -19,6 +19,7 @@ _TOOL_WORDS = {
     "gate:typecheck": "check the types",
     "gate:llm_review": "review the changes",
     "manual:approval": "wait for approval",
+    "gate:ci": "wait for CI",
 }
 
 

@@ -39,7 +39,7 @@ MAX_ERROR_CHARS = 8000
 
 
 WORKSPACE_TOOLS = frozenset(
-    {"codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "git_ops", "git_pr"}
+    {"codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "gate:ci", "git_ops", "git_pr"}
 )
 
 

@@ -15,6 +15,8 @@ from bot.runs.policy import enforce, gate_command
 # (unchecked; `build` passes it through the policy).
 LLMPlanner = Callable[[str, str | None, dict[str, Any]], Awaitable[Any]]
 GATE_TIMEOUT_S = 900
+CI_TOOL = "gate:ci"
+CI_STEP_TIMEOUT_S = 1800  # one look at CI takes seconds; a repair round (model, gates, push) takes longer
 
 
 _STEP_NAMES = {
@@ -47,8 +49,10 @@ def template(
     for spec in chosen.steps:
         tool = spec["tool"]
         inputs = dict(spec.get("inputs") or {})
-        if tool.startswith("gate:") and tool != "gate:llm_review" and gate_command(tool, config) is None:
+        if tool.startswith("gate:") and tool not in ("gate:llm_review", CI_TOOL) and gate_command(tool, config) is None:
             continue  # a gate this repository does not configure is left out, as in the default plan
+        if tool == CI_TOOL and config.ci.wait is False:
+            continue  # `ci.wait: false`: the repository's CI is not waited for
         if tool == "codegen":
             inputs = {"request": request, **({"previous": previous} if previous else {}), **inputs}
         step_name = _unique(spec.get("name") or _default_name(tool), steps)
@@ -58,7 +62,7 @@ def template(
             last_codegen = step_name
         step: dict[str, Any] = {"name": step_name, "tool": tool, "inputs": inputs}
         if tool.startswith("gate:"):
-            step["timeout_s"] = GATE_TIMEOUT_S
+            step["timeout_s"] = CI_STEP_TIMEOUT_S if tool == CI_TOOL else GATE_TIMEOUT_S
         if tool in _DEFAULT_RETRIES:
             step["retries"] = _DEFAULT_RETRIES[tool]
         step.update({k: spec[k] for k in ("timeout_s", "retries") if k in spec})

@@ -35,7 +35,9 @@ STEP_MACHINE: dict[StepStatus, frozenset[StepStatus]] = {
     StepStatus.running: frozenset(
         {StepStatus.succeeded, StepStatus.failed, StepStatus.waiting, StepStatus.queued, StepStatus.cancelled}
     ),
-    StepStatus.waiting: frozenset({StepStatus.succeeded, StepStatus.cancelled, StepStatus.failed}),
+    StepStatus.waiting: frozenset(
+        {StepStatus.succeeded, StepStatus.cancelled, StepStatus.failed, StepStatus.queued}  # queued: `resume_step`
+    ),
     StepStatus.failed: frozenset({StepStatus.pending}),  # `/nofx retry`
     StepStatus.skipped: frozenset({StepStatus.pending}),  # retry of what it depended on
     StepStatus.cancelled: frozenset(),
@@ -214,6 +216,40 @@ def fail_step(store: Store, step_id: str, error: str, output: dict[str, Any] | N
 def requeue_step(store: Store, step_id: str, reason: str) -> Step:
     """running → queued for another attempt (retryable error, or its worker vanished)."""
     return _step_transition(store, step_id, StepStatus.queued, "step.retrying", error=reason, finished=False)
+
+
+def resume_step(store: Store, step_id: str, reason: str) -> Progress:
+    """waiting → queued for a step that waits on something other than a person (CI): its handler looks again.
+
+    Conditional like every transition, so a webhook and a poll waking the same step at once enqueue it once;
+    the loser gets an empty Progress.
+    """
+    with store.session() as session:
+        step = _get_step(session, step_id)
+        if (
+            step.status != StepStatus.waiting
+            or step.tool == "manual:approval"
+            or not _moved(session, step, StepStatus.queued)
+        ):
+            return Progress()
+        _event(session, step.run_id, "step.resumed", {"name": step.name, "reason": reason}, step.id)
+        run = _get_run(session, step.run_id)
+        if run.status == RunStatus.waiting:
+            _move_run(session, run, RunStatus.running, {"resumed_by": reason})
+    return Progress(enqueue=[step_id], run_status=RunStatus.running)
+
+
+def waiting_steps(store: Store, tool: str, repository: str | None = None) -> list[tuple[Run, Step]]:
+    """Steps of one tool waiting in active runs (of one repository), with their run: what a wake-up may resume."""
+    with store.session() as session:
+        statement = (
+            select(Run, Step)
+            .join(Step, col(Step.run_id) == col(Run.id))
+            .where(Step.tool == tool, Step.status == StepStatus.waiting, col(Run.status).in_(ACTIVE_RUN))
+        )
+        if repository is not None:
+            statement = statement.where(Run.repository == repository)
+        return [(run, step) for run, step in session.exec(statement)]
 
 
 def decide(store: Store, step_id: str, *, approved: bool, by: str, reason: str = "") -> Progress:

@@ -16,7 +16,7 @@ from bot.metrics import workers as worker_metrics
 from bot.models import Step, StepStatus, utcnow
 from bot.queue import DISPATCH_LANE, REVIEW_JOB_TIMEOUT_S, WORK_LANE, dispatch_job_id, step_job_id
 from bot.review.pass_records import restart_abandoned
-from bot.runs import memory
+from bot.runs import ci_wait, memory
 from bot.runs import records as runs
 from bot.worker import jobs, startup
 from bot.worker.runtime import Runtime
@@ -148,6 +148,11 @@ def _reap_dead(runtime: Runtime, step: Step) -> None:
     runtime.engine.after(progress, step.run_id)
 
 
+def poll_ci(runtime: Runtime) -> list[str]:
+    """Look at CI again for the `gate:ci` steps no webhook has woken for a while (a delivery can be lost)."""
+    return ci_wait.poll_due(runtime.store, runtime.queue)
+
+
 def _queued_since(runtime: Runtime, step: Step) -> datetime:
     return runs.last_event_time(runtime.store, step.id) or utcnow()
 
@@ -166,7 +171,7 @@ def _report_usage(runtime: Runtime) -> None:
 
 def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:
     while not stop.wait(SWEEP_EVERY_S):
-        for task in (sweep, reap, _report_usage):
+        for task in (sweep, reap, poll_ci, _report_usage):
             try:
                 task(runtime)
             except Exception:  # maintenance must outlive a database or queue hiccup

@@ -83,7 +83,7 @@ def test_comment_comes_back_as_a_tested_pull_request(
     run = the_run(store)
     assert run.status == RunStatus.succeeded, run.error
     steps = {s.name: s for s in runs.steps_of(store, run.id)}
-    assert [s.status for s in steps.values()] == [StepStatus.succeeded] * 4
+    assert [s.status for s in steps.values()] == [StepStatus.succeeded] * 5  # the last: no CI to wait for
     # The branch holds exactly what the model wrote, pushed with the installation token.
     branch = steps["pull-request"].output["branch"]
     assert branch.startswith("nofx/1-add-a-multiply-function")
@@ -147,6 +147,7 @@ def test_a_failing_gate_fails_the_run_and_opens_no_pull_request(
         "apply": StepStatus.succeeded,
         "test": StepStatus.failed,
         "pull-request": StepStatus.skipped,
+        "ci": StepStatus.skipped,
     }
     assert not github.calls("POST", "/repos/{owner}/{repo}/pulls")
     final = github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
@@ -466,7 +467,7 @@ def test_retry_from_a_checkpoint_branches_the_work_and_keeps_what_was_written(
     work()
     resumed = the_runs(store)[1]
     assert resumed.status == RunStatus.waiting  # the remaining plan: test, approval, pull request
-    assert [s.name for s in runs.steps_of(store, resumed.id)] == ["test", "approve-pull-request", "pull-request"]
+    assert [s.name for s in runs.steps_of(store, resumed.id)] == ["test", "approve-pull-request", "pull-request", "ci"]
     deliver("issue_comment", ask(git, "/nofx approve"))
     work()
 

@@ -112,7 +112,7 @@ def test_the_bundle_of_a_failed_run_explains_it(
         "summary.md",
     } <= set(files)
     assert json.loads(files["run.json"])["id"] == run.id
-    assert [s["name"] for s in json.loads(files["steps.json"])] == ["generate", "apply", "test", "pull-request"]
+    assert [s["name"] for s in json.loads(files["steps.json"])] == ["generate", "apply", "test", "pull-request", "ci"]
     assert any(e["type"] == "step.failed" and e["step"] == "test" for e in json.loads(files["events.json"]))
     usage = json.loads(files["llm_usage.json"])
     assert usage["totals"]["calls"] >= 1 and usage["totals"]["cost_usd"] > 0

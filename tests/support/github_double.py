@@ -42,12 +42,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import openapi
+from .github_ci import BLOB_PREFIX, CiResources
 from .github_resources import (
     DEFAULT_EVENTS,
     DEFAULT_INSTALLATION_PERMISSIONS,
     DOCS_URL,
     Call,
-    GitHubResources,
     Installation,
     Reply,
     Token,
@@ -154,7 +154,7 @@ def github_double() -> Iterator[GitHubDouble]:
 # ---------------------------------------------------------------- the double
 
 
-class GitHubDouble(GitHubResources):
+class GitHubDouble(CiResources):
     """GitHub's REST API on 127.0.0.1, strict about requests, generous with defaults."""
 
     def __init__(
@@ -192,6 +192,7 @@ class GitHubDouble(GitHubResources):
 
         self.violations: list[Violation] = []
         self._init_resources()
+        self._init_ci()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -308,6 +309,8 @@ class GitHubDouble(GitHubResources):
         else:
             body = MISSING
 
+        if path.startswith(self.path_prefix + BLOB_PREFIX):
+            return self.serve_blob(call), call
         if self.path_prefix and not path.startswith(self.path_prefix + "/"):
             return self._refuse(
                 call, "unknown_operation", 404, "Not Found", f"path lacks prefix {self.path_prefix}"

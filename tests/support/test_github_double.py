@@ -397,6 +397,21 @@ def _exercise_every_operation(gh: GitHubDouble, http: httpx.Client) -> None:
     http.get(f"{repo}/branches/main", headers=auth)
     http.get("/users/octocat", headers=auth)
     http.get(f"/users/{gh.bot_login}", headers=auth)
+    _exercise_ci(gh, http, auth, repo)
+
+
+def _exercise_ci(gh: GitHubDouble, http: httpx.Client, auth: dict[str, str], repo: str) -> None:
+    sha = "b" * 40
+    workflow = gh.ci_workflow_run("octo", "app", sha, "CI", branch="feature")
+    job = gh.ci_check_run("octo", "app", sha, "test", run=workflow)
+    gh.finish_ci(job, "failure", title="1 failed", annotations=[{"message": "boom"}], log="ok\nFAILED x\n")
+    gh.finish_ci(workflow, "failure")
+    http.get(f"{repo}/commits/{sha}/check-suites", headers=auth)
+    http.get(f"{repo}/check-runs/{job['id']}/annotations", headers=auth)
+    http.get(f"{repo}/actions/runs", params={"head_sha": sha}, headers=auth)
+    http.get(f"{repo}/actions/runs/{workflow['id']}/jobs", headers=auth)
+    logs = http.get(f"{repo}/actions/jobs/{job['id']}/logs", headers=auth, follow_redirects=False)
+    assert logs.status_code == 302
 
 
 def test_default_answers_fit_githubs_response_schemas(gh: GitHubDouble, http: httpx.Client) -> None:
@@ -414,6 +429,19 @@ def test_default_answers_fit_githubs_response_schemas(gh: GitHubDouble, http: ht
     assert all(c.status < 400 for c in calls), [
         (c.method, c.path, c.status, c.response) for c in calls if c.status >= 400
     ]
+
+
+def test_job_logs_answer_with_a_redirect_to_storage_that_refuses_tokens(gh: GitHubDouble, http: httpx.Client) -> None:
+    auth = installation_auth(http)
+    job = gh.ci_check_run("octo", "app", "c" * 40, "test")
+    gh.finish_ci(job, "failure", log="line 1\nAssertionError\n")
+
+    answer = http.get(f"/repos/octo/app/actions/jobs/{job['id']}/logs", headers=auth, follow_redirects=False)
+    assert answer.status_code == 302
+    assert http.get(answer.headers["location"]).text == "line 1\nAssertionError\n"
+    assert http.get(answer.headers["location"], headers=auth).status_code == 400
+    assert [v.kind for v in gh.violations] == ["unauthorized"]
+    gh.violations.clear()
 
 
 def test_leaving_the_block_raises_on_violations() -> None:

@@ -48,6 +48,7 @@ EVENT_PERMISSION = {
     "pull_request_review_comment": "pull_requests",
     "check_run": "checks",
     "check_suite": "checks",
+    "workflow_run": "actions",
 }
 
 
@@ -192,6 +193,7 @@ def test_manifest_points_github_at_this_deployment() -> None:
     assert manifest["redirect_url"] == f"{BASE}/setup/callback"
     assert manifest["public"] is False
     assert manifest["default_permissions"] == {
+        "actions": "read",
         "checks": "write",
         "contents": "write",
         "issues": "write",
