@@ -1,6 +1,6 @@
 """`nofx run --repo PATH "request"`: the same engine on a repository on this machine, no GitHub.
 
-A run is planned from the repository's own `.github/nofx.yml` (without the pull request step),
+A run is planned from the repository's own `.github/nofx.yml` (without the pull request and CI steps),
 executed by a real RQ worker in this process on an embedded queue, shown in the terminal as it
 goes, and its result is left committed on a `nofx/local-…` branch of the repository.
 """
@@ -83,7 +83,9 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
 async def _plan(runtime: Runtime, request: str, config: RepoConfig) -> Plan:
     """The repository's plan without approvals or a pull request: the person at the terminal decides."""
     local_config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, require_approval_before=()))
-    tools = {tool for tool in runtime.engine.handlers if tool not in ("git_pr", "git_ops", "manual:approval")}
+    tools = {
+        tool for tool in runtime.engine.handlers if tool not in ("git_pr", "gate:ci", "git_ops", "manual:approval")
+    }
     try:
         plan = await planner.build(request, local_config, available_tools=set(runtime.engine.handlers))
     except PlanError as exc:

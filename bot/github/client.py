@@ -147,7 +147,7 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
                     kept += chunk
                     if len(kept) > max_bytes:
                         del kept[: len(kept) - max_bytes]
-        except gh_httpx.httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:
             raise LogUnavailable(f"the log storage could not be read: {type(exc).__name__}") from None
         return bytes(kept)
 

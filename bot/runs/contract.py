@@ -43,6 +43,7 @@ class StepContext:
     author: Callable[[], Awaitable[tuple[str, str]]] | None = None  # the App's bot account, for commits
     inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
     sandbox: Sandbox = field(default_factory=Sandbox)  # where repository code runs (NOFX_SANDBOX)
+    ci: Callable[[StepContext], Awaitable[StepResult]] | None = None  # `gate:ci`: one look at the repository's CI
 
     @property
     def inputs(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import checkpoints, policy, report
+from bot.runs import checkpoints, ci_gate, policy, report
 from bot.runs import records as runs
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
@@ -190,6 +190,7 @@ class Engine:
             author=(lambda: identity.bot_author(github.installation_client(run.installation_id), self.store))
             if github
             else None,
+            ci=ci_gate.look if github and step.tool == "gate:ci" else None,
         )
 
     async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:
