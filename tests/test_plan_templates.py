@@ -42,6 +42,7 @@ def test_the_default_template_is_the_plan_nofx_always_made() -> None:
         ("lint", "gate:lint"),
         ("approve-pull-request", "manual:approval"),
         ("pull-request", "git_pr"),
+        ("ci", "gate:ci"),  # the repository's own CI, unless `ci.wait: false`
     ]
     assert steps[0][2] == {"request": "fix it"} and steps[2][2] == {}  # the engine takes the command from gates:
 
