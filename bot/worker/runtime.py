@@ -55,11 +55,15 @@ class Runtime:
             workspaces=workspaces or Workspaces(settings.data_dir / "workspaces"),
             artifacts=Artifacts(settings.data_dir, self.store),
             llm=self.llm,
-            redact=self.redactor.redact,
+            redact=self._public_error,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
             sandbox=Sandbox(isolation=settings.sandbox),
         )
         self._runner = asyncio.Runner()
+
+    def _public_error(self, text: str) -> str:
+        """A step's error as GitHub shows it: no secret, and the server's own directories not named."""
+        return self.redactor.redact(text).replace(str(self.settings.data_dir.resolve()), "<data dir>")
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a job's coroutine on this process's loop (HTTP clients are bound to one loop)."""

@@ -78,9 +78,12 @@ class GitLayout:
     common_dir: Path  # the mirror
     nofx_config: bool = True  # nofx wrote the repository's config (a mirror), so it knows every key in it
 
-    def dot_git(self) -> str:
-        """The exact content git wrote into the worktree's `.git` file."""
-        return f"gitdir: {self.git_dir}\n"
+    def points_here(self, dot_git: str, worktree: Path) -> bool:
+        """Whether a `.git` file's text is what git wrote for this worktree: one `gitdir:` line naming git_dir."""
+        lines = dot_git.splitlines()
+        if len(lines) != 1 or not lines[0].startswith("gitdir: "):
+            return False
+        return (worktree / lines[0].removeprefix("gitdir: ")).resolve() == self.git_dir.resolve()
 
 
 @dataclass(frozen=True)
@@ -192,11 +195,10 @@ def git_fingerprint(cwd: Path, git: GitLayout) -> str:
     of the git files nofx relies on, to compare after the command (raises WorkspaceTampered)."""
     dot_git = cwd / ".git"
     try:
-        stat = dot_git.lstat()
-        content = dot_git.read_text(encoding="utf-8") if dot_git.is_file() and not dot_git.is_symlink() else None
+        content = dot_git.read_text(encoding="utf-8") if dot_git.is_file() and not dot_git.is_symlink() else ""
     except (OSError, UnicodeDecodeError):
-        content, stat = None, None
-    if stat is None or content != git.dot_git():
+        content = ""
+    if not git.points_here(content, cwd):
         raise WorkspaceTampered(
             "the worktree's `.git` was changed or replaced by code that ran in it (it no longer points at nofx's "
             "own git dir); nofx refuses to run anything more in this run. Start a new run."

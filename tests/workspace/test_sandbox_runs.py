@@ -177,3 +177,17 @@ class TestWithoutIsolation:
         assert "NOFX_SANDBOX=none" in check["output"]["text"] + check["output"]["summary"]
         page = client.get("/")
         assert "NOFX_SANDBOX=none" in page.text and "WITHOUT isolation" in page.text
+
+
+def test_step_errors_do_not_name_the_servers_directories(settings: Settings) -> None:
+    """What a worker turns an exception into before it reaches the status comment and the check run."""
+    from bot.worker.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        worktree = settings.data_dir.resolve() / "worktrees" / "run1"
+        message = runtime.engine.redact(f"fatal: '{worktree}' already exists; key {settings.webhook_secret}")
+    finally:
+        runtime.close()
+
+    assert message == "fatal: '<data dir>/worktrees/run1' already exists; key [redacted]"
