@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.events.context import EventContext
@@ -16,7 +17,7 @@ from bot.runs.artifacts import Artifacts
 from bot.runs.contract import discover_handlers
 from bot.runs.engine import Engine
 from bot.runs.memory import ThreadMemoryConfig
-from bot.settings import Settings
+from bot.settings import ENV_FILE, Settings
 from bot.store import Store
 from bot.workspace.mirrors import Workspaces
 from bot.workspace.sandbox import Sandbox
@@ -57,7 +58,7 @@ class Runtime:
             llm=self.llm,
             redact=self._public_error,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
-            sandbox=Sandbox(isolation=settings.sandbox),
+            sandbox=Sandbox(isolation=settings.sandbox, hidden=(settings.data_dir, Path(ENV_FILE))),
         )
         self._runner = asyncio.Runner()
 

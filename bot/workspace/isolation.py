@@ -7,6 +7,7 @@ The layout (later entries are mounted on top of earlier ones):
     /dev /proc                        a minimal /dev, a /proc of the new PID namespace (no other process shows)
     /tmp                              an empty tmpfs of bounded size; HOME is /tmp/home
     each `readonly` path              read-only, at the same path as outside (tool directories)
+    each `hidden` path                an empty tmpfs or /dev/null: nofx's data dir and `.env`, should a bind show them
     the run's git dirs                read-only, from the paths nofx recorded when it made the worktree (never from
                                       the worktree's `.git` file, which the command can rewrite): the mirror with
                                       an empty tmpfs over its `worktrees/`, and this worktree's own entry put back
@@ -122,11 +123,16 @@ def bwrap_args(
     git: GitLayout | None = None,
     writable: list[Path] | None = None,
     readonly: list[Path] | None = None,
+    hidden: list[Path] | None = None,
     network: bool = False,
     tmp_bytes: int = 256 * 2**20,
 ) -> list[str]:
-    """The bwrap options for the layout the module docstring describes; every path is resolved already."""
-    writable, readonly = writable or [], readonly or []
+    """The bwrap options for the layout the module docstring describes; every path is resolved already.
+
+    `hidden` are nofx's own files and directories (data dir, `.env`): masked wherever a read-only bind would
+    otherwise show them (say, a data dir under /opt); the worktree and git dirs inside are bound on top again.
+    """
+    writable, readonly, hidden = writable or [], readonly or [], hidden or []
     args: list[str] = []
     for name in _SYSTEM_DIRS:
         path = Path(name)
@@ -143,6 +149,11 @@ def bwrap_args(
     for path in readonly:
         if not any(path.is_relative_to(name) for name in _SYSTEM_DIRS):  # those are visible read-only already
             args += ["--ro-bind", str(path), str(path)]
+    for path in hidden:
+        if path.is_dir():
+            args += ["--tmpfs", str(path)]
+        elif path.exists():
+            args += ["--ro-bind", "/dev/null", str(path)]
     if git is not None:
         args += _git_binds(git, cwd)
     for path in exposed:

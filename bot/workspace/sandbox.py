@@ -104,6 +104,7 @@ class Sandbox:
     isolation: str = "bwrap"
     limits: Limits = field(default_factory=Limits)
     readonly: tuple[Path, ...] = field(default=())
+    hidden: tuple[Path, ...] = field(default=())  # nofx's own paths (data dir, .env), masked if a bind shows them
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -133,6 +134,7 @@ class Sandbox:
             isolation=self.isolation,
             network=network,
             readonly=self.readonly,
+            hidden=self.hidden,
             max_output_bytes=max_output_bytes,
         )
         return replace(result, output=public_paths(result.output, workspace.path, workspace.mirror))
@@ -175,6 +177,7 @@ async def run_command(
     max_output_bytes: int = 256 * 1024,
     writable: Iterable[Path] = (),
     readonly: Iterable[Path] = (),
+    hidden: Iterable[Path] = (),
 ) -> CommandResult:
     """Run a shell command from the repo config in `cwd`; never raises for the command's own failure.
 
@@ -188,7 +191,8 @@ async def run_command(
     limits = limits or Limits()
     cwd = await asyncio.to_thread(Path(cwd).resolve, strict=True)
     before = await asyncio.to_thread(git_fingerprint, cwd, git) if git is not None else None
-    prefix = await asyncio.to_thread(_prefix, cwd, git, list(writable), list(readonly), isolation, network, limits)
+    binds = _Binds(list(writable), list(readonly), list(hidden))
+    prefix = await asyncio.to_thread(_prefix, cwd, git, binds, isolation, network, limits)
     cgroup = await asyncio.to_thread(make_pids_cgroup, limits.processes)
     try:
         with _home_for(isolation) as home:
@@ -213,11 +217,17 @@ async def run_command(
     return result
 
 
+@dataclass(frozen=True)
+class _Binds:
+    writable: list[Path]
+    readonly: list[Path]
+    hidden: list[Path]
+
+
 def _prefix(
     cwd: Path,
     git: GitLayout | None,
-    writable: list[Path],
-    readonly: list[Path],
+    binds: _Binds,
     isolation: str,
     network: bool,
     limits: Limits,
@@ -231,8 +241,9 @@ def _prefix(
     layout = bwrap_args(
         cwd,
         git=git,
-        writable=[path.resolve(strict=True) for path in writable],
-        readonly=_existing(readonly),
+        writable=[path.resolve(strict=True) for path in binds.writable],
+        readonly=_existing(binds.readonly),
+        hidden=[Path(path).resolve() for path in binds.hidden],
         network=network,
         tmp_bytes=limits.tmp_bytes,
     )

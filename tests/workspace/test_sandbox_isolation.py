@@ -175,3 +175,23 @@ async def test_tool_directories_are_visible_read_only(bwrap: None, tmp_path: Pat
     )
 
     assert result.output.splitlines() == ["hello from the toolchain", "tools-read-only", "toolchain", "work"]
+
+
+async def test_nofx_own_paths_stay_hidden_even_under_a_bound_directory(bwrap: None, tmp_path: Path) -> None:
+    """A data dir or `.env` under a directory the sandbox shows (think /opt/nofx) is masked; the worktree is not."""
+    install = tmp_path / "opt-nofx"
+    data, worktree = install / "data", install / "data" / "worktrees" / "run1"
+    worktree.mkdir(parents=True)
+    (install / ".env").write_text("GITHUB_WEBHOOK_SECRET=whsec\n")
+    (data / "nofx.db").write_text("the database\n")
+    (worktree / "mine.txt").write_text("the run's own file\n")
+
+    result = await run_command(
+        f"grep -s SECRET {install}/.env || echo env-hidden; ls {data}; cat mine.txt",
+        cwd=worktree,
+        timeout_s=10,
+        readonly=[install],
+        hidden=[data, install / ".env"],
+    )
+
+    assert result.output.splitlines() == ["env-hidden", "worktrees", "the run's own file"], result.output
