@@ -244,17 +244,16 @@ def _workflow_run(item: dict[str, Any]) -> Check:
 
 
 async def evidence(gh: GitHubAPI, owner: str, repo: str, snapshot: Snapshot, failing: Sequence[Check]) -> str:
-    """What the failing checks say: each one's output and annotations, and the failed Actions jobs' log excerpts.
+    """What the failing checks say: the failed Actions jobs' log excerpts, then each check's output and annotations.
 
-    Untrusted text from the repository's CI, capped at MAX_EVIDENCE_CHARS; a part GitHub will not give is named
-    as missing rather than failing the gathering.
+    Untrusted text from the repository's CI, capped at MAX_EVIDENCE_CHARS. The precise parts (annotations name the
+    file and line) come last, where a reader of the tail (the repair round keeps the last lines) finds them. A part
+    GitHub will not give is named as missing rather than failing the gathering.
     """
-    parts: list[str] = []
+    parts = await _job_logs(gh, owner, repo, [w for w in snapshot.workflow_runs if w.failed])
     for check in failing[:MAX_LOGS]:
-        lines = [
-            f"## {check.kind.replace('_', ' ')} `{check.name}`: {check.conclusion}"
-            + (f" ({check.url})" if check.url else "")
-        ]
+        link = f" ({check.url})" if check.url else ""
+        lines = [f"## {check.kind.replace('_', ' ')} `{check.name}`: {check.conclusion}{link}"]
         if check.output:
             lines.append(check.output)
         if check.kind == "check_run":
@@ -263,28 +262,27 @@ async def evidence(gh: GitHubAPI, owner: str, repo: str, snapshot: Snapshot, fai
             except (BadRequest, GitHubBroken) as exc:
                 lines.append(f"(annotations not available: {exc.status_code})")
         parts.append("\n".join(lines))
-    failed_runs = [w for w in snapshot.workflow_runs if w.failed]
-    logs_read = 0
+    return "\n\n".join(parts)[-MAX_EVIDENCE_CHARS:]
+
+
+async def _job_logs(gh: GitHubAPI, owner: str, repo: str, failed_runs: Sequence[Check]) -> list[str]:
+    """For each failed workflow run, its failed jobs' logs trimmed around the failure (at most MAX_LOGS logs)."""
+    parts: list[str] = []
     for workflow in failed_runs[:MAX_LOGS]:
         try:
             jobs = await failed_jobs(gh, owner, repo, workflow.id)
         except (BadRequest, GitHubBroken) as exc:
             parts.append(f"## workflow `{workflow.name}`: jobs not available ({exc.status_code})")
             continue
-        for job in jobs:
-            if logs_read >= MAX_LOGS:
-                break
-            logs_read += 1
+        for job in jobs[: max(0, MAX_LOGS - len(parts))]:
             steps = [s.get("name") for s in job.get("steps") or [] if s.get("conclusion") == "failure"]
-            heading = f"## job `{job.get('name')}` of workflow `{workflow.name}` failed" + (
-                f" at step `{steps[0]}`" if steps else ""
-            )
+            at_step = f" at step `{steps[0]}`" if steps else ""
             try:
                 log_text = trim_log(await job_log(gh, owner, repo, int(job["id"])), max_chars=MAX_LOG_CHARS)
             except (BadRequest, GitHubBroken, LogUnavailable) as exc:
                 log_text = f"(log not available: {exc})"
-            parts.append(f"{heading}\n{log_text}")
-    return "\n\n".join(parts)[:MAX_EVIDENCE_CHARS]
+            parts.append(f"## job `{job.get('name')}` of workflow `{workflow.name}` failed{at_step}\n{log_text}")
+    return parts
 
 
 def _annotation(note: dict[str, Any]) -> str:
