@@ -118,9 +118,15 @@ class Sandbox:
         env_allowed: Iterable[str] = (),
         timeout_s: float,
         network: bool = False,
+        writable: Iterable[Path] = (),
+        env: Mapping[str, str] | None = None,
         max_output_bytes: int = 256 * 1024,
     ) -> CommandResult:
-        """Run `command` in the run's worktree; raises SandboxUnavailable (nothing ran) or WorkspaceTampered."""
+        """Run `command` in the run's worktree; raises SandboxUnavailable (nothing ran) or WorkspaceTampered.
+
+        `network=True` only for the setup step; `writable` adds directories nofx chose (a setup cache), and `env`
+        variables nofx sets itself (never from repository config), on top of the scrubbed environment.
+        """
         git = None
         if workspace.git_dir is not None:  # a local run's (no clone URL) repository config is the user's own
             git = GitLayout(workspace.git_dir, workspace.mirror, nofx_config=bool(workspace.clone_url))
@@ -135,6 +141,8 @@ class Sandbox:
             network=network,
             readonly=self.readonly,
             hidden=self.hidden,
+            writable=writable,
+            extra_env=env,
             max_output_bytes=max_output_bytes,
         )
         return replace(result, output=public_paths(result.output, workspace.path, workspace.mirror))
@@ -178,6 +186,7 @@ async def run_command(
     writable: Iterable[Path] = (),
     readonly: Iterable[Path] = (),
     hidden: Iterable[Path] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> CommandResult:
     """Run a shell command from the repo config in `cwd`; never raises for the command's own failure.
 
@@ -199,7 +208,7 @@ async def run_command(
             result = await _execute(
                 [*prefix, "/bin/sh", "-c", command],
                 cwd=cwd,
-                env=scrubbed_env(env_allowed, home=home),
+                env={**scrubbed_env(env_allowed, home=home), **(extra_env or {})},
                 timeout_s=timeout_s,
                 limits=limits,
                 cgroup=cgroup,

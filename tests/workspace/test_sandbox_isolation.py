@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bot.workspace import isolation as layouts
-from bot.workspace.sandbox import GitLayout, WorkspaceTampered, run_command
+from bot.workspace.sandbox import GitLayout, Sandbox, WorkspaceTampered, run_command
+from bot.workspace.worktrees import Worktree
 
 NO_BWRAP = "bwrap is not installed or cannot create namespaces here (isolation.probe() says why)"
 
@@ -195,3 +196,32 @@ async def test_nofx_own_paths_stay_hidden_even_under_a_bound_directory(bwrap: No
     )
 
     assert result.output.splitlines() == ["env-hidden", "worktrees", "the run's own file"], result.output
+
+
+async def test_the_setup_seam_adds_a_writable_dir_and_nofx_variables(
+    bwrap: None, checkouts: Checkouts, tmp_path: Path
+) -> None:
+    """What the setup step uses: a cache dir nofx chose, variables nofx sets; the worktree's paths come back relative."""
+    cache = tmp_path / "setup-cache"
+    cache.mkdir()
+    worktree = Worktree(
+        path=checkouts.mine,
+        branch="mine",
+        base_ref="main",
+        base_sha="0" * 40,
+        mirror=checkouts.mirror,
+        run_id="run-mine",
+        clone_url="http://git.example/o/r.git",
+        git_dir=checkouts.layout.git_dir,
+    )
+
+    result = await Sandbox().run(
+        'touch "$NOFX_SETUP_DIR/installed" && echo "$PWD/a.txt"',
+        worktree,
+        timeout_s=10,
+        writable=[cache],
+        env={"NOFX_SETUP_DIR": str(cache)},
+    )
+
+    assert result.ok and result.output == "a.txt\n", result.output
+    assert (cache / "installed").exists()
