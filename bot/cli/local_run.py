@@ -15,8 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.cli.terminal import steps_table, summary_panel
 from bot.models import RunStatus
 from bot.plans import Plan, PlanError
 from bot.queue import start_embedded_valkey
@@ -28,8 +32,6 @@ from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
 from bot.workspace.local import LocalWorkspaces
 from bot.workspace.worktrees import Checkout, branch_name
-
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "waiting": "magenta"}
 
 
 class LocalRunError(Exception):
@@ -72,7 +74,7 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
             branch=branch_name(0, request).replace("nofx/0-", "nofx/local-", 1),
         )
         run = runs.create(runtime.store, spec, plan, describe(config))
-        console.print(f"[bold]nofx[/] run [cyan]{run.id}[/] on {repo}: {plan.goal}")
+        console.print(f"[bold]nofx[/] run [cyan]{run.id}[/] on {repo}: {plan.goal}", highlight=False)
         runtime.engine.after(runs.start(runtime.store, run.id), run.id)
         return _follow(runtime, workspaces, run.id, repo, console)
     finally:
@@ -97,30 +99,45 @@ async def _plan(runtime: Runtime, request: str, config: RepoConfig) -> Plan:
 
 
 def _follow(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Path, console: Console) -> int:
-    """Work the queue in this process, printing every event, until the run is over."""
-    seen = 0
-    while True:
-        run_worker(runtime, burst=True)
-        if not runtime.queue.enqueue_due():
-            time.sleep(0.1)  # only delayed jobs (retry backoff) are left: wait for them to come due
-        for event in runs.events_of(runtime.store, run_id, after_id=seen):
-            seen = event.id or seen
-            name = event.payload.get("name", "")
-            state = event.type.split(".", 1)[1]
-            style = STATUS_STYLE.get(state, "white")
-            console.print(f"  [{style}]{event.type:<16}[/] {name} {event.payload.get('error', '')}".rstrip())
-        run = runs.get_run(runtime.store, run_id)
-        assert run is not None
-        if run.status in runs.TERMINAL_RUN and sum(runtime.queue.depths().values()) == 0:
-            break
-        if run.status == RunStatus.waiting:
-            console.print("[magenta]the run waits for an approval, which local runs do not have[/]")
-            return 1
+    """Work the queue in this process under a live table of the steps, until the run is over."""
+    view = _LiveSteps(runtime, run_id)
+    with Live(get_renderable=view.render, console=console, refresh_per_second=4, transient=False):
+        while True:
+            run_worker(runtime, burst=True)
+            if not runtime.queue.enqueue_due():
+                time.sleep(0.1)  # only delayed jobs (retry backoff) are left: wait for them to come due
+            run = runs.get_run(runtime.store, run_id)
+            assert run is not None
+            if run.status in runs.TERMINAL_RUN and sum(runtime.queue.depths().values()) == 0:
+                break
+            if run.status == RunStatus.waiting:
+                break
+    if run.status == RunStatus.waiting:
+        console.print(summary_panel(["The run waits for an approval, which local runs do not have."], ok=False))
+        return 1
     if run.status != RunStatus.succeeded:
-        console.print(f"[red]run {run.status.value}[/]: {run.error or ''}")
+        console.print(summary_panel([f"run {run.status.value}: {(run.error or '').splitlines()[0][:300]}"], ok=False))
         asyncio.run(workspaces.discard(run.id, run.branch or ""))
         return 1
     return asyncio.run(_commit(runtime, workspaces, run_id, repo, console))
+
+
+class _LiveSteps:
+    """The live view's renderable, read from the database on each refresh (the worker runs in this thread's
+    place, so steps that run long still tick)."""
+
+    def __init__(self, runtime: Runtime, run_id: str) -> None:
+        self.runtime, self.run_id = runtime, run_id
+        self.last: RenderableType = Text("starting…")
+
+    def render(self) -> RenderableType:
+        try:
+            run = runs.get_run(self.runtime.store, self.run_id)
+            if run is not None:
+                self.last = steps_table(run, runs.steps_of(self.runtime.store, self.run_id))
+        except SQLAlchemyError:  # a refresh that races a write shows the previous frame
+            pass
+        return self.last
 
 
 async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Path, console: Console) -> int:
@@ -146,9 +163,20 @@ async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, re
     )
     await workspaces.remove(worktree)
     if sha is None:
-        console.print("[yellow]the run changed no file[/]")
+        console.print(summary_panel(["The run changed no file."], ok=False))
         return 1
-    console.print(f"[green]done[/]: {len(written)} file(s) committed on branch [bold]{worktree.branch}[/] ({sha[:12]})")
+    branch = worktree.branch
+    commits = _git(repo, "log", "--oneline", "--no-decorate", f"{run.head_sha}..{branch}", check=False)
+    lines = [
+        f"branch  {branch}  ({len(written)} file(s) changed, cost ${run.cost_usd:.4f})",
+        *(f"commit  {line}" for line in commits.splitlines()),
+        "",
+        f"in {repo}:",
+        f"  look:       git diff {(run.head_sha or '')[:12]}...{branch}",
+        f"  push it:    git push -u origin {branch}",
+        f"  open a PR:  gh pr create --head {branch} --fill",
+    ]
+    console.print(summary_panel(lines, ok=True))
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import uuid
 from dataclasses import replace
@@ -57,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     local = sub.add_parser("run", help="run a request on a local repository, no GitHub; the result is a branch")
     local.add_argument("--repo", type=Path, required=True, help="path of a git repository")
     local.add_argument("request", help='what to change, e.g. "add a cart"')
+    local.add_argument("-v", "--verbose", action="store_true", help="show the logs too (they always go to a file)")
     local.set_defaults(func=_run_locally)
 
     replay = sub.add_parser("replay", help="route a saved delivery (FILE) or a recorded one (--delivery) again")
@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument(
         "--dry-run", action="store_true", help="in GitHub Actions, print the review instead of posting it"
     )
+    review.add_argument("-v", "--verbose", action="store_true", help="show the logs too (they always go to a file)")
     review.set_defaults(func=_review)
 
     rca = sub.add_parser("rca", help="download a run's root-cause bundle (tar.gz) from the running server")
@@ -142,9 +143,10 @@ def _run_locally(args: argparse.Namespace, settings: Settings, redactor: logs.Re
     from rich.console import Console
 
     from bot.cli.local_run import LocalRunError, run_locally
+    from bot.cli.terminal import use_log_file
 
     console = Console(stderr=True)
-    logging.getLogger().setLevel(logging.WARNING)  # the terminal shows progress; JSON logs only for trouble
+    use_log_file(settings.data_dir, "run", redactor, verbose=args.verbose)  # the terminal shows the live view
     try:
         return run_locally(args.repo, args.request, settings, console)
     except LocalRunError as exc:
@@ -206,7 +208,9 @@ def _rca(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
 
 def _review(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
     from bot.cli.review import run  # the model and rich load only for `review`
+    from bot.cli.terminal import use_log_file
 
+    use_log_file(settings.data_dir, "review", redactor, verbose=args.verbose)
     return run(args, settings, redactor)
 
 

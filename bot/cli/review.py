@@ -22,10 +22,12 @@ from typing import Any
 
 import gidgethub
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
 from bot import logs
+from bot.cli.terminal import Phases
 from bot.github.client import NofxGitHubAPI, http_client
 from bot.llm.router import LLM, LLMError
 from bot.repo_config import CONFIG_PATH, ConfigError, RepoConfig, parse_config
@@ -115,7 +117,7 @@ async def _review(
     if llm is None:
         raise ReviewError("no model is configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY")
     try:
-        analysis = await analyse(llm, files, config)
+        analysis = await _analyse_in_view(out, llm, files, config, f"{args.base}...{head}")
     finally:
         await llm.aclose()
     if target is None:
@@ -141,6 +143,35 @@ async def _review(
             review, _sent = await publish.post_review(gh, target.pull, head_sha, placement)
             out.print(f"Posted review {review['id']} on {escape(_where(target))}.")
     return _verdict(out, analysis.findings, config)
+
+
+async def _analyse_in_view(out: Console, llm: LLM, files: Sequence[Any], config: RepoConfig, what: str) -> Analysis:
+    """The model's review; in a terminal under a live view of its progress (in CI logs, just the result)."""
+    if not out.is_terminal:
+        return await analyse(llm, files, config)
+    phases = Phases(f"nofx review {what}", ["diff", "review"])
+    phases.start("diff")
+    phases.finish("diff", f"{len(files)} file(s) changed")
+    calls = 0
+
+    def before_call() -> None:
+        nonlocal calls
+        calls += 1
+        phases.note("review", f"model call {calls}")
+
+    with Live(get_renderable=phases.render, console=out, refresh_per_second=4, transient=False):
+        phases.start("review", "reading the diff")
+        try:
+            analysis = await analyse(llm, files, config, before_call=before_call)
+        except BaseException:
+            phases.fail_running()
+            raise
+        phases.finish(
+            "review",
+            f"{len(analysis.findings)} finding(s) in {analysis.llm_calls} model call(s)",
+            cost=analysis.cost_usd,
+        )
+    return analysis
 
 
 def _placement(

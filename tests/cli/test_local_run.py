@@ -60,7 +60,7 @@ def test_the_result_is_left_on_a_branch_of_the_repository(
     assert (repo / "calc.py").read_text() == CALC
     assert "worktree" not in git(repo, "worktree", "list").split("\n", 1)[-1]
     err = capsys.readouterr().err
-    assert "step.finished" in err and branch in err
+    assert "succeeded" in err and branch in err  # the final frame of the steps table, and the summary
 
 
 def test_a_failing_gate_leaves_no_branch_and_says_why(
