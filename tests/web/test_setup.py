@@ -232,6 +232,14 @@ def test_manifest_sends_webhooks_to_the_public_url_when_known() -> None:
     assert manifest["redirect_url"] == "http://localhost:3000/setup/callback"  # back to this browser's cookie
 
 
+def test_manifest_sends_webhooks_to_the_proxy_channel_when_set() -> None:
+    channel = "https://smee.io/c6cnRNjYW9wqx1Y3"
+    manifest = setup.load_manifest(setup.APP_YML, "http://localhost:3000", webhook_proxy_url=channel)
+
+    assert manifest["hook_attributes"]["url"] == channel  # `serve` relays from it (WEBHOOK_PROXY_URL)
+    assert manifest["redirect_url"] == "http://localhost:3000/setup/callback"
+
+
 @pytest.mark.parametrize(
     ("api_url", "web"),
     [

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import CALC, TEST_CALC
 from tests.support.llm_double import AnthropicDouble
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MULTIPLY = CALC + "\n\ndef multiply(a, b):\n    return a * b\n"
 COLUMNS, LINES = 110, 60
 
