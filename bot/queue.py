@@ -107,7 +107,7 @@ class WorkQueue:
         return job_id
 
     def enqueue_report(self, run_id: str, delay_s: float = 0) -> None:
-        """Queue publishing a run to GitHub; callers coalesce through `bot.report.request_publish`."""
+        """Queue publishing a run to GitHub; callers coalesce through `bot.runs.report.request_publish`."""
         options = {"job_timeout": 120, "result_ttl": 60, "failure_ttl": 24 * 3600}
         if delay_s > 0:
             self.reports.enqueue_in(timedelta(seconds=delay_s), REPORT_JOB, run_id, **options)

@@ -4,7 +4,7 @@ Structured output is only ever a tool call whose input passed its JSON schema; a
 back to the model to correct (a bounded number of times) and never returned. Prompts are redacted
 and checked for secrets before they leave the process; user text goes in `untrusted()` fences.
 
-Messages are provider-neutral dicts (see `Message`); `bot.llm_providers` turns them into each wire format.
+Messages are provider-neutral dicts (see `Message`); `bot.llm.providers` turns them into each wire format.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ SUBMIT_PLAN = ToolSpec(
 
 
 def planner_for(llm: LLM, config: RepoConfig, tools: Collection[str]) -> Any:
-    """An `LLMPlanner` for `bot.planner.build`: its output is validated there like any template's."""
+    """An `LLMPlanner` for `bot.runs.planner.build`: its output is validated there like any template's."""
 
     async def plan(request: str, previous: str | None, template: dict[str, Any]) -> Any:
         system = prompts.load("planner").format(
