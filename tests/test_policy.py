@@ -20,7 +20,7 @@ from bot.models import Run, RunStatus, StepStatus
 from bot.plans import ALL_TOOLS, validate
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, describe
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.runs.progress import enqueue_progress
 from bot.settings import Settings
 from bot.store import Store
@@ -156,7 +156,7 @@ def test_the_approval_the_repository_requires_cannot_be_left_out_of_a_model_plan
 
     [run] = runs_in(store)
     assert run.status == RunStatus.waiting
-    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
     assert steps["approve-pr"].status == StepStatus.waiting
     assert steps["pr"].depends_on == ["approve-pr"] and steps["pr"].status == StepStatus.pending
     assert github.calls("POST", PULLS) == []
@@ -168,7 +168,7 @@ def test_the_engine_refuses_a_stored_step_that_skips_a_required_approval(
     """A plan that reached the database without the policy (an older nofx, a bug) still cannot skip it."""
     payload = load_payload("issue_comment.created")
     plan = validate({"goal": "ship", "steps": [{"name": "pr", "tool": "git_pr"}]}, available_tools=ALL_TOOLS)
-    request = runs.RunRequest(
+    request = records.RunRequest(
         installation_id=payload["installation"]["id"],
         repository=f"{OWNER}/{REPO}",
         thread_number=1,
@@ -180,11 +180,11 @@ def test_the_engine_refuses_a_stored_step_that_skips_a_required_approval(
         default_branch=BASE,
         branch="nofx/1-ship-it",
     )
-    run = runs.create(store, request, plan, describe(RepoConfig()))  # requires approval before git_pr
-    enqueue_progress(store, queue, runs.start(store, run.id), run.id)
+    run = records.create(store, request, plan, describe(RepoConfig()))  # requires approval before git_pr
+    enqueue_progress(store, queue, records.start(store, run.id), run.id)
     work()
 
-    [step] = runs.steps_of(store, run.id)
+    [step] = queries.steps_of(store, run.id)
     assert step.status == StepStatus.failed
     assert "requires a person's approval before `git_pr`" in (step.error or "")
     assert github.calls("POST", PULLS) == []
@@ -236,6 +236,6 @@ def test_a_workflow_edit_needs_approval_however_its_path_is_spelled(
 
     [run] = runs_in(store)
     assert run.status == RunStatus.failed
-    apply = next(s for s in runs.steps_of(store, run.id) if s.name == "apply")
+    apply = next(s for s in queries.steps_of(store, run.id) if s.name == "apply")
     assert apply.status == StepStatus.failed and "change CI workflows" in (apply.error or "")
     assert github.calls("POST", PULLS) == []

@@ -25,8 +25,7 @@ from bot.models import RunStatus
 from bot.plans import Plan, PlanError
 from bot.queue import start_embedded_valkey
 from bot.repo_config import CONFIG_PATH, ConfigError, RepoConfig, describe, parse_config
-from bot.runs import planner
-from bot.runs import records as runs
+from bot.runs import planner, queries, records
 from bot.settings import Settings
 from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
@@ -60,7 +59,7 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
     try:
         runtime.store.create_all()
         plan = asyncio.run(_plan(runtime, request, config))
-        spec = runs.RunRequest(
+        spec = records.RunRequest(
             installation_id=0,
             repository=f"local/{repo.name}",
             thread_number=0,
@@ -73,9 +72,9 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
             head_sha=head,
             branch=branch_name(0, request).replace("nofx/0-", "nofx/local-", 1),
         )
-        run = runs.create(runtime.store, spec, plan, describe(config))
+        run = records.create(runtime.store, spec, plan, describe(config))
         console.print(f"[bold]nofx[/] run [cyan]{run.id}[/] on {repo}: {plan.goal}", highlight=False)
-        runtime.engine.after(runs.start(runtime.store, run.id), run.id)
+        runtime.engine.after(records.start(runtime.store, run.id), run.id)
         return _follow(runtime, workspaces, run.id, repo, console)
     finally:
         runtime.close()
@@ -106,9 +105,9 @@ def _follow(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Pa
             run_worker(runtime, burst=True)
             if not runtime.queue.enqueue_due():
                 time.sleep(0.1)  # only delayed jobs (retry backoff) are left: wait for them to come due
-            run = runs.get_run(runtime.store, run_id)
+            run = queries.get_run(runtime.store, run_id)
             assert run is not None
-            if run.status in runs.TERMINAL_RUN and sum(runtime.queue.depths().values()) == 0:
+            if run.status in records.TERMINAL_RUN and sum(runtime.queue.depths().values()) == 0:
                 break
             if run.status == RunStatus.waiting:
                 break
@@ -132,9 +131,9 @@ class _LiveSteps:
 
     def render(self) -> RenderableType:
         try:
-            run = runs.get_run(self.runtime.store, self.run_id)
+            run = queries.get_run(self.runtime.store, self.run_id)
             if run is not None:
-                self.last = steps_table(run, runs.steps_of(self.runtime.store, self.run_id))
+                self.last = steps_table(run, queries.steps_of(self.runtime.store, self.run_id))
         except SQLAlchemyError:  # a refresh that races a write shows the previous frame
             pass
         return self.last
@@ -142,13 +141,13 @@ class _LiveSteps:
 
 async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, repo: Path, console: Console) -> int:
     """Commit what the run wrote on its branch, then remove the worktree: the branch stays in the repository."""
-    run = runs.get_run(runtime.store, run_id)
+    run = queries.get_run(runtime.store, run_id)
     assert run is not None
     worktree = await workspaces.prepare(Checkout(run_id=run.id, branch=run.branch or "", base_ref=run.head_sha or ""))
     written = sorted(
         {
             path
-            for s in runs.steps_of(runtime.store, run.id)
+            for s in queries.steps_of(runtime.store, run.id)
             if s.tool == "workspace:write"
             for path in s.output.get("files", [])
         }

@@ -29,8 +29,7 @@ from bot.render.replies import (
     permission_refused,
 )
 from bot.repo_config import RepoConfig, permission_reaches
-from bot.runs import planner
-from bot.runs import records as runs
+from bot.runs import planner, queries
 
 router = routing.Router()
 log = logging.getLogger(__name__)
@@ -232,7 +231,7 @@ def _run_of_check(ctx: EventContext, data: dict[str, Any]) -> Run | None:
     if current is not None and app is not None and app != current.id:
         return None  # another App's check run
     run_id = check.get("external_id") or ""
-    return runs.get_run(ctx.store, run_id) if run_id else None
+    return queries.get_run(ctx.store, run_id) if run_id else None
 
 
 def _thread_of_run(run: Run) -> Thread:

@@ -26,8 +26,7 @@ from bot.render.replies import (
 )
 from bot.render.status_comment import run_status_summary
 from bot.repo_config import RepoConfig, describe
-from bot.runs import memory, planner, policy, resume
-from bot.runs import records as runs
+from bot.runs import memory, planner, policy, queries, records, resume
 from bot.runs.llm_planner import planner_for
 from bot.store import Store
 from bot.workspace.worktrees import branch_name
@@ -80,14 +79,14 @@ class Turn:
 
     def latest_run(self) -> Run | None:
         if self.target is not None:
-            return runs.get_run(self.store, self.target.id)
-        return runs.latest_run_on_thread(self.store, self.thread.full_name, self.thread.number)
+            return queries.get_run(self.store, self.target.id)
+        return queries.latest_run_on_thread(self.store, self.thread.full_name, self.thread.number)
 
     def active_run(self) -> Run | None:
         if self.target is not None:
-            run = runs.get_run(self.store, self.target.id)
-            return run if run is not None and run.status not in runs.TERMINAL_RUN else None
-        return runs.active_run_on_thread(self.store, self.thread.full_name, self.thread.number)
+            run = queries.get_run(self.store, self.target.id)
+            return run if run is not None and run.status not in records.TERMINAL_RUN else None
+        return queries.active_run_on_thread(self.store, self.thread.full_name, self.thread.number)
 
 
 async def carry_out(turn: Turn, command: Command) -> None:
@@ -107,7 +106,7 @@ async def carry_out(turn: Turn, command: Command) -> None:
             if run is None:
                 await turn.say("There is no active run on this thread to cancel.")
                 return
-            ctx.after(runs.cancel(ctx.store, run.id, by=turn.sender), run.id)
+            ctx.after(records.cancel(ctx.store, run.id, by=turn.sender), run.id)
         case Verb.retry if command.retry_from is not None:
             await _resume_from_checkpoint(turn, command.retry_from)
         case Verb.retry:
@@ -117,7 +116,7 @@ async def carry_out(turn: Turn, command: Command) -> None:
             if run is None:
                 await turn.say("nofx has not run anything on this thread yet.")
                 return
-            steps = runs.steps_of(ctx.store, run.id)
+            steps = queries.steps_of(ctx.store, run.id)
             await turn.reply(run_status_summary(run, steps, config.git_mode, ctx.settings.run_url(run.id)))
         case Verb.review:
             if thread.kind != "pull_request":
@@ -210,7 +209,7 @@ async def _start_git_operation(turn: Turn, argument: str) -> None:
 
 def _create_and_start(turn: Turn, request: str, plan: Plan, where: _Where) -> None:
     ctx, thread, source = turn.ctx, turn.thread, turn.source
-    spec = runs.RunRequest(
+    spec = records.RunRequest(
         installation_id=thread.installation_id,
         repository=thread.full_name,
         thread_number=thread.number,
@@ -231,8 +230,8 @@ def _create_and_start(turn: Turn, request: str, plan: Plan, where: _Where) -> No
     )
     # One active run per thread: creation and start are serialised per thread across workers.
     with ctx.queue.thread_lock(f"{thread.full_name}#{thread.number}", THREAD_LOCK_S):
-        run = runs.create(ctx.store, spec, plan, describe(turn.config))
-        progress = runs.start(ctx.store, run.id)
+        run = records.create(ctx.store, spec, plan, describe(turn.config))
+        progress = records.start(ctx.store, run.id)
     ctx.memory.remember(ctx.store, run, "request", f"@{turn.sender} asked: {request}")
     ctx.memory.remember(ctx.store, run, "plan", f"{plan.goal}: " + ", ".join(s.name for s in plan.steps))
     log.info("run %s created (%s)", run.id, progress.run_status.value if progress.run_status else "?")
@@ -265,14 +264,14 @@ async def _decide(turn: Turn, command: Command) -> None:
     run = turn.active_run()
     waiting = [
         s
-        for s in (runs.steps_of(turn.store, run.id) if run and run.status == RunStatus.waiting else [])
+        for s in (queries.steps_of(turn.store, run.id) if run and run.status == RunStatus.waiting else [])
         if s.status == StepStatus.waiting
         and s.tool == "manual:approval"  # a step waiting for CI is not a person's to decide
         and (command.verb == Verb.reject or not command.argument or s.name == command.argument)
     ]
     if run is None or not waiting:
         ci = run is not None and any(
-            s.status == StepStatus.waiting and s.tool == "gate:ci" for s in runs.steps_of(turn.store, run.id)
+            s.status == StepStatus.waiting and s.tool == "gate:ci" for s in queries.steps_of(turn.store, run.id)
         )
         await turn.say(
             "nofx is waiting for CI, not for an approval."
@@ -282,7 +281,7 @@ async def _decide(turn: Turn, command: Command) -> None:
         return
     approved = command.verb == Verb.approve
     reason = command.argument if not approved else ""
-    progress = runs.decide(turn.store, waiting[0].id, approved=approved, by=turn.sender, reason=reason)
+    progress = records.decide(turn.store, waiting[0].id, approved=approved, by=turn.sender, reason=reason)
     turn.ctx.after(progress, run.id)
 
 
@@ -292,8 +291,8 @@ async def _retry(turn: Turn, command: Command) -> None:
         await turn.say("There is no failed run on this thread to retry.")
         return
     try:
-        progress = runs.retry(turn.store, run.id, command.argument or None, by=turn.sender)
-    except runs.TransitionError as exc:
+        progress = records.retry(turn.store, run.id, command.argument or None, by=turn.sender)
+    except records.TransitionError as exc:
         await turn.say(str(exc))
         return
     turn.ctx.after(progress, run.id)
@@ -345,7 +344,7 @@ async def _where_to_work(ctx: EventContext, gh: GitHubAPI, thread: Thread, reque
     if head_repo != thread.full_name.lower():
         raise _CannotWork("nofx cannot push to a pull request from a fork; ask on an issue instead.")
     head_ref, head_sha = pull["head"]["ref"], pull["head"]["sha"]
-    earlier = runs.latest_run_on_branch(ctx.store, thread.full_name, head_ref)
+    earlier = queries.latest_run_on_branch(ctx.store, thread.full_name, head_ref)
     if earlier is not None:
         return _Where(head_ref, pull["base"]["ref"], head_sha, follows=earlier)
     return _Where(branch_name(thread.number, request), head_ref, head_sha)
@@ -362,7 +361,7 @@ def _previous_outcome(ctx: EventContext, run: Run | None) -> str | None:
     """What an earlier run on the same branch asked for and did, as context for the follow-up."""
     if run is None:
         return None
-    steps = runs.steps_of(ctx.store, run.id)
+    steps = queries.steps_of(ctx.store, run.id)
     lines = [f"Request: {run.request}", f"Outcome: {run.status.value}" + (f" ({run.error})" if run.error else "")]
     lines += [f"- {s.name} ({s.tool}): {s.status.value} {s.output.get('summary', '')}".rstrip() for s in steps]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
 from bot.models import Artifact, Checkpoint, Run, RunStart, Step
-from bot.runs import records as runs
+from bot.runs import records
 from bot.runs.contract import StepContext, StepResult
 from bot.store import Store
 from bot.workspace.git import GitError
@@ -128,7 +128,7 @@ async def create(store: Store, worktree: Worktree, run: Run, step: Step, *, outc
         break
     else:
         raise GitError(["update-ref", ref], None, "", summary="no free checkpoint number after 20 attempts")
-    runs.record_event(
+    records.record_event(
         store,
         run.id,
         "checkpoint.created",

@@ -13,7 +13,7 @@ from typing import Any
 from bot import logs
 from bot.models import utcnow
 from bot.queue import WorkQueue
-from bot.runs import records as runs
+from bot.runs import records
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
 
@@ -33,11 +33,11 @@ def wake_for(
 ) -> list[str]:
     """Resume the CI steps waiting on `head_sha`, or on `branch` (someone else may have pushed to it)."""
     woken = []
-    for run, step in runs.waiting_steps(store, CI_TOOL, repository):
+    for run, step in records.waiting_steps(store, CI_TOOL, repository):
         output = step.output or {}
         if not (head_sha and head_sha == output.get("head_sha")) and not (branch and branch == output.get("branch")):
             continue
-        runs.record_event(store, run.id, "ci.reported", {"step": step.name, **report}, step.id)
+        records.record_event(store, run.id, "ci.reported", {"step": step.name, **report}, step.id)
         if _resume(store, queue, run.id, step.id, f"{report.get('event', 'webhook')}"):
             woken.append(step.id)
     return woken
@@ -47,7 +47,7 @@ def poll_due(store: Store, queue: WorkQueue, *, every: timedelta = POLL_EVERY) -
     """Resume the CI steps nothing has woken for `every`: the fallback for lost webhooks, and the timeout's clock."""
     now = utcnow()
     woken = []
-    for run, step in runs.waiting_steps(store, CI_TOOL):
+    for run, step in records.waiting_steps(store, CI_TOOL):
         checked = _when((step.output or {}).get("checked_at"))
         if (checked is None or checked <= now - every) and _resume(store, queue, run.id, step.id, "poll"):
             woken.append(step.id)
@@ -56,8 +56,8 @@ def poll_due(store: Store, queue: WorkQueue, *, every: timedelta = POLL_EVERY) -
 
 def _resume(store: Store, queue: WorkQueue, run_id: str, step_id: str, reason: str) -> bool:
     try:
-        progress = runs.resume_step(store, step_id, reason)
-    except runs.TransitionError:  # the run was cancelled meanwhile
+        progress = records.resume_step(store, step_id, reason)
+    except records.TransitionError:  # the run was cancelled meanwhile
         return False
     if not progress.enqueue:
         return False

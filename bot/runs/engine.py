@@ -19,8 +19,7 @@ from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import checkpoints, ci_gate, policy, report
-from bot.runs import records as runs
+from bot.runs import checkpoints, ci_gate, policy, queries, records, report
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
 from bot.runs.memory import ThreadMemoryConfig
@@ -71,32 +70,32 @@ class Engine:
         self.redact = redact
         self.sandbox = sandbox or Sandbox()
 
-    def after(self, progress: runs.Progress, run_id: str) -> None:
+    def after(self, progress: records.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
         enqueue_progress(self.store, self.queue, progress, run_id)
-        if progress.run_status in runs.TERMINAL_RUN:
+        if progress.run_status in records.TERMINAL_RUN:
             self.remember_outcome(run_id)
 
     def remember_outcome(self, run_id: str) -> None:
         """The thread's memory keeps how each run ended, for the next request on the thread."""
-        run = runs.get_run(self.store, run_id)
+        run = queries.get_run(self.store, run_id)
         if run is None or not self.memory.keys:
             return
         outcome = f"Run {run.id} ({run.request[:200]!r}) {run.status.value}" + (f": {run.error}" if run.error else "")
         self.memory.remember(self.store, run, "outcome", outcome)
 
     def enqueue(self, step_id: str, delay_s: float = 0) -> None:
-        step = runs.get_step(self.store, step_id)
+        step = queries.get_step(self.store, step_id)
         if step is not None:
             self.queue.enqueue_step(step.id, step.attempts + 1, step.timeout_s, delay_s)
 
     async def run_step(self, step_id: str, job_id: str | None) -> StepStatus | None:
         """The RQ job body: returns the status the step ended in, or None if this job had nothing to do."""
-        step = runs.claim_step(self.store, step_id, job_id)
+        step = records.claim_step(self.store, step_id, job_id)
         if step is None:
             log.info("step not claimable (taken, cancelled or finished)", extra=logs.fields(step_id=step_id))
             return None
-        run = runs.get_run(self.store, step.run_id)
+        run = queries.get_run(self.store, step.run_id)
         assert run is not None
         with logs.bound(
             delivery_id=run.delivery_id,
@@ -114,7 +113,7 @@ class Engine:
         config = from_dict(run.config)
         problem = self._refusal(run, step, config)
         if problem is not None:
-            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, problem))
+            return self._record(run, step, lambda: records.fail_step(self.store, step.id, problem))
         try:
             context = await self._context(run, step, config)
         except (GitError, ValueError) as exc:
@@ -129,23 +128,23 @@ class Engine:
             return StepStatus.cancelled
         except TimeoutError:
             message = f"timed out after {step.timeout_s} s"
-            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message))
+            return self._record(run, step, lambda: records.fail_step(self.store, step.id, message))
         except RetryableError as exc:
             return self._retry_or_fail(run, step, self._describe(exc))
         except StepFailed as exc:
             message, output = self._describe(exc), exc.output
-            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message, output))
+            return self._record(run, step, lambda: records.fail_step(self.store, step.id, message, output))
         except Exception as exc:
             log.exception("handler raised")
             message = self._describe(exc, with_type=True)
-            return self._record(run, step, lambda: runs.fail_step(self.store, step.id, message))
+            return self._record(run, step, lambda: records.fail_step(self.store, step.id, message))
         return self._record(run, step, lambda: _finish(self.store, step, result))
 
     def _refusal(self, run: Run, step: Step, config: RepoConfig) -> str | None:
         """Why the step may not run now, or None: missing handler, unmet dependencies, policy."""
         if step.tool not in self.handlers:
             return f"no handler for the tool {step.tool!r} on this server"
-        steps = runs.steps_of(self.store, run.id)
+        steps = queries.steps_of(self.store, run.id)
         by_name = {s.name: s for s in steps}
         unmet = [d for d in step.depends_on if by_name.get(d) is None or by_name[d].status != StepStatus.succeeded]
         if unmet:
@@ -158,10 +157,10 @@ class Engine:
         return policy.step_refusal(step, steps, config)
 
     async def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
-        earlier = {s.name: s for s in runs.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}
+        earlier = {s.name: s for s in queries.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}
 
         def emit(type_: str, payload: dict[str, object]) -> None:
-            runs.record_event(self.store, run.id, type_, {"step": step.name, **payload}, step.id)
+            records.record_event(self.store, run.id, type_, {"step": step.name, **payload}, step.id)
 
         github = self.github
         token = (lambda: github.installation_token(run.installation_id)) if github else None
@@ -201,7 +200,7 @@ class Engine:
             done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_S)
             if done:
                 break
-            if not await asyncio.to_thread(runs.heartbeat, self.store, step.id):
+            if not await asyncio.to_thread(records.heartbeat, self.store, step.id):
                 cancelled = True
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -215,8 +214,8 @@ class Engine:
         if step.attempts <= step.retries:
             delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (step.attempts - 1)) * random.uniform(0.75, 1.25)
             try:
-                runs.requeue_step(self.store, step.id, message)
-            except runs.TransitionError:
+                records.requeue_step(self.store, step.id, message)
+            except records.TransitionError:
                 return None
             log.warning(
                 "retryable error, attempt %s of %s in %.1f s: %s", step.attempts, step.retries + 1, delay, message
@@ -225,17 +224,17 @@ class Engine:
             report.request_publish(self.queue, run.id)
             return StepStatus.queued
         final = f"{message} (gave up after {step.attempts} attempts)"
-        return self._record(run, step, lambda: runs.fail_step(self.store, step.id, final))
+        return self._record(run, step, lambda: records.fail_step(self.store, step.id, final))
 
-    def _record(self, run: Run, step: Step, transition: Callable[[], runs.Progress]) -> StepStatus | None:
+    def _record(self, run: Run, step: Step, transition: Callable[[], records.Progress]) -> StepStatus | None:
         try:
             progress = transition()
-        except runs.TransitionError as exc:  # cancelled meanwhile: the cancel already recorded the outcome
+        except records.TransitionError as exc:  # cancelled meanwhile: the cancel already recorded the outcome
             log.info("step result not recorded: %s", exc)
             report.request_publish(self.queue, run.id)
             return None
         self.after(progress, run.id)
-        latest = runs.get_step(self.store, step.id)
+        latest = queries.get_step(self.store, step.id)
         return latest.status if latest else None
 
     def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
@@ -251,11 +250,11 @@ class _Cancelled(Exception):
     """The step stopped being `running` under us: somebody cancelled the run."""
 
 
-def _finish(store: Store, step: Step, result: StepResult) -> runs.Progress:
+def _finish(store: Store, step: Step, result: StepResult) -> records.Progress:
     output = {**result.output, **({"summary": result.summary} if result.summary else {})}
     if result.wait:
-        return runs.wait_step(store, step.id, output)
-    return runs.succeed_step(store, step.id, output)
+        return records.wait_step(store, step.id, output)
+    return records.succeed_step(store, step.id, output)
 
 
 def checkout_of(run: Run, token: TokenProvider) -> Checkout:

@@ -24,8 +24,7 @@ from sqlmodel import SQLModel
 
 from bot.logs import Redactor, run_log_path
 from bot.models import Checkpoint, Delivery, Run, RunEvent, RunStatus, Step, StepStatus
-from bot.runs import checkpoint_diffs, checkpoints
-from bot.runs import records as runs
+from bot.runs import checkpoint_diffs, checkpoints, queries
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.settings import Settings
 from bot.store import Store
@@ -82,12 +81,12 @@ async def build(store: Store, settings: Settings, run_id: str) -> bytes:
 def _collect(
     store: Store, settings: Settings, run_id: str, redactor: Redactor
 ) -> tuple[Bundle, Run, list[Step], list[RunEvent], list[Checkpoint], Delivery | None]:
-    run = runs.get_run(store, run_id)
+    run = queries.get_run(store, run_id)
     if run is None:
         raise RcaError(f"run {run_id} does not exist")
     bundle = Bundle(run_id)
-    steps = runs.steps_of(store, run_id)
-    events = runs.events_of(store, run_id)
+    steps = queries.steps_of(store, run_id)
+    events = queries.events_of(store, run_id)
     names = {s.id: s.name for s in steps}
 
     def add_json(name: str, data: Any) -> None:

@@ -18,7 +18,7 @@ from bot.models import Run, Step
 from bot.queue import WorkQueue
 from bot.render.check_run import check_run
 from bot.render.status_comment import status_comment, status_marker
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.settings import Settings
 from bot.store import Store
 
@@ -40,11 +40,11 @@ async def publish(store: Store, queue: WorkQueue, settings: Settings, gh: GitHub
     wait = _wait_before_next(queue, run_id)
     if wait > 0:
         await asyncio.sleep(wait)
-    run = runs.get_run(store, run_id)
+    run = queries.get_run(store, run_id)
     if run is None:
         return
-    steps = runs.steps_of(store, run_id)
-    behind = runs.get_run(store, run.behind_run_id) if run.behind_run_id else None
+    steps = queries.steps_of(store, run_id)
+    behind = queries.get_run(store, run.behind_run_id) if run.behind_run_id else None
     run_url = settings.run_url(run.id)
     await _publish_comment(store, gh, run, steps, behind, run_url)
     if run.head_sha:
@@ -72,7 +72,7 @@ async def _publish_comment(
         )
         comment_id = created["id"]
     if run.status_comment_id != comment_id:
-        runs.set_run_fields(store, run.id, status_comment_id=comment_id)
+        records.set_run_fields(store, run.id, status_comment_id=comment_id)
 
 
 async def _find_status_comment(gh: GitHubAPI, owner: str, repo: str, run: Run) -> int | None:
@@ -114,7 +114,7 @@ async def _publish_check_run(store: Store, gh: GitHubAPI, run: Run, steps: list[
         )
         check_run_id = created["id"]
     if run.check_run_id != check_run_id:
-        runs.set_run_fields(store, run.id, check_run_id=check_run_id)
+        records.set_run_fields(store, run.id, check_run_id=check_run_id)
 
 
 async def _find_check_run(gh: GitHubAPI, owner: str, repo: str, run: Run) -> int | None:

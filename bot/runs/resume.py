@@ -9,8 +9,7 @@ from bot.plans import ALL_TOOLS, Plan, PlanError, StepSpec
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig
 from bot.repo_config import describe as describe_config
-from bot.runs import policy
-from bot.runs import records as runs
+from bot.runs import policy, queries, records
 from bot.runs.checkpoints import CheckpointError, get, written_files
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
@@ -40,13 +39,13 @@ def resume(
     it and its plan passes the policy again. Without it (the runs API, which reads no repository) the source
     run's config is kept; the engine still checks each step against it.
     """
-    source = runs.get_run(store, run_id)
+    source = queries.get_run(store, run_id)
     if source is None:
         raise ResumeError(f"run {run_id} does not exist")
     checkpoint = get(store, run_id, n)
     if checkpoint is None:
         raise ResumeError(f"run {run_id} has no checkpoint {n}")
-    steps = runs.steps_of(store, run_id)
+    steps = queries.steps_of(store, run_id)
     at = next((s for s in steps if s.id == checkpoint.step_id), None)
     if at is None:
         raise ResumeError(f"the step of checkpoint {n} is not part of run {run_id}")
@@ -58,7 +57,7 @@ def resume(
             plan = policy.enforce(plan.to_dict(), config, available_tools=ALL_TOOLS)
         except PlanError as exc:
             raise ResumeError(f"the rest of the plan breaks the repository's current policy: {exc}") from None
-    request = runs.RunRequest(
+    request = records.RunRequest(
         installation_id=source.installation_id,
         repository=source.repository,
         thread_number=source.thread_number,
@@ -74,7 +73,7 @@ def resume(
         head_sha=source.head_sha,
         branch=_branch_for(store, source, n),
     )
-    run = runs.create(store, request, plan, describe_config(config) if config is not None else source.config)
+    run = records.create(store, request, plan, describe_config(config) if config is not None else source.config)
     files = set(written_files(store, run_id))
     files |= {
         path
@@ -94,11 +93,11 @@ def resume(
             )
         )
     detail = {"source_run_id": run_id, "n": n, "commit": checkpoint.commit_sha, "by": by}
-    runs.record_event(store, run.id, "run.resumed_from", detail)
-    runs.record_event(store, run_id, "run.branched", {"run_id": run.id, "n": n, "by": by})
-    enqueue_progress(store, queue, runs.start(store, run.id), run.id)
+    records.record_event(store, run.id, "run.resumed_from", detail)
+    records.record_event(store, run_id, "run.branched", {"run_id": run.id, "n": n, "by": by})
+    enqueue_progress(store, queue, records.start(store, run.id), run.id)
     log.info("run %s resumed from checkpoint %s of run %s by %s", run.id, n, run_id, by)
-    return runs.get_run(store, run.id) or run
+    return queries.get_run(store, run.id) or run
 
 
 def _remaining_plan(source: Run, position: int) -> Plan:
@@ -124,7 +123,7 @@ def _branch_for(store: Store, source: Run, n: int) -> str:
     """`<source branch>-cp<n>`, numbered on when taken: the source run's worktree may still hold its own branch."""
     stem = f"{source.branch or f'nofx/{source.thread_number}-change'}-cp{n}"
     candidate, suffix = stem, 1
-    while runs.latest_run_on_branch(store, source.repository, candidate) is not None:
+    while queries.latest_run_on_branch(store, source.repository, candidate) is not None:
         suffix += 1
         candidate = f"{stem}-{suffix}"
     return candidate

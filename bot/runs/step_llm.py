@@ -6,7 +6,7 @@ from typing import Any
 
 from bot.llm.router import LLM, Budget, LLMResponse
 from bot.models import Step
-from bot.runs import records as runs
+from bot.runs import records
 from bot.store import Store
 
 
@@ -29,7 +29,7 @@ class StepLLM:
             usage = response.usage if response else None
             cost = (budget.spent_usd - spent_before) if budget else (usage.cost_usd if usage else 0.0)
             if usage is not None or cost > 0:
-                runs.add_usage(
+                records.add_usage(
                     self._store,
                     self._step,
                     input_tokens=usage.input_tokens if usage else 0,

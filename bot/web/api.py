@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from bot.models import Artifact, Run, RunEvent, RunStatus, Step
 from bot.queue import WorkQueue
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
@@ -214,7 +214,7 @@ async def stream_run(request: Request) -> Response:
     run_id = _run_id(request)
     store = _store(request)
     after = _last_event_id(request)
-    if await to_thread.run_sync(runs.get_run, store, run_id) is None:
+    if await to_thread.run_sync(queries.get_run, store, run_id) is None:
         raise Problem(404, f"no run {run_id}")
     reader = sse.EventReader(store, run_id, after or 0, request.app.state.stream_timing)
     return sse.stream_response(request, reader)
@@ -243,24 +243,24 @@ async def retry_step(request: Request) -> Response:
     found = await to_thread.run_sync(_step_named, store, run_id, step_name) if _STEP_NAME.fullmatch(step_name) else None
     if found is None:
         raise Problem(404, f"no step {step_name!r} in run {run_id}")
-    return await _act(store, queue, run_id, lambda: runs.retry(store, run_id, step_name, by=API_ACTOR))
+    return await _act(store, queue, run_id, lambda: records.retry(store, run_id, step_name, by=API_ACTOR))
 
 
 async def cancel_run(request: Request) -> Response:
     """`POST /runs/{id}/cancel`: 202 with the run's new state, 409 when it has already finished."""
     run_id = _run_id(request)
     store, queue = _store(request), _queue(request)
-    if await to_thread.run_sync(runs.get_run, store, run_id) is None:
+    if await to_thread.run_sync(queries.get_run, store, run_id) is None:
         raise Problem(404, f"no run {run_id}")
     return await _act(
-        store, queue, run_id, lambda: runs.cancel(store, run_id, by=API_ACTOR, reason="cancelled through the API")
+        store, queue, run_id, lambda: records.cancel(store, run_id, by=API_ACTOR, reason="cancelled through the API")
     )
 
 
-async def _act(store: Store, queue: WorkQueue, run_id: str, change: Callable[[], runs.Progress]) -> Response:
+async def _act(store: Store, queue: WorkQueue, run_id: str, change: Callable[[], records.Progress]) -> Response:
     try:
         progress = await to_thread.run_sync(change)
-    except runs.TransitionError as exc:
+    except records.TransitionError as exc:
         raise Problem(409, str(exc)) from None
     await to_thread.run_sync(enqueue_progress, store, queue, progress, run_id)
     data = await to_thread.run_sync(_run_details, store, run_id)

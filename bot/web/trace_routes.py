@@ -28,8 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot.models import Checkpoint, Run
-from bot.runs import checkpoint_diffs, checkpoints, memory, rca, resume
-from bot.runs import records as runs
+from bot.runs import checkpoint_diffs, checkpoints, memory, queries, rca, resume
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.auth import require_token
@@ -75,7 +74,7 @@ def routes() -> list[BaseRoute]:
 @require_token
 async def list_checkpoints(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    if not _RUN_ID.fullmatch(run_id) or await to_thread.run_sync(runs.get_run, _store(request), run_id) is None:
+    if not _RUN_ID.fullmatch(run_id) or await to_thread.run_sync(queries.get_run, _store(request), run_id) is None:
         return _error(404, f"run {run_id[:40]!r} does not exist")
     found = await to_thread.run_sync(checkpoints.list_for_run, _store(request), run_id)
     base = str(request.base_url).rstrip("/")
@@ -102,7 +101,7 @@ async def checkpoint_diff(request: Request) -> Response:
     run_id, n = request.path_params["run_id"], _checkpoint_n(request)
     if not _RUN_ID.fullmatch(run_id) or n is None:
         return _error(404, f"run {run_id[:40]!r} has no checkpoint {request.path_params['n'][:40]!r}")
-    run = await to_thread.run_sync(runs.get_run, store, run_id)
+    run = await to_thread.run_sync(queries.get_run, store, run_id)
     found = await to_thread.run_sync(checkpoints.list_for_run, store, run_id)
     by_n = {cp.n: cp for cp in found}
     if run is None or n not in by_n:
@@ -153,7 +152,7 @@ async def resume_from_checkpoint(request: Request) -> Response:
     except resume.ResumeError as exc:
         missing = "does not exist" in str(exc) or "has no checkpoint" in str(exc)
         return _error(404 if missing else 409, str(exc))
-    steps = await to_thread.run_sync(runs.steps_of, _store(request), run.id)
+    steps = await to_thread.run_sync(queries.steps_of, _store(request), run.id)
     return JSONResponse(
         {
             "run_id": run.id,

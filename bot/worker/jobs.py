@@ -11,8 +11,7 @@ from bot import deliveries, logs
 from bot.events import router as events
 from bot.models import DeliveryStatus
 from bot.review import passes
-from bot.runs import records as runs
-from bot.runs import report
+from bot.runs import queries, report
 from bot.settings import Settings
 from bot.worker.runtime import Runtime
 
@@ -63,7 +62,7 @@ def run_review(pass_id: str) -> None:
 def publish_run(run_id: str) -> None:
     """Show a run's current state on GitHub (status comment and check run)."""
     runtime = current_runtime()
-    run = runs.get_run(runtime.store, run_id)
+    run = queries.get_run(runtime.store, run_id)
     if run is None or runtime.github is None:
         return
     with logs.bound(run_id=run_id, repo=run.repository, installation=run.installation_id):
@@ -77,7 +76,7 @@ def clean_up_workspaces() -> None:
     workspaces = runtime.engine.workspaces
     if workspaces is None:
         return
-    active = runs.runs_keeping_worktrees(runtime.store, RETRY_WINDOW)
+    active = queries.runs_keeping_worktrees(runtime.store, RETRY_WINDOW)
     removed = runtime.run(workspaces.reap(active))
     evicted = runtime.run(workspaces.evict())
     log.info("workspaces cleaned", extra=logs.fields(removed=len(removed), evicted=len(evicted)))

@@ -16,8 +16,7 @@ from bot.metrics import workers as worker_metrics
 from bot.models import Step, StepStatus, utcnow
 from bot.queue import DISPATCH_LANE, REVIEW_JOB_TIMEOUT_S, WORK_LANE, dispatch_job_id, step_job_id
 from bot.review.pass_records import restart_abandoned
-from bot.runs import ci_wait, memory
-from bot.runs import records as runs
+from bot.runs import ci_wait, memory, queries, records
 from bot.worker import jobs, startup
 from bot.worker.runtime import Runtime
 
@@ -114,11 +113,11 @@ def sweep(runtime: Runtime) -> list[str]:
 def reap(runtime: Runtime, *, dead_after: timedelta = DEAD_STEP_AFTER) -> list[str]:
     """Retry (or fail) steps whose worker died mid-step, and re-enqueue queued steps whose job is lost."""
     reaped: list[str] = []
-    admitted = runs.admit_waiting(runtime.store)  # normally done as runs end; this catches any left waiting
+    admitted = records.admit_waiting(runtime.store)  # normally done as runs end; this catches any left waiting
     if admitted.started_runs:
         runtime.engine.after(admitted, admitted.started_runs[0])
     now = utcnow()
-    for step in runs.unfinished_steps(runtime.store):
+    for step in queries.unfinished_steps(runtime.store):
         if step.status == StepStatus.running and (step.heartbeat_at or now) < now - dead_after:
             reaped.append(step.id)
             _reap_dead(runtime, step)
@@ -137,12 +136,12 @@ def _reap_dead(runtime: Runtime, step: Step) -> None:
     reason = "the worker running this step stopped (killed or crashed)"
     try:
         if step.attempts <= step.retries:
-            runs.requeue_step(runtime.store, step.id, reason)
+            records.requeue_step(runtime.store, step.id, reason)
             runtime.engine.enqueue(step.id)
-            progress = runs.advance(runtime.store, step.run_id)
+            progress = records.advance(runtime.store, step.run_id)
         else:
-            progress = runs.fail_step(runtime.store, step.id, f"{reason}; no retries left")
-    except runs.TransitionError:  # it finished or was cancelled meanwhile
+            progress = records.fail_step(runtime.store, step.id, f"{reason}; no retries left")
+    except records.TransitionError:  # it finished or was cancelled meanwhile
         return
     log.warning("reaped step %s of run %s: %s", step.name, step.run_id, reason)
     runtime.engine.after(progress, step.run_id)
@@ -154,7 +153,7 @@ def poll_ci(runtime: Runtime) -> list[str]:
 
 
 def _queued_since(runtime: Runtime, step: Step) -> datetime:
-    return runs.last_event_time(runtime.store, step.id) or utcnow()
+    return queries.last_event_time(runtime.store, step.id) or utcnow()
 
 
 def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:

@@ -13,8 +13,7 @@ import pytest
 from sqlmodel import select
 
 from bot.models import Run, RunStatus, StepStatus
-from bot.runs import checkpoints
-from bot.runs import records as runs
+from bot.runs import checkpoints, queries
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
@@ -135,6 +134,6 @@ def test_retry_from_a_checkpoint_runs_under_the_current_policy(
 
     resumed = all_runs(store)[1]
     assert resumed.status == RunStatus.waiting
-    steps = {s.name: s for s in runs.steps_of(store, resumed.id)}
+    steps = {s.name: s for s in queries.steps_of(store, resumed.id)}
     assert steps["approve-pull-request"].status == StepStatus.waiting
     assert resumed.config["policy"]["require_approval_before"] == ["git_pr"]

@@ -22,7 +22,7 @@ import pytest
 from sqlmodel import select
 
 from bot.models import Run, RunStatus, StepStatus
-from bot.runs import records as runs
+from bot.runs import queries
 from bot.settings import Settings
 from bot.store import Store
 from bot.worker.loop import reap
@@ -71,7 +71,7 @@ def only_run(store: Store) -> Run:
 
 
 def step_named(store: Store, run: Run, name: str) -> Any:
-    return next(s for s in runs.steps_of(store, run.id) if s.name == name)
+    return next(s for s in queries.steps_of(store, run.id) if s.name == name)
 
 
 def last_comment(github: GitHubDouble) -> str:
@@ -98,7 +98,7 @@ def test_approve_then_reject_on_the_next_run(
     run = only_run(store)
     assert run.status == RunStatus.succeeded
     assert step_named(store, run, "ok").decided_by == "Codertocat"
-    events = [e.type for e in runs.events_of(store, run.id)]
+    events = [e.type for e in queries.events_of(store, run.id)]
     assert events.index("step.approved") < events.index("run.succeeded")
 
 
@@ -325,7 +325,7 @@ def test_a_worker_killed_mid_step_leaves_no_run_stuck(
     assert run.status == RunStatus.succeeded
     fragile = step_named(store, run, "fragile")
     assert fragile.attempts == 2 and "recovered" in fragile.output["output_tail"]
-    assert "step.retrying" in [e.type for e in runs.events_of(store, run.id)]
+    assert "step.retrying" in [e.type for e in queries.events_of(store, run.id)]
 
 
 # --- helpers -------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from bot.metrics.runs import RunMetrics
 from bot.models import Run, Step
-from bot.runs import records as runs
+from bot.runs import records
 from bot.store import Store
 from tests.support.runs_api import make_run, step_id
 
@@ -33,16 +33,16 @@ def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 def test_metrics_count_outcomes_approvals_llm_use_and_step_durations(client: TestClient, store: Store) -> None:
     approved = make_run(store, steps=APPROVAL, number=1)
     ok = step_id(store, approved, "ok")
-    runs.claim_step(store, ok, "job")
-    runs.wait_step(store, ok, {})
-    runs.decide(store, ok, approved=True, by="alice")
+    records.claim_step(store, ok, "job")
+    records.wait_step(store, ok, {})
+    records.decide(store, ok, approved=True, by="alice")
     check = step_id(store, approved, "check")
-    step = runs.claim_step(store, check, "job")
+    step = records.claim_step(store, check, "job")
     assert step is not None
     usage = {"provider": "anthropic", "model": "claude-sonnet-4-5"}
-    runs.add_usage(store, step, input_tokens=1000, output_tokens=200, cost_usd=0.01, detail=usage)
-    runs.add_usage(store, step, input_tokens=500, output_tokens=100, cost_usd=0.005, detail=usage)
-    runs.succeed_step(store, check, {})
+    records.add_usage(store, step, input_tokens=1000, output_tokens=200, cost_usd=0.01, detail=usage)
+    records.add_usage(store, step, input_tokens=500, output_tokens=100, cost_usd=0.005, detail=usage)
+    records.succeed_step(store, check, {})
     with store.session() as session:  # a gate that took 42 s
         step_row = session.get(Step, check)
         assert step_row is not None and step_row.started_at is not None
@@ -52,9 +52,9 @@ def test_metrics_count_outcomes_approvals_llm_use_and_step_durations(client: Tes
 
     rejected = make_run(store, steps=APPROVAL, number=2)
     ok = step_id(store, rejected, "ok")
-    runs.claim_step(store, ok, "job")
-    runs.wait_step(store, ok, {})
-    runs.decide(store, ok, approved=False, by="bob")
+    records.claim_step(store, ok, "job")
+    records.wait_step(store, ok, {})
+    records.decide(store, ok, approved=False, by="bob")
     make_run(store, number=3)
 
     first = scrape(client)
@@ -77,7 +77,7 @@ def test_metrics_count_outcomes_approvals_llm_use_and_step_durations(client: Tes
     assert first[("nofx_step_duration_seconds_sum", gate)] == 42
 
     # Usage is summed incrementally: the next scrape reads only the new calls, and counts each call once.
-    runs.add_usage(store, step, input_tokens=10, output_tokens=1, cost_usd=0.001, detail=usage)
+    records.add_usage(store, step, input_tokens=10, output_tokens=1, cost_usd=0.001, detail=usage)
     second = scrape(client)
     assert second[("nofx_llm_calls_total", model)] == 3
     assert second[("nofx_llm_tokens_total", (("direction", "input"), *model))] == 1510
@@ -86,8 +86,8 @@ def test_metrics_count_outcomes_approvals_llm_use_and_step_durations(client: Tes
 def test_step_durations_cover_only_recent_runs(store: Store) -> None:
     run_id = make_run(store, number=1)
     check = step_id(store, run_id, "check")
-    runs.claim_step(store, check, "job")
-    runs.succeed_step(store, check, {})
+    records.claim_step(store, check, "job")
+    records.succeed_step(store, check, {})
     collector = RunMetrics(store, window=timedelta(hours=1))
     [durations] = [family for family in collector.collect() if family.name == "nofx_step_duration_seconds"]
     assert [s.value for s in durations.samples if s.name.endswith("_count")] == [1]

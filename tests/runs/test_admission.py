@@ -5,14 +5,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from bot.models import RunStatus
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.settings import RunLimits
 from bot.store import Store
 from tests.support.runs_api import make_run
 
 
 def statuses(store: Store, run_ids: list[str]) -> list[RunStatus]:
-    return [run.status for run in (runs.get_run(store, run_id) for run_id in run_ids) if run is not None]
+    return [run.status for run in (queries.get_run(store, run_id) for run_id in run_ids) if run is not None]
 
 
 def test_a_busy_installation_gets_two_active_runs_and_the_next_starts_when_one_ends(any_store: Store) -> None:
@@ -21,9 +21,9 @@ def test_a_busy_installation_gets_two_active_runs_and_the_next_starts_when_one_e
 
     assert statuses(any_store, busy) == [RunStatus.running] * 2 + [RunStatus.queued] * 2
     assert statuses(any_store, [other]) == [RunStatus.running]  # another installation is not held up
-    assert [e.type for e in runs.events_of(any_store, busy[2])][-1] == "run.queued_for_capacity"
+    assert [e.type for e in queries.events_of(any_store, busy[2])][-1] == "run.queued_for_capacity"
 
-    progress = runs.cancel(any_store, busy[0], by="alice")
+    progress = records.cancel(any_store, busy[0], by="alice")
 
     assert progress.started_runs == [busy[2]]
     assert statuses(any_store, busy) == [RunStatus.cancelled, RunStatus.running, RunStatus.running, RunStatus.queued]
@@ -47,9 +47,9 @@ def test_the_global_limit_is_shared_round_robin_across_installations(any_store: 
     ]
 
     # A slot frees: installation 3 has no active run, so it goes first although installation 1 waited longer.
-    assert runs.cancel(any_store, first[0], by="alice").started_runs == [third]
+    assert records.cancel(any_store, first[0], by="alice").started_runs == [third]
     # Next: installation 1 has none active any more, installation 2 still one.
-    assert runs.cancel(any_store, first[1], by="alice").started_runs == [first[2]]
+    assert records.cancel(any_store, first[1], by="alice").started_runs == [first[2]]
     assert statuses(any_store, [second[1]]) == [RunStatus.queued]
 
 
@@ -59,6 +59,6 @@ def test_concurrent_starts_never_exceed_the_limit(any_store: Store) -> None:
     ]
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda run_id: runs.start(any_store, run_id), pending))
+        list(pool.map(lambda run_id: records.start(any_store, run_id), pending))
 
     assert statuses(any_store, pending).count(RunStatus.running) == 2

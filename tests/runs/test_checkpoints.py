@@ -21,8 +21,7 @@ from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
 from bot.queue import WorkQueue, step_job_id
 from bot.repo_config import RepoConfig
-from bot.runs import checkpoint_diffs, checkpoints
-from bot.runs import records as runs
+from bot.runs import checkpoint_diffs, checkpoints, queries, records
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import StepContext, StepFailed, StepResult
 from bot.settings import Settings
@@ -79,7 +78,7 @@ def auth() -> dict[str, str]:
 
 
 def new_run(store: Store, server: GitServer, branch: str = "nofx/7-add-a-cart-total") -> Run:
-    request = runs.RunRequest(
+    request = records.RunRequest(
         installation_id=99,
         repository="octo/shop",
         thread_number=7,
@@ -91,11 +90,11 @@ def new_run(store: Store, server: GitServer, branch: str = "nofx/7-add-a-cart-to
         default_branch="main",
         branch=branch,
     )
-    return runs.create(store, request, PLAN, {})
+    return records.create(store, request, PLAN, {})
 
 
 def step_named(store: Store, run: Run, name: str) -> Step:
-    return next(s for s in runs.steps_of(store, run.id) if s.name == name)
+    return next(s for s in queries.steps_of(store, run.id) if s.name == name)
 
 
 async def prepare(workspaces: Workspaces, server: GitServer, run: Run) -> Worktree:
@@ -167,7 +166,7 @@ async def test_a_checkpoint_commits_the_whole_worktree_without_moving_its_index_
     assert git(worktree.path, "symbolic-ref", "--short", "HEAD").strip() == run.branch
     assert worktree.git_dir is not None and not list(worktree.git_dir.glob("nofx-checkpoint-*"))  # temp index gone
     assert cp.artifacts == {"generate/edits.json": hashlib.sha256(b"[]").hexdigest()}
-    [event] = [e for e in runs.events_of(store, run.id) if e.type == "checkpoint.created"]
+    [event] = [e for e in queries.events_of(store, run.id) if e.type == "checkpoint.created"]
     assert event.payload["n"] == 1 and event.step_id == apply.id
     # A fetch (with --prune) for the next run leaves the hidden ref alone; it never reaches the server.
     await prepare(workspaces, server, new_run(store, server, branch="nofx/8-other"))
@@ -339,10 +338,10 @@ async def test_resume_starts_a_new_run_on_its_own_branch_from_the_checkpoint(
     body = answer.json()
     assert body["steps"] == ["test", "approve", "pull-request"]
     assert body["branch"] == f"{run.branch}-cp1" and body["from"]["commit"] == cp.commit_sha
-    resumed = runs.get_run(store, body["run_id"])
+    resumed = queries.get_run(store, body["run_id"])
     assert resumed is not None and resumed.status == RunStatus.running
     assert (resumed.repository, resumed.thread_number, resumed.request) == (run.repository, 7, run.request)
-    steps = runs.steps_of(store, resumed.id)
+    steps = queries.steps_of(store, resumed.id)
     assert [(s.name, s.depends_on, s.status) for s in steps] == [
         ("test", [], StepStatus.queued),  # its dependency already ran in the source run
         ("approve", ["test"], StepStatus.pending),
@@ -352,7 +351,7 @@ async def test_resume_starts_a_new_run_on_its_own_branch_from_the_checkpoint(
     assert checkpoints.start_point(store, resumed.id) == cp.commit_sha
     assert checkpoints.start_point(store, run.id) is None
     assert checkpoints.written_files(store, resumed.id) == ["src/cart.py", "src/old.py", "src/total_test.py"]
-    assert any(e.type == "run.branched" for e in runs.events_of(store, run.id))
+    assert any(e.type == "run.branched" for e in queries.events_of(store, run.id))
     # A second branch from the same checkpoint gets a branch of its own; nothing is left after the last step.
     again = client.post(f"/runs/{run.id}/checkpoints/1/resume", headers=auth())
     assert again.json()["branch"] == f"{run.branch}-cp1-2"
@@ -405,7 +404,7 @@ def test_the_engine_checkpoints_each_step_that_changes_the_worktree(
     deliver("issue_comment", ask(git, "/nofx subtract instead"))
     work()
 
-    [run] = [r for r in (runs.latest_run_on_thread(store, f"{OWNER}/{REPO}", 1),) if r]
+    [run] = [r for r in (queries.latest_run_on_thread(store, f"{OWNER}/{REPO}", 1),) if r]
     assert run.status == RunStatus.failed
     listed = client.get(f"/runs/{run.id}/checkpoints", headers=auth()).json()["checkpoints"]
     # codegen only produces edits; apply changes the worktree; the failing gate is recorded after it failed.

@@ -14,8 +14,7 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from bot.models import Run, RunStatus, Step, StepStatus, utcnow
-from bot.runs import ci_wait
-from bot.runs import records as runs
+from bot.runs import ci_wait, queries
 from bot.settings import Settings
 from bot.store import Store
 from bot.worker.runtime import Runtime
@@ -85,12 +84,12 @@ def the_run(store: Store) -> Run:
 
 
 def ci_step(store: Store, run: Run) -> Step:
-    return next(s for s in runs.steps_of(store, run.id) if s.tool == "gate:ci")
+    return next(s for s in queries.steps_of(store, run.id) if s.tool == "gate:ci")
 
 
 def pushed(store: Store, run: Run) -> tuple[str, str]:
     """The head nofx pushed and its branch."""
-    output = next(s.output for s in runs.steps_of(store, run.id) if s.tool == "git_pr")
+    output = next(s.output for s in queries.steps_of(store, run.id) if s.tool == "git_pr")
     return output["head_sha"], output["branch"]
 
 
@@ -157,7 +156,7 @@ def test_the_run_waits_for_ci_and_succeeds_when_it_passes(
     assert ci_step(store, run).output["ci"] == "passed"
     assert "**CI:** passed" in comment(github, store)
     assert github.check_runs[run.check_run_id]["conclusion"] == "success"
-    events = [e.type for e in runs.events_of(store, run.id)]
+    events = [e.type for e in queries.events_of(store, run.id)]
     assert events.count("ci.reported") == 2 and "step.resumed" in events
 
 
@@ -227,7 +226,7 @@ def test_a_lost_webhook_is_made_up_for_by_the_poll(
     work()
 
     assert the_run(store).status == RunStatus.succeeded
-    assert "poll" in [e.payload.get("reason") for e in runs.events_of(store, run.id) if e.type == "step.resumed"]
+    assert "poll" in [e.payload.get("reason") for e in queries.events_of(store, run.id) if e.type == "step.resumed"]
 
 
 def test_ci_that_never_reports_times_out(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from bot.models import RunStatus, StepStatus
 from bot.plans import validate
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.runs.contract import RetryableError, StepContext, StepResult
 from bot.store import Store
 from bot.worker.runtime import Runtime
@@ -17,7 +17,7 @@ def _run_with(runtime: Runtime, store: Store, retries: int) -> str:
         {"goal": "flaky", "steps": [{"name": "flaky", "tool": "manual:approval", "retries": retries}]},
         available_tools={"manual:approval"},
     )
-    request = runs.RunRequest(
+    request = records.RunRequest(
         installation_id=1,
         repository="octo/repo",
         thread_number=3,
@@ -26,8 +26,8 @@ def _run_with(runtime: Runtime, store: Store, retries: int) -> str:
         requester="alice",
         trigger="api",
     )
-    run = runs.create(store, request, plan, {})
-    runtime.engine.after(runs.start(store, run.id), run.id)
+    run = records.create(store, request, plan, {})
+    runtime.engine.after(records.start(store, run.id), run.id)
     return run.id
 
 
@@ -51,11 +51,11 @@ def test_a_retryable_error_is_retried_with_backoff_until_it_succeeds(
     run_id = _run_with(runtime, store, retries=2)
     work()
 
-    run = runs.get_run(store, run_id)
-    [step] = runs.steps_of(store, run_id)
+    run = queries.get_run(store, run_id)
+    [step] = queries.steps_of(store, run_id)
     assert run is not None and run.status == RunStatus.succeeded
     assert (step.status, step.attempts, step.output["attempts"]) == (StepStatus.succeeded, 3, [1, 2, 3])
-    assert [e.type for e in runs.events_of(store, run_id)].count("step.retrying") == 2
+    assert [e.type for e in queries.events_of(store, run_id)].count("step.retrying") == 2
 
 
 def test_retries_run_out_and_the_step_fails_with_the_last_error(
@@ -65,8 +65,8 @@ def test_retries_run_out_and_the_step_fails_with_the_last_error(
     run_id = _run_with(runtime, store, retries=1)
     work()
 
-    [step] = runs.steps_of(store, run_id)
+    [step] = queries.steps_of(store, run_id)
     assert step.status == StepStatus.failed
     assert step.error == "overloaded (attempt 2) (gave up after 2 attempts)"
-    run = runs.get_run(store, run_id)
+    run = queries.get_run(store, run_id)
     assert run is not None and run.status == RunStatus.failed

@@ -14,8 +14,7 @@ from bot.models import Run, RunStatus, StepStatus
 from bot.plan_templates import BUILTIN
 from bot.plans import ALL_TOOLS, PlanError
 from bot.repo_config import ConfigError, parse_config
-from bot.runs import planner
-from bot.runs import records as runs
+from bot.runs import planner, queries
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
@@ -162,7 +161,7 @@ def test_docs_template_from_a_comment_refuses_code_edits(
     deliver("issue_comment", ask(git, "/nofx docs: explain add()"))
     work()
     run = _only_run(store)
-    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
     assert list(steps) == ["generate", "apply", "pull-request"]
     assert steps["apply"].status == StepStatus.failed and "calc.py" in (steps["apply"].error or "")
     assert "Change documentation only" in llm.requests[0].text
@@ -185,7 +184,7 @@ def test_the_template_label_starts_a_run_with_that_template(
     work()
     run = _only_run(store)
     assert run.status == RunStatus.succeeded, run.error
-    assert [s.tool for s in runs.steps_of(store, run.id)] == ["codegen", "workspace:write", "git_pr"]
+    assert [s.tool for s in queries.steps_of(store, run.id)] == ["codegen", "workspace:write", "git_pr"]
     labeled["label"]["name"] = "nofx:nope"
     deliver("issues", labeled, delivery_id="another")
     work()

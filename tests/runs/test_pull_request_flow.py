@@ -18,7 +18,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bot.models import Run, RunStatus, StepStatus
-from bot.runs import records as runs
+from bot.runs import queries
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
@@ -82,7 +82,7 @@ def test_comment_comes_back_as_a_tested_pull_request(
 
     run = the_run(store)
     assert run.status == RunStatus.succeeded, run.error
-    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
     assert [s.status for s in steps.values()] == [StepStatus.succeeded] * 5  # the last: no CI to wait for
     # The branch holds exactly what the model wrote, pushed with the installation token.
     branch = steps["pull-request"].output["branch"]
@@ -141,7 +141,7 @@ def test_a_failing_gate_fails_the_run_and_opens_no_pull_request(
 
     run = the_run(store)
     assert run.status == RunStatus.failed
-    statuses = {s.name: s.status for s in runs.steps_of(store, run.id)}
+    statuses = {s.name: s.status for s in queries.steps_of(store, run.id)}
     assert statuses == {
         "generate": StepStatus.succeeded,
         "apply": StepStatus.succeeded,
@@ -201,7 +201,7 @@ def test_path_escape_through_a_symlink_is_refused(
     work()
 
     run = the_run(store)
-    apply = next(s for s in runs.steps_of(store, run.id) if s.name == "apply")
+    apply = next(s for s in queries.steps_of(store, run.id) if s.name == "apply")
     assert apply.status == StepStatus.failed
     assert "docs/evil.txt: goes through a symbolic link" in (apply.error or "")
     assert list(outside.iterdir()) == []
@@ -221,7 +221,7 @@ def test_an_ambiguous_replacement_fails_with_the_path_and_reason(
     deliver("issue_comment", ask(git, "/nofx rename a"))
     work()
 
-    apply = next(s for s in runs.steps_of(store, the_run(store).id) if s.name == "apply")
+    apply = next(s for s in queries.steps_of(store, the_run(store).id) if s.name == "apply")
     assert apply.error == "calc.py: the text to replace occurs 3 times; it must be unique"
 
 
@@ -240,7 +240,7 @@ def test_the_budget_stops_the_run_with_a_clear_message(
     work()
 
     run = the_run(store)
-    generate = next(s for s in runs.steps_of(store, run.id) if s.name == "generate")
+    generate = next(s for s in queries.steps_of(store, run.id) if s.name == "generate")
     assert run.status == RunStatus.failed
     assert "max_cost_usd" in (generate.error or "")
     assert len(llm.requests) == 1  # nothing more was sent once the budget was spent
@@ -423,7 +423,7 @@ def test_changing_ci_workflows_needs_an_approval_step(
     llm.tool_calls(edit)
     deliver("issue_comment", ask(git, "/nofx add a CI workflow"))
     work()
-    apply = next(s for s in runs.steps_of(store, the_runs(store)[0].id) if s.name == "apply")
+    apply = next(s for s in queries.steps_of(store, the_runs(store)[0].id) if s.name == "apply")
     assert apply.status == StepStatus.failed
     assert ".github/workflows/ci.yml" in (apply.error or "") and "require_approval_before" in (apply.error or "")
 
@@ -467,7 +467,12 @@ def test_retry_from_a_checkpoint_branches_the_work_and_keeps_what_was_written(
     work()
     resumed = the_runs(store)[1]
     assert resumed.status == RunStatus.waiting  # the remaining plan: test, approval, pull request
-    assert [s.name for s in runs.steps_of(store, resumed.id)] == ["test", "approve-pull-request", "pull-request", "ci"]
+    assert [s.name for s in queries.steps_of(store, resumed.id)] == [
+        "test",
+        "approve-pull-request",
+        "pull-request",
+        "ci",
+    ]
     deliver("issue_comment", ask(git, "/nofx approve"))
     work()
 

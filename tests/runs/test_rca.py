@@ -18,8 +18,7 @@ from starlette.testclient import TestClient
 from bot import logs
 from bot.cli import main as cli
 from bot.models import Delivery, RunStatus
-from bot.runs import rca
-from bot.runs import records as runs
+from bot.runs import queries, rca
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
@@ -87,7 +86,7 @@ def test_the_bundle_of_a_failed_run_explains_it(
     )
     deliver("issue_comment", ask(git, f"/nofx subtract instead; my token is {LEAKY}"))
     work()
-    run = runs.latest_run_on_thread(store, f"{OWNER}/{REPO}", 1)
+    run = queries.latest_run_on_thread(store, f"{OWNER}/{REPO}", 1)
     assert run is not None and run.status == RunStatus.failed
 
     assert client.get(f"/runs/{run.id}/rca").status_code == 401

@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bot.plans import validate
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.store import Store
 
 TOKEN = "nofx-api-token-for-tests-0123456789"
@@ -38,9 +38,9 @@ def make_run(
         {"goal": f"do: {request}", "steps": steps or [{"name": "check", "tool": "gate:test", "inputs": {}}]},
         available_tools=TOOLS,
     )
-    run = runs.create(
+    run = records.create(
         store,
-        runs.RunRequest(
+        records.RunRequest(
             installation_id=installation_id,
             repository=repository,
             thread_number=number,
@@ -54,12 +54,12 @@ def make_run(
         {},
     )
     if start:
-        runs.start(store, run.id)
+        records.start(store, run.id)
     return run.id
 
 
 def step_id(store: Store, run_id: str, name: str) -> str:
-    return next(step.id for step in runs.steps_of(store, run_id) if step.name == name)
+    return next(step.id for step in queries.steps_of(store, run_id) if step.name == name)
 
 
 @contextmanager

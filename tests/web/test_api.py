@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from bot.models import RunStatus, StepStatus
 from bot.queue import CLEANUP_JOB, REPORT_JOB, STEP_JOB, WorkQueue, step_job_id
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.runs.artifacts import Artifacts
 from bot.settings import Settings
 from bot.store import Store
@@ -50,8 +50,8 @@ def failed_run(store: Store) -> str:
     """A run whose only step failed, as the runner leaves it."""
     run_id = make_run(store)
     check = step_id(store, run_id, "check")
-    runs.claim_step(store, check, "job-1")
-    runs.fail_step(store, check, "`pytest -q` failed with exit code 1", {"output_tail": "1 failed"})
+    records.claim_step(store, check, "job-1")
+    records.fail_step(store, check, "`pytest -q` failed with exit code 1", {"output_tail": "1 failed"})
     return run_id
 
 
@@ -70,7 +70,7 @@ def test_every_route_refuses_a_missing_or_wrong_token(
     assert response.status_code == 401
     assert response.json() == {"error": "a valid bearer token (NOFX_API_TOKEN) is required"}
     assert response.headers["www-authenticate"] == 'Bearer realm="nofx"'
-    assert runs.get_run(store, run_id).status == RunStatus.running  # type: ignore[union-attr]
+    assert queries.get_run(store, run_id).status == RunStatus.running  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("path", READS + ACTIONS)
@@ -114,7 +114,7 @@ def test_runs_are_filtered_by_installation_repo_and_status(client: TestClient, s
     a = make_run(store, installation_id=1, repository="octo/one", number=1)
     b = make_run(store, installation_id=2, repository="octo/two", number=1, start=False)
     c = make_run(store, installation_id=2, repository="octo/two", number=2)
-    runs.cancel(store, c, by="alice")
+    records.cancel(store, c, by="alice")
 
     def ids(query: str) -> list[str]:
         response = client.get(f"/runs?{query}", headers=AUTH)
@@ -163,17 +163,17 @@ def test_a_run_has_its_plan_steps_artifacts_costs_and_pull_request(
 ) -> None:
     run_id = make_run(store, steps=[*TWO_STEPS, {"name": "pr", "tool": "git_pr", "depends_on": ["check"]}])
     generate = step_id(store, run_id, "generate")
-    step = runs.claim_step(store, generate, "job-1")
+    step = records.claim_step(store, generate, "job-1")
     assert step is not None
-    runs.add_usage(store, step, input_tokens=1200, output_tokens=300, cost_usd=0.0123, detail={"model": "m"})
+    records.add_usage(store, step, input_tokens=1200, output_tokens=300, cost_usd=0.0123, detail={"model": "m"})
     Artifacts(settings.data_dir, store).put(run_id, generate, "edits.json", b"[]")
-    runs.succeed_step(store, generate, {"files": ["calc.py"]})
+    records.succeed_step(store, generate, {"files": ["calc.py"]})
     check = step_id(store, run_id, "check")
-    runs.claim_step(store, check, "job-2")
-    runs.succeed_step(store, check, {"output_tail": "3 passed", "exit_code": 0})
+    records.claim_step(store, check, "job-2")
+    records.succeed_step(store, check, {"output_tail": "3 passed", "exit_code": 0})
     pr = step_id(store, run_id, "pr")
-    runs.claim_step(store, pr, "job-3")
-    runs.succeed_step(store, pr, {"pull_request_url": "https://github.com/octo/repo/pull/9"})
+    records.claim_step(store, pr, "job-3")
+    records.succeed_step(store, pr, {"pull_request_url": "https://github.com/octo/repo/pull/9"})
 
     response = client.get(f"/runs/{run_id}", headers=AUTH)
     assert response.status_code == 200
@@ -213,10 +213,10 @@ def test_unknown_or_impossible_run_ids_are_404(client: TestClient, run_id: str) 
 def test_the_timeline_is_paged_in_order_and_searchable_by_type_prefix(client: TestClient, store: Store) -> None:
     run_id = make_run(store, steps=TWO_STEPS)
     generate = step_id(store, run_id, "generate")
-    runs.claim_step(store, generate, "job")
-    runs.record_event(store, run_id, "codegen.progress", {"files": 1}, generate)
-    runs.succeed_step(store, generate, {})
-    stored = [event.id for event in runs.events_of(store, run_id)]
+    records.claim_step(store, generate, "job")
+    records.record_event(store, run_id, "codegen.progress", {"files": 1}, generate)
+    records.succeed_step(store, generate, {})
+    stored = [event.id for event in queries.events_of(store, run_id)]
 
     seen: list[int] = []
     url: str | None = f"/runs/{run_id}/timeline?limit=2"
@@ -301,7 +301,7 @@ def test_retry_resets_the_failed_step_and_enqueues_it_and_a_publish(
     assert (STEP_JOB, (check,)) in jobs(queue)
     assert queue.job_exists(step_job_id(check, 2))
     assert (REPORT_JOB, (run_id,)) in jobs(queue)
-    types = [event.type for event in runs.events_of(store, run_id)][-3:]
+    types = [event.type for event in queries.events_of(store, run_id)][-3:]
     assert types == ["step.reset", "run.running", "step.enqueued"]
 
     again = client.post(f"/runs/{run_id}/steps/check/retry", headers=AUTH)
@@ -312,9 +312,9 @@ def test_retry_resets_the_failed_step_and_enqueues_it_and_a_publish(
 def test_retry_of_an_unknown_step_is_404_and_of_a_step_that_did_not_fail_409(client: TestClient, store: Store) -> None:
     run_id = make_run(store, steps=TWO_STEPS)
     generate = step_id(store, run_id, "generate")
-    runs.claim_step(store, generate, "job")
-    runs.fail_step(store, generate, "boom")
-    assert runs.get_run(store, run_id).status == RunStatus.failed  # type: ignore[union-attr]
+    records.claim_step(store, generate, "job")
+    records.fail_step(store, generate, "boom")
+    assert queries.get_run(store, run_id).status == RunStatus.failed  # type: ignore[union-attr]
 
     unknown = client.post(f"/runs/{run_id}/steps/deploy/retry", headers=AUTH)
     assert unknown.status_code == 404
@@ -329,7 +329,7 @@ def test_cancel_stops_the_run_and_starts_the_one_queued_behind_it(
 ) -> None:
     first = make_run(store, number=5)
     second = make_run(store, number=5)  # same thread: waits behind the first
-    assert runs.get_run(store, second).status == RunStatus.queued  # type: ignore[union-attr]
+    assert queries.get_run(store, second).status == RunStatus.queued  # type: ignore[union-attr]
     queue.redis.flushdb()
 
     response = client.post(f"/runs/{first}/cancel", headers=AUTH)
@@ -345,9 +345,9 @@ def test_cancel_stops_the_run_and_starts_the_one_queued_behind_it(
     assert (REPORT_JOB, (first,)) in queued
     assert (REPORT_JOB, (second,)) in queued
     assert (CLEANUP_JOB, ()) in queued
-    assert runs.get_run(store, second).status == RunStatus.running  # type: ignore[union-attr]
+    assert queries.get_run(store, second).status == RunStatus.running  # type: ignore[union-attr]
 
     again = client.post(f"/runs/{first}/cancel", headers=AUTH)
     assert again.status_code == 409
     assert again.json() == {"error": f"run {first}: cancelled → cancelled is not allowed"}
-    assert [s.status for s in runs.steps_of(store, first)] == [StepStatus.cancelled]
+    assert [s.status for s in queries.steps_of(store, first)] == [StepStatus.cancelled]

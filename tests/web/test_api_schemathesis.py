@@ -28,8 +28,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from starlette.applications import Starlette
 
 from bot.models import Checkpoint
-from bot.runs import checkpoints, memory
-from bot.runs import records as runs
+from bot.runs import checkpoints, memory, queries, records
 from bot.runs.artifacts import Artifacts
 from bot.settings import Settings
 from bot.store import Store
@@ -60,23 +59,23 @@ def _seed(store: Store, settings: Settings) -> list[dict[str, Any]]:
     running = make_run(store, steps=STEPS, number=1)
     failed = make_run(store, steps=STEPS, number=2)
     generate = step_id(store, failed, "generate")
-    runs.claim_step(store, generate, "job")
-    runs.fail_step(store, generate, "boom")
+    records.claim_step(store, generate, "job")
+    records.fail_step(store, generate, "boom")
     done = make_run(store, steps=STEPS, number=3)
     artifacts = Artifacts(settings.data_dir, store)
     for name in ("generate", "check"):
         current = step_id(store, done, name)
-        runs.claim_step(store, current, "job")
+        records.claim_step(store, current, "job")
         for artifact in ARTIFACTS:
             artifacts.put(done, current, artifact, b"[]")
-        runs.succeed_step(store, current, {"output_tail": "ok"})
+        records.succeed_step(store, current, {"output_tail": "ok"})
     artifacts.path(done, step_id(store, done, "check"), "edits.json").write_bytes(b"tampered")
     real = [{"run_id": done, "step": step, "name": name} for step in ("generate", "check") for name in ARTIFACTS]
     checkpointed = make_run(store, steps=STEPS, number=4)
     _checkpoint(store, settings, checkpointed, {"generate": {"a.txt": "one\n"}, "check": {"a.txt": "two\n"}})
     evicted = make_run(store, steps=STEPS, number=5, repository="octo/evicted")
     _checkpoint(store, settings, evicted, {"generate": {"b.txt": "x\n"}})
-    checkpoints.mirror_of(settings.data_dir / "workspaces", runs.get_run(store, evicted)).rename(  # type: ignore[arg-type]
+    checkpoints.mirror_of(settings.data_dir / "workspaces", queries.get_run(store, evicted)).rename(  # type: ignore[arg-type]
         settings.data_dir / "evicted.git"
     )
     entries = [memory.remember(store, settings.memory_keys, THREAD, kind, f"{kind} text") for kind in memory.KINDS]
@@ -95,7 +94,7 @@ def _seed(store: Store, settings: Settings) -> list[dict[str, Any]]:
 
 def _checkpoint(store: Store, settings: Settings, run_id: str, states: dict[str, dict[str, str]]) -> None:
     """Commits in the run's bare mirror, one per step with the files it leaves, recorded as its checkpoints."""
-    run = runs.get_run(store, run_id)
+    run = queries.get_run(store, run_id)
     assert run is not None
     mirror = checkpoints.mirror_of(settings.data_dir / "workspaces", run)
     mirror.mkdir(parents=True)

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bot.queue import WorkQueue
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.runs.artifacts import Artifacts
 from bot.settings import Settings
 from bot.store import Store
@@ -100,7 +100,7 @@ def test_logging_in_sets_a_session_cookie_that_only_reads(client: TestClient, st
     assert client.get(f"/runs/{run_id}/timeline").status_code == 200
     # Actions need the bearer header: a cross-site form carrying the cookie can do nothing.
     assert client.post(f"/runs/{run_id}/cancel").status_code == 401
-    assert runs.get_run(store, run_id).status.value == "running"  # type: ignore[union-attr]
+    assert queries.get_run(store, run_id).status.value == "running"  # type: ignore[union-attr]
 
 
 def test_a_session_ends_with_its_expiry_a_forgery_or_a_new_token(
@@ -268,16 +268,16 @@ def test_the_page_shows_step_changes_live_without_a_reload(
         assert chromium.wait_for("document.getElementById('live')?.textContent === 'live'")
         chromium.evaluate("window.notReloaded = true")
 
-        runs.claim_step(store, generate, "job-1")
+        records.claim_step(store, generate, "job-1")
         chromium.wait_for(status_of.format("generate") + " === 'running'")
-        runs.succeed_step(store, generate, {})
+        records.succeed_step(store, generate, {})
         chromium.wait_for(status_of.format("generate") + " === 'succeeded'")
         chromium.wait_for(status_of.format("check") + " === 'queued'")
 
-        runs.claim_step(store, check, "job-2")
+        records.claim_step(store, check, "job-2")
         chromium.wait_for(status_of.format("check") + " === 'running'")
         Artifacts(settings.data_dir, store).put(run_id, check, "output.log", b"3 passed\n")
-        runs.succeed_step(store, check, {"command": "pytest -q", "exit_code": 0, "output_tail": "3 passed in 0.1s"})
+        records.succeed_step(store, check, {"command": "pytest -q", "exit_code": 0, "output_tail": "3 passed in 0.1s"})
 
         chromium.wait_for(status_of.format("check") + " === 'succeeded'")
         chromium.wait_for("document.getElementById('run-status')?.dataset.status === 'succeeded'")

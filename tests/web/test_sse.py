@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from bot.models import RunEvent
 from bot.queue import WorkQueue
-from bot.runs import records as runs
+from bot.runs import queries, records
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
@@ -82,11 +82,11 @@ def test_a_reconnecting_client_misses_nothing_and_gets_nothing_twice(server: str
 
     def produce() -> None:
         for n in range(120):
-            runs.record_event(store, run_id, "test.tick", {"n": n})
+            records.record_event(store, run_id, "test.tick", {"n": n})
             if n % 3 == 0:
-                runs.record_event(store, other, "test.tick", {"n": n})
+                records.record_event(store, other, "test.tick", {"n": n})
             time.sleep(0.006)
-        runs.cancel(store, run_id, by="alice")
+        records.cancel(store, run_id, by="alice")
         produced.set()
 
     producer = threading.Thread(target=produce)
@@ -101,7 +101,7 @@ def test_a_reconnecting_client_misses_nothing_and_gets_nothing_twice(server: str
     assert produced.is_set()
 
     ids = event_ids(first) + event_ids(resumed)
-    stored = runs.events_of(store, run_id)
+    stored = queries.events_of(store, run_id)
     assert ids == [event.id for event in stored]  # strictly increasing, no gap, no duplicate across the reconnect
     assert hung_up_while_producing
     sent = [frame.json() for frame in first + resumed if frame.id is not None]
@@ -114,8 +114,8 @@ def test_a_finished_run_streams_its_events_then_ends_and_a_late_reconnect_ends_a
     server: str, store: Store
 ) -> None:
     run_id = make_run(store)
-    runs.cancel(store, run_id, by="alice")
-    stored = [event.id for event in runs.events_of(store, run_id)]
+    records.cancel(store, run_id, by="alice")
+    stored = [event.id for event in queries.events_of(store, run_id)]
 
     everything = read(server, f"/runs/{run_id}/stream")
     assert event_ids(everything) == stored
@@ -145,12 +145,12 @@ def test_an_idle_stream_sends_heartbeats(server: str, store: Store) -> None:
 
 def test_the_all_runs_stream_starts_now_or_after_the_given_id(server: str, store: Store) -> None:
     before = make_run(store)
-    last_before = runs.events_of(store, before)[-1].id
+    last_before = queries.events_of(store, before)[-1].id
     assert last_before is not None
 
     def later() -> None:
         time.sleep(0.3)
-        runs.record_event(store, before, "test.later", {})
+        records.record_event(store, before, "test.later", {})
         make_run(store, number=3)
 
     thread = threading.Thread(target=later)

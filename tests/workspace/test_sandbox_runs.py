@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from bot.models import Run, RunStatus, StepStatus
-from bot.runs import records as runs
+from bot.runs import queries
 from bot.settings import Settings
 from bot.store import Store
 from bot.workspace import isolation as layouts
@@ -70,7 +70,7 @@ def write_test_file(llm: AnthropicDouble, content: str = PLANTING_TEST) -> None:
 
 
 def outputs(store: Store, run: Run) -> str:
-    return "\n".join(f"{s.error or ''} {s.output}" for s in runs.steps_of(store, run.id))
+    return "\n".join(f"{s.error or ''} {s.output}" for s in queries.steps_of(store, run.id))
 
 
 def test_a_planted_dot_git_stops_the_run_and_no_gate_sees_the_host(
@@ -91,7 +91,7 @@ def test_a_planted_dot_git_stops_the_run_and_no_gate_sees_the_host(
     work()
 
     run = the_run(store)
-    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
     assert run.status == RunStatus.failed
     assert steps["test"].status == StepStatus.failed
     assert "`.git` was changed or replaced" in (steps["test"].error or "")
@@ -105,7 +105,7 @@ def test_a_planted_dot_git_stops_the_run_and_no_gate_sees_the_host(
 
     run = the_run(store)
     assert run.status == RunStatus.failed
-    assert "`.git` was changed or replaced" in (runs.steps_of(store, run.id)[2].error or "")
+    assert "`.git` was changed or replaced" in (queries.steps_of(store, run.id)[2].error or "")
     assert "ESCAPED" not in outputs(store, run)
     assert "nofx.db" not in outputs(store, run)
     assert str(settings.data_dir) not in final
@@ -135,7 +135,7 @@ def test_without_bubblewrap_no_gate_runs_and_the_run_says_why(
     work()
 
     run = the_run(store)
-    test = {s.name: s for s in runs.steps_of(store, run.id)}["test"]
+    test = {s.name: s for s in queries.steps_of(store, run.id)}["test"]
     assert run.status == RunStatus.failed and test.status == StepStatus.failed
     assert "no repository code ran: bubblewrap (`bwrap`) is not installed" in (test.error or "")
     assert "apt-get install bubblewrap" in (test.error or "") and "NOFX_SANDBOX=none" in (test.error or "")
@@ -170,7 +170,7 @@ class TestWithoutIsolation:
         run = the_run(store)
         assert run.status == RunStatus.succeeded, run.error
         for gate in ("test", "lint"):
-            step = {s.name: s for s in runs.steps_of(store, run.id)}[gate]
+            step = {s.name: s for s in queries.steps_of(store, run.id)}[gate]
             assert step.output["isolation"] == "none"
             assert step.output["output_tail"].startswith(UNSAFE_NOTICE)
         check = github.check_runs[run.check_run_id]
