@@ -357,6 +357,24 @@ class OpenAIDouble(LLMDouble):
         }
 
 
+class LocalServerDouble(OpenAIDouble):
+    """An OpenAI-compatible local server (Ollama, vLLM, llama.cpp) as nofx meets it: any API key will do, only
+    `max_tokens` is known, and `tool_choice` is read but ignored, so the script decides whether a turn answers
+    with a tool call (in the plain OpenAI format) or with text. `tool_choices` records what nofx asked for."""
+
+    def __init__(self, *, api_key: str = "ollama") -> None:
+        super().__init__(api_key=api_key)
+        self.tool_choices: list[object] = []
+
+    def check(self, request: Request) -> list[str]:
+        problems = [p for p in super().check(request) if p != "missing or wrong API key"]
+        if "max_completion_tokens" in request.json:
+            problems.append("local servers know max_tokens, not max_completion_tokens")
+        if request.json.get("tools"):
+            self.tool_choices.append(request.json.get("tool_choice"))
+        return problems
+
+
 def _handler_for(double: LLMDouble) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
