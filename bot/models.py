@@ -159,6 +159,7 @@ class Run(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     installation_id: int = Field(index=True, sa_type=BigInteger)
     repository: str = Field(max_length=300, index=True)
+    repository_id: int | None = Field(default=None, sa_type=BigInteger)  # GitHub's id: names can be reused
     thread_number: int = Field(index=True)
     thread_kind: str = Field(max_length=20)  # issue | pull_request
     request: str = Field(sa_column=Column(Text, nullable=False))
@@ -279,6 +280,7 @@ class ReviewPass(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     installation_id: int = Field(index=True, sa_type=BigInteger)
     repository: str = Field(max_length=300, index=True)
+    repository_id: int | None = Field(default=None, sa_type=BigInteger)
     pull_number: int = Field(index=True)
     base_sha: str = Field(max_length=64)
     head_sha: str = Field(max_length=64)
@@ -369,6 +371,7 @@ class ThreadMemory(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     thread: str = Field(max_length=320, index=True)  # `owner/repo#12`, lower case
+    repository_id: int | None = Field(default=None, sa_type=BigInteger)  # whose thread: a reused name is another
     kind: str = Field(max_length=30)  # request | plan | outcome | review_feedback | note
     ciphertext: str = Field(sa_column=Column(Text, nullable=False))
     redacted: bool = False

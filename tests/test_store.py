@@ -141,3 +141,22 @@ def test_workers_writing_the_identity_row_at_once_never_collide(any_store: Store
     with any_store.session() as session:
         rows = session.exec(select(AppIdentity)).all()
     assert len(rows) == 1 and rows[0].slug.startswith("nofx-")
+
+
+def test_create_all_adds_the_nullable_columns_a_newer_nofx_added(any_store: Store) -> None:
+    """A database made by an older nofx gains the new nullable columns in place, its rows kept."""
+    with any_store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE threadmemory DROP COLUMN repository_id"))
+        conn.execute(
+            text(
+                "INSERT INTO threadmemory (id, thread, kind, ciphertext, redacted, created_at, expires_at) "
+                "VALUES ('old', 'o/r#1', 'note', 'x', false, '2026-01-01 00:00:00', '2030-01-01 00:00:00')"
+            )
+        )
+
+    any_store.create_all()
+    any_store.create_all()  # twice: nothing left to add
+
+    with any_store.engine.begin() as conn:
+        rows = conn.execute(text("SELECT id, repository_id FROM threadmemory")).all()
+    assert [tuple(row) for row in rows] == [("old", None)]

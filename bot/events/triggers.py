@@ -245,4 +245,5 @@ def _thread_of_run(run: Run) -> Thread:
         default_branch=run.default_branch or "main",
         clone_url=run.clone_url,
         html_url=run.thread_url,
+        repository_id=run.repository_id,
     )

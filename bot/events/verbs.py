@@ -128,7 +128,7 @@ async def carry_out(turn: Turn, command: Command) -> None:
         case Verb.git:
             await _start_git_operation(turn, command.argument)
         case Verb.forget:
-            removed = memory.forget(ctx.store, memory.ThreadKey(thread.full_name, thread.number))
+            removed = memory.forget(ctx.store, memory.ThreadKey(thread.full_name, thread.number, thread.repository_id))
             await turn.say(f"nofx forgot what it remembered of this thread ({removed} entries).")
 
 
@@ -212,6 +212,7 @@ def _create_and_start(turn: Turn, request: str, plan: Plan, where: _Where) -> No
     spec = records.RunRequest(
         installation_id=thread.installation_id,
         repository=thread.full_name,
+        repository_id=thread.repository_id,
         thread_number=thread.number,
         thread_kind=thread.kind,
         request=request,
@@ -352,7 +353,7 @@ async def _where_to_work(ctx: EventContext, gh: GitHubAPI, thread: Thread, reque
 
 def _context_for(ctx: EventContext, thread: Thread, follows: Run | None) -> str | None:
     """What the model should know of the thread: its memory, and the run a follow-up continues."""
-    remembered = ctx.memory.recall(ctx.store, thread.full_name, thread.number)
+    remembered = ctx.memory.recall(ctx.store, memory.ThreadKey(thread.full_name, thread.number, thread.repository_id))
     parts = [*(["Remembered from this thread:", *remembered] if remembered else []), _previous_outcome(ctx, follows)]
     return "\n".join(part for part in parts if part) or None
 

@@ -18,6 +18,7 @@ class Thread:
     default_branch: str
     clone_url: str | None
     html_url: str | None
+    repository_id: int | None = None  # GitHub's id of the repository: a name can later belong to another one
 
     @property
     def full_name(self) -> str:
@@ -45,4 +46,5 @@ class Thread:
             default_branch=repository.get("default_branch") or "main",
             clone_url=repository.get("clone_url"),
             html_url=item.get("html_url"),
+            repository_id=repository.get("id"),
         )

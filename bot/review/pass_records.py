@@ -36,6 +36,7 @@ def add_pass(
         id=new_id(),
         installation_id=thread.installation_id,
         repository=thread.full_name,
+        repository_id=thread.repository_id or pull["base"].get("repo", {}).get("id"),
         pull_number=thread.number,
         base_sha=pull["base"]["sha"],
         head_sha=pull["head"]["sha"],

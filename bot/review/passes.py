@@ -78,7 +78,7 @@ class ReviewDeps:
     github: GitHubApp | None
     llm: LLM | None
     redact: Callable[[str], str] = str
-    remember: Callable[[str, int, str], None] | None = None  # thread memory: (repository, number, feedback)
+    remember: Callable[[ReviewPass, str], None] | None = None  # thread memory: (the pass, its feedback)
 
 
 # --- the pass --------------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ async def _review(deps: ReviewDeps, gh: GitHubAPI, pull: publish.PullRef, review
         feedback = f"review of {review.head_sha[:12]}: {len(analysis.findings)} finding(s)" + (
             f" ({titles})" if titles else ""
         )
-        deps.remember(review.repository, review.pull_number, feedback)
+        deps.remember(review, feedback)
     return ReviewStatus.done
 
 

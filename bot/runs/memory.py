@@ -5,7 +5,9 @@ NOFX_MEMORY_KEYS (the first encrypts, all decrypt, so a key can be rotated in: `
 Without a key, memory is off: nothing is stored, and the log says so once per process.
 
 Threads are named `owner/repo#12` (lower case, as GitHub names are case-insensitive); the API also takes
-`owner:repo:12`, which needs no URL-encoding.
+`owner:repo:12`, which needs no URL-encoding. Entries also record GitHub's repository id, and a run recalls only
+entries of its own repository id: a name that now belongs to another repository (renamed, transferred, deleted
+and re-created) does not inherit what was said on the old one. The admin API (by name) sees them all.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ThreadKey:
 
     repository: str  # owner/repo
     number: int
+    repository_id: int | None = None  # GitHub's id; None only for the admin API, which addresses threads by name
 
     def __str__(self) -> str:
         return f"{self.repository.lower()}#{self.number}"
@@ -105,6 +108,7 @@ def remember(
         id=uuid.uuid4().hex,
         thread=str(thread),
         kind=kind,
+        repository_id=thread.repository_id,
         ciphertext=cipher.encrypt(text.encode("utf-8")).decode("ascii"),
         created_at=now,
         expires_at=now + timedelta(days=max(ttl_days, 1)),
@@ -118,15 +122,29 @@ def recall(store: Store, keys: Sequence[str], thread: ThreadKey, limit: int = 20
     """The thread's latest `limit` live entries, oldest first, for a prompt; redacted and expired ones are left out."""
     if _cipher(keys) is None:
         return []
-    return [e for e in entries(store, keys, thread, limit=limit, include_redacted=False) if e.text is not None]
+    found = entries(store, keys, thread, limit=limit, include_redacted=False, same_repository=True)
+    return [e for e in found if e.text is not None]
 
 
 def entries(
-    store: Store, keys: Sequence[str], thread: ThreadKey, *, limit: int = 200, include_redacted: bool = True
+    store: Store,
+    keys: Sequence[str],
+    thread: ThreadKey,
+    *,
+    limit: int = 200,
+    include_redacted: bool = True,
+    same_repository: bool = False,
 ) -> list[Entry]:
-    """Unexpired entries, decrypted, oldest first (the admin view keeps redacted ones, without their text)."""
+    """Unexpired entries, decrypted, oldest first (the admin view keeps redacted ones, without their text).
+
+    `same_repository`: only entries recorded for the thread's repository id (for a prompt), never those of an
+    earlier repository that had the same name, nor entries from before ids were recorded.
+    """
     cipher = _cipher(keys, quiet=True)
     statement = select(ThreadMemory).where(ThreadMemory.thread == str(thread), col(ThreadMemory.expires_at) > utcnow())
+    if same_repository:
+        owner = col(ThreadMemory.repository_id)
+        statement = statement.where(owner.is_(None) if thread.repository_id is None else owner == thread.repository_id)
     if not include_redacted:
         statement = statement.where(col(ThreadMemory.redacted).is_(False))
     with store.session() as session:
@@ -223,15 +241,15 @@ class ThreadMemoryConfig:
         self.ttl_days = ttl_days
 
     def thread(self, run: Run) -> ThreadKey:
-        return ThreadKey(run.repository, run.thread_number)
+        return ThreadKey(run.repository, run.thread_number, run.repository_id)
 
     def remember(self, store: Store, run: Run, kind: str, text: str) -> None:
         ttl = effective_ttl_days(self.ttl_days, run.config.get("memory_ttl_days"))
         remember(store, self.keys, self.thread(run), kind, text, ttl_days=ttl)
 
-    def remember_thread(self, store: Store, repository: str, number: int, kind: str, text: str) -> None:
-        remember(store, self.keys, ThreadKey(repository, number), kind, text, ttl_days=self.ttl_days)
+    def remember_thread(self, store: Store, thread: ThreadKey, kind: str, text: str) -> None:
+        remember(store, self.keys, thread, kind, text, ttl_days=self.ttl_days)
 
-    def recall(self, store: Store, repository: str, number: int) -> list[str]:
-        entries = recall(store, self.keys, ThreadKey(repository, number))
+    def recall(self, store: Store, thread: ThreadKey) -> list[str]:
+        entries = recall(store, self.keys, thread)
         return [f"[{e.kind}, {e.created_at:%Y-%m-%d}] {e.text}" for e in entries]

@@ -73,6 +73,7 @@ class RunRequest:
     head_sha: str | None = None
     branch: str | None = None
     follows_run_id: str | None = None
+    repository_id: int | None = None
 
 
 @dataclass

@@ -60,6 +60,7 @@ def resume(
     request = records.RunRequest(
         installation_id=source.installation_id,
         repository=source.repository,
+        repository_id=source.repository_id,
         thread_number=source.thread_number,
         thread_kind=source.thread_kind,
         request=source.request,

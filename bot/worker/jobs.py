@@ -9,9 +9,10 @@ from rq import get_current_job
 
 from bot import deliveries, logs
 from bot.events import router as events
-from bot.models import DeliveryStatus
+from bot.models import DeliveryStatus, ReviewPass
 from bot.review import passes
 from bot.runs import queries, report
+from bot.runs.memory import ThreadKey
 from bot.settings import Settings
 from bot.worker.runtime import Runtime
 
@@ -52,8 +53,9 @@ def run_review(pass_id: str) -> None:
     runtime = current_runtime()
     memory = runtime.engine.memory
 
-    def remember(repository: str, number: int, feedback: str) -> None:
-        memory.remember_thread(runtime.store, repository, number, "review_feedback", feedback)
+    def remember(review: ReviewPass, feedback: str) -> None:
+        thread = ThreadKey(review.repository, review.pull_number, review.repository_id)
+        memory.remember_thread(runtime.store, thread, "review_feedback", feedback)
 
     deps = passes.ReviewDeps(runtime.store, runtime.github, runtime.llm, runtime.redactor.redact, remember)
     runtime.run(passes.run_pass(deps, pass_id))

@@ -798,7 +798,8 @@ def test_review_feedback_is_remembered_on_the_pull_requests_thread(
     deliver("pull_request", pull.event("opened"))
     work()
 
-    [entry] = memory.recall(store, keys, memory.ThreadKey(f"{OWNER}/{REPO}", pull.number))
+    repository_id = pull.event("opened")["repository"]["id"]  # memory belongs to the repository's id
+    [entry] = memory.recall(store, keys, memory.ThreadKey(f"{OWNER}/{REPO}", pull.number, repository_id))
     assert entry.kind == "review_feedback" and "high: app.py: Unchecked call" in (entry.text or "")
 
 
