@@ -21,7 +21,7 @@ EXTENDS_KEY = "_extends"
 MAX_LEVELS = 3
 _NAME = r"[A-Za-z0-9_.-]{1,100}"
 _EXTENDS = re.compile(rf"(?:(?P<owner>{_NAME})/)?(?P<repo>{_NAME})(?::(?P<path>[A-Za-z0-9_./-]{{1,200}}))?")
-_EXTENDS_ALLOWED = "a repository of the same owner (`.github`), `owner/repo`, or `owner/repo:path/to/file.yml`"
+EXTENDS_ALLOWED = "a repository of the same owner (`.github`), `owner/repo`, or `owner/repo:path/to/file.yml`"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ async def resolve(fetch: Fetch, owner: str, repo: str) -> RepoConfig:
             raise ConfigError(
                 EXTENDS_KEY,
                 f"names {base.label}, which nofx cannot read (missing, or not installed)",
-                _EXTENDS_ALLOWED,
+                EXTENDS_ALLOWED,
                 file=file.label,
             )
         layers.append((base, load_mapping(base_text, file=base.label)))
@@ -120,7 +120,7 @@ def _base_of(value: object, extending: ConfigFile) -> ConfigFile:
     path = (match.group("path") if match else None) or CONFIG_PATH
     if match is None or ".." in path.split("/") or path.startswith("/") or not path.endswith((".yml", ".yaml")):
         shown = repr(value) if isinstance(value, str) else type(value).__name__
-        raise ConfigError(EXTENDS_KEY, f"is {shown}", _EXTENDS_ALLOWED, file=extending.label)
+        raise ConfigError(EXTENDS_KEY, f"is {shown}", EXTENDS_ALLOWED, file=extending.label)
     return ConfigFile(match.group("owner") or extending.owner, match.group("repo"), path)
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +212,19 @@ def permission_reaches(actual: str, minimum: str) -> bool:
     if actual not in PERMISSION_ORDER:  # "none", or a role GitHub adds later: never enough
         return False
     return PERMISSION_ORDER.index(actual) >= PERMISSION_ORDER.index(minimum)
+
+
+def schema_keys() -> list[tuple[str, str]]:
+    """Every key the schema knows, dotted, with what it allows: the source of README's configuration reference."""
+
+    def walk(section: _Section, prefix: str) -> Iterator[tuple[str, str]]:
+        for name, item in section.fields.items():
+            if isinstance(item, _Section):
+                yield from walk(item, _join(prefix, name))
+            else:
+                yield _join(prefix, name), item.allowed
+
+    return list(walk(_SCHEMA, ""))
 
 
 def describe(config: RepoConfig) -> dict[str, Any]:
