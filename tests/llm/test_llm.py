@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from bot.llm.costs import UNKNOWN_MODEL_PRICE, cost_usd, price_for
+from bot.llm.prompt_safety import UNTRUSTED_RULE
 from bot.llm.router import (
     LLM,
-    UNTRUSTED_RULE,
     Budget,
     BudgetExceeded,
     FileCache,
