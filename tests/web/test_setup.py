@@ -31,6 +31,7 @@ from starlette.testclient import TestClient
 from bot.settings import Settings, read_env_file
 from bot.web import guards
 from bot.web import manifest as setup
+from bot.web.env_file import env_value, update_env_file
 from tests.support.github_double import GitHubDouble
 
 BASE = "https://nofx.example.com"
@@ -631,7 +632,7 @@ def test_env_file_is_private_even_with_a_permissive_umask(tmp_path: Path) -> Non
     path = tmp_path / ".env"
     old = os.umask(0)
     try:
-        setup.update_env_file(path, {"GITHUB_APP_ID": "1"})
+        update_env_file(path, {"GITHUB_APP_ID": "1"})
     finally:
         os.umask(old)
 
@@ -643,7 +644,7 @@ def test_env_file_none_removes_a_stale_value(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     path.write_text("GITHUB_WEBHOOK_SECRET=stale\nGITHUB_WEBHOOK_SECRET=again\nPORT=8080\n")
 
-    setup.update_env_file(path, {"GITHUB_WEBHOOK_SECRET": None, "GITHUB_APP_ID": "1"})
+    update_env_file(path, {"GITHUB_WEBHOOK_SECRET": None, "GITHUB_APP_ID": "1"})
 
     assert read_env_file(path) == {"PORT": "8080", "GITHUB_APP_ID": "1"}
 
@@ -651,18 +652,18 @@ def test_env_file_none_removes_a_stale_value(tmp_path: Path) -> None:
 @given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=60))
 def test_env_file_values_read_back_unchanged(value: str) -> None:
     try:
-        setup._env_value(value)
+        env_value(value)
     except ValueError:
         return  # refused up front rather than written wrong
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / ".env"
-        setup.update_env_file(path, {"A": value, "B": "after"})
+        update_env_file(path, {"A": value, "B": "after"})
         assert read_env_file(path) == {"A": value, "B": "after"}
 
 
 def test_a_github_pem_round_trips_through_settings(tmp_path: Path, pem: str) -> None:
     path = tmp_path / ".env"
 
-    setup.update_env_file(path, {"GITHUB_APP_ID": "1", "GITHUB_PRIVATE_KEY": pem})
+    update_env_file(path, {"GITHUB_APP_ID": "1", "GITHUB_PRIVATE_KEY": pem})
 
     assert Settings.from_env({}, env_file=path).private_key == pem
