@@ -28,6 +28,7 @@ from bot.render.status_comment import run_status_summary
 from bot.repo_config import RepoConfig, describe
 from bot.runs import memory, planner, policy, queries, records, resume
 from bot.runs.llm_planner import planner_for
+from bot.runs.transitions import TransitionError
 from bot.store import Store
 from bot.workspace.worktrees import branch_name
 
@@ -293,7 +294,7 @@ async def _retry(turn: Turn, command: Command) -> None:
         return
     try:
         progress = records.retry(turn.store, run.id, command.argument or None, by=turn.sender)
-    except records.TransitionError as exc:
+    except TransitionError as exc:
         await turn.say(str(exc))
         return
     turn.ctx.after(progress, run.id)

@@ -13,8 +13,9 @@ from typing import Any
 from bot import logs
 from bot.models import utcnow
 from bot.queue import WorkQueue
-from bot.runs import records
+from bot.runs import queries, records
 from bot.runs.progress import enqueue_progress
+from bot.runs.transitions import TransitionError
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def wake_for(
 ) -> list[str]:
     """Resume the CI steps waiting on `head_sha`, or on `branch` (someone else may have pushed to it)."""
     woken = []
-    for run, step in records.waiting_steps(store, CI_TOOL, repository):
+    for run, step in queries.waiting_steps(store, CI_TOOL, repository):
         output = step.output or {}
         if not (head_sha and head_sha == output.get("head_sha")) and not (branch and branch == output.get("branch")):
             continue
@@ -47,7 +48,7 @@ def poll_due(store: Store, queue: WorkQueue, *, every: timedelta = POLL_EVERY) -
     """Resume the CI steps nothing has woken for `every`: the fallback for lost webhooks, and the timeout's clock."""
     now = utcnow()
     woken = []
-    for run, step in records.waiting_steps(store, CI_TOOL):
+    for run, step in queries.waiting_steps(store, CI_TOOL):
         checked = _when((step.output or {}).get("checked_at"))
         if (checked is None or checked <= now - every) and _resume(store, queue, run.id, step.id, "poll"):
             woken.append(step.id)
@@ -57,7 +58,7 @@ def poll_due(store: Store, queue: WorkQueue, *, every: timedelta = POLL_EVERY) -
 def _resume(store: Store, queue: WorkQueue, run_id: str, step_id: str, reason: str) -> bool:
     try:
         progress = records.resume_step(store, step_id, reason)
-    except records.TransitionError:  # the run was cancelled meanwhile
+    except TransitionError:  # the run was cancelled meanwhile
         return False
     if not progress.enqueue:
         return False

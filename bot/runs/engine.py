@@ -25,6 +25,7 @@ from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, 
 from bot.runs.memory import ThreadMemoryConfig
 from bot.runs.progress import enqueue_progress
 from bot.runs.step_llm import StepLLM
+from bot.runs.transitions import TransitionError
 from bot.store import Store
 from bot.workspace.git import GitError
 from bot.workspace.sandbox import Sandbox
@@ -215,7 +216,7 @@ class Engine:
             delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (step.attempts - 1)) * random.uniform(0.75, 1.25)
             try:
                 records.requeue_step(self.store, step.id, message)
-            except records.TransitionError:
+            except TransitionError:
                 return None
             log.warning(
                 "retryable error, attempt %s of %s in %.1f s: %s", step.attempts, step.retries + 1, delay, message
@@ -229,7 +230,7 @@ class Engine:
     def _record(self, run: Run, step: Step, transition: Callable[[], records.Progress]) -> StepStatus | None:
         try:
             progress = transition()
-        except records.TransitionError as exc:  # cancelled meanwhile: the cancel already recorded the outcome
+        except TransitionError as exc:  # cancelled meanwhile: the cancel already recorded the outcome
             log.info("step result not recorded: %s", exc)
             report.request_publish(self.queue, run.id)
             return None

@@ -92,3 +92,16 @@ def last_event_time(store: Store, step_id: str) -> datetime | None:
     with store.session() as session:
         statement = select(RunEvent.created_at).where(RunEvent.step_id == step_id).order_by(col(RunEvent.id).desc())
         return session.exec(statement).first()
+
+
+def waiting_steps(store: Store, tool: str, repository: str | None = None) -> list[tuple[Run, Step]]:
+    """Steps of one tool waiting in active runs (of one repository), with their run: what a wake-up may resume."""
+    with store.session() as session:
+        statement = (
+            select(Run, Step)
+            .join(Step, col(Step.run_id) == col(Run.id))
+            .where(Step.tool == tool, Step.status == StepStatus.waiting, col(Run.status).in_(ACTIVE_RUN))
+        )
+        if repository is not None:
+            statement = statement.where(Run.repository == repository)
+        return [(run, step) for run, step in session.exec(statement)]

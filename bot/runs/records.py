@@ -8,48 +8,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from bot.models import Run, RunEvent, RunStatus, Step, StepStatus, new_id, utcnow
 from bot.plans import Plan
 from bot.runs import admission
+from bot.runs.transitions import (
+    TransitionError,
+    add_event,
+    conditional_update,
+    finish_run,
+    fresh_run,
+    fresh_step,
+    move_run,
+    move_step,
+    moved,
+)
 from bot.store import Store
 
-RUN_MACHINE: dict[RunStatus, frozenset[RunStatus]] = {
-    RunStatus.queued: frozenset({RunStatus.running, RunStatus.failed, RunStatus.cancelled}),
-    RunStatus.running: frozenset({RunStatus.waiting, RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}),
-    RunStatus.waiting: frozenset({RunStatus.running, RunStatus.failed, RunStatus.cancelled}),
-    RunStatus.failed: frozenset({RunStatus.running}),  # `/nofx retry`
-    RunStatus.succeeded: frozenset(),
-    RunStatus.cancelled: frozenset(),
-}
-STEP_MACHINE: dict[StepStatus, frozenset[StepStatus]] = {
-    StepStatus.pending: frozenset({StepStatus.queued, StepStatus.skipped, StepStatus.cancelled}),
-    StepStatus.queued: frozenset({StepStatus.running, StepStatus.cancelled}),
-    StepStatus.running: frozenset(
-        {StepStatus.succeeded, StepStatus.failed, StepStatus.waiting, StepStatus.queued, StepStatus.cancelled}
-    ),
-    StepStatus.waiting: frozenset(
-        {StepStatus.succeeded, StepStatus.cancelled, StepStatus.failed, StepStatus.queued}  # queued: `resume_step`
-    ),
-    StepStatus.failed: frozenset({StepStatus.pending}),  # `/nofx retry`
-    StepStatus.skipped: frozenset({StepStatus.pending}),  # retry of what it depended on
-    StepStatus.cancelled: frozenset(),
-    StepStatus.succeeded: frozenset(),
-}
-RowT = TypeVar("RowT", Run, Step)
 ACTIVE_RUN = (RunStatus.queued, RunStatus.running, RunStatus.waiting)
 TERMINAL_RUN = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
 UNFINISHED_STEP = (StepStatus.pending, StepStatus.queued, StepStatus.running, StepStatus.waiting)
-
-
-class TransitionError(RuntimeError):
-    """A forbidden status change was asked for; the message names the object and both states."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +102,7 @@ def create(store: Store, request: RunRequest, plan: Plan, config: dict[str, Any]
                 )
             )
         session.flush()
-        _event(session, run.id, "run.created", {"request": request.request, "requester": request.requester})
+        add_event(session, run.id, "run.created", {"request": request.request, "requester": request.requester})
     return run
 
 
@@ -127,7 +110,7 @@ def start(store: Store, run_id: str) -> Progress:
     """Start a queued run unless another run is active on its thread (it stays queued behind it), or its
     installation or the server has as many active runs as allowed (it waits its turn: `bot.runs.admission`)."""
     with store.serialized() as session:
-        run = _get_run(session, run_id)
+        run = fresh_run(session, run_id)
         if run.status != RunStatus.queued:  # admitted meanwhile by a run that ended
             return Progress(run_status=run.status)
         blocker = _active_run_on_thread(session, run)
@@ -135,14 +118,14 @@ def start(store: Store, run_id: str) -> Progress:
             if run.behind_run_id != blocker.id:
                 run.behind_run_id = blocker.id
                 session.add(run)
-                _event(session, run.id, "run.queued_behind", {"behind_run_id": blocker.id})
+                add_event(session, run.id, "run.queued_behind", {"behind_run_id": blocker.id})
             return Progress(run_status=RunStatus.queued)
         if not admission.admits(session, run, store.run_limits):
             run.behind_run_id = None  # no longer behind a run on its thread: in line with every other waiting run
             session.add(run)
-            _event(session, run.id, admission.QUEUED_FOR_CAPACITY, {"installation": run.installation_id})
+            add_event(session, run.id, admission.QUEUED_FOR_CAPACITY, {"installation": run.installation_id})
             return Progress(run_status=RunStatus.queued)
-        _move_run(session, run, RunStatus.running, {"started": True})
+        move_run(session, run, RunStatus.running, {"started": True})
         run.started_at = run.started_at or utcnow()
         run.behind_run_id = None
         session.add(run)
@@ -158,7 +141,7 @@ def claim_step(store: Store, step_id: str, job_id: str | None) -> Step | None:
     """queued → running for exactly one job; None when another job has it or it is no longer queued."""
     with store.session() as session:
         now = utcnow()
-        taken = _conditional(
+        taken = conditional_update(
             session,
             Step,
             step_id,
@@ -182,7 +165,7 @@ def claim_step(store: Store, step_id: str, job_id: str | None) -> Step | None:
         ).first()
         wait = max(0.0, (now - queued_at).total_seconds()) if queued_at else None
         payload = {"name": step.name, "tool": step.tool, "attempt": step.attempts, "queue_wait_s": wait}
-        _event(session, step.run_id, "step.started", payload, step.id)
+        add_event(session, step.run_id, "step.started", payload, step.id)
         return step
 
 
@@ -225,51 +208,38 @@ def resume_step(store: Store, step_id: str, reason: str) -> Progress:
     the loser gets an empty Progress.
     """
     with store.session() as session:
-        step = _get_step(session, step_id)
+        step = fresh_step(session, step_id)
         if (
             step.status != StepStatus.waiting
             or step.tool == "manual:approval"
-            or not _moved(session, step, StepStatus.queued)
+            or not moved(session, step, StepStatus.queued)
         ):
             return Progress()
-        _event(session, step.run_id, "step.resumed", {"name": step.name, "reason": reason}, step.id)
-        run = _get_run(session, step.run_id)
+        add_event(session, step.run_id, "step.resumed", {"name": step.name, "reason": reason}, step.id)
+        run = fresh_run(session, step.run_id)
         if run.status == RunStatus.waiting:
-            _move_run(session, run, RunStatus.running, {"resumed_by": reason})
+            move_run(session, run, RunStatus.running, {"resumed_by": reason})
     return Progress(enqueue=[step_id], run_status=RunStatus.running)
-
-
-def waiting_steps(store: Store, tool: str, repository: str | None = None) -> list[tuple[Run, Step]]:
-    """Steps of one tool waiting in active runs (of one repository), with their run: what a wake-up may resume."""
-    with store.session() as session:
-        statement = (
-            select(Run, Step)
-            .join(Step, col(Step.run_id) == col(Run.id))
-            .where(Step.tool == tool, Step.status == StepStatus.waiting, col(Run.status).in_(ACTIVE_RUN))
-        )
-        if repository is not None:
-            statement = statement.where(Run.repository == repository)
-        return [(run, step) for run, step in session.exec(statement)]
 
 
 def decide(store: Store, step_id: str, *, approved: bool, by: str, reason: str = "") -> Progress:
     """Resolve a waiting approval: approved resumes the run; rejected cancels it."""
     with store.session() as session:
-        step = _get_step(session, step_id)
+        step = fresh_step(session, step_id)
         if step.status != StepStatus.waiting:
             raise TransitionError(
                 f"step {step.name} of run {step.run_id} is {step.status.value}, not waiting for a decision"
             )
         if approved:
-            _move_step(session, step, StepStatus.succeeded, "step.approved", {"by": by})
+            move_step(session, step, StepStatus.succeeded, "step.approved", {"by": by})
         else:
-            _move_step(session, step, StepStatus.cancelled, "step.rejected", {"by": by, "reason": reason})
+            move_step(session, step, StepStatus.cancelled, "step.rejected", {"by": by, "reason": reason})
         step.decided_by = by
         step.finished_at = utcnow()
         session.add(step)
-        run = _get_run(session, step.run_id)
+        run = fresh_run(session, step.run_id)
         if approved and run.status == RunStatus.waiting:
-            _move_run(session, run, RunStatus.running, {"resumed_by": by})
+            move_run(session, run, RunStatus.running, {"resumed_by": by})
     if approved:
         return _advance(store, step.run_id)
     return cancel(store, step.run_id, by=by, reason=f"rejected by @{by}" + (f": {reason}" if reason else ""))
@@ -278,21 +248,21 @@ def decide(store: Store, step_id: str, *, approved: bool, by: str, reason: str =
 def cancel(store: Store, run_id: str, *, by: str, reason: str = "") -> Progress:
     """Stop a run: unfinished steps are cancelled (the runner stops a running job), the run is cancelled."""
     with store.session() as session:
-        run = _get_run(session, run_id)
+        run = fresh_run(session, run_id)
         for step in session.exec(select(Step).where(Step.run_id == run_id, col(Step.status).in_(UNFINISHED_STEP))):
-            _move_step(session, step, StepStatus.cancelled, "step.cancelled", {"by": by})
+            move_step(session, step, StepStatus.cancelled, "step.cancelled", {"by": by})
             step.finished_at = utcnow()
             session.add(step)
-        _move_run(session, run, RunStatus.cancelled, {"by": by, "reason": reason})
+        move_run(session, run, RunStatus.cancelled, {"by": by, "reason": reason})
         run.error = reason or f"cancelled by @{by}"
-        _finish_run(session, run)
+        finish_run(session, run)
     return _after_terminal(store, run_id, RunStatus.cancelled)
 
 
 def retry(store: Store, run_id: str, step_name: str | None = None, *, by: str) -> Progress:
     """Re-run a failed step (default: every failed step) of a failed run, and everything that depends on it."""
     with store.session() as session:
-        run = _get_run(session, run_id)
+        run = fresh_run(session, run_id)
         steps = list(session.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.position))))
         if step_name is not None:
             targets = [s for s in steps if s.name == step_name]
@@ -309,10 +279,10 @@ def retry(store: Store, run_id: str, step_name: str | None = None, *, by: str) -
         names = _with_dependents({s.name for s in targets}, steps)
         for step in steps:
             if step.name in names and step.status in (StepStatus.failed, StepStatus.skipped):
-                _move_step(session, step, StepStatus.pending, "step.reset", {"by": by})
+                move_step(session, step, StepStatus.pending, "step.reset", {"by": by})
                 step.error, step.finished_at, step.output = None, None, {}
                 session.add(step)
-        _move_run(session, run, RunStatus.running, {"retried_by": by, "steps": sorted(names)})
+        move_run(session, run, RunStatus.running, {"retried_by": by, "steps": sorted(names)})
         run.error, run.finished_at = None, None
         session.add(run)
     return _advance(store, run_id)
@@ -321,7 +291,7 @@ def retry(store: Store, run_id: str, step_name: str | None = None, *, by: str) -
 def record_event(store: Store, run_id: str, type_: str, payload: dict[str, Any], step_id: str | None = None) -> None:
     """Events that are not status changes (a handler's progress, an LLM call's cost)."""
     with store.session() as session:
-        _event(session, run_id, type_, payload, step_id)
+        add_event(session, run_id, type_, payload, step_id)
 
 
 def add_usage(
@@ -339,7 +309,7 @@ def add_usage(
             )
         )
         session.exec(update(Run).where(col(Run.id) == step.run_id).values(cost_usd=col(Run.cost_usd) + cost_usd))
-        _event(
+        add_event(
             session,
             step.run_id,
             "llm.call",
@@ -362,7 +332,7 @@ def set_run_fields(store: Store, run_id: str, **values: Any) -> None:
 def _advance(store: Store, run_id: str) -> Progress:
     progress = Progress()
     with store.session() as session:
-        run = _get_run(session, run_id)
+        run = fresh_run(session, run_id)
         progress.run_status = run.status
         if run.status != RunStatus.running:
             return progress
@@ -372,30 +342,30 @@ def _advance(store: Store, run_id: str) -> Progress:
         if failed is not None:
             for step in steps:
                 if step.status == StepStatus.pending:
-                    _move_step(session, step, StepStatus.skipped, "step.skipped", {"reason": f"{failed.name} failed"})
+                    move_step(session, step, StepStatus.skipped, "step.skipped", {"reason": f"{failed.name} failed"})
                 elif step.status == StepStatus.waiting:
-                    _move_step(
+                    move_step(
                         session, step, StepStatus.cancelled, "step.cancelled", {"reason": f"{failed.name} failed"}
                     )
             if not any(s.status in (StepStatus.queued, StepStatus.running) for s in steps):
-                _move_run(session, run, RunStatus.failed, {"failed_step": failed.name})
+                move_run(session, run, RunStatus.failed, {"failed_step": failed.name})
                 run.error = f"step {failed.name} failed: {failed.error or 'no detail'}"
-                _finish_run(session, run)
+                finish_run(session, run)
                 progress.run_status = RunStatus.failed
         else:
             for step in steps:
                 deps_done = all(by_name[d].status == StepStatus.succeeded for d in step.depends_on)
-                if step.status == StepStatus.pending and deps_done and _moved(session, step, StepStatus.queued):
-                    _event(session, run_id, "step.enqueued", {"name": step.name}, step.id)
+                if step.status == StepStatus.pending and deps_done and moved(session, step, StepStatus.queued):
+                    add_event(session, run_id, "step.enqueued", {"name": step.name}, step.id)
                     progress.enqueue.append(step.id)
             statuses = {s.status for s in steps}
             if statuses <= {StepStatus.succeeded, StepStatus.skipped}:
-                _move_run(session, run, RunStatus.succeeded, {})
-                _finish_run(session, run)
+                move_run(session, run, RunStatus.succeeded, {})
+                finish_run(session, run)
                 progress.run_status = RunStatus.succeeded
             elif StepStatus.waiting in statuses and not statuses & {StepStatus.queued, StepStatus.running}:
                 waiting_on = [s.name for s in steps if s.status == StepStatus.waiting]
-                _move_run(session, run, RunStatus.waiting, {"waiting_on": waiting_on})
+                move_run(session, run, RunStatus.waiting, {"waiting_on": waiting_on})
                 progress.run_status = RunStatus.waiting
     if progress.run_status in TERMINAL_RUN:
         following = _after_terminal(store, run_id, progress.run_status)
@@ -469,11 +439,11 @@ def _step_transition(
     finished: bool = True,
 ) -> Step:
     with store.session() as session:
-        step = _get_step(session, step_id)
+        step = fresh_step(session, step_id)
         payload: dict[str, Any] = {"name": step.name, "attempt": step.attempts}
         if error:
             payload["error"] = error
-        _move_step(session, step, to, event_type, payload)
+        move_step(session, step, to, event_type, payload)
         if output is not None:
             step.output = output
         step.error = error
@@ -481,75 +451,3 @@ def _step_transition(
             step.finished_at = utcnow()
         session.add(step)
         return step
-
-
-def _move_run(session: Session, run: Run, to: RunStatus, payload: dict[str, Any]) -> None:
-    if not _conditional(session, Run, run.id, to, {}, only_from=[run.status]):
-        current = session.get(Run, run.id)
-        raise TransitionError(f"run {run.id}: {current.status.value if current else '?'} → {to.value} is not allowed")
-    run.status = to
-    run.updated_at = utcnow()
-    _event(session, run.id, f"run.{to.value}", payload)
-
-
-def _move_step(session: Session, step: Step, to: StepStatus, event_type: str, payload: dict[str, Any]) -> None:
-    if not _moved(session, step, to):
-        raise TransitionError(f"step {step.name} of run {step.run_id}: {step.status.value} → {to.value} is not allowed")
-    _event(session, step.run_id, event_type, {"name": step.name, **payload}, step.id)
-
-
-def _moved(session: Session, step: Step, to: StepStatus) -> bool:
-    if not _conditional(session, Step, step.id, to, {}, only_from=[step.status]):
-        return False
-    step.status = to
-    return True
-
-
-def _conditional(
-    session: Session,
-    model: type[SQLModel],
-    row_id: str,
-    to: RunStatus | StepStatus,
-    values: dict[str, Any],
-    *,
-    only_from: Iterable[RunStatus | StepStatus],
-) -> bool:
-    """UPDATE ... WHERE status IN (from-states that may reach `to`): the one place status is written."""
-    machine: dict[Any, frozenset[Any]] = RUN_MACHINE if model is Run else STEP_MACHINE
-    allowed = [state for state in only_from if to in machine[state]]
-    if not allowed:
-        return False
-    extra = {"updated_at": utcnow()} if model is Run else {}
-    statement = (
-        update(model)
-        .where(model.id == row_id, model.status.in_(allowed))  # type: ignore[attr-defined]
-        .values(status=to, **values, **extra)
-    )
-    result = session.exec(statement)
-    return bool(result.rowcount)
-
-
-def _finish_run(session: Session, run: Run) -> None:
-    run.finished_at = utcnow()
-    session.add(run)
-
-
-def _event(session: Session, run_id: str, type_: str, payload: dict[str, Any], step_id: str | None = None) -> None:
-    session.add(RunEvent(run_id=run_id, step_id=step_id, type=type_, payload=payload))
-
-
-def _get_run(session: Session, run_id: str) -> Run:
-    return _fresh(session, Run, run_id)
-
-
-def _get_step(session: Session, step_id: str) -> Step:
-    return _fresh(session, Step, step_id)
-
-
-def _fresh(session: Session, model: type[RowT], row_id: str) -> RowT:
-    """The row as it is in the database now (another worker may have moved it)."""
-    row = session.get(model, row_id)
-    if row is None:
-        raise TransitionError(f"{model.__name__.lower()} {row_id} does not exist")
-    session.refresh(row)
-    return row

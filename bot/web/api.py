@@ -26,6 +26,7 @@ from bot.queue import WorkQueue
 from bot.runs import queries, records
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.runs.progress import enqueue_progress
+from bot.runs.transitions import TransitionError
 from bot.store import Store
 from bot.web import run_page, sse
 from bot.web.auth import authorized, require_token
@@ -260,7 +261,7 @@ async def cancel_run(request: Request) -> Response:
 async def _act(store: Store, queue: WorkQueue, run_id: str, change: Callable[[], records.Progress]) -> Response:
     try:
         progress = await to_thread.run_sync(change)
-    except records.TransitionError as exc:
+    except TransitionError as exc:
         raise Problem(409, str(exc)) from None
     await to_thread.run_sync(enqueue_progress, store, queue, progress, run_id)
     data = await to_thread.run_sync(_run_details, store, run_id)

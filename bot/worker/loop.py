@@ -17,6 +17,7 @@ from bot.models import Step, StepStatus, utcnow
 from bot.queue import DISPATCH_LANE, REVIEW_JOB_TIMEOUT_S, WORK_LANE, dispatch_job_id, step_job_id
 from bot.review.pass_records import restart_abandoned
 from bot.runs import ci_wait, memory, queries, records
+from bot.runs.transitions import TransitionError
 from bot.worker import jobs, startup
 from bot.worker.runtime import Runtime
 
@@ -141,7 +142,7 @@ def _reap_dead(runtime: Runtime, step: Step) -> None:
             progress = records.advance(runtime.store, step.run_id)
         else:
             progress = records.fail_step(runtime.store, step.id, f"{reason}; no retries left")
-    except records.TransitionError:  # it finished or was cancelled meanwhile
+    except TransitionError:  # it finished or was cancelled meanwhile
         return
     log.warning("reaped step %s of run %s: %s", step.name, step.run_id, reason)
     runtime.engine.after(progress, step.run_id)

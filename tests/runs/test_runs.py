@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from bot.models import RunStatus, StepStatus
 from bot.plans import validate
 from bot.runs import queries, records
+from bot.runs.transitions import TransitionError
 from bot.store import Store
 
 TOOLS = {"manual:approval", "gate:test"}
@@ -109,7 +110,7 @@ def test_a_failed_step_skips_its_dependents_and_fails_the_run_and_retry_resumes(
 def test_forbidden_transitions_raise(any_store: Store, action: str) -> None:
     run_id = _two_step_run(any_store)
     step_id = records.start(any_store, run_id).enqueue[0]
-    with pytest.raises(records.TransitionError):
+    with pytest.raises(TransitionError):
         if action == "succeed":  # queued, never claimed
             records.succeed_step(any_store, step_id, {})
         elif action == "wait":
@@ -167,5 +168,5 @@ def test_idempotency_key_names_run_step_and_inputs(any_store: Store) -> None:
 
 def test_status_is_never_written_through_set_run_fields(any_store: Store) -> None:
     run_id = _two_step_run(any_store)
-    with pytest.raises(records.TransitionError):
+    with pytest.raises(TransitionError):
         records.set_run_fields(any_store, run_id, status=RunStatus.succeeded)
