@@ -125,7 +125,21 @@ class PolicyConfig:
     tools_allowed: tuple[str, ...] = ()
     env_allowed: tuple[str, ...] = ()
     max_cost_usd: float = 2.0
-    require_approval_before: tuple[str, ...] = ("git_pr",)
+    require_approval_before: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CodegenConfig:
+    """How long the model may work on a change: its turns (each one model call); the cost is `policy.max_cost_usd`."""
+
+    max_turns: int = 30
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """How often the model may repair its change after a gate (or the review before the PR) fails it."""
+
+    max_attempts: int = 2
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,8 @@ class RepoConfig:
     pr: PrConfig = PrConfig()
     templates: dict[str, PlanTemplate] = field(default_factory=dict)
     ci: CiConfig = CiConfig()
+    codegen: CodegenConfig = CodegenConfig()
+    repair: RepairConfig = RepairConfig()
 
 
 def parse_config(text: str | None) -> RepoConfig:
@@ -417,6 +433,8 @@ _SCHEMA = _Section(
                 ),
             },
         ),
+        "codegen": _Section(CodegenConfig, {"max_turns": _whole(1, 100)}),
+        "repair": _Section(RepairConfig, {"max_attempts": _whole(0, 5)}),
     },
 )
 

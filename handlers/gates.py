@@ -1,13 +1,21 @@
-"""Run the repository's own check command (tests, linter, type checker) in the sandbox; its exit code is the verdict."""
+"""Run the repository's own check command (tests, linter, type checker) in the sandbox; its exit code is the verdict.
+
+When the check fails and the run has repair attempts left (`repair.max_attempts`, counted over the whole run), the
+model gets the failure and the current diff (`bot.runs.agent.repair`), its edits are checkpointed, and the checks
+that passed before run again with this one: the pull request only ever opens on a change every gate passed.
+"""
 
 from __future__ import annotations
 
-import re
-import signal
+import time
+from dataclasses import dataclass
 from typing import Any
 
+from bot.runs import agent
 from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.workspace.sandbox import UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
+from bot.runs.policy import gate_command
+from bot.runs.repo_commands import describe_failure, isolation, run_gate_command, unsafe_notice
+from bot.workspace.sandbox import CommandResult
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
 TAIL_LINES = 30
@@ -15,39 +23,94 @@ OUTPUT_ARTIFACT = "output.log"
 
 
 async def run(ctx: StepContext) -> StepResult:
-    """Pass when the command exits 0 in time; otherwise fail the run with the output's last lines.
+    """Pass when the command exits 0 in time (after repairs, if any); otherwise fail with the output's last lines.
 
     The command is the repository's `gates.<kind>`, never an input of the plan: a plan chooses which gates
     run, not what they run.
     """
     kind = ctx.step.tool.removeprefix("gate:")
-    command = getattr(ctx.config.gates, kind, None)
-    if not isinstance(command, str) or not command.strip():
+    command = gate_command(ctx.step.tool, ctx.config)
+    if command is None:
         raise StepFailed(f"this gate has no command to run; set `gates.{kind}` in .github/nofx.yml")
     if ctx.workspace is None:
         raise StepFailed("this step needs a workspace")
-    try:
-        result = await ctx.sandbox.run(
-            command, ctx.workspace, env_allowed=ctx.config.policy.env_allowed, timeout_s=ctx.step.timeout_s
-        )
-    except (SandboxUnavailable, WorkspaceTampered) as exc:  # the message names the cause and what to do
-        raise StepFailed(f"`{command}`: {exc}") from None
-    except OSError as exc:  # the worktree is gone, or the host cannot start a process
-        raise StepFailed(f"`{command}` could not be started: {exc.strerror or exc}") from None
-    if ctx.artifacts is not None:
-        ctx.artifacts.put(OUTPUT_ARTIFACT, result.output.encode("utf-8"))
-    output = _output(command, result)
+    deadline = time.monotonic() + ctx.step.timeout_s
+    first_timeout = min(float(ctx.step.timeout_s), agent.GATE_TIMEOUT_S)
+    failed, checked = command, await _check(ctx, command, first_timeout, artifact=True)
+    repairs: list[dict[str, Any]] = []
+    attempts_left = ctx.config.repair.max_attempts - _repairs_so_far(ctx)
+    while not checked.ok and len(repairs) < attempts_left and ctx.llm is not None:
+        attempt = len(repairs) + 1
+        ctx.emit("repair.started", {"attempt": attempt, "command": failed})
+        evidence = describe_failure(failed, checked.result, checked.timeout_s, lines=agent.MAX_EVIDENCE_LINES)
+        try:
+            round_ = await agent.repair(
+                ctx, evidence=evidence, source=f"the check `{failed}`", attempt=attempt, deadline=deadline
+            )
+        except agent.NoChange as exc:  # the model changed nothing: another round would see the same failure
+            repairs.append({"attempt": attempt, "files": [], "passed": False, "note": str(exc)})
+            break
+        if ctx.checkpoint is not None:
+            await ctx.checkpoint(f"repair {attempt}")
+        failed, checked = await _recheck(ctx, command, deadline)
+        repairs.append({"attempt": attempt, "files": round_.files, "passed": checked.ok, "command": failed})
+        ctx.emit("repair.finished", repairs[-1])
+    result = checked.result
+    output = _output(failed, result) | ({"repairs": repairs} if repairs else {})
     ctx.emit(
         "gate.finished",
         {key: output[key] for key in ("command", "exit_code", "duration_s", "isolation", "truncated")}
-        | {"tool": ctx.step.tool, "timed_out": result.timed_out},
+        | {"tool": ctx.step.tool, "timed_out": result.timed_out, "repairs": len(repairs)},
     )
     if result.ok:
+        repaired = f" after {len(repairs)} repair(s)" if repairs else ""
         return StepResult(
             output=output,
-            summary=f"`{command}` passed in {result.duration_s:.1f} s ({_isolation(result)})",
+            summary=f"`{command}` passed{repaired} in {result.duration_s:.1f} s ({isolation(result)})",
         )
-    raise StepFailed(_failure_message(command, result, ctx.step.timeout_s), output)
+    message = describe_failure(failed, result, checked.timeout_s, lines=TAIL_LINES)
+    if repairs:
+        message = f"still failing after {len(repairs)} repair attempt(s): {message}"
+    raise StepFailed(message, output)
+
+
+async def _check(ctx: StepContext, command: str, timeout_s: float, *, artifact: bool = False) -> _Checked:
+    result = await run_gate_command(ctx, command, timeout_s=timeout_s)
+    if artifact and ctx.artifacts is not None:
+        ctx.artifacts.put(OUTPUT_ARTIFACT, result.output.encode("utf-8"))
+    return _Checked(result, timeout_s)
+
+
+async def _recheck(ctx: StepContext, command: str, deadline: float) -> tuple[str, _Checked]:
+    """After a repair: the gates that passed earlier in the run, then this one; the first failure, or the last pass."""
+    earlier = sorted((s for s in ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
+    for other in [c for s in earlier if (c := gate_command(s.tool, ctx.config)) is not None]:
+        result = await _check(ctx, other, _timeout(deadline))
+        if not result.ok:
+            return other, result
+    return command, await _check(ctx, command, _timeout(deadline), artifact=True)
+
+
+def _repairs_so_far(ctx: StepContext) -> int:
+    """Repair rounds the run's earlier steps used: `repair.max_attempts` bounds the run, not each gate."""
+    return sum(len(step.output.get("repairs") or []) for step in ctx.earlier.values() if isinstance(step.output, dict))
+
+
+def _timeout(deadline: float) -> float:
+    """A re-check gets what is left of the step's time, at most a whole gate's; whole seconds read better."""
+    return float(max(1, int(min(agent.GATE_TIMEOUT_S, deadline - time.monotonic() - agent.MARGIN_S))))
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A command's result with the time limit it ran under, for the failure message."""
+
+    result: CommandResult
+    timeout_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
 
 
 def _output(command: str, result: CommandResult) -> dict[str, Any]:
@@ -56,47 +119,6 @@ def _output(command: str, result: CommandResult) -> dict[str, Any]:
         "exit_code": result.exit_code,
         "duration_s": round(result.duration_s, 2),
         "isolation": result.isolation,
-        "output_tail": _unsafe(result) + result.tail(TAIL_LINES),
+        "output_tail": unsafe_notice(result) + result.tail(TAIL_LINES),
         "truncated": result.truncated,
     }
-
-
-def _failure_message(command: str, result: CommandResult, timeout_s: float) -> str:
-    """What the status comment and the check run show: the verdict, then the lines that explain it."""
-    if result.timed_out:
-        verdict = f"timed out after {timeout_s:g} s"
-    elif result.over_disk:
-        verdict = "was stopped for using more disk in the worktree than the sandbox allows"
-    elif result.exit_code is not None and result.exit_code < 0:
-        verdict = f"was killed by {_signal_name(-result.exit_code)}"
-    else:
-        verdict = f"failed with exit code {result.exit_code}"
-    message = f"`{command}` {verdict} ({_isolation(result)})"
-    tail = result.tail(TAIL_LINES)
-    if not tail.strip():
-        return message + "; it printed nothing"
-    return f"{message}. Last {TAIL_LINES} lines of output:\n{_fence(tail)}"
-
-
-def _isolation(result: CommandResult) -> str:
-    if result.isolation == "none":
-        return "isolation: none, the operator turned the sandbox off with NOFX_SANDBOX=none"
-    return f"isolation: {result.isolation}"
-
-
-def _unsafe(result: CommandResult) -> str:
-    return f"{UNSAFE_NOTICE}\n" if result.isolation == "none" else ""
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _fence(text: str) -> str:
-    """A Markdown code block that the output's own backticks cannot close early."""
-    longest = max((len(ticks) for ticks in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n{text}\n{fence}"

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from gidgethub import BadRequest
 
 from bot.models import Step
-from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.runs.contract import StepContext, StepFailed, StepResult, written_by
 from bot.workspace.git import GitError
 
 TOOLS = ("git_pr",)
@@ -94,7 +94,7 @@ async def _request_review(ctx: StepContext, owner: str, repo: str, number: int) 
 
 def _written(ctx: StepContext) -> list[str]:
     """Only what the run's write steps wrote is committed, never what the gates left behind."""
-    written = {path for s in ctx.earlier.values() if s.tool == "workspace:write" for path in s.output.get("files", [])}
+    written = {path for step in ctx.earlier.values() for path in written_by(step)}
     return sorted(written | set(ctx.inherited_files))
 
 

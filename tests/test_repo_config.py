@@ -45,13 +45,16 @@ def test_defaults() -> None:
     assert config.trigger == TriggerConfig("/nofx", "nofx", "nofx:review", "write")
     assert config.review == ReviewConfig(True, False, 20, "high", DEFAULT_SKIP_PATHS)
     assert config.gates == GatesConfig(test="pytest -q", lint="ruff check .", typecheck=None)
-    assert config.policy == PolicyConfig((), (), 2.0, ("git_pr",))
+    assert config.policy == PolicyConfig((), (), 2.0, ())  # the pull request is the review: no approval before it
     assert config.pr == PrConfig(draft=False)
+    assert (config.codegen.max_turns, config.repair.max_attempts) == (30, 2)
 
 
 def test_design_example_parses_to_its_values() -> None:
     config = parse_config(DESIGN_EXAMPLE)
-    assert config == dataclasses.replace(RepoConfig(), model="anthropic:claude-sonnet-4-5")
+    # DESIGN.md's example asks for an approval before the pull request; the default no longer does.
+    policy = dataclasses.replace(RepoConfig().policy, require_approval_before=("git_pr",))
+    assert config == dataclasses.replace(RepoConfig(), model="anthropic:claude-sonnet-4-5", policy=policy)
 
 
 def test_every_key_given() -> None:
@@ -176,7 +179,7 @@ ERRORS = [
     ("policy", "policy: [codegen]", "a list", "a mapping with the keys tools_allowed"),
     (
         "policy.tools_allowed",
-        "policy: {tools_allowed: [codegen, git_pr]}",
+        "policy: {tools_allowed: [codegen, git_pr], require_approval_before: [git_pr]}",
         "leaves out manual:approval",
         "includes manual:approval, or []",
     ),
@@ -401,3 +404,16 @@ def test_describe_is_plain_json() -> None:
 def test_schema_table_mirrors_the_dataclasses(section: repo_config._Section) -> None:
     """A key with no check, or a check with no field, would be a key nothing reads."""
     assert list(section.fields) == [field.name for field in dataclasses.fields(section.cls)]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("codegen: {max_turns: 0}", "codegen.max_turns"),
+        ("repair: {max_attempts: 6}", "repair.max_attempts"),
+    ],
+)
+def test_the_new_keys_are_checked(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(text)
+    assert error.value.key == key

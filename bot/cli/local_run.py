@@ -26,6 +26,7 @@ from bot.plans import Plan, PlanError
 from bot.queue import start_embedded_valkey
 from bot.repo_config import CONFIG_PATH, ConfigError, RepoConfig, describe, parse_config
 from bot.runs import planner, queries, records
+from bot.runs.contract import written_by
 from bot.settings import Settings
 from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
@@ -144,14 +145,7 @@ async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, re
     run = queries.get_run(runtime.store, run_id)
     assert run is not None
     worktree = await workspaces.prepare(Checkout(run_id=run.id, branch=run.branch or "", base_ref=run.head_sha or ""))
-    written = sorted(
-        {
-            path
-            for s in queries.steps_of(runtime.store, run.id)
-            if s.tool == "workspace:write"
-            for path in s.output.get("files", [])
-        }
-    )
+    written = sorted({path for s in queries.steps_of(runtime.store, run.id) for path in written_by(s)})
     name = _git(repo, "config", "user.name", check=False) or "nofx"
     email = _git(repo, "config", "user.email", check=False) or "nofx@localhost"
     sha = await worktree.commit_all(

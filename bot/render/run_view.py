@@ -26,7 +26,7 @@ from bot.render.text import (
     seconds_between,
     shorten,
 )
-from bot.render.words import GIT_WORDS, Words, step_ref, tool_words, words_for
+from bot.render.words import GIT_WORDS, MAX_NAME_CHARS, Words, step_ref, tool_words, words_for
 
 UNISOLATED_NOTE = "⚠️ Repository code ran without isolation: the operator turned the sandbox off (`NOFX_SANDBOX=none`)."
 ERROR_TAIL_LINES = 15  # in the status comment
@@ -117,7 +117,26 @@ def checklist(view: RunView) -> str:
     for step in view.steps:
         tick = "x" if step.status in _DONE else " "
         lines.append(f"- [{tick}] {view.ref(step)} · {view.what(step)} · {view.state(step)}")
+        lines += _repair_lines(step)
     return "\n".join(lines)
+
+
+def _repair_lines(step: Step) -> list[str]:
+    """A gate's repair attempts under it: what each changed and whether the checks then passed."""
+    repairs = step.output.get("repairs") if isinstance(step.output, dict) else None
+    lines = []
+    for item in repairs if isinstance(repairs, list) else []:
+        if not isinstance(item, dict) or not _whole(item.get("attempt")):
+            continue
+        files = [clean_text(f) for f in item.get("files") or [] if isinstance(f, str)]
+        changed = (
+            "changed " + ", ".join(code_span(shorten(f, MAX_NAME_CHARS)) for f in files[:5]) if files else "no change"
+        )
+        if len(files) > 5:
+            changed += f" and {len(files) - 5} more"
+        verdict = "checks passed" if item.get("passed") is True else "still failing"
+        lines.append(f"  - repair {item['attempt']}: {changed} · {verdict}")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class StepContext:
     inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
     sandbox: Sandbox = field(default_factory=Sandbox)  # where repository code runs (NOFX_SANDBOX)
     ci: Callable[[StepContext], Awaitable[StepResult]] | None = None  # `gate:ci`: one look at the repository's CI
+    # Checkpoint the worktree now, mid-step (each repair attempt); the argument names the outcome.
+    checkpoint: Callable[[str], Awaitable[object]] | None = None
 
     @property
     def inputs(self) -> dict[str, Any]:
@@ -57,6 +59,19 @@ class StepResult:
     output: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     wait: bool = False
+
+
+def written_by(step: Step) -> list[str]:
+    """The paths a step reports it wrote: a write step's `files`, and the files of each of its repair rounds.
+
+    `git_pr` commits exactly these (never what the gates left behind), and a resumed run inherits them.
+    """
+    output = step.output if isinstance(step.output, dict) else {}
+    paths = list(output.get("files") or []) if step.tool == "workspace:write" else []
+    for repair in output.get("repairs") or []:
+        if isinstance(repair, dict):
+            paths += [path for path in repair.get("files") or [] if isinstance(path, str)]
+    return paths
 
 
 class StepFailed(Exception):

@@ -172,7 +172,7 @@ class Engine:
             if start is not None:  # a run resumed from a checkpoint starts with that checkpoint's files
                 await checkpoints.restore(workspace, start)
         budget = Budget(limit_usd=config.policy.max_cost_usd, spent_usd=run.cost_usd)
-        return StepContext(
+        context = StepContext(
             run=run,
             step=step,
             config=config,
@@ -192,6 +192,8 @@ class Engine:
             else None,
             ci=ci_gate.look if github and step.tool == "gate:ci" else None,
         )
+        context.checkpoint = lambda outcome: checkpoints.record(self.store, context, outcome=outcome)
+        return context
 
     async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:
         """Run the handler under its timeout; a heartbeat proves we live and notices a cancel."""

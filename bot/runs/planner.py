@@ -17,6 +17,8 @@ LLMPlanner = Callable[[str, str | None, dict[str, Any]], Awaitable[Any]]
 GATE_TIMEOUT_S = 900
 CI_TOOL = "gate:ci"
 CI_STEP_TIMEOUT_S = 1800  # one look at CI takes seconds; a repair round (model, gates, push) takes longer
+CODEGEN_TIMEOUT_S = 1800  # up to `codegen.max_turns` model calls, with gate runs between them
+REPAIR_TIMEOUT_S = 3600  # a gate that may repair: the check, model rounds and the re-checks
 
 
 _STEP_NAMES = {
@@ -62,7 +64,12 @@ def template(
             last_codegen = step_name
         step: dict[str, Any] = {"name": step_name, "tool": tool, "inputs": inputs}
         if tool.startswith("gate:"):
-            step["timeout_s"] = CI_STEP_TIMEOUT_S if tool == CI_TOOL else GATE_TIMEOUT_S
+            if tool == CI_TOOL:
+                step["timeout_s"] = CI_STEP_TIMEOUT_S
+            else:
+                step["timeout_s"] = REPAIR_TIMEOUT_S if config.repair.max_attempts else GATE_TIMEOUT_S
+        if tool == "codegen":
+            step["timeout_s"] = CODEGEN_TIMEOUT_S
         if tool in _DEFAULT_RETRIES:
             step["retries"] = _DEFAULT_RETRIES[tool]
         step.update({k: spec[k] for k in ("timeout_s", "retries") if k in spec})

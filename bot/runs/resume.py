@@ -11,6 +11,7 @@ from bot.repo_config import RepoConfig
 from bot.repo_config import describe as describe_config
 from bot.runs import policy, queries, records
 from bot.runs.checkpoints import CheckpointError, get, written_files
+from bot.runs.contract import written_by
 from bot.runs.progress import enqueue_progress
 from bot.store import Store
 
@@ -76,12 +77,7 @@ def resume(
     )
     run = records.create(store, request, plan, describe_config(config) if config is not None else source.config)
     files = set(written_files(store, run_id))
-    files |= {
-        path
-        for s in steps
-        if s.tool == "workspace:write" and s.position <= at.position
-        for path in s.output.get("files", [])
-    }
+    files |= {path for s in steps if s.position <= at.position for path in written_by(s)}
     with store.session() as session:
         session.add(
             RunStart(

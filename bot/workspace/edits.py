@@ -108,16 +108,6 @@ def safe_target(root: Path, path: str) -> Path:
     return target
 
 
-def read_text(root: Path, path: str, *, limit: int = MAX_FILE_BYTES) -> str:
-    """A file of the worktree for the model's `read_file` tool, through the same path checks."""
-    target = safe_target(root, path)
-    if not target.is_file():
-        raise EditError(f"{path}: no such file")
-    if target.stat().st_size > limit:
-        raise EditError(f"{path}: larger than {limit} bytes")
-    return _read(target, path)
-
-
 def _read(target: Path, path: str) -> str:
     try:
         return target.read_text(encoding="utf-8")

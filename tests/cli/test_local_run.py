@@ -69,6 +69,8 @@ def test_a_failing_gate_leaves_no_branch_and_says_why(
     llm.tool_calls(
         [("replace_in_file", {"path": "calc.py", "old": "a + b", "new": "a - b"}), ("finish", {"summary": "s"})]
     )
+    for old, new in (("a - b", "a - b + 0"), ("a - b + 0", "b - a")):  # two repair rounds that do not help
+        llm.tool_calls([("replace_in_file", {"path": "calc.py", "old": old, "new": new}), ("finish", {"summary": "?"})])
 
     assert cli.main(["run", "--repo", str(repo), "break it"]) == 1
 

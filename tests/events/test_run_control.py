@@ -33,7 +33,7 @@ from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload
 
-LLM_PLANNER = "planner: llm\ngates:\n  test: 'true'\npolicy:\n  require_approval_before: []\n"
+LLM_PLANNER = "planner: llm\ngates:\n  test: 'true'\nrepair:\n  max_attempts: 0\n"
 CONFIG = ".github/nofx.yml"
 CHECK_RUN_UPDATES = "/repos/{owner}/{repo}/check-runs/{check_run_id}"
 
@@ -61,7 +61,7 @@ def gate(name: str, tool: str = "gate:test", **extra: Any) -> dict[str, Any]:
 def use_gates(github: GitHubDouble, **commands: str) -> None:
     """The repository's `gates:` section, e.g. `use_gates(github, test="make check")`."""
     lines = "".join(f"  {kind}: {json.dumps(command)}\n" for kind, command in commands.items())
-    github.files[(OWNER, REPO, CONFIG, None)] = f"planner: llm\ngates:\n{lines}policy:\n  require_approval_before: []\n"
+    github.files[(OWNER, REPO, CONFIG, None)] = f"planner: llm\ngates:\n{lines}repair:\n  max_attempts: 0\n"
 
 
 def only_run(store: Store) -> Run:

@@ -393,7 +393,7 @@ def test_the_engine_checkpoints_each_step_that_changes_the_worktree(
     client: TestClient,
 ) -> None:
     github.files[(OWNER, REPO, ".github/nofx.yml", None)] = (
-        "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n"
+        "gates:\n  test: python3 -m unittest -q\nrepair:\n  max_attempts: 0\n"
     )
     llm.tool_calls(
         [

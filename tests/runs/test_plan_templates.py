@@ -39,8 +39,7 @@ def test_the_default_template_is_the_plan_nofx_always_made() -> None:
         ("apply", "workspace:write"),
         ("test", "gate:test"),
         ("lint", "gate:lint"),
-        ("approve-pull-request", "manual:approval"),
-        ("pull-request", "git_pr"),
+        ("pull-request", "git_pr"),  # no approval before the pull request by default: it is the review
         ("ci", "gate:ci"),  # the repository's own CI, unless `ci.wait: false`
     ]
     assert steps[0][2] == {"request": "fix it"} and steps[2][2] == {}  # the engine takes the command from gates:
@@ -53,7 +52,7 @@ def test_every_built_in_template_passes_plan_validation() -> None:
 
 def test_docs_runs_no_gates_and_may_only_write_documentation() -> None:
     steps = _plan("gates: {test: pytest -q, lint: ruff check .}\n", name="docs")
-    assert [t for _, t, _ in steps] == ["codegen", "workspace:write", "manual:approval", "git_pr"]
+    assert [t for _, t, _ in steps] == ["codegen", "workspace:write", "git_pr"]
     assert "**/*.md" in steps[1][2]["paths"] and "instructions" in steps[0][2]
 
 

@@ -19,7 +19,7 @@ from sqlmodel import select
 from bot.models import Run, RunStatus, StepStatus
 from bot.plans import ALL_TOOLS, validate
 from bot.queue import WorkQueue
-from bot.repo_config import RepoConfig, describe
+from bot.repo_config import PolicyConfig, RepoConfig, describe
 from bot.runs import queries, records
 from bot.runs.progress import enqueue_progress
 from bot.settings import Settings
@@ -142,7 +142,7 @@ def test_the_approval_the_repository_requires_cannot_be_left_out_of_a_model_plan
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    github.files[(OWNER, REPO, CONFIG, None)] = "planner: llm\ngates: {}\n"  # approval before git_pr (the default)
+    github.files[(OWNER, REPO, CONFIG, None)] = "planner: llm\ngates: {}\npolicy: {require_approval_before: [git_pr]}\n"
     submit_plan(
         llm,
         {"name": "generate", "tool": "codegen"},
@@ -180,7 +180,8 @@ def test_the_engine_refuses_a_stored_step_that_skips_a_required_approval(
         default_branch=BASE,
         branch="nofx/1-ship-it",
     )
-    run = records.create(store, request, plan, describe(RepoConfig()))  # requires approval before git_pr
+    config = RepoConfig(policy=PolicyConfig(require_approval_before=("git_pr",)))
+    run = records.create(store, request, plan, describe(config))
     enqueue_progress(store, queue, records.start(store, run.id), run.id)
     work()
 

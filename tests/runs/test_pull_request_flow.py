@@ -33,7 +33,8 @@ TEST_MULTIPLY = (
     "import unittest\n\nfrom calc import multiply\n\n\n"
     "class MultiplyTest(unittest.TestCase):\n    def test_multiply(self):\n        self.assertEqual(multiply(2, 3), 6)\n"
 )
-NO_APPROVAL = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n"
+NO_APPROVAL = "gates:\n  test: python3 -m unittest -q\n"  # the default policy: no approval before the PR
+APPROVE_PR = NO_APPROVAL + "policy:\n  require_approval_before: [git_pr]\n"
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_comment_comes_back_as_a_tested_pull_request(
     assert run.cost_usd > 0
 
 
-def test_a_failing_gate_fails_the_run_and_opens_no_pull_request(
+def test_a_failing_gate_without_repairs_fails_the_run_and_opens_no_pull_request(
     deliver: Deliverer,
     work: Callable[..., None],
     github: GitHubDouble,
@@ -128,7 +129,7 @@ def test_a_failing_gate_fails_the_run_and_opens_no_pull_request(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL + "repair:\n  max_attempts: 0\n"
     llm.tool_calls(
         [
             ("replace_in_file", {"path": "calc.py", "old": "a + b", "new": "a - b"}),
@@ -152,11 +153,12 @@ def test_a_failing_gate_fails_the_run_and_opens_no_pull_request(
     assert not github.calls("POST", "/repos/{owner}/{repo}/pulls")
     final = github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
     assert "AssertionError" in final and "/nofx retry test" in final
+    assert final.count("```") == 2  # the gate output is fenced once, by the comment
     check = github.check_runs[run.check_run_id]
     assert check["conclusion"] == "failure" and "AssertionError" in check["output"]["text"]
 
 
-def test_the_pull_request_waits_for_approval_by_default(
+def test_the_pull_request_waits_for_approval_when_the_repository_asks_for_it(
     deliver: Deliverer,
     work: Callable[..., None],
     github: GitHubDouble,
@@ -164,7 +166,7 @@ def test_the_pull_request_waits_for_approval_by_default(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    github.files[(OWNER, REPO, CONFIG, None)] = "gates:\n  test: python3 -m unittest -q\n"
+    github.files[(OWNER, REPO, CONFIG, None)] = APPROVE_PR
     script_multiply(llm)
 
     deliver("issue_comment", ask(git, "/nofx add a multiply function"))
@@ -195,15 +197,16 @@ def test_path_escape_through_a_symlink_is_refused(
     _commit_symlink(git, "docs", str(outside))
     github.branches[(OWNER, REPO, BASE)] = git.git(OWNER, REPO, "rev-parse", BASE).strip()
     github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
-    llm.tool_calls([("write_file", {"path": "docs/evil.txt", "content": "x"}), ("finish", {"summary": "s"})])
+    llm.tool_call("write_file", {"path": "docs/evil.txt", "content": "x"})
+    llm.tool_call("finish", {"summary": "s"})
 
     deliver("issue_comment", ask(git, "/nofx write docs"))
     work()
 
     run = the_run(store)
-    apply = next(s for s in queries.steps_of(store, run.id) if s.name == "apply")
-    assert apply.status == StepStatus.failed
-    assert "docs/evil.txt: goes through a symbolic link" in (apply.error or "")
+    generate = next(s for s in queries.steps_of(store, run.id) if s.name == "generate")
+    assert generate.status == StepStatus.failed and "proposed no changes" in (generate.error or "")
+    assert "docs/evil.txt: goes through a symbolic link" in llm.requests[1].text  # the model was told at once
     assert list(outside.iterdir()) == []
 
 
@@ -216,13 +219,15 @@ def test_an_ambiguous_replacement_fails_with_the_path_and_reason(
     store: Store,
 ) -> None:
     github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
-    llm.tool_calls([("replace_in_file", {"path": "calc.py", "old": "a", "new": "x"}), ("finish", {"summary": "s"})])
+    llm.tool_call("replace_in_file", {"path": "calc.py", "old": "a", "new": "x"})
+    llm.tool_call("finish", {"summary": "s"})
 
     deliver("issue_comment", ask(git, "/nofx rename a"))
     work()
 
-    apply = next(s for s in queries.steps_of(store, the_run(store).id) if s.name == "apply")
-    assert apply.error == "calc.py: the text to replace occurs 3 times; it must be unique"
+    generate = next(s for s in queries.steps_of(store, the_run(store).id) if s.name == "generate")
+    assert generate.status == StepStatus.failed
+    assert "calc.py: the text to replace occurs 3 times; it must be unique" in llm.requests[1].text
 
 
 def test_the_budget_stops_the_run_with_a_clear_message(
@@ -233,7 +238,7 @@ def test_the_budget_stops_the_run_with_a_clear_message(
     llm: AnthropicDouble,
     store: Store,
 ) -> None:
-    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL + "  max_cost_usd: 0.001\n"
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL + "policy:\n  max_cost_usd: 0.001\n"
     llm.tool_call("read_file", {"path": "calc.py"}, input_tokens=5000)
 
     deliver("issue_comment", ask(git, "/nofx add a multiply function"))
@@ -427,7 +432,7 @@ def test_changing_ci_workflows_needs_an_approval_step(
     assert apply.status == StepStatus.failed
     assert ".github/workflows/ci.yml" in (apply.error or "") and "require_approval_before" in (apply.error or "")
 
-    approving = NO_APPROVAL.replace("[]", "[workspace:write]")
+    approving = NO_APPROVAL + "policy:\n  require_approval_before: [workspace:write]\n"
     github.files[(OWNER, REPO, CONFIG, None)] = approving  # a config change is a commit: the cache is per commit
     github.branches[(OWNER, REPO, BASE)] = git.commit(OWNER, REPO, {CONFIG: approving}, branch=BASE)
     llm.tool_calls(edit)
@@ -452,7 +457,7 @@ def test_retry_from_a_checkpoint_branches_the_work_and_keeps_what_was_written(
 ) -> None:
     from bot.runs import checkpoints
 
-    github.files[(OWNER, REPO, CONFIG, None)] = "gates:\n  test: python3 -m unittest -q\n"  # approval before the PR
+    github.files[(OWNER, REPO, CONFIG, None)] = APPROVE_PR
     script_multiply(llm)
     deliver("issue_comment", ask(git, "/nofx add a multiply function"))
     work()

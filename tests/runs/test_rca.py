@@ -76,7 +76,7 @@ def test_the_bundle_of_a_failed_run_explains_it(
     tmp_path: Path,
 ) -> None:
     github.files[(OWNER, REPO, ".github/nofx.yml", None)] = (
-        "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n"
+        "gates:\n  test: python3 -m unittest -q\nrepair:\n  max_attempts: 0\n"
     )
     llm.tool_calls(
         [

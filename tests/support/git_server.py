@@ -153,6 +153,19 @@ class GitServer:
         run_git(path, "update-ref", f"refs/heads/{branch}", sha)
         return sha
 
+    def commit_many(self, owner: str, repo: str, files: dict[str, str], *, branch: str = "main") -> str:
+        """Like `commit`, for thousands of files at once: one `git fast-import` instead of two commands a file."""
+        path = self.repo_path(owner, repo)
+        parent = run_git(path, "rev-parse", "--verify", f"refs/heads/{branch}").strip()
+        stream = [f"commit refs/heads/{branch}", "committer Upstream Dev <dev@example.test> 1700000000 +0000"]
+        stream += ["data 11", "Many files", f"from {parent}"]
+        body = "\n".join(stream).encode() + b"\n"
+        for name, content in files.items():
+            data = content.encode()
+            body += f"M 100644 inline {name}\ndata {len(data)}\n".encode() + data + b"\n"
+        run_git(path, "fast-import", "--quiet", input=body)
+        return run_git(path, "rev-parse", f"refs/heads/{branch}").strip()
+
     def show(self, owner: str, repo: str, ref: str, path: str) -> str:
         """A file's content at `ref` in the served repository (`git show ref:path`)."""
         return run_git(self.repo_path(owner, repo), "show", f"{ref}:{path}")

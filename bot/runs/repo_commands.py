@@ -1,0 +1,86 @@
+"""Run a repository's own commands for a step (gates, `run_gate`, setup), and explain their failures.
+
+One place decides what such a command sees, so a gate step, the model's `run_gate` and a repair round judge the
+code the same way; and one place turns a failure into text for people and for the model.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+
+from bot.runs.contract import StepContext, StepFailed
+from bot.workspace.sandbox import UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
+
+TAIL_LINES = 30
+_NOT_FOUND = (
+    re.compile(r"^(?:/bin/)?sh: \d+: (?P<program>[^:\s]+): not found$", re.MULTILINE),  # dash
+    re.compile(r"^(?:.*: )?(?P<program>[^:\s]+): command not found$", re.MULTILINE),  # bash
+    re.compile(r"can't open file '(?P<program>[^']+)'", re.MULTILINE),
+)
+
+
+async def run_gate_command(ctx: StepContext, command: str, *, timeout_s: float) -> CommandResult:
+    """A configured check command in the run's worktree, in the sandbox, without network."""
+    if ctx.workspace is None:
+        raise StepFailed("this step needs a workspace")
+    try:
+        return await ctx.sandbox.run(
+            command, ctx.workspace, env_allowed=ctx.config.policy.env_allowed, timeout_s=timeout_s
+        )
+    except (SandboxUnavailable, WorkspaceTampered) as exc:  # the message names the cause and what to do
+        raise StepFailed(f"`{command}`: {exc}") from None
+    except OSError as exc:  # the worktree is gone, or the host cannot start a process
+        raise StepFailed(f"`{command}` could not be started: {exc.strerror or exc}") from None
+
+
+def missing_program(result: CommandResult) -> str | None:
+    """For exit code 127: which program was not found, and how an operator makes it available."""
+    if result.exit_code != 127:
+        return None
+    found = next((m.group("program") for p in _NOT_FOUND if (m := p.search(result.output))), None)
+    what = f"`{found}` was not found" if found else "a program was not found"
+    return (
+        f"{what} in the sandbox (exit code 127). Sandboxed commands see the system directories, the directories on "
+        "nofx's own PATH and those in NOFX_SANDBOX_PATHS, read-only: install the program there (or add its "
+        "directory to NOFX_SANDBOX_PATHS on the nofx server), or install it with `setup` in .github/nofx.yml."
+    )
+
+
+def describe_failure(command: str, result: CommandResult, timeout_s: float, *, lines: int = TAIL_LINES) -> str:
+    """The verdict, then the last lines of output as plain text (each surface fences it once, itself)."""
+    if result.timed_out:
+        verdict = f"timed out after {timeout_s:g} s"
+    elif result.over_disk:
+        verdict = "was stopped for using more disk in the worktree than the sandbox allows"
+    elif result.exit_code is not None and result.exit_code < 0:
+        verdict = f"was killed by {_signal_name(-result.exit_code)}"
+    else:
+        verdict = f"failed with exit code {result.exit_code}"
+    message = f"`{command}` {verdict} ({isolation(result)})"
+    hint = missing_program(result)
+    if hint:
+        message += f". {hint}"
+    tail = result.tail(lines)
+    if not tail.strip():
+        return message + "; it printed nothing"
+    return f"{message}. Last {lines} lines of output:\n{tail}"
+
+
+def isolation(result: CommandResult) -> str:
+    """How the command was isolated, in words for the step output and the comment."""
+    if result.isolation == "none":
+        return "isolation: none, the operator turned the sandbox off with NOFX_SANDBOX=none"
+    return f"isolation: {result.isolation}"
+
+
+def unsafe_notice(result: CommandResult) -> str:
+    """The warning that leads the output of a command that ran without a sandbox."""
+    return f"{UNSAFE_NOTICE}\n" if result.isolation == "none" else ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
