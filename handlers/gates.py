@@ -93,7 +93,8 @@ async def _recheck(ctx: StepContext, command: str, deadline: float) -> tuple[str
 
 def _repairs_so_far(ctx: StepContext) -> int:
     """Repair rounds the run's earlier steps used: `repair.max_attempts` bounds the run, not each gate."""
-    return sum(len(step.output.get("repairs") or []) for step in ctx.earlier.values() if isinstance(step.output, dict))
+    outputs = [step.output for step in ctx.earlier.values() if isinstance(step.output, dict)]
+    return sum(len(output["repairs"]) for output in outputs if isinstance(output.get("repairs"), list))
 
 
 def _timeout(deadline: float) -> float:

@@ -68,7 +68,8 @@ def written_by(step: Step) -> list[str]:
     """
     output = step.output if isinstance(step.output, dict) else {}
     paths = list(output.get("files") or []) if step.tool == "workspace:write" else []
-    for repair in output.get("repairs") or []:
+    repairs = output.get("repairs")
+    for repair in repairs if isinstance(repairs, list) else []:
         if isinstance(repair, dict):
             paths += [path for path in repair.get("files") or [] if isinstance(path, str)]
     return paths
