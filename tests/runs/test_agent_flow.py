@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from bot.models import Run, RunStatus, StepStatus
-from bot.runs import checkpoints
-from bot.runs import records as runs
+from bot.runs import checkpoints, queries
 from bot.settings import Settings
 from bot.store import Store
 from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
@@ -97,7 +96,7 @@ def test_a_failing_first_attempt_is_repaired_before_the_pull_request_opens(
 
     run = the_run(store)
     assert run.status == RunStatus.succeeded, run.error
-    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
     assert [s.status for s in steps.values()] == [StepStatus.succeeded] * 5  # the last: no CI to wait for
     assert steps["test"].output["repairs"] == [
         {"attempt": 1, "files": ["calc.py"], "passed": True, "command": "python3 -m unittest -q"}
@@ -139,7 +138,7 @@ def test_a_repair_that_never_passes_fails_the_run_after_the_last_attempt(
 
     run = the_run(store)
     assert run.status == RunStatus.failed
-    steps = {s.name: s for s in runs.steps_of(store, run.id)}
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
     assert (steps["test"].status, steps["pull-request"].status) == (StepStatus.failed, StepStatus.skipped)
     assert (steps["test"].error or "").startswith("still failing after 2 repair attempt(s): `python3 -m unittest -q`")
     assert "AssertionError: 1 != 5" in (steps["test"].error or "")  # the last attempt's output
@@ -174,7 +173,7 @@ def test_a_model_that_ends_in_plain_text_after_its_edits_has_finished(
 
     run = the_run(store)
     assert run.status == RunStatus.succeeded, run.error
-    generate = next(s for s in runs.steps_of(store, run.id) if s.name == "generate")
+    generate = next(s for s in queries.steps_of(store, run.id) if s.name == "generate")
     assert generate.output["change_summary"] == "Done. I added multiply() and its test."
     # Before any edit a tool call is required; after edits the model may answer in text.
     assert [r.json["tool_choice"]["type"] for r in llm.requests] == ["any", "auto"]
@@ -215,7 +214,7 @@ def test_a_ten_thousand_file_repository_is_searched_and_a_large_file_edited_in_p
     assert "10003 tracked files" in said(llm.requests[0])
     assert "pkg/pricing/rules.py:5001: def discount(price):" in said(llm.requests[1])
     assert "5002\t    return price" in said(llm.requests[2]) and "lines 5001-5002 of 8000" in said(llm.requests[2])
-    branch = next(s for s in runs.steps_of(store, run.id) if s.name == "pull-request").output["branch"]
+    branch = next(s for s in queries.steps_of(store, run.id) if s.name == "pull-request").output["branch"]
     assert git.show(OWNER, REPO, branch, "pkg/pricing/rules.py") == big.replace(
         "def discount(price):\n    return price\n", "def discount(price):\n    return price * 0.9\n"
     )
