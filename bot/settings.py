@@ -35,6 +35,7 @@ class Settings:
     github_api_url: str = DEFAULT_API_URL
     app_id: str | None = None
     private_key: str | None = field(default=None, repr=False)
+    private_key_path: Path | None = None  # GITHUB_PRIVATE_KEY_PATH: the sandbox masks it wherever it lies
     webhook_secret: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)  # NOFX_METRICS_TOKEN: /metrics needs it when set
@@ -64,6 +65,7 @@ class Settings:
             github_api_url=(env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/"),
             app_id=env.get("GITHUB_APP_ID") or None,
             private_key=_private_key(env),
+            private_key_path=Path(env["GITHUB_PRIVATE_KEY_PATH"]) if env.get("GITHUB_PRIVATE_KEY_PATH") else None,
             webhook_secret=env.get("GITHUB_WEBHOOK_SECRET") or None,
             api_token=env.get("NOFX_API_TOKEN") or None,
             metrics_token=env.get("NOFX_METRICS_TOKEN") or None,

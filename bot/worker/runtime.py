@@ -58,7 +58,7 @@ class Runtime:
             llm=self.llm,
             redact=self._public_error,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
-            sandbox=Sandbox(isolation=settings.sandbox, hidden=(settings.data_dir, Path(ENV_FILE))),
+            sandbox=Sandbox(isolation=settings.sandbox, hidden=_own_paths(settings)),
         )
         self._runner = asyncio.Runner()
 
@@ -90,3 +90,8 @@ class Runtime:
             self._runner.run(self.llm.aclose())
         self._runner.close()
         self.store.dispose()
+
+
+def _own_paths(settings: Settings) -> tuple[Path, ...]:
+    """nofx's own files, which no sandboxed command may see even under a directory the sandbox shows (/etc, /opt)."""
+    return tuple(path for path in (settings.data_dir, Path(ENV_FILE), settings.private_key_path) if path is not None)

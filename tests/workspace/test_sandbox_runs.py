@@ -7,6 +7,7 @@ mounted read-only, database and queue socket included. Finding 2: without bubble
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.workspace import isolation as layouts
 from bot.workspace.sandbox import UNSAFE_NOTICE
+from bot.workspace.worktrees import Worktree
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
@@ -191,3 +193,30 @@ def test_step_errors_do_not_name_the_servers_directories(settings: Settings) -> 
         runtime.close()
 
     assert message == "fatal: '<data dir>/worktrees/run1' already exists; key [redacted]"
+
+
+def test_the_workers_sandbox_masks_nofxs_own_files(settings: Settings, tmp_path: Path) -> None:
+    """The private key, `.env` and data dir stay hidden even when they lie under a directory the sandbox shows."""
+    if not layouts.probe().ok:
+        pytest.skip(layouts.probe().reason)
+    from bot.worker.runtime import Runtime
+
+    etc = tmp_path / "etc-nofx"
+    etc.mkdir()
+    key = etc / "app.pem"
+    key.write_text("-----BEGIN KEY-----\n")
+    runtime = Runtime(replace(settings, private_key_path=key, data_dir=etc / "data"))
+    try:
+        sandbox = replace(runtime.engine.sandbox, readonly=(etc,))  # as if the operator's toolchain lived there
+    finally:
+        runtime.close()
+    (etc / "data" / "worktrees" / "run1").mkdir(parents=True)
+    (etc / "data" / "nofx.db").write_text("rows\n")
+    worktree = Worktree(
+        path=etc / "data" / "worktrees" / "run1", branch="b", base_ref="main", base_sha="0" * 40, mirror=etc, run_id="1"
+    )
+
+    command = f"grep -s KEY {key} || echo key-hidden; ls {etc / 'data'}"
+    result = asyncio.run(sandbox.run(command, worktree, timeout_s=10))
+
+    assert result.output.splitlines() == ["key-hidden", "worktrees"], result.output
