@@ -60,6 +60,6 @@ def next_to_start(session: Session, limits: RunLimits) -> list[str]:
 
 def _active_counts(session: Session) -> Counter[int]:
     rows = session.exec(
-        select(Run.installation_id, func.count()).where(col(Run.status).in_(ACTIVE)).group_by(Run.installation_id)
+        select(Run.installation_id, func.count()).where(col(Run.status).in_(ACTIVE)).group_by(col(Run.installation_id))
     ).all()
     return Counter({installation: count for installation, count in rows})
