@@ -21,7 +21,7 @@ COPY bot ./bot
 COPY handlers ./handlers
 COPY prompts ./prompts
 COPY app.yml ./
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[s3]"
 
 USER nofx
 ENV NOFX_DATA_DIR=/data PORT=3000 NOFX_PROMPTS_DIR=/app/prompts

@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Integer,
+    LargeBinary,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -332,6 +333,24 @@ class ReviewFinding(SQLModel, table=True):
     last_seen_sha: str = Field(max_length=64)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+
+
+class Blob(SQLModel, table=True):
+    """Bytes in the shared database (artifacts, checkpoint bundles), so any worker reads what another wrote."""
+
+    key: str = Field(primary_key=True, max_length=500)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int
+    updated_at: datetime = _timestamp()
+
+
+class RunWorkspace(SQLModel, table=True):
+    """Where a run's worktree started, so a worker without it rebuilds it from the same commit."""
+
+    run_id: str = Field(primary_key=True, foreign_key="run.id", max_length=32)
+    base_sha: str = Field(max_length=64)
+    start_sha: str = Field(max_length=64)
+    created_at: datetime = _timestamp()
 
 
 class Checkpoint(SQLModel, table=True):

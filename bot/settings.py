@@ -50,6 +50,7 @@ class Settings:
     memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
     memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
     run_limits: RunLimits = RunLimits()
+    artifact_store: str | None = None  # s3://bucket/prefix; None: artifacts and checkpoints live in the database
     sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
 
     @classmethod
@@ -80,6 +81,7 @@ class Settings:
             memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
             sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),
+            artifact_store=env.get("NOFX_ARTIFACT_STORE") or None,
             run_limits=RunLimits(
                 per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),
                 total=_count("NOFX_MAX_ACTIVE_RUNS", env, RunLimits.total),

@@ -94,6 +94,9 @@ def upsert(
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(table).values(**values)
     updates = {name: statement.excluded[name] for name in values if name not in keys and name not in insert_only}
+    if not updates:
+        session.execute(statement.on_conflict_do_nothing(index_elements=keys))
+        return
     session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
 
 

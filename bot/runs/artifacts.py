@@ -1,15 +1,14 @@
-"""Step artifacts on disk under `<data>/runs/<run>/steps/<step>/`, digests in the database, verified on read."""
+"""Step artifacts in shared storage (`bot.blobs`: the database or a bucket) under `runs/<run>/steps/<step>/`,
+digests in the database, verified on read: a step on any worker reads what a step on another wrote."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
-from pathlib import Path
 
 from sqlmodel import col, select
 
+from bot.blobs import BlobError, Blobs
 from bot.models import Artifact
 from bot.store import Store
 
@@ -21,27 +20,22 @@ class ArtifactError(Exception):
 
 
 class Artifacts:
-    """The artifact store of one data dir; `for_step` gives a handler its own corner of it."""
+    """The artifacts of all runs; `for_step` gives a handler its own corner of them."""
 
-    def __init__(self, root: Path, store: Store) -> None:
-        self.root = root
+    def __init__(self, blobs: Blobs, store: Store) -> None:
+        self.blobs = blobs
         self.store = store
 
     def for_step(self, run_id: str, step_id: str) -> StepArtifacts:
         return StepArtifacts(self, run_id, step_id)
 
-    def path(self, run_id: str, step_id: str, name: str) -> Path:
+    def key(self, run_id: str, step_id: str, name: str) -> str:
         _check_name(name)
-        return self.root / "runs" / run_id / "steps" / step_id / name
+        return f"runs/{run_id}/steps/{step_id}/{name}"
 
     def put(self, run_id: str, step_id: str, name: str, data: bytes) -> Artifact:
-        """Write atomically, then record (or replace) the digest."""
-        path = self.path(run_id, step_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        """Store the bytes, then record (or replace) the digest."""
+        self.blobs.put(self.key(run_id, step_id, name), data)
         digest = hashlib.sha256(data).hexdigest()
         with self.store.session() as session:
             row = session.exec(
@@ -62,9 +56,11 @@ class Artifacts:
         if row is None:
             raise ArtifactError(f"no artifact {name!r} for step {step_id}")
         try:
-            data = self.path(run_id, step_id, name).read_bytes()
-        except OSError as exc:
-            raise ArtifactError(f"artifact {name!r} is missing on disk: {exc.strerror}") from None
+            data = self.blobs.get(self.key(run_id, step_id, name))
+        except BlobError as exc:
+            raise ArtifactError(f"artifact {name!r} cannot be read: {exc}") from None
+        if data is None:
+            raise ArtifactError(f"artifact {name!r} is missing from the artifact store")
         if hashlib.sha256(data).hexdigest() != row.sha256:
             raise ArtifactError(f"artifact {name!r} does not match its recorded sha256; refusing to use it")
         return data

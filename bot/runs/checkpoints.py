@@ -25,8 +25,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
+from bot.blobs import BlobError, Blobs
 from bot.models import Artifact, Checkpoint, Run, RunStart, Step
-from bot.runs import records
+from bot.runs import records, shared_checkpoints
 from bot.runs.contract import StepContext, StepResult
 from bot.store import Store
 from bot.workspace.git import GitError
@@ -55,31 +56,40 @@ class CheckpointError(Exception):
 # ---------------------------------------------------------------- recording
 
 
-async def checkpointed(store: Store, ctx: StepContext, work: Awaitable[StepResult]) -> StepResult:
+async def checkpointed(
+    store: Store, ctx: StepContext, work: Awaitable[StepResult], blobs: Blobs | None = None
+) -> StepResult:
     """Await a step's handler, then checkpoint the worktree it leaves, whether it succeeded or failed.
 
     The engine wraps each handler call in this; steps whose tool does not change the worktree pass straight
-    through. A timed-out or cancelled step is not checkpointed (its task is being torn down).
+    through. A timed-out or cancelled step is not checkpointed (its task is being torn down). With `blobs`, each
+    checkpoint also goes to shared storage, for a next step on another worker (`bot.runs.shared_checkpoints`).
     """
     try:
         result = await work
     except Exception:
-        await record(store, ctx, outcome="failed")
+        await record(store, ctx, outcome="failed", blobs=blobs)
         raise
-    await record(store, ctx, outcome="waiting" if result.wait else "succeeded")
+    await record(store, ctx, outcome="waiting" if result.wait else "succeeded", blobs=blobs)
     return result
 
 
-async def record(store: Store, ctx: StepContext, *, outcome: str) -> Checkpoint | None:
+async def record(store: Store, ctx: StepContext, *, outcome: str, blobs: Blobs | None = None) -> Checkpoint | None:
     """Checkpoint the step's worktree; None when the tool leaves no trace or git fails (logged, never raised:
     a checkpoint must not fail the step it records)."""
     if ctx.step.tool not in CHECKPOINT_TOOLS or ctx.workspace is None:
         return None
     try:
-        return await create(store, ctx.workspace, ctx.run, ctx.step, outcome=outcome)
+        checkpoint = await create(store, ctx.workspace, ctx.run, ctx.step, outcome=outcome)
     except (GitError, OSError, SQLAlchemyError, ValueError) as exc:
         log.warning("checkpoint after step %s not recorded: %s", ctx.step.name, exc)
         return None
+    if blobs is not None:
+        try:
+            await shared_checkpoints.share(blobs, ctx.workspace, checkpoint)
+        except (GitError, OSError, SQLAlchemyError, BlobError) as exc:  # a step elsewhere then fails, saying so
+            log.warning("checkpoint %s not stored for other workers: %s", checkpoint.n, exc)
+    return checkpoint
 
 
 async def create(store: Store, worktree: Worktree, run: Run, step: Step, *, outcome: str) -> Checkpoint:

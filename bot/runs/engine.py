@@ -19,7 +19,7 @@ from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import checkpoints, ci_gate, policy, queries, records, report
+from bot.runs import checkpoints, ci_gate, policy, queries, records, report, shared_checkpoints
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
 from bot.runs.memory import ThreadMemoryConfig
@@ -121,7 +121,9 @@ class Engine:
             message = self._describe(exc)
             return self._retry_or_fail(run, step, f"preparing the workspace failed: {message}")
         try:
-            work = checkpoints.checkpointed(self.store, context, self.handlers[step.tool](context))
+            work = checkpoints.checkpointed(
+                self.store, context, self.handlers[step.tool](context), self.artifacts.blobs if self.artifacts else None
+            )
             result = await self._with_heartbeat(step, work)
         except _Cancelled:
             log.info("step cancelled while running")
@@ -167,10 +169,19 @@ class Engine:
         token = (lambda: github.installation_token(run.installation_id)) if github else None
         workspace = None
         if step.tool in WORKSPACE_TOOLS and self.workspaces is not None:
-            workspace = await self.workspaces.prepare(checkout_of(run, token or _no_token))
+            # Any worker may run any step: the worktree starts where the run's first one did, then catches up
+            # with the run's latest checkpoint from shared storage when this worker's copy is behind or new.
+            pinned = shared_checkpoints.recorded_start(self.store, run.id)
+            workspace = await self.workspaces.prepare(checkout_of(run, token or _no_token, pinned))
+            shared_checkpoints.remember_start(self.store, workspace)
+            blobs = self.artifacts.blobs if self.artifacts else None
             start = checkpoints.start_point(self.store, run.id)
             if start is not None:  # a run resumed from a checkpoint starts with that checkpoint's files
+                if blobs is not None:
+                    await shared_checkpoints.fetch_start_point(self.store, blobs, workspace.mirror, run.id)
                 await checkpoints.restore(workspace, start)
+            if blobs is not None:
+                await shared_checkpoints.catch_up(self.store, blobs, workspace, run)
         budget = Budget(limit_usd=config.policy.max_cost_usd, spent_usd=run.cost_usd)
         context = StepContext(
             run=run,
@@ -260,8 +271,9 @@ def _finish(store: Store, step: Step, result: StepResult) -> records.Progress:
     return records.succeed_step(store, step.id, output)
 
 
-def checkout_of(run: Run, token: TokenProvider) -> Checkout:
-    """What a run's worktree is made from: its branch from its base, in its repository."""
+def checkout_of(run: Run, token: TokenProvider, pinned: tuple[str, str] | None = None) -> Checkout:
+    """What a run's worktree is made from: its branch from its base, in its repository; `pinned` (base, start)
+    commits when an earlier step already made one, so every worker starts from the same commit."""
     owner, _, repo = run.repository.partition("/")
     return Checkout(
         run_id=run.id,
@@ -273,4 +285,6 @@ def checkout_of(run: Run, token: TokenProvider) -> Checkout:
         clone_url=run.clone_url or "",
         token=token,
         reuse_remote_branch=run.follows_run_id is not None,
+        base_sha=pinned[0] if pinned else None,
+        start_sha=pinned[1] if pinned else None,
     )

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from sqlmodel import SQLModel
 
+from bot import blobs
 from bot.logs import Redactor, run_log_path
 from bot.models import Checkpoint, Delivery, Run, RunEvent, RunStatus, Step, StepStatus
 from bot.runs import checkpoint_diffs, checkpoints, queries
@@ -96,7 +97,7 @@ def _collect(
     add_json("steps.json", [_row(s) for s in steps])
     add_json("events.json", [{**_row(e), "step": names.get(e.step_id or "")} for e in events])
     add_json("llm_usage.json", _llm_usage(events, names))
-    _add_gate_outputs(bundle, redactor, Artifacts(settings.data_dir, store), run, steps)
+    _add_gate_outputs(bundle, redactor, Artifacts(blobs.from_settings(settings, store), store), run, steps)
     cps = checkpoints.list_for_run(store, run_id)
     add_json("checkpoints.json", [checkpoints.describe(c) for c in cps])
     delivery = _delivery(store, run.delivery_id)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bot import handled_events
+from bot import blobs, handled_events
 from bot.metrics.runs import RunMetrics
 from bot.metrics.web import CONTENT_TYPE, Metrics
 from bot.metrics.workers import WorkerMetrics
@@ -73,7 +73,7 @@ def create_app(
     app.state.store = store
     app.state.queue = queue
     app.state.metrics = metrics
-    app.state.artifacts = Artifacts(settings.data_dir, store)
+    app.state.artifacts = Artifacts(blobs.from_settings(settings, store), store)
     app.state.stream_timing = stream_timing or StreamTiming()
     app.state.setup_code = None if settings.app_configured else (setup_code or guards.new_setup_code())
     app.state.login_throttle = guards.Throttle()

@@ -136,7 +136,8 @@ def reap(runtime: Runtime, *, dead_after: timedelta = DEAD_STEP_AFTER) -> list[s
 def _reap_dead(runtime: Runtime, step: Step) -> None:
     reason = "the worker running this step stopped (killed or crashed)"
     try:
-        if step.attempts <= step.retries:
+        # A worker's death is not the step's failure: it runs once more even without retries; a second death fails it.
+        if step.attempts <= step.retries + 1:
             records.requeue_step(runtime.store, step.id, reason)
             runtime.engine.enqueue(step.id)
             progress = records.advance(runtime.store, step.run_id)

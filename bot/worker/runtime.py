@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot import blobs
 from bot.events.context import EventContext
 from bot.github.client import GitHubApp
 from bot.llm.router import LLM, FileCache
@@ -54,7 +55,7 @@ class Runtime:
             discover_handlers(),
             github=self.github,
             workspaces=workspaces or Workspaces(settings.data_dir / "workspaces"),
-            artifacts=Artifacts(settings.data_dir, self.store),
+            artifacts=Artifacts(blobs.from_settings(settings, self.store), self.store),
             llm=self.llm,
             redact=self._public_error,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),

@@ -59,6 +59,8 @@ class Checkout:
     clone_url: str = ""
     token: TokenProvider | None = None
     reuse_remote_branch: bool = False  # start from the branch's remote tip when it exists (a follow-up run)
+    base_sha: str | None = None  # pinned: the run's worktree was made before (maybe on another worker) from these
+    start_sha: str | None = None
 
 
 class RunWorkspaces(Protocol):

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from bot.blobs import DatabaseBlobs
 from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
 from bot.queue import WorkQueue, step_job_id
@@ -146,7 +147,7 @@ async def test_a_checkpoint_commits_the_whole_worktree_without_moving_its_index_
     git(worktree.path, "add", "src/cart.py")  # something staged in the real index stays staged
     status_before = git(worktree.path, "status", "--porcelain", "--untracked-files=all")
     apply = step_named(store, run, "apply")
-    Artifacts(settings.data_dir, store).put(run.id, step_named(store, run, "generate").id, "edits.json", b"[]")
+    Artifacts(DatabaseBlobs(store), store).put(run.id, step_named(store, run, "generate").id, "edits.json", b"[]")
 
     cp = await checkpoints.create(store, worktree, run, apply, outcome="succeeded")
 
@@ -181,7 +182,7 @@ async def test_checkpoints_chain_and_concurrent_ones_get_distinct_numbers(
     run = new_run(store, server)
     worktree = await prepare(workspaces, server, run)
     apply, test = step_named(store, run, "apply"), step_named(store, run, "test")
-    Artifacts(tmp_path / "artifacts", store).put(run.id, test.id, "output.log", b"F\n")
+    Artifacts(DatabaseBlobs(store), store).put(run.id, test.id, "output.log", b"F\n")
     first = await checkpoints.create(store, worktree, run, apply, outcome="succeeded")
     (worktree.path / "README.md").write_text("# shop, changed\n")
 

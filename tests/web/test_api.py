@@ -10,6 +10,7 @@ from jsonschema import Draft202012Validator
 from rq.registry import ScheduledJobRegistry
 from starlette.testclient import TestClient
 
+from bot.blobs import DatabaseBlobs
 from bot.models import RunStatus, StepStatus
 from bot.queue import CLEANUP_JOB, REPORT_JOB, STEP_JOB, WorkQueue, step_job_id
 from bot.runs import queries, records
@@ -166,7 +167,7 @@ def test_a_run_has_its_plan_steps_artifacts_costs_and_pull_request(
     step = records.claim_step(store, generate, "job-1")
     assert step is not None
     records.add_usage(store, step, input_tokens=1200, output_tokens=300, cost_usd=0.0123, detail={"model": "m"})
-    Artifacts(settings.data_dir, store).put(run_id, generate, "edits.json", b"[]")
+    Artifacts(DatabaseBlobs(store), store).put(run_id, generate, "edits.json", b"[]")
     records.succeed_step(store, generate, {"files": ["calc.py"]})
     check = step_id(store, run_id, "check")
     records.claim_step(store, check, "job-2")
@@ -254,7 +255,7 @@ def test_an_artifact_is_served_only_while_it_matches_its_digest(
 ) -> None:
     run_id = make_run(store)
     check = step_id(store, run_id, "check")
-    artifacts = Artifacts(settings.data_dir, store)
+    artifacts = Artifacts(DatabaseBlobs(store), store)
     row = artifacts.put(run_id, check, "output.log", b"3 passed in 0.1s\n")
     url = f"/runs/{run_id}/artifacts/check/output.log"
 
@@ -265,17 +266,17 @@ def test_an_artifact_is_served_only_while_it_matches_its_digest(
     assert response.headers["etag"] == f'"{row.sha256}"'
     assert "sandbox" in response.headers["content-security-policy"]
 
-    artifacts.path(run_id, check, "output.log").write_bytes(b"3 passed in 0.1s\nrm -rf /\n")
+    artifacts.blobs.put(artifacts.key(run_id, check, "output.log"), b"3 passed in 0.1s\nrm -rf /\n")
     tampered = client.get(url, headers=AUTH)
     assert tampered.status_code == 409
     assert tampered.json() == {
         "error": "artifact 'output.log' does not match its recorded sha256; refusing to use it",
     }
 
-    artifacts.path(run_id, check, "output.log").unlink()
+    artifacts.blobs.delete(artifacts.key(run_id, check, "output.log"))
     missing = client.get(url, headers=AUTH)
     assert missing.status_code == 409
-    assert "missing on disk" in missing.json()["error"]
+    assert "missing from the artifact store" in missing.json()["error"]
 
     for unknown in ("check/other.log", "nostep/output.log", "check/..output.log", "Check/output.log"):
         assert client.get(f"/runs/{run_id}/artifacts/{unknown}", headers=AUTH).status_code == 404

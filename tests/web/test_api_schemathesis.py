@@ -27,6 +27,7 @@ from schemathesis import Case, GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from starlette.applications import Starlette
 
+from bot.blobs import DatabaseBlobs
 from bot.models import Checkpoint
 from bot.runs import checkpoints, memory, queries, records
 from bot.runs.artifacts import Artifacts
@@ -62,14 +63,14 @@ def _seed(store: Store, settings: Settings) -> list[dict[str, Any]]:
     records.claim_step(store, generate, "job")
     records.fail_step(store, generate, "boom")
     done = make_run(store, steps=STEPS, number=3)
-    artifacts = Artifacts(settings.data_dir, store)
+    artifacts = Artifacts(DatabaseBlobs(store), store)
     for name in ("generate", "check"):
         current = step_id(store, done, name)
         records.claim_step(store, current, "job")
         for artifact in ARTIFACTS:
             artifacts.put(done, current, artifact, b"[]")
         records.succeed_step(store, current, {"output_tail": "ok"})
-    artifacts.path(done, step_id(store, done, "check"), "edits.json").write_bytes(b"tampered")
+    artifacts.blobs.put(artifacts.key(done, step_id(store, done, "check"), "edits.json"), b"tampered")
     real = [{"run_id": done, "step": step, "name": name} for step in ("generate", "check") for name in ARTIFACTS]
     checkpointed = make_run(store, steps=STEPS, number=4)
     _checkpoint(store, settings, checkpointed, {"generate": {"a.txt": "one\n"}, "check": {"a.txt": "two\n"}})

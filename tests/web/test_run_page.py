@@ -18,6 +18,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from bot.blobs import DatabaseBlobs
 from bot.queue import WorkQueue
 from bot.runs import queries, records
 from bot.runs.artifacts import Artifacts
@@ -276,7 +277,7 @@ def test_the_page_shows_step_changes_live_without_a_reload(
 
         records.claim_step(store, check, "job-2")
         chromium.wait_for(status_of.format("check") + " === 'running'")
-        Artifacts(settings.data_dir, store).put(run_id, check, "output.log", b"3 passed\n")
+        Artifacts(DatabaseBlobs(store), store).put(run_id, check, "output.log", b"3 passed\n")
         records.succeed_step(store, check, {"command": "pytest -q", "exit_code": 0, "output_tail": "3 passed in 0.1s"})
 
         chromium.wait_for(status_of.format("check") + " === 'succeeded'")

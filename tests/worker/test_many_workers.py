@@ -1,0 +1,160 @@
+"""Several workers, each with a data dir of its own (no shared disk), sharing only the database and the queue.
+
+On PostgreSQL when one answers (as deployed), else SQLite; the queue is the test's real Redis/Valkey.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import timedelta
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import SQLModel
+
+from bot.models import RunStatus, StepStatus
+from bot.queue import DISPATCH_LANE, STEPS_QUEUE
+from bot.runs import queries
+from bot.runs import records as runs
+from bot.settings import Settings
+from bot.store import Store
+from bot.worker.loop import reap, run_worker
+from bot.worker.runtime import Runtime
+from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
+from tests.events.test_run_control import background_worker, gate, only_run, plan, step_named, use_gates
+from tests.runs.test_pull_request_flow import CONFIG, MULTIPLY, NO_APPROVAL, TEST_MULTIPLY, script_multiply
+from tests.support.git_server import GitServer
+from tests.support.github_double import GitHubDouble
+from tests.support.llm_double import AnthropicDouble
+from tests.support.payloads import load_payload
+
+
+@pytest.fixture
+def store(tmp_path: Path, postgres_url: str | None) -> Iterator[Store]:
+    """PostgreSQL, as a deployment with workers on several machines has, when one answers; else SQLite."""
+    shared = Store(postgres_url or f"sqlite:///{tmp_path / 'nofx.db'}")
+    shared.create_all()
+    if postgres_url:
+        tables = ", ".join(table.name for table in SQLModel.metadata.sorted_tables)
+        with shared.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield shared
+    shared.dispose()
+
+
+@pytest.fixture
+def settings(settings: Settings, llm: AnthropicDouble, tmp_path: Path) -> Settings:
+    return replace(with_model(settings, llm), data_dir=tmp_path / "worker-a" / "data")
+
+
+@pytest.fixture(autouse=True)
+def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
+    installed(load_payload("issue_comment.created"))
+
+
+@pytest.fixture
+def other(settings: Settings, tmp_path: Path) -> Iterator[Runtime]:
+    """A second worker: the same database and queue, a data dir of its own."""
+    second = Runtime(replace(settings, data_dir=tmp_path / "worker-b" / "data"))
+    yield second
+    second.close()
+
+
+def drain_urgent(runtime: Runtime) -> None:
+    """Deliveries and reports, and delayed jobs that came due (what the dispatch lane and scheduler do)."""
+    runtime.queue.enqueue_due()
+    run_worker(runtime, burst=True, lane=DISPATCH_LANE)  # in burst mode, maintenance is the identity only
+
+
+def test_a_run_whose_steps_alternate_between_two_workers_opens_the_right_pull_request(
+    deliver: Deliverer,
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    runtime: Runtime,
+    other: Runtime,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_multiply(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    drain_urgent(runtime)  # the delivery: the run starts
+
+    ran_on: dict[str, str] = {}
+    workers = cycle([("a", runtime), ("b", other)])
+    deadline = time.monotonic() + 120
+    while only_run(store).status not in runs.TERMINAL_RUN and time.monotonic() < deadline:
+        drain_urgent(runtime)
+        if runtime.queue.steps.count == 0:
+            time.sleep(0.05)
+            continue
+        name, worker = next(workers)  # each step on the other worker than the one before
+        before = {s.id for s in queries.steps_of(store, only_run(store).id) if s.status == StepStatus.succeeded}
+        run_worker(worker, burst=True, max_jobs=1, lane=(STEPS_QUEUE,), maintenance=False)
+        for step in queries.steps_of(store, only_run(store).id):
+            if step.status == StepStatus.succeeded and step.id not in before:
+                ran_on[step.name] = name
+    drain_urgent(runtime)
+
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    in_order = [ran_on[step.name] for step in queries.steps_of(store, run.id)]
+    assert in_order[:4] == ["a", "b", "a", "b"]  # generate, apply, test, pull-request: each on the other worker
+    branch = step_named(store, run, "pull-request").output["branch"]
+    # Written on b, tested on a, committed and pushed on b: each rebuilt from the run's last checkpoint.
+    assert git.show(OWNER, REPO, branch, "calc.py") == MULTIPLY
+    assert git.show(OWNER, REPO, branch, "test_multiply.py") == TEST_MULTIPLY
+    assert "Ran 2 tests" in step_named(store, run, "test").output["output_tail"]
+    assert len(github.calls("POST", "/repos/{owner}/{repo}/pulls")) == 1
+
+
+def test_a_worker_killed_mid_step_leaves_the_run_to_a_worker_on_another_disk(
+    deliver: Deliverer,
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    settings: Settings,
+    other: Runtime,
+) -> None:
+    # The gate hangs only in worker a's worktrees (its data dir is under worker-a/), so the retry on b passes.
+    use_gates(github, test='case "$PWD" in */worker-a/*) sleep 120;; esac; echo "passed on $PWD"')
+    plan(llm, gate("check"))  # no `retries`: a worker's death is not the step's failure
+    deliver("issue_comment", ask(git, "/nofx survive a crash"))
+
+    settings.data_dir.mkdir(parents=True)
+    with background_worker(settings) as worker:
+        run = _wait_for_step(store, "check", StepStatus.running)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    time.sleep(1.5)  # its heartbeats have stopped; the reaper is told to give up on them after 1 s
+    assert reap(other, dead_after=timedelta(seconds=1)) == [step_named(store, run, "check").id]
+    deadline = time.monotonic() + 60
+    while only_run(store).status not in runs.TERMINAL_RUN and time.monotonic() < deadline:
+        other.queue.enqueue_due()
+        run_worker(other, burst=True, maintenance=False)
+
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    check = step_named(store, run, "check")
+    assert check.attempts == 2 and "passed on" in check.output["output_tail"]  # it would hang on a
+
+
+def _wait_for_step(store: Store, name: str, status: StepStatus, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            run = only_run(store)
+        except ValueError:
+            run = None
+        if run is not None and step_named(store, run, name).status == status:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"step {name} never became {status.value}")
