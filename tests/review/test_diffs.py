@@ -1,10 +1,7 @@
-"""Diff parsing, commentable lines and the diff budget, on diffs made by real git in real repositories."""
+"""The review's view of a diff: commentable lines, what is skipped and in what order files are read, the diff budget."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,99 +9,8 @@ import pytest
 from bot.repo_config import ReviewConfig
 from bot.review.chunks import Skipped, estimate_tokens, plan_chunks
 from bot.review.commentable import commentable
-from bot.workspace.diffs import FileDiff, Hunk, changed_lines, from_github_files, parse_git_diff
-
-APP_BASE = "".join(f"value_{n} = {n}\n" for n in range(1, 41))
-APP_HEAD = (
-    APP_BASE.replace("value_5 = 5\n", "value_5 = 'five'\n")
-    .replace("value_18 = 18\n", "")
-    .replace("value_35 = 35\n", "value_35 = 'thirty-five'\n")
-)
-TRICKY_BASE = "start\n-- a dashed line\nkeep\n++ two pluses\n@@ -1 +1 @@ fake\nform\x0cfeed and\u2028separator\nend\n"
-TRICKY_HEAD = TRICKY_BASE.replace("-- a dashed line\n", "").replace("++ two pluses\n", "diff --git a/x b/x\n--- a/x\n")
-UNICODE_PATH = "ünï cödé/fïle 1.py"
-QUOTED_PATH = 'we"ird\tname.py'
-
-BASE: dict[str, str | bytes] = {
-    "src/app.py": APP_BASE,
-    "src/gone.py": "".join(f"gone_{n} = {n}\n" for n in range(1, 9)),
-    "docs/old name.md": "".join(f"Paragraph {n} of the guide.\n" for n in range(1, 13)),
-    "src/util.py": "".join(f"def util_{n}():\n    return {n}\n" for n in range(1, 11)),
-    "crlf.txt": "one\r\ntwo\r\nthree\r\nfour\r\nfive\r\n",
-    "nonl.txt": "a\nb\nc",
-    "data.bin": bytes(range(256)),
-    "tricky.txt": TRICKY_BASE,
-    UNICODE_PATH: "".join(f"x{n} = {n}\n" for n in range(1, 7)),
-    QUOTED_PATH: "q = 1\n",
-    "tool.sh": "echo hi\n",
-}
-HEAD: dict[str, str | bytes | None] = {
-    "src/app.py": APP_HEAD,
-    "src/gone.py": None,
-    "docs/old name.md": None,
-    "docs/new name.md": BASE["docs/old name.md"],
-    "src/util.py": None,
-    "src/helpers.py": str(BASE["src/util.py"]).replace("return 10\n", "return 'ten'\n") + "# end\n",
-    "crlf.txt": "one\r\ntwo\r\nTHREE\r\nfour\r\nfive\r\n",
-    "nonl.txt": "a\nb\nC\nd",
-    "data.bin": bytes(reversed(range(256))),
-    "tricky.txt": TRICKY_HEAD,
-    UNICODE_PATH: "".join(f"x{n} = {n * 10 if n == 2 else n}\n" for n in range(1, 7)),
-    QUOTED_PATH: "q = 2\n",
-    "src/new_module.py": "def hello():\n    return 'hi'\n",
-    "empty.txt": "",
-    "new empty.txt": "",
-}
-
-
-def run_git(repo: Path, *args: str) -> str:
-    """git with no user or system config, so the machine's settings cannot change the diff."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(repo),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "LC_ALL": "C",
-    }
-    config = ["-c", "user.name=nofx test", "-c", "user.email=test@example.com", "-c", "core.autocrlf=false"]
-    done = subprocess.run(["git", *config, *args], cwd=repo, env=env, check=True, capture_output=True)
-    return done.stdout.decode("utf-8")
-
-
-def write_tree(repo: Path, files: dict[str, str | bytes | None]) -> None:
-    for name, content in files.items():
-        path = repo / name
-        if content is None:
-            path.unlink()
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-
-
-def make_repo(root: Path, base: dict[str, str | bytes], head: dict[str, str | bytes | None]) -> Path:
-    """A repository with a `base` commit and a `head` commit on top."""
-    root.mkdir(parents=True, exist_ok=True)
-    run_git(root, "init", "-q")
-    write_tree(root, dict(base))
-    run_git(root, "add", "-A")
-    run_git(root, "commit", "-q", "-m", "base")
-    run_git(root, "tag", "base")
-    write_tree(root, head)
-    if "tool.sh" in base:
-        (root / "tool.sh").chmod(0o755)  # a mode change alone: headers, no hunks
-    run_git(root, "add", "-A")
-    run_git(root, "commit", "-q", "-m", "head")
-    return root
-
-
-def git_diff(repo: Path, *config: str) -> str:
-    return run_git(repo, *config, "diff", "--no-color", "--no-ext-diff", "-M", "base...HEAD")
-
-
-def show(repo: Path, ref: str, path: str) -> list[str]:
-    """A file's lines at a commit, split on \\n only (a CRLF line keeps its \\r), as the diff numbers them."""
-    text = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, check=True, capture_output=True).stdout
-    return text.decode("utf-8").split("\n")
+from bot.workspace.diffs import FileDiff, changed_lines, from_github_files, parse_git_diff
+from tests.support.diff_repos import BASE, HEAD, UNICODE_PATH, git_diff, make_repo, show
 
 
 @pytest.fixture(scope="module")
@@ -115,85 +21,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def files(repo: Path) -> dict[str, FileDiff]:
     return {diff.path: diff for diff in parse_git_diff(git_diff(repo))}
-
-
-def numstat(repo: Path) -> dict[str, tuple[str | None, int | None, int | None]]:
-    """git's own count of each file's changes: path → (old path, additions, deletions); None for binary."""
-    raw = run_git(repo, "diff", "--numstat", "-z", "-M", "base...HEAD").split("\0")
-    out, index = {}, 0
-    while index < len(raw) and raw[index]:
-        added, deleted, path = raw[index].split("\t", 2)
-        old = None
-        if not path:  # a rename: old and new path follow as their own fields
-            old, path = raw[index + 1], raw[index + 2]
-            index += 2
-        index += 1
-        out[path] = (old, None if added == "-" else int(added), None if deleted == "-" else int(deleted))
-    return out
-
-
-# --- parsing ---------------------------------------------------------------------------------------------------
-
-
-def test_every_kind_of_change_is_read_with_its_status(files: dict[str, FileDiff]) -> None:
-    statuses = {path: (diff.status, diff.old_path, diff.binary) for path, diff in files.items()}
-    assert statuses == {
-        "src/app.py": ("modified", None, False),
-        "src/gone.py": ("removed", None, False),
-        "docs/new name.md": ("renamed", "docs/old name.md", False),
-        "src/helpers.py": ("renamed", "src/util.py", False),
-        "crlf.txt": ("modified", None, False),
-        "nonl.txt": ("modified", None, False),
-        "data.bin": ("modified", None, True),
-        "tricky.txt": ("modified", None, False),
-        UNICODE_PATH: ("modified", None, False),
-        QUOTED_PATH: ("modified", None, False),
-        "src/new_module.py": ("added", None, False),
-        "empty.txt": ("added", None, False),
-        "new empty.txt": ("added", None, False),
-        "tool.sh": ("modified", None, False),
-    }
-
-
-def test_counts_match_git_numstat(repo: Path, files: dict[str, FileDiff]) -> None:
-    expected = numstat(repo)
-    assert set(expected) == set(files)
-    for path, (old, added, deleted) in expected.items():
-        diff = files[path]
-        assert diff.old_path == old, path
-        if added is None:
-            assert diff.binary and not diff.hunks, path
-        else:
-            assert (diff.additions, diff.deletions) == (added, deleted), path
-
-
-def test_quoted_and_unquoted_paths_read_the_same(repo: Path) -> None:
-    quoted = [diff.path for diff in parse_git_diff(git_diff(repo))]
-    raw = [diff.path for diff in parse_git_diff(git_diff(repo, "-c", "core.quotepath=false"))]
-    assert quoted == raw
-    assert UNICODE_PATH in quoted and QUOTED_PATH in quoted and "docs/new name.md" in quoted
-
-
-def test_every_numbered_line_is_the_line_in_the_file(repo: Path, files: dict[str, FileDiff]) -> None:
-    """The strongest check on numbering: each hunk line is exactly the file's line at that number, both sides."""
-    checked = 0
-    for diff in files.values():
-        if diff.binary:
-            continue
-        new = show(repo, "HEAD", diff.path) if diff.status != "removed" else []
-        old = show(repo, "base", diff.old_path or diff.path) if diff.status != "added" else []
-        for hunk in diff.hunks:
-            old_number, new_number = hunk.old_start, hunk.new_start
-            for line in hunk.lines:
-                op, content = line[:1], line[1:]
-                if op in (" ", "-"):
-                    assert old[old_number - 1] == content, (diff.path, "old", old_number)
-                    old_number += 1
-                if op in (" ", "+"):
-                    assert new[new_number - 1] == content, (diff.path, "new", new_number)
-                    new_number += 1
-                checked += 1
-    assert checked > 60
 
 
 def test_commentable_lines_of_a_file_with_three_hunks(files: dict[str, FileDiff]) -> None:
@@ -230,88 +57,11 @@ def test_commentable_lines_of_the_other_kinds(files: dict[str, FileDiff]) -> Non
         assert (path, "RIGHT") not in places.lines and (path, "LEFT") not in places.lines
 
 
-def test_crlf_and_missing_newline_lines_keep_their_form(files: dict[str, FileDiff]) -> None:
-    assert "+THREE\r" in files["crlf.txt"].hunks[0].lines
-    nonl = files["nonl.txt"].hunks[0].lines
-    assert nonl.count("\\ No newline at end of file") == 2
-    assert changed_lines([files["nonl.txt"]]) == {"nonl.txt": {3, 4}}
-
-
-def test_content_that_looks_like_headers_is_content(files: dict[str, FileDiff]) -> None:
-    tricky = files["tricky.txt"]
-    lines = [line for hunk in tricky.hunks for line in hunk.lines]
-    assert "--- a dashed line" in lines and "+diff --git a/x b/x" in lines and "+--- a/x" in lines
-    assert " form\x0cfeed and\u2028separator" in lines
-    assert (tricky.additions, tricky.deletions) == (2, 2)
-
-
-def test_patch_round_trips(repo: Path, files: dict[str, FileDiff]) -> None:
-    raw = git_diff(repo)
-    for diff in files.values():
-        if diff.hunks:
-            assert diff.patch() in raw
-            assert from_github_files([{"filename": diff.path, "patch": diff.patch()}])[0].hunks == diff.hunks
-
-
-def test_binary_patch_and_plain_unified_diffs(repo: Path) -> None:
-    with_binary = run_git(repo, "diff", "--no-color", "--binary", "-M", "base...HEAD")
-    parsed = {diff.path: diff for diff in parse_git_diff(with_binary)}
-    assert parsed["data.bin"].binary and parsed["data.bin"].hunks == ()
-    without = {diff.path: diff for diff in parse_git_diff(git_diff(repo))}
-    assert {path: diff.hunks for path, diff in parsed.items()} == {path: diff.hunks for path, diff in without.items()}
-    plain = "--- a/x.py\t2024-01-01\n+++ b/x.py\t2024-01-02\n@@ -1 +1 @@\n-a\n+b\n"
-    [diff] = parse_git_diff(plain)
-    assert (diff.path, diff.status, diff.hunks[0].right_lines(), diff.hunks[0].left_lines()) == (
-        "x.py",
-        "modified",
-        {1},
-        {1},
-    )
-
-
-def test_github_files_read_like_the_git_diff(repo: Path, files: dict[str, FileDiff]) -> None:
-    """Entries shaped like GET /pulls/{n}/files, with the patch text cut straight out of git's output."""
-    raw = git_diff(repo)
-    blocks = [block for block in re.split(r"^(?=diff --git )", raw, flags=re.MULTILINE) if block]
-    entries = []
-    for block, diff in zip(blocks, parse_git_diff(raw), strict=True):
-        entry: dict[str, object] = {
-            "filename": diff.path,
-            "status": diff.status,
-            "additions": diff.additions,
-            "deletions": diff.deletions,
-        }
-        if diff.old_path:
-            entry["previous_filename"] = diff.old_path
-        at = block.find("\n@@ ")
-        if at != -1:
-            entry["patch"] = block[at + 1 :].rstrip("\n")  # GitHub's patch: the hunks, no final newline
-        entries.append(entry)
-    from_github = {diff.path: diff for diff in from_github_files(entries)}
-    assert commentable(from_github.values()) == commentable(files.values())
-    for path, diff in files.items():
-        other = from_github[path]
-        assert (other.status, other.old_path, other.hunks, other.additions, other.deletions) == (
-            diff.status,
-            diff.old_path,
-            diff.hunks,
-            diff.additions,
-            diff.deletions,
-        ), path
-    assert from_github["data.bin"].binary
-    assert not from_github["docs/new name.md"].binary  # a rename without changes has no patch either
-
-
 def test_github_file_without_patch_but_with_changes_is_not_silently_empty() -> None:
     [huge] = from_github_files([{"filename": "big.py", "status": "modified", "additions": 9000, "deletions": 1}])
     assert huge.no_patch and not huge.binary
     _chunks, skipped = plan_chunks([huge], skip=lambda path: False, max_tokens_per_chunk=10_000)
     assert skipped == [Skipped("big.py", "GitHub sent no diff for it (too large)")]
-
-
-def test_hunk_counts_default_to_one() -> None:
-    [diff] = from_github_files([{"filename": "a.py", "status": "modified", "patch": "@@ -3 +3 @@\n-x\n+y"}])
-    assert diff.hunks[0] == Hunk(3, 1, 3, 1, "@@ -3 +3 @@", ("-x", "+y"))
 
 
 # --- skipping and ordering -------------------------------------------------------------------------------------
