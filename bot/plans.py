@@ -19,6 +19,7 @@ ALL_TOOLS = (
     "manual:approval",
     "git_ops",
     "git_pr",
+    "setup",
 )
 MAX_STEPS = 50
 MAX_TIMEOUT_S = 3600

@@ -22,6 +22,7 @@ from bot.plans import ALL_TOOLS, glob_regex
 CONFIG_PATH = ".github/nofx.yml"
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_LIST_ITEMS = 100
+MAX_SETUP_COMMANDS = 20
 
 TOOLS = ALL_TOOLS
 PERMISSION_ORDER = ("read", "triage", "write", "maintain", "admin")
@@ -55,6 +56,28 @@ DEFAULT_SKIP_PATHS = (
     "vendor/**",
     "node_modules/**",
     "dist/**",
+)
+
+
+# The files whose content decides whether a cached `setup` result still fits: manifests and lockfiles.
+DEFAULT_SETUP_CACHE_KEY = (
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "requirements*.txt",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile.lock",
+    "package.json",
+    "package-lock.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "Cargo.toml",
+    "Cargo.lock",
+    "go.mod",
+    "go.sum",
+    "Gemfile",
+    "Gemfile.lock",
 )
 
 
@@ -179,6 +202,8 @@ class RepoConfig:
     ci: CiConfig = CiConfig()
     codegen: CodegenConfig = CodegenConfig()
     repair: RepairConfig = RepairConfig()
+    setup: tuple[str, ...] = ()  # commands run before code generation, with network; their result is cached
+    setup_cache_key: tuple[str, ...] = DEFAULT_SETUP_CACHE_KEY
 
 
 def parse_config(text: str | None) -> RepoConfig:
@@ -435,6 +460,18 @@ _SCHEMA = _Section(
         ),
         "codegen": _Section(CodegenConfig, {"max_turns": _whole(1, 100)}),
         "repair": _Section(RepairConfig, {"max_attempts": _whole(0, 5)}),
+        "setup": _Value(
+            f"a shell command on one line, or a list of at most {MAX_SETUP_COMMANDS} such commands",
+            lambda v: (
+                _COMMAND.accepts(v)
+                or (isinstance(v, list) and len(v) <= MAX_SETUP_COMMANDS and all(_COMMAND.accepts(c) for c in v))
+            ),
+            lambda v: (v,) if isinstance(v, str) else tuple(v),
+        ),
+        "setup_cache_key": _List(
+            _text("a path glob", r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\r\n\x00]{1,200}"),
+            "a list of repository-relative paths or globs (`*`, `**`) whose content keys the setup cache",
+        ),
     },
 )
 

@@ -20,6 +20,7 @@ from bot.repo_config import (
     ReviewConfig,
     TriggerConfig,
     describe,
+    from_dict,
     parse_config,
     permission_reaches,
 )
@@ -414,6 +415,32 @@ def test_schema_table_mirrors_the_dataclasses(section: repo_config._Section) -> 
     ],
 )
 def test_the_new_keys_are_checked(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(text)
+    assert error.value.key == key
+
+
+def test_setup_is_one_command_or_a_list_and_its_cache_key_a_list_of_paths() -> None:
+    assert RepoConfig().setup == () and {"pyproject.toml", "package-lock.json", "go.sum"} <= set(
+        RepoConfig().setup_cache_key
+    )
+    one = parse_config("setup: pip install -r requirements.txt\n")
+    assert one.setup == ("pip install -r requirements.txt",)
+    many = parse_config("setup: [npm ci, npm run build]\nsetup_cache_key: [package-lock.json, 'tools/*.txt']\n")
+    assert (many.setup, many.setup_cache_key) == (("npm ci", "npm run build"), ("package-lock.json", "tools/*.txt"))
+    assert from_dict(describe(many)) == many
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('setup: ["ok", "a\\nb"]', "setup"),
+        ("setup: {a: 1}", "setup"),
+        ("setup_cache_key: ['../etc/passwd']", "setup_cache_key"),
+        ("setup_cache_key: ['/abs']", "setup_cache_key"),
+    ],
+)
+def test_setup_keys_are_checked(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(text)
     assert error.value.key == key

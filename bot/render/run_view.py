@@ -118,6 +118,8 @@ def checklist(view: RunView) -> str:
         tick = "x" if step.status in _DONE else " "
         lines.append(f"- [{tick}] {view.ref(step)} · {view.what(step)} · {view.state(step)}")
         lines += _repair_lines(step)
+        if step.tool == "setup" and isinstance(step.output, dict) and step.output.get("cached") is True:
+            lines.append("  - reused from an earlier run: the `setup_cache_key` files did not change")
     return "\n".join(lines)
 
 

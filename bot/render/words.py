@@ -12,6 +12,7 @@ GIT_MODES = ("hidden", "basic", "advanced")
 MAX_NAME_CHARS = 100  # a step name longer than this is shortened where it is shown
 
 _TOOL_WORDS = {
+    "setup": "install the dependencies",
     "codegen": "write the code",
     "workspace:write": "write the files",
     "gate:test": "run the tests",

@@ -7,6 +7,7 @@ import logging
 import pkgutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gidgethub.abc import GitHubAPI
@@ -44,6 +45,8 @@ class StepContext:
     inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
     sandbox: Sandbox = field(default_factory=Sandbox)  # where repository code runs (NOFX_SANDBOX)
     ci: Callable[[StepContext], Awaitable[StepResult]] | None = None  # `gate:ci`: one look at the repository's CI
+    # Where this repository's `setup` results are kept across runs (the worker's data dir; None: no cache).
+    setup_cache: Path | None = None
     # Checkpoint the worktree now, mid-step (each repair attempt); the argument names the outcome.
     checkpoint: Callable[[str], Awaitable[object]] | None = None
 

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bot import logs
 from bot.github import identity
@@ -39,7 +41,7 @@ MAX_ERROR_CHARS = 8000
 
 
 WORKSPACE_TOOLS = frozenset(
-    {"codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "gate:ci", "git_ops", "git_pr"}
+    {"setup", "codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "gate:ci", "git_ops", "git_pr"}
 )
 
 
@@ -59,6 +61,7 @@ class Engine:
         redact: Callable[[str], str] = str,
         memory: ThreadMemoryConfig | None = None,
         sandbox: Sandbox | None = None,
+        setup_cache: Path | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -70,6 +73,7 @@ class Engine:
         self.memory = memory or ThreadMemoryConfig()
         self.redact = redact
         self.sandbox = sandbox or Sandbox()
+        self.setup_cache = setup_cache
 
     def after(self, progress: records.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
@@ -203,6 +207,9 @@ class Engine:
             else None,
             ci=ci_gate.look if github and step.tool == "gate:ci" else None,
         )
+        if self.setup_cache is not None:
+            owner, _, name = run.repository.partition("/")
+            context.setup_cache = self.setup_cache / str(run.installation_id) / _safe(owner) / _safe(name)
         context.checkpoint = lambda outcome: checkpoints.record(self.store, context, outcome=outcome)
         return context
 
@@ -254,6 +261,11 @@ class Engine:
     def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
         text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
         return self.redact(text)[-MAX_ERROR_CHARS:]
+
+
+def _safe(name: str) -> str:
+    """A repository name as one directory name (GitHub names are [A-Za-z0-9._-] already; this makes sure)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
 
 
 async def _no_token() -> str:

@@ -17,6 +17,7 @@ LLMPlanner = Callable[[str, str | None, dict[str, Any]], Awaitable[Any]]
 GATE_TIMEOUT_S = 900
 CI_TOOL = "gate:ci"
 CI_STEP_TIMEOUT_S = 1800  # one look at CI takes seconds; a repair round (model, gates, push) takes longer
+SETUP_TIMEOUT_S = 1800  # `setup`'s own time limit: installing dependencies, with network
 CODEGEN_TIMEOUT_S = 1800  # up to `codegen.max_turns` model calls, with gate runs between them
 REPAIR_TIMEOUT_S = 3600  # a gate that may repair: the check, model rounds and the re-checks
 
@@ -74,6 +75,8 @@ def template(
             step["retries"] = _DEFAULT_RETRIES[tool]
         step.update({k: spec[k] for k in ("timeout_s", "retries") if k in spec})
         steps.append(step)
+    if config.setup:  # before anything the model does, so a failing setup costs no model call
+        steps.insert(0, {"name": _unique("setup", steps), "tool": "setup", "inputs": {}, "timeout_s": SETUP_TIMEOUT_S})
     return {"goal": request.splitlines()[0][:200] if request.strip() else name, "steps": _chain(steps)}
 
 

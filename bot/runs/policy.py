@@ -92,6 +92,10 @@ def _check_step(spec: StepSpec, plan: Plan, config: RepoConfig, *, model_built: 
         if gate_command(spec.tool, config) is None:
             raise PlanError(f"{where}: the repository's config has no `gates.{spec.tool.removeprefix('gate:')}`")
         return
+    if spec.tool == "setup":  # like a gate: the commands are the repository's `setup`, never text from a plan
+        if spec.inputs or not config.setup:
+            raise PlanError(f"{where}: `setup` takes no inputs and needs `setup` commands in .github/nofx.yml")
+        return
     unknown = set(spec.inputs) - INPUTS.get(spec.tool, frozenset())
     if unknown:
         raise PlanError(f"{where}: `{spec.tool}` takes no input {', '.join(sorted(unknown))}")

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from bot.runs.contract import StepContext, StepFailed
-from bot.workspace.sandbox import UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
+from bot.workspace.sandbox import SAFE_PATH, UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
 
 TAIL_LINES = 30
+SETUP_DIR_VARIABLE = "NOFX_SETUP_DIR"
 _NOT_FOUND = (
     re.compile(r"^(?:/bin/)?sh: \d+: (?P<program>[^:\s]+): not found$", re.MULTILINE),  # dash
     re.compile(r"^(?:.*: )?(?P<program>[^:\s]+): command not found$", re.MULTILINE),  # bash
@@ -21,12 +24,51 @@ _NOT_FOUND = (
 
 
 async def run_gate_command(ctx: StepContext, command: str, *, timeout_s: float) -> CommandResult:
-    """A configured check command in the run's worktree, in the sandbox, without network."""
+    """A configured check command in the run's worktree, in the sandbox, without network; with the run's setup
+    directory read-only and its `bin/` first on PATH when the run has one."""
+    directory = setup_dir(ctx)
+    if directory is None:
+        return await sandboxed(ctx, command, timeout_s=timeout_s)
+    return await sandboxed(ctx, command, timeout_s=timeout_s, readonly=[directory], env=setup_env(directory))
+
+
+def setup_dir(ctx: StepContext) -> Path | None:
+    """The directory the run's `setup` step filled (or reused), if it ran and the directory is still there."""
+    for step in ctx.earlier.values():
+        output = step.output if isinstance(step.output, dict) else {}
+        if step.tool == "setup" and isinstance(output.get("dir"), str) and Path(output["dir"]).is_dir():
+            return Path(output["dir"])
+    return None
+
+
+def setup_env(directory: Path) -> dict[str, str]:
+    """What a command sees of the setup directory: its path, and its `bin/` first on PATH."""
+    return {SETUP_DIR_VARIABLE: str(directory), "PATH": f"{directory / 'bin'}:{SAFE_PATH}"}
+
+
+async def sandboxed(
+    ctx: StepContext,
+    command: str,
+    *,
+    timeout_s: float,
+    network: bool = False,
+    writable: Sequence[Path] = (),
+    readonly: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+) -> CommandResult:
+    """A repository command in the run's worktree and sandbox; a sandbox that cannot run it fails the step."""
     if ctx.workspace is None:
         raise StepFailed("this step needs a workspace")
     try:
         return await ctx.sandbox.run(
-            command, ctx.workspace, env_allowed=ctx.config.policy.env_allowed, timeout_s=timeout_s
+            command,
+            ctx.workspace,
+            env_allowed=ctx.config.policy.env_allowed,
+            timeout_s=timeout_s,
+            network=network,
+            writable=writable,
+            readonly=readonly,
+            env=env,
         )
     except (SandboxUnavailable, WorkspaceTampered) as exc:  # the message names the cause and what to do
         raise StepFailed(f"`{command}`: {exc}") from None

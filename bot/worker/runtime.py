@@ -60,6 +60,7 @@ class Runtime:
             redact=self._public_error,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
             sandbox=Sandbox(isolation=settings.sandbox, hidden=_own_paths(settings)),
+            setup_cache=settings.data_dir / "setup",
         )
         self._runner = asyncio.Runner()
 

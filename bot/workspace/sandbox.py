@@ -119,12 +119,14 @@ class Sandbox:
         timeout_s: float,
         network: bool = False,
         writable: Iterable[Path] = (),
+        readonly: Iterable[Path] = (),
         env: Mapping[str, str] | None = None,
         max_output_bytes: int = 256 * 1024,
     ) -> CommandResult:
         """Run `command` in the run's worktree; raises SandboxUnavailable (nothing ran) or WorkspaceTampered.
 
-        `network=True` only for the setup step; `writable` adds directories nofx chose (a setup cache), and `env`
+        `network=True` only for the setup step; `writable` and `readonly` add directories nofx chose (the setup
+        cache: writable for setup, read-only for the gates), and `env`
         variables nofx sets itself (never from repository config), on top of the scrubbed environment.
         """
         git = None
@@ -139,7 +141,7 @@ class Sandbox:
             limits=self.limits,
             isolation=self.isolation,
             network=network,
-            readonly=self.readonly,
+            readonly=(*self.readonly, *readonly),
             hidden=self.hidden,
             writable=writable,
             extra_env=env,
