@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import getpass
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from bot.runs.contract import written_by
 from bot.settings import Settings
 from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
+from bot.workspace.git import GitError, git
 from bot.workspace.local import LocalWorkspaces
 from bot.workspace.worktrees import Checkout, branch_name
 
@@ -41,8 +41,8 @@ class LocalRunError(Exception):
 def run_locally(repo: Path, request: str, settings: Settings, console: Console) -> int:
     """Plan, run and commit; returns the process exit code (0 when the run succeeded)."""
     repo = repo.resolve()
-    head = _git(repo, "rev-parse", "--verify", "HEAD^{commit}")
-    config = _config(repo)
+    head = asyncio.run(_git(repo, "rev-parse", "--verify", "HEAD^{commit}"))
+    config = asyncio.run(_config(repo))
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     queue_dir = Path(tempfile.mkdtemp(prefix="nofx-q-"))  # short: the queue's unix socket path is limited
@@ -146,8 +146,9 @@ async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, re
     assert run is not None
     worktree = await workspaces.prepare(Checkout(run_id=run.id, branch=run.branch or "", base_ref=run.head_sha or ""))
     written = sorted({path for s in queries.steps_of(runtime.store, run.id) for path in written_by(s)})
-    name = _git(repo, "config", "user.name", check=False) or "nofx"
-    email = _git(repo, "config", "user.email", check=False) or "nofx@localhost"
+    # The person's own identity (their global git config too): the branch is their work, made on their machine.
+    name = await _git(repo, "config", "user.name", check=False, user_config=True) or "nofx"
+    email = await _git(repo, "config", "user.email", check=False, user_config=True) or "nofx@localhost"
     sha = await worktree.commit_all(
         f"{run.request.splitlines()[0][:72]}\n\nnofx run {run.id}\n",
         author_name=name,
@@ -159,7 +160,7 @@ async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, re
         console.print(summary_panel(["The run changed no file."], ok=False))
         return 1
     branch = worktree.branch
-    commits = _git(repo, "log", "--oneline", "--no-decorate", f"{run.head_sha}..{branch}", check=False)
+    commits = await _git(repo, "log", "--oneline", "--no-decorate", f"{run.head_sha}..{branch}", check=False)
     lines = [
         f"branch  {branch}  ({len(written)} file(s) changed, cost ${run.cost_usd:.4f})",
         *(f"commit  {line}" for line in commits.splitlines()),
@@ -173,18 +174,19 @@ async def _commit(runtime: Runtime, workspaces: LocalWorkspaces, run_id: str, re
     return 0
 
 
-def _config(repo: Path) -> RepoConfig:
-    text = _git(repo, "show", f"HEAD:{CONFIG_PATH}", check=False) or None
+async def _config(repo: Path) -> RepoConfig:
+    text = await _git(repo, "show", f"HEAD:{CONFIG_PATH}", check=False) or None
     try:
         return parse_config(text)
     except ConfigError as exc:
         raise LocalRunError(str(exc)) from None
 
 
-def _git(repo: Path, *args: str, check: bool = True) -> str:
-    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+async def _git(repo: Path, *args: str, check: bool = True, user_config: bool = False) -> str:
+    """stdout of git in the person's repository, stripped; "" when it fails and `check` is off."""
+    try:
+        return (await git(*args, cwd=repo, user_config=user_config)).strip()
+    except GitError as exc:
         if check:
-            raise LocalRunError(f"{repo} is not a git repository with a commit: {result.stderr.strip()}")
+            raise LocalRunError(f"{repo} is not a git repository with a commit: {exc.stderr.strip()}") from None
         return ""
-    return result.stdout.strip()

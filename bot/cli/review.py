@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from bot.review.findings import Finding, severity_at_least, without_already_post
 from bot.review.placement import Placement, place
 from bot.settings import Settings
 from bot.workspace.diffs import parse_git_diff
+from bot.workspace.git import GitError, git, git_or_none
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 GIT_TIMEOUT_S = 120
@@ -108,11 +108,11 @@ async def _review(
 ) -> int:
     repo: Path = args.repo
     head = args.head or (target.head_sha if target else "HEAD")
-    head_sha = _git(repo, "rev-parse", "--verify", f"{head}^{{commit}}").strip()
+    head_sha = (await _git(repo, "rev-parse", "--verify", f"{head}^{{commit}}")).strip()
     files = parse_git_diff(
-        _git(repo, "diff", "--no-color", "--no-ext-diff", "--no-textconv", "-M", f"{args.base}...{head_sha}")
+        await _git(repo, "diff", "--no-color", "--no-ext-diff", "--no-textconv", "-M", f"{args.base}...{head_sha}")
     )
-    config = _config_at(repo, args.base)
+    config = await _config_at(repo, args.base)
     llm = LLM.from_settings(settings, cache=None, redact=redactor.redact)
     if llm is None:
         raise ReviewError("no model is configured: set ANTHROPIC_API_KEY or OPENAI_API_KEY")
@@ -205,28 +205,24 @@ def _client(http: Any, api_url: str, token: str) -> NofxGitHubAPI:
     return NofxGitHubAPI(http, base_url=api_url, authorization=authorization)
 
 
-def _config_at(repo: Path, base: str) -> RepoConfig:
+async def _config_at(repo: Path, base: str) -> RepoConfig:
     """`.github/nofx.yml` as the base ref has it: a pull request cannot loosen its own review gate."""
-    found = subprocess.run(
-        ["git", "-C", str(repo), "show", f"{base}:{CONFIG_PATH}"],
-        capture_output=True,
-        text=True,
-        timeout=GIT_TIMEOUT_S,
-        check=False,
-    )
-    return parse_config(found.stdout if found.returncode == 0 else None)
-
-
-def _git(repo: Path, *args: str) -> str:
     try:
-        result = subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        found = await git_or_none("show", f"{base}:{CONFIG_PATH}", cwd=repo, timeout_s=GIT_TIMEOUT_S)
+    except GitError:  # timed out
+        found = None
+    return parse_config(found)
+
+
+async def _git(repo: Path, *args: str) -> str:
+    try:
+        return await git(*args, cwd=repo, timeout_s=GIT_TIMEOUT_S)
+    except OSError as exc:
         raise ReviewError(f"git {args[0]} failed: {exc}") from None
-    if result.returncode != 0:
-        raise ReviewError(f"git {' '.join(args[:1])} failed in {repo}: {result.stderr.strip()[:500]}")
-    return result.stdout
+    except GitError as exc:
+        if exc.returncode is None:  # timed out
+            raise ReviewError(f"git {args[0]} failed: {exc}") from None
+        raise ReviewError(f"git {' '.join(args[:1])} failed in {repo}: {exc.stderr.strip()[:500]}") from None
 
 
 def _show(out: Console, analysis: Analysis, placement: Placement) -> None:

@@ -39,8 +39,11 @@ def authorization_header(token: str) -> str:
     return f"AUTHORIZATION: basic {credential}"
 
 
-def git_env(token: str | None, *, url: str | None = None) -> dict[str, str]:
+def git_env(token: str | None, *, url: str | None = None, user_config: bool = False) -> dict[str, str]:
     """A complete environment for git: nothing inherited but PATH and HOME, no prompts, no hooks, token as a header.
+
+    `user_config` lets git read the person's own global and system config (`nofx run` and `nofx review` on their
+    machine, e.g. for `user.name`); nofx's own settings below still win over it.
 
     With `url`, the header is scoped to that URL's scheme, host and port (`http.<url>.extraheader`), so a redirect,
     an `insteadOf` rewrite or a submodule pointing at another host never receives the token.
@@ -69,14 +72,17 @@ def git_env(token: str | None, *, url: str | None = None) -> dict[str, str]:
         "LC_ALL": "C",  # stable, English messages
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_ALLOW_PROTOCOL": "http:https",
         # Abort a transfer that stalls below 1 kB/s for a minute instead of holding the lock forever.
         "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
         "GIT_HTTP_LOW_SPEED_TIME": "60",
         "GIT_CONFIG_COUNT": str(len(config)),
     }
+    if user_config:
+        if "XDG_CONFIG_HOME" in os.environ:
+            env["XDG_CONFIG_HOME"] = os.environ["XDG_CONFIG_HOME"]
+    else:
+        env |= {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
     for i, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
@@ -209,9 +215,10 @@ async def git(
     input: bytes | None = None,
     check: bool = True,
     timeout_s: float = GIT_TIMEOUT_S,
+    user_config: bool = False,
 ) -> str:
     """stdout of one git command; `token` goes into git's environment as a header scoped to `url`, nowhere else."""
-    env = {**git_env(token, url=url), **(extra_env or {})}
+    env = {**git_env(token, url=url, user_config=user_config), **(extra_env or {})}
     result = await run_git(args, env=env, cwd=cwd, secrets=_secrets(token), input=input, timeout_s=timeout_s)
     if check and result.returncode != 0:
         raise GitError(args, result.returncode, result.stderr)
@@ -219,9 +226,13 @@ async def git(
 
 
 async def git_or_none(
-    *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None, timeout_s: float = GIT_TIMEOUT_S
+    *args: str,
+    cwd: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = GIT_TIMEOUT_S,
+    user_config: bool = False,
 ) -> str | None:
     """stdout of a local query that may legitimately fail (a ref that does not exist), else None."""
-    env = {**git_env(None), **(extra_env or {})}
+    env = {**git_env(None, user_config=user_config), **(extra_env or {})}
     result = await run_git(args, env=env, cwd=cwd, timeout_s=timeout_s)
     return result.stdout.strip() if result.returncode == 0 else None
