@@ -100,13 +100,13 @@ class Workspaces:
                 return existing
             await self._refresh(mirror, clone_url, await checkout.token())
             if checkout.base_sha:  # made before, maybe elsewhere: the same commits, even if the base moved since
-                base_sha, start_sha = checkout.base_sha, checkout.start_sha or checkout.base_sha
-                for sha in {base_sha, start_sha}:
+                known_base, known_start = checkout.base_sha, checkout.start_sha or checkout.base_sha
+                for sha in {known_base, known_start}:
                     if await resolve_ref(mirror, sha) is None:
                         summary = f"{checkout.owner}/{checkout.repo} no longer has the run's start commit {sha[:12]}"
                         raise GitError(["rev-parse", sha], None, "", summary=summary)
                 return await create_worktree(
-                    checkout, git_dir=mirror, path=path, base_sha=base_sha, start_sha=start_sha, clone_url=clone_url
+                    checkout, git_dir=mirror, path=path, base_sha=known_base, start_sha=known_start, clone_url=clone_url
                 )
             base_sha = await resolve_ref(mirror, base_ref)
             if base_sha is None:
