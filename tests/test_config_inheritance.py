@@ -157,3 +157,19 @@ def test_a_burst_of_comments_reads_each_config_file_once(
     assert len(github.calls("GET", CONTENTS)) == 4
     replies = [c.json["body"] for c in github.calls("POST", COMMENTS)]
     assert all("/bot git" in reply for reply in replies[:5]) and "/bot git" not in replies[5]
+
+
+def test_an_invalid_organization_default_is_answered_naming_its_file(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    installed: Callable[[dict[str, Any]], None],
+) -> None:
+    installed(load_payload("issue_comment.created"))
+    github.files[(OWNER, ".github", ".github/nofx.yml", None)] = "review: {fail_on: severe}\n"
+    deliver("issue_comment", load_payload("issue_comment.created", comment__body="/nofx add a cart"))
+    work()
+    [reply] = [c.json["body"] for c in github.calls("POST", COMMENTS)]
+    assert reply.startswith(
+        f"nofx could not use its configuration: `{OWNER}/.github:.github/nofx.yml`: `review.fail_on`"
+    )

@@ -121,9 +121,13 @@ def config_error(error_text: str) -> str:
     """Why a run did not start: `.github/nofx.yml` is invalid. The git mode is unknown here, so no mode wording."""
     prefix = "`.github/nofx.yml`: "
     text = clean_text(error_text)
-    text = text[len(prefix) :] if text.startswith(prefix) else text
+    if not text.startswith(prefix):  # a base it extends, or the organization's defaults, names its own file
+        return (
+            f"nofx could not use its configuration: {escape_keeping_code(shorten(text, 4_000))}\n\n"
+            "Nothing was run. Fix that file on its repository's default branch and try again."
+        )
     return (
-        f"nofx could not read `.github/nofx.yml`: {escape_keeping_code(shorten(text, 4_000))}\n\n"
+        f"nofx could not read `.github/nofx.yml`: {escape_keeping_code(shorten(text[len(prefix) :], 4_000))}\n\n"
         "Nothing was run. Fix the file on the default branch and try again."
     )
 
