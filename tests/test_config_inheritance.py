@@ -149,6 +149,7 @@ def test_a_burst_of_comments_reads_each_config_file_once(
     ]
     # Each comment still looks up the default-branch head of each repository in the chain (that is what keys the cache).
     assert len(github.calls("GET", "/repos/{owner}/{repo}/branches/{branch}")) == 15
+    assert len(github.calls("GET", "/repos/{owner}/{repo}")) == 10  # the default branch of each base, per comment
     # A new commit on the default branch is read afresh.
     github.branches[(OWNER, "defaults", "main")] = "f" * 40
     github.files[(OWNER, "defaults", ".github/nofx.yml", None)] = "git_mode: hidden\n"

@@ -142,23 +142,13 @@ def test_a_failing_gate_shows_the_tail_of_its_output(repo: Path, tmp_path: Path,
     assert "not done" in text and "run failed" in text
 
 
-def test_verbose_shows_the_logs_too(repo: Path, tmp_path: Path, llm: AnthropicDouble) -> None:
-    llm.tool_calls(
-        [("replace_in_file", {"path": "calc.py", "old": CALC, "new": MULTIPLY}), ("finish", {"summary": "s"})]
-    )
-    args = ["run", "-v", "--repo", str(repo), "add multiply"]
-    code, _, written = run_in_terminal(args, _environment(tmp_path, llm), tmp_path)
-    assert code == 0
-    assert '"msg": "workspaces cleaned"' in written
-
-
 def test_review_shows_its_progress_cost_and_findings(repo: Path, tmp_path: Path, llm: AnthropicDouble) -> None:
     _git(repo, "checkout", "--quiet", "-b", "feature")
     (repo / "calc.py").write_text(MULTIPLY)
     _git(repo, "commit", "--quiet", "-am", "multiply")
     finding = {"path": "calc.py", "line": 6, "severity": "high", "title": "multiply has no test", "body": "Add one."}
     llm.tool_call("report_findings", {"findings": [finding]})
-    code, screen, _ = run_in_terminal(
+    code, screen, written = run_in_terminal(
         ["review", "--repo", str(repo), "--base", "main"], _environment(tmp_path, llm), tmp_path
     )
     text = _text(screen)
@@ -166,5 +156,16 @@ def test_review_shows_its_progress_cost_and_findings(repo: Path, tmp_path: Path,
     review_row = next(line for line in screen if "│ review" in line)
     assert "succeeded" in review_row and "$0." in review_row and "1 finding(s) in 1 model call(s)" in review_row
     assert "multiply has no test" in text and "calc.py:6" in text
-    assert '{"' not in text
-    assert (tmp_path / "data" / "logs" / "review.log").exists()
+    assert '{"ts"' not in written
+    assert '"msg": "llm call"' in (tmp_path / "data" / "logs" / "review.log").read_text()
+
+
+def test_verbose_shows_the_logs_too(repo: Path, tmp_path: Path, llm: AnthropicDouble) -> None:
+    _git(repo, "checkout", "--quiet", "-b", "feature")
+    (repo / "calc.py").write_text(MULTIPLY)
+    _git(repo, "commit", "--quiet", "-am", "multiply")
+    llm.tool_call("report_findings", {"findings": []})
+    args = ["review", "-v", "--repo", str(repo), "--base", "main"]
+    code, _, written = run_in_terminal(args, _environment(tmp_path, llm), tmp_path)
+    assert code == 0
+    assert '"msg": "llm call"' in written
