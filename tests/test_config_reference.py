@@ -36,4 +36,4 @@ def test_the_table_starts_with_extends_and_shows_defaults_as_yaml() -> None:
     rows = {key: default for key, default, _allowed in config_reference.rows()}
     assert next(iter(rows)) == "_extends"
     assert rows["review.auto"] == "`true`" and rows["model"] == "none"
-    assert rows["policy.require_approval_before"] == "`[git_pr]`"
+    assert rows["review.skip_paths"].startswith("`[**/*.lock, ")  # a list, as flow YAML
