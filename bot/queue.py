@@ -106,6 +106,22 @@ class WorkQueue:
             self.steps.enqueue(STEP_JOB, step_id, **options)
         return job_id
 
+    def hold_report(self, run_id: str) -> bool:
+        """Mark a publish of the run as waiting; False when one already waits (it will render the newest state)."""
+        return bool(self.redis.set(f"nofx:report:pending:{run_id}", "1", nx=True, ex=120))
+
+    def release_report(self, run_id: str) -> None:
+        """A publish started: changes from now on ask for another one."""
+        self.redis.delete(f"nofx:report:pending:{run_id}")
+
+    def report_sent(self, run_id: str, at: float) -> None:
+        """When the run was last shown on GitHub (kept a minute: only the rate limit needs it)."""
+        self.redis.set(f"nofx:report:sent:{run_id}", f"{at:.3f}", ex=60)
+
+    def last_report(self, run_id: str) -> float | None:
+        last = self.redis.get(f"nofx:report:sent:{run_id}")
+        return None if last is None else float(last)
+
     def enqueue_report(self, run_id: str, delay_s: float = 0) -> None:
         """Queue publishing a run to GitHub; callers coalesce through `bot.runs.report.request_publish`."""
         options = {"job_timeout": 120, "result_ttl": 60, "failure_ttl": 24 * 3600}

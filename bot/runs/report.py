@@ -29,14 +29,14 @@ CHECK_NAME = "nofx"
 
 def request_publish(queue: WorkQueue, run_id: str) -> None:
     """Ask for the run to be shown on GitHub; at most one publish job waits per run."""
-    if not queue.redis.set(_pending_key(run_id), "1", nx=True, ex=120):
+    if not queue.hold_report(run_id):
         return  # a publish is already waiting and will render the newest state
     queue.enqueue_report(run_id, delay_s=_wait_before_next(queue, run_id))
 
 
 async def publish(store: Store, queue: WorkQueue, settings: Settings, gh: GitHubAPI, run_id: str) -> None:
     """Create or update the run's status comment and check run (found again by marker / external_id)."""
-    queue.redis.delete(_pending_key(run_id))  # transitions from now on ask for another publish
+    queue.release_report(run_id)  # transitions from now on ask for another publish
     wait = _wait_before_next(queue, run_id)
     if wait > 0:
         await asyncio.sleep(wait)
@@ -49,7 +49,7 @@ async def publish(store: Store, queue: WorkQueue, settings: Settings, gh: GitHub
     await _publish_comment(store, gh, run, steps, behind, run_url)
     if run.head_sha:
         await _publish_check_run(store, gh, run, steps, run_url or run.thread_url)
-    queue.redis.set(_sent_key(run_id), f"{time.time():.3f}", ex=60)
+    queue.report_sent(run_id, time.time())
 
 
 async def _publish_comment(
@@ -145,15 +145,7 @@ def _prefix(run: Run) -> str:
 
 
 def _wait_before_next(queue: WorkQueue, run_id: str) -> float:
-    last = queue.redis.get(_sent_key(run_id))
+    last = queue.last_report(run_id)
     if last is None:
         return 0.0
-    return max(0.0, float(last) + MIN_INTERVAL_S - time.time())
-
-
-def _pending_key(run_id: str) -> str:
-    return f"nofx:report:pending:{run_id}"
-
-
-def _sent_key(run_id: str) -> str:
-    return f"nofx:report:sent:{run_id}"
+    return max(0.0, last + MIN_INTERVAL_S - time.time())
