@@ -132,6 +132,8 @@ def test_run_shows_its_steps_live_and_a_summary_and_logs_go_to_a_file(
 
 
 def test_a_failing_gate_shows_the_tail_of_its_output(repo: Path, tmp_path: Path, llm: AnthropicDouble) -> None:
+    (repo / ".github" / "nofx.yml").write_text("gates:\n  test: python3 -m unittest -q\nrepair: {max_attempts: 0}\n")
+    _git(repo, "commit", "--quiet", "-am", "no repairs: the gate's failure is the end of the run")
     llm.tool_calls(
         [("replace_in_file", {"path": "calc.py", "old": "a + b", "new": "a - b"}), ("finish", {"summary": "s"})]
     )
