@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -113,6 +113,12 @@ def mark_queued(store: Store, delivery_id: str) -> None:
 def mark_received(store: Store, delivery_id: str) -> None:
     """The enqueue failed: the sweeper (or a redelivery) enqueues it once the queue is back."""
     _move(store, delivery_id, DeliveryStatus.received, only_from=[DeliveryStatus.queued])
+
+
+def last_received(store: Store) -> datetime | None:
+    """When the newest recorded delivery arrived: where a recovery after downtime starts looking."""
+    with store.session() as session:
+        return session.exec(select(Delivery.received_at).order_by(col(Delivery.received_at).desc())).first()
 
 
 def stale_queued(store: Store, older_than: timedelta) -> list[str]:

@@ -81,9 +81,44 @@ def _parser() -> argparse.ArgumentParser:
     rca.add_argument("-o", "--output", type=Path, help="file to write (default nofx-rca-RUN_ID.tar.gz)")
     rca.set_defaults(func=_rca)
 
+    recover = sub.add_parser("recover", help="have GitHub redeliver the deliveries nofx missed (its delivery log)")
+    recover.add_argument("--since", default="2h", help="how far back to look: 30m, 2h, 1d (at most 3d; default 2h)")
+    recover.set_defaults(func=_recover)
+
     doctor = sub.add_parser("doctor", help="what this machine gives: sandbox isolation, queue, database, model keys")
     doctor.set_defaults(func=_doctor)
     return parser
+
+
+def _recover(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    """Compare GitHub's delivery log with the recorded deliveries; ask GitHub to send the missing ones again."""
+    import asyncio
+
+    from bot.github.client import GitHubApp, GitHubAppNotConfigured
+    from bot.github.recovery import parse_window, recover
+    from bot.models import utcnow
+    from bot.store import Store
+
+    try:
+        window = parse_window(args.since)
+        github = GitHubApp.from_settings(settings, on_secret=redactor.add)
+    except (ValueError, GitHubAppNotConfigured) as exc:
+        print(f"nofx: {exc}", file=sys.stderr)
+        return 2
+    store = Store(settings.database_url)
+
+    async def run() -> int:
+        async with github:
+            found = await recover(github, store, utcnow() - window)
+        print(f"{found.listed} deliveries in the last {args.since}; {len(found.missing)} never recorded")
+        for guid in found.redelivered:
+            print(f"  redelivery requested: {guid}")
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        store.dispose()
 
 
 def _doctor(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:

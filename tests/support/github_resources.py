@@ -158,6 +158,10 @@ class GitHubResources:
         self.compares: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.pull_files: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         self.manifest_codes: dict[str, dict[str, Any]] = {}
+        # The App's webhook delivery log, newest first as GitHub lists it (`add_hook_delivery`), and the ids of
+        # the deliveries the App asked GitHub to redeliver (a test then sends them again).
+        self.hook_deliveries: list[dict[str, Any]] = []
+        self.redelivered: list[int] = []
         # What clients created, in GitHub's JSON shape, for assertions.
         self.issue_comments: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         self.reactions: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
@@ -173,6 +177,29 @@ class GitHubResources:
         with self._lock:
             inst = self.installations[installation_id] = Installation(installation_id, **fields)
             return inst
+
+    def add_hook_delivery(
+        self, guid: str, event: str, *, action: str | None = None, installation_id: int | None = None, at: float
+    ) -> dict[str, Any]:
+        """Log a delivery GitHub made (or tried) to the App's webhook at time `at`, as the delivery log shows it."""
+        with self._lock:
+            item = {
+                "id": next(self._ids),
+                "guid": guid,
+                "delivered_at": _iso(at),
+                "redelivery": False,
+                "duration": 0.05,
+                "status": "OK",
+                "status_code": 202,
+                "event": event,
+                "action": action,
+                "installation_id": installation_id,
+                "repository_id": None,
+                "throttled_at": None,
+            }
+            self.hook_deliveries.insert(0, item)
+            self.hook_deliveries.sort(key=lambda d: d["delivered_at"], reverse=True)
+            return item
 
     def issue_token(self, installation_id: int, repositories: list[str] | None = None) -> str:
         """An installation token, as if the App had asked for one (for tests that skip the App's auth)."""
@@ -645,6 +672,26 @@ class GitHubResources:
     def _get_installation(self, call: Call) -> Reply:
         inst = self._installation(call.path_params["installation_id"])
         return Reply(404, error_body(404)) if inst is None else Reply(200, self._installation_json(inst))
+
+    @_route("apps/list-webhook-deliveries")
+    def _list_hook_deliveries(self, call: Call) -> Reply:
+        """Newest first, paged by an opaque cursor in the `Link` header, as GitHub does."""
+        per_page = min(int(call.query.get("per_page", 30)), 100)
+        start = int(call.query.get("cursor") or 0)
+        items = self.hook_deliveries[start : start + per_page]
+        headers = {}
+        if start + per_page < len(self.hook_deliveries):
+            query = urlencode({"per_page": per_page, "cursor": str(start + per_page)})
+            headers["link"] = f'<{self.base_url}{call.path.removeprefix(self.path_prefix)}?{query}>; rel="next"'
+        return Reply(200, items, headers)
+
+    @_route("apps/redeliver-webhook-delivery")
+    def _redeliver(self, call: Call) -> Reply:
+        item = next((d for d in self.hook_deliveries if d["id"] == call.path_params["delivery_id"]), None)
+        if item is None:
+            return Reply(404, error_body(404))
+        self.redelivered.append(item["id"])
+        return Reply(202, {})
 
     @_route("apps/create-installation-access-token")
     def _create_token(self, call: Call) -> Reply:
