@@ -36,7 +36,7 @@ def ci_note(steps: Sequence[Step], *, names_git: bool) -> str:
     state = out.get("ci")
     sha = str(out.get("head_sha") or "")[:7]
     at = f" on {code_span(sha)}" if names_git and sha else ""
-    repairs = int(out.get("repairs") or 0)
+    repairs = _count(out.get("repairs"))
     repaired = f" nofx repaired it {repairs} time{'s' if repairs != 1 else ''}." if repairs else ""
     if state == "none":
         return "**CI:** none ran on the base commit, so nofx did not wait for it."
@@ -63,9 +63,15 @@ def ci_note(steps: Sequence[Step], *, names_git: bool) -> str:
 def check_title(steps: Sequence[Step], done: int, total: int) -> str:
     """The check run's title while the run waits for CI (plain text)."""
     step = ci_step(steps)
-    repairs = int((step.output if step else {}).get("repairs") or 0)
+    repairs = _count((step.output if step else {}).get("repairs"))
     after = f", repaired {repairs}x" if repairs else ""
     return f"Waiting for CI: {done} of {total} steps done{after}"
+
+
+def _count(repairs: object) -> int:
+    """Repair rounds that pushed a commit (rounds the run's own gates rejected pushed nothing)."""
+    items = repairs if isinstance(repairs, list) else []
+    return sum(1 for item in items if isinstance(item, dict) and item.get("head_sha"))
 
 
 def _check(found: dict[str, Any]) -> str:

@@ -137,6 +137,8 @@ def _repair_lines(step: Step) -> list[str]:
         if len(files) > 5:
             changed += f" and {len(files) - 5} more"
         verdict = "checks passed" if item.get("passed") is True else "still failing"
+        if item.get("passed") is None and item.get("head_sha"):  # a CI repair, pushed: CI has not judged it yet
+            verdict = f"pushed {code_span(str(item['head_sha'])[:7])}, waiting for CI"
         lines.append(f"  - repair {item['attempt']}: {changed} · {verdict}")
     return lines
 

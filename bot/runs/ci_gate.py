@@ -18,7 +18,8 @@ from gidgethub.abc import GitHubAPI
 
 from bot.github import checks
 from bot.models import utcnow
-from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.runs import ci_repair
+from bot.runs.contract import RetryableError, StepContext, StepFailed, StepResult
 from bot.workspace.git import GitError
 
 
@@ -39,11 +40,7 @@ async def look(ctx: StepContext) -> StepResult:
     state["checked_at"] = now.isoformat()
     pushed_by_others = await _foreign_head(ctx, state)
     if pushed_by_others:
-        state.update(ci="handed_over", foreign_sha=pushed_by_others)
-        return StepResult(
-            output=state,
-            summary=f"stopped: someone else pushed {pushed_by_others[:7]} to the branch, so nofx leaves CI to them",
-        )
+        return _handed_over(state, pushed_by_others)
     try:
         snapshot = await checks.read(ctx.gh, owner, repo, state["head_sha"], own_slug=own)
     except (GitHubBroken, BadRequest) as exc:  # GitHub hiccup or rate limit: the next poll looks again
@@ -51,9 +48,10 @@ async def look(ctx: StepContext) -> StepResult:
         return _wait(state, "waiting for CI (GitHub did not answer; trying again)")
     verdict = checks.judge(snapshot, state["required"])
     state.update(passed=list(verdict.passed), pending=list(verdict.pending))
+    _judge_last_repair(state, verdict.state)
     if verdict.state == "passed":
         state.update(ci="passed", failing=[])
-        repaired = f" after {state['repairs']} repair(s)" if state.get("repairs") else ""
+        repaired = f" after {len(state['repairs'])} repair(s)" if state["repairs"] else ""
         return StepResult(output=state, summary=f"CI passed on {state['head_sha'][:7]}{repaired}")
     if verdict.state == "needs_person":
         first = verdict.needs_person[0]
@@ -103,8 +101,7 @@ async def _start(
         "pull_request_url": pushed.get("pull_request_url"),
         "required": required,
         "pushed": [pushed["head_sha"]],
-        "repairs": 0,
-        "history": [],
+        "repairs": [],
         "since": now.isoformat(),
     }
 
@@ -126,13 +123,19 @@ async def _failed(
     message = f"CI failed on {state['head_sha'][:7]}: `{first.name}` ({first.conclusion})" + (
         f", {first.url}" if first.url else ""
     )
-    repairs = int(state.get("repairs") or 0)
-    if repairs >= ctx.config.ci.max_repairs:
-        after = f" after {repairs} repair(s)" if repairs else ""
+    try:
+        head = await ci_repair.repair(ctx, state, evidence=evidence, check=first.name)
+    except ci_repair.HandedOver as moved:
+        return _handed_over(state, moved.tip)
+    except RetryableError as exc:  # the model is unreachable: the next poll finds the failure and tries again
+        ctx.log.warning("repairing the CI failure must wait: %s", exc)
+        return _wait(state, f"CI failed on {state['head_sha'][:7]}; the repair waits for the model")
+    if head is None:
+        rounds = len(state["repairs"])
+        after = f" after {rounds} repair(s)" if rounds else ""
         raise StepFailed(f"{message}{after}. What CI reported:\n{evidence}", state)
-    raise StepFailed(
-        f"{message}. nofx cannot repair CI failures on this server yet. What CI reported:\n{evidence}", state
-    )
+    state.update(head_sha=head, pushed=[*state["pushed"], head], since=utcnow().isoformat(), failing=[])
+    return _wait(state, f"repaired the CI failure of `{first.name}`; waiting for CI on {head[:7]}")
 
 
 async def _foreign_head(ctx: StepContext, state: dict[str, Any]) -> str | None:
@@ -155,6 +158,20 @@ async def _own_slug(ctx: StepContext) -> str | None:
         return None
     login, _email = await ctx.author()
     return login.removesuffix("[bot]")
+
+
+def _handed_over(state: dict[str, Any], tip: str) -> StepResult:
+    state.update(ci="handed_over", foreign_sha=tip)
+    return StepResult(
+        output=state, summary=f"stopped: someone else pushed {tip[:7]} to the branch, so nofx leaves CI to them"
+    )
+
+
+def _judge_last_repair(state: dict[str, Any], verdict: str) -> None:
+    """CI's verdict on a pushed repair, once it has one: the status comment says whether the repair held."""
+    last = state["repairs"][-1] if state["repairs"] else None
+    if last and last.get("head_sha") == state["head_sha"] and verdict in ("passed", "failed"):
+        last["passed"] = verdict == "passed"
 
 
 def _wait(state: dict[str, Any], summary: str) -> StepResult:

@@ -64,11 +64,10 @@ def template(
         if tool == "codegen":
             last_codegen = step_name
         step: dict[str, Any] = {"name": step_name, "tool": tool, "inputs": inputs}
-        if tool.startswith("gate:"):
-            if tool == CI_TOOL:
-                step["timeout_s"] = CI_STEP_TIMEOUT_S
-            else:
-                step["timeout_s"] = REPAIR_TIMEOUT_S if config.repair.max_attempts else GATE_TIMEOUT_S
+        if tool == CI_TOOL:
+            step["timeout_s"] = REPAIR_TIMEOUT_S if config.ci.max_repairs else CI_STEP_TIMEOUT_S
+        elif tool.startswith("gate:"):
+            step["timeout_s"] = REPAIR_TIMEOUT_S if config.repair.max_attempts else GATE_TIMEOUT_S
         if tool == "codegen":
             step["timeout_s"] = CODEGEN_TIMEOUT_S
         if tool in _DEFAULT_RETRIES:

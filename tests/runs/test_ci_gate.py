@@ -27,6 +27,7 @@ from tests.support.payloads import load_payload
 CONFIG = ".github/nofx.yml"
 NO_APPROVAL = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n"
 MULTIPLY = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n"
+BUGGY = MULTIPLY.replace("a * b", "a + b")
 CALC = "def add(a, b):\n    return a + b\n"
 FAILING_LOG = (
     "2026-12-01T10:00:00.0000000Z ##[group]Run python -m pytest\n"
@@ -330,3 +331,117 @@ def test_ci_wait_false_leaves_the_step_out() -> None:
 
     assert "gate:ci" not in [s["tool"] for s in template("x", parse_config("ci:\n  wait: false\n"))["steps"]]
     assert template("x", parse_config(None))["steps"][-1]["tool"] == "gate:ci"
+
+
+def failing_ci(github: GitHubDouble, head: str, branch: str) -> dict[str, Any]:
+    """Actions runs `test` on `head` and it fails, with an annotation and a log; returns the job's check run."""
+    workflow = github.ci_workflow_run(OWNER, REPO, head, "CI", branch=branch)
+    job = github.ci_check_run(OWNER, REPO, head, "test", run=workflow)
+    note = {"path": "test_calc.py", "start_line": 7, "message": "AssertionError: multiply(2, 3) returned 5"}
+    github.finish_ci(job, "failure", title="1 test failed", annotations=[note], log=FAILING_LOG)
+    github.finish_ci(workflow, "failure")
+    return job
+
+
+def script_buggy_change(llm: AnthropicDouble) -> None:
+    llm.tool_calls(
+        [
+            ("replace_in_file", {"path": "calc.py", "old": CALC, "new": BUGGY}),
+            ("finish", {"summary": "Adds multiply()."}),
+        ]
+    )
+
+
+def script_repair(llm: AnthropicDouble, old: str, new: str) -> None:
+    llm.tool_calls(
+        [
+            ("replace_in_file", {"path": "calc.py", "old": old, "new": new}),
+            ("finish", {"summary": "multiply multiplies."}),
+        ]
+    )
+
+
+def test_a_ci_failure_is_repaired_pushed_and_passes(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    base_ci: str,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
+    script_buggy_change(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    run = the_run(store)
+    first, branch = pushed(store, run)
+    job = failing_ci(github, first, branch)
+    script_repair(
+        llm,
+        "return a + b\n\n\ndef multiply(a, b):\n    return a + b",
+        "return a + b\n\n\ndef multiply(a, b):\n    return a * b",
+    )
+    deliver("check_suite", ci_webhook("check_suite", {**job, "conclusion": "failure"}, branch=branch))
+    work()
+
+    # The repair round saw what CI reported, fenced as data: the annotation and the failing log lines.
+    repair = llm.requests[-1].text
+    assert "Repair attempt 1" in repair and "CI check `test`" in repair and "untrusted_data" in repair
+    assert "multiply(2, 3) returned 5" in repair and "test_calc.py::test_multiply FAILED" in repair
+    run = the_run(store)
+    step = ci_step(store, run)
+    second = step.output["head_sha"]
+    assert run.status == RunStatus.waiting and second != first
+    assert step.output["repairs"] == [{"attempt": 1, "files": ["calc.py"], "passed": None, "head_sha": second}]
+    # Pushed to the same branch, on top of the first commit, as the App's bot; the pull request follows it.
+    assert git.git(OWNER, REPO, "rev-parse", branch).strip() == second
+    assert git.git(OWNER, REPO, "rev-parse", f"{second}^").strip() == first
+    assert git.show(OWNER, REPO, branch, "calc.py") == MULTIPLY
+    assert git.git(OWNER, REPO, "log", "-1", "--format=%an", branch).strip() == github.bot_login
+    assert f"pushed `{second[:7]}`, waiting for CI" in comment(github, store)
+
+    github.finish_ci(github.ci_check_run(OWNER, REPO, second, "test"), "success")
+    deliver("check_run", ci_webhook("check_run", github.check_runs[max(github.check_runs)], branch=branch))
+    work()
+
+    run = the_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    assert ci_step(store, run).output["repairs"][0]["passed"] is True
+    body = comment(github, store)
+    assert "**CI:** passed" in body and "nofx repaired it 1 time" in body
+    assert "repair 1: changed `calc.py` · checks passed" in body
+
+
+def test_ci_failing_past_max_repairs_fails_the_run_with_the_evidence(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    base_ci: str,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL + "ci:\n  max_repairs: 1\n"
+    script_buggy_change(llm)
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+    run = the_run(store)
+    first, branch = pushed(store, run)
+    job = failing_ci(github, first, branch)
+    script_repair(llm, "def multiply(a, b):\n    return a + b", "def multiply(a, b):\n    return b + a")
+    deliver("check_suite", ci_webhook("check_suite", {**job, "conclusion": "failure"}, branch=branch))
+    work()
+    second = ci_step(store, the_run(store)).output["head_sha"]
+    job = failing_ci(github, second, branch)
+    deliver("check_suite", ci_webhook("check_suite", {**job, "conclusion": "failure"}, branch=branch))
+    work()
+
+    run = the_run(store)
+    assert run.status == RunStatus.failed
+    step = ci_step(store, run)
+    assert (step.error or "").startswith(f"CI failed on {second[:7]}: `test` (failure)")
+    assert "after 1 repair(s)" in (step.error or "") and "multiply(2, 3) returned 5" in (step.error or "")
+    assert [r["passed"] for r in step.output["repairs"]] == [False]
+    assert llm.pending == 0  # one repair round, then no more spending
+    assert "repair 1: changed `calc.py` · still failing" in comment(github, store)

@@ -1,0 +1,107 @@
+"""A repair round for a CI failure, the same way a failing local gate is repaired (`bot.runs.agent.repair`): the model
+gets what CI reported and the current diff, the run's own gates check its edits, and the change is committed and
+pushed to the same branch, where CI runs again.
+
+Rounds are bounded by `ci.max_repairs` over the step (a round whose edits the local gates reject counts, and its
+failure becomes the next round's evidence). A push refused because someone else pushed hands the branch over.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bot.runs import agent
+from bot.runs.contract import StepContext, StepFailed
+from bot.runs.policy import gate_command
+from bot.runs.repo_commands import describe_failure, run_gate_command
+from bot.workspace.git import GitError
+
+
+class HandedOver(Exception):
+    """The branch moved under nofx (someone else pushed): it stops repairing."""
+
+    def __init__(self, tip: str) -> None:
+        super().__init__(tip)
+        self.tip = tip
+
+
+async def repair(ctx: StepContext, state: dict[str, Any], *, evidence: str, check: str) -> str | None:
+    """Repair rounds until the run's gates pass the change; push it and return the new head, or None when no round
+    is left (or the model changed nothing). Each round is recorded in `state["repairs"]` as the status comment
+    lists them: `{attempt, files, passed, head_sha?}` (`passed` None until CI has judged the pushed head)."""
+    rounds: list[dict[str, Any]] = state["repairs"]
+    if ctx.llm is None or ctx.workspace is None:
+        return None
+    source = f"the repository's CI check `{check}`"
+    deadline = time.monotonic() + ctx.step.timeout_s
+    unpushed: list[str] = []  # files of rounds whose edits the gates rejected: still in the worktree
+    while len(rounds) < ctx.config.ci.max_repairs:
+        attempt = len(rounds) + 1
+        ctx.emit("repair.started", {"attempt": attempt, "source": source})
+        try:
+            round_ = await agent.repair(ctx, evidence=evidence, source=source, attempt=attempt, deadline=deadline)
+        except agent.NoChange as exc:  # another round would see the same failure
+            rounds.append({"attempt": attempt, "files": [], "passed": False, "note": str(exc)})
+            return None
+        if ctx.checkpoint is not None:
+            await ctx.checkpoint(f"CI repair {attempt}")
+        unpushed = sorted({*unpushed, *round_.files})
+        rejected = await _run_gates(ctx, deadline)
+        if rejected is not None:
+            command, text = rejected
+            rounds.append({"attempt": attempt, "files": round_.files, "passed": False, "command": command})
+            ctx.emit("repair.finished", rounds[-1])
+            evidence, source = text, f"the check `{command}`, after a repair of CI check `{check}`"
+            continue
+        head = await _push(ctx, state, unpushed, check)
+        rounds.append({"attempt": attempt, "files": round_.files, "passed": None, "head_sha": head})
+        ctx.emit("repair.finished", rounds[-1])
+        return head
+    return None
+
+
+async def _run_gates(ctx: StepContext, deadline: float) -> tuple[str, str] | None:
+    """The gates the run passed before, on the repaired worktree: the first failure (command, output), or None."""
+    gates = sorted((s for s in ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
+    for command in [c for s in gates if (c := gate_command(s.tool, ctx.config)) is not None]:
+        timeout_s = float(max(1, int(min(agent.GATE_TIMEOUT_S, deadline - time.monotonic() - agent.MARGIN_S))))
+        result = await run_gate_command(ctx, command, timeout_s=timeout_s)
+        if not result.ok:
+            return command, describe_failure(command, result, timeout_s, lines=agent.MAX_EVIDENCE_LINES)
+    return None
+
+
+async def _push(ctx: StepContext, state: dict[str, Any], files: list[str], check: str) -> str:
+    """Commit the repaired files as the App's bot and push them (never forced) to the run's branch."""
+    assert ctx.workspace is not None and ctx.git_token is not None and ctx.author is not None
+    name, email = await ctx.author()
+    try:
+        head = await ctx.workspace.commit_all(
+            _message(ctx, state, check), author_name=name, author_email=email, paths=files
+        )
+        if head is None:
+            raise StepFailed("the repair left no change to push", state)
+        await ctx.workspace.push(await ctx.git_token())
+    except GitError as exc:
+        listed = await ctx.workspace.git(
+            "ls-remote", ctx.workspace.clone_url, f"refs/heads/{state['branch']}", token=await ctx.git_token()
+        )
+        tip = listed.split()[0] if listed.strip() else ""
+        if tip and tip not in state["pushed"]:
+            raise HandedOver(tip) from None
+        raise StepFailed(f"pushing the repair failed: {exc}", state) from None
+    return head
+
+
+def _message(ctx: StepContext, state: dict[str, Any], check: str) -> str:
+    """The repair commit's message in the run's git mode; the requester is credited as in the first commit."""
+    number = ctx.run.thread_number
+    if ctx.config.git_mode == "hidden":
+        subject = f"Fix what the checks found (#{number})"
+    else:
+        subject = f"Fix the failing CI check {check} (#{number})"
+    lines = [subject[:72], ""]
+    if ctx.config.git_mode == "advanced":
+        lines += [f"Run {ctx.run.id}, repair of CI on {str(state.get('head_sha', ''))[:7]}.", ""]
+    return "\n".join(lines)
