@@ -49,6 +49,8 @@ def ci_note(steps: Sequence[Step], *, names_git: bool) -> str:
     if state == "passed":
         return f"**CI:** passed{at}.{repaired}"
     if state == "handed_over":
+        if not names_git:  # hidden mode never talks about branches and pushes
+            return "**CI:** someone else changed the proposed changes, so nofx stopped and leaves CI to them."
         return "**CI:** someone else pushed to the branch, so nofx stopped repairing and leaves CI to them."
     if state in ("failed", "needs_person"):
         failing = [f for f in out.get("failing") or [] if isinstance(f, dict)]

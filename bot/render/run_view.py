@@ -117,13 +117,13 @@ def checklist(view: RunView) -> str:
     for step in view.steps:
         tick = "x" if step.status in _DONE else " "
         lines.append(f"- [{tick}] {view.ref(step)} · {view.what(step)} · {view.state(step)}")
-        lines += _repair_lines(step)
+        lines += _repair_lines(step, names_git=view.words.names_git)
         if step.tool == "setup" and isinstance(step.output, dict) and step.output.get("cached") is True:
             lines.append("  - reused from an earlier run: the `setup_cache_key` files did not change")
     return "\n".join(lines)
 
 
-def _repair_lines(step: Step) -> list[str]:
+def _repair_lines(step: Step, *, names_git: bool) -> list[str]:
     """A gate's repair attempts under it: what each changed and whether the checks then passed."""
     repairs = step.output.get("repairs") if isinstance(step.output, dict) else None
     lines = []
@@ -138,7 +138,9 @@ def _repair_lines(step: Step) -> list[str]:
             changed += f" and {len(files) - 5} more"
         verdict = "checks passed" if item.get("passed") is True else "still failing"
         if item.get("passed") is None and item.get("head_sha"):  # a CI repair, pushed: CI has not judged it yet
-            verdict = f"pushed {code_span(str(item['head_sha'])[:7])}, waiting for CI"
+            verdict = "waiting for CI"
+            if names_git:
+                verdict = f"pushed {code_span(str(item['head_sha'])[:7])}, waiting for CI"
         lines.append(f"  - repair {item['attempt']}: {changed} · {verdict}")
     return lines
 
