@@ -16,7 +16,7 @@ from bot.runs.policy import enforce, gate_command
 LLMPlanner = Callable[[str, str | None, dict[str, Any]], Awaitable[Any]]
 GATE_TIMEOUT_S = 900
 CI_TOOL = "gate:ci"
-CI_STEP_TIMEOUT_S = 1800  # one look at CI takes seconds; a repair round (model, gates, push) takes longer
+CI_STEP_TIMEOUT_S = 300  # one look at CI, when no repair round may follow it
 SETUP_TIMEOUT_S = 1800  # `setup`'s own time limit: installing dependencies, with network
 CODEGEN_TIMEOUT_S = 1800  # up to `codegen.max_turns` model calls, with gate runs between them
 REPAIR_TIMEOUT_S = 3600  # a gate that may repair: the check, model rounds and the re-checks
