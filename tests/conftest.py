@@ -248,6 +248,8 @@ def git(tmp_path: Path, github: GitHubDouble) -> Iterator[GitServer]:
     with GitServer(tmp_path / "served", accept_token=github.accepts_token) as server:
         server.create_repo(OWNER, REPO, {"calc.py": CALC, "test_calc.py": TEST_CALC}, default_branch=BASE)
         github.branches[(OWNER, REPO, BASE)] = server.git(OWNER, REPO, "rev-parse", BASE).strip()
+        # Steps ask GitHub for tokens by repository id: the double learns the payloads' repository's.
+        github.repository_ids[load_payload("issue_comment.created")["repository"]["id"]] = f"{OWNER}/{REPO}"
         yield server
 
 

@@ -337,6 +337,39 @@ class GitHubApp:
             self._tokens[installation_id] = issued
             return issued.value
 
+    async def repository_token(
+        self, installation_id: int, repository: str, repository_id: int | None, permissions: Mapping[str, str]
+    ) -> tuple[str, float]:
+        """A new token for one repository (by id; by name for runs recorded without one) and only `permissions`,
+        with its expiry. Not cached: the caller revokes it (`revoke_token`) when done."""
+        scope: dict[str, Any] = {"permissions": dict(permissions)}
+        if repository_id is not None:
+            scope["repository_ids"] = [repository_id]
+        else:
+            scope["repositories"] = [repository.split("/", 1)[-1]]
+        data = await self.app_client().post(
+            "/app/installations/{installation_id}/access_tokens", {"installation_id": installation_id}, data=scope
+        )
+        issued = _parse_token_response(data, installation_id)
+        self._register_secret(issued.value)
+        return issued.value, issued.expires_at
+
+    def token_client(self, token: Callable[[], Awaitable[str]]) -> NofxGitHubAPI:
+        """A client acting with the token `token()` gives (a step's repository token)."""
+
+        async def authorization() -> str:
+            return f"token {await token()}"
+
+        return self._client(authorization)
+
+    async def revoke_token(self, token: str) -> None:
+        """`DELETE /installation/token`: the token stops working at once."""
+
+        async def authorization() -> str:
+            return f"token {token}"
+
+        await self._client(authorization).delete("/installation/token")
+
     async def aclose(self) -> None:
         """Close the HTTP client if this App created it; a client passed in belongs to the caller."""
         if self._owns_http:

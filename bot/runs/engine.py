@@ -26,6 +26,7 @@ from bot.runs.artifacts import Artifacts
 from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
 from bot.runs.memory import ThreadMemoryConfig
 from bot.runs.progress import enqueue_progress
+from bot.runs.step_access import StepAccess
 from bot.runs.step_llm import StepLLM
 from bot.runs.transitions import TransitionError
 from bot.store import Store
@@ -119,8 +120,18 @@ class Engine:
         problem = self._refusal(run, step, config)
         if problem is not None:
             return self._record(run, step, lambda: records.fail_step(self.store, step.id, problem))
+        access = StepAccess(self.github, run, step.tool) if self.github else None
         try:
-            context = await self._context(run, step, config)
+            return await self._run_handler(run, step, config, access)
+        finally:
+            if access is not None:
+                await access.revoke()
+
+    async def _run_handler(
+        self, run: Run, step: Step, config: RepoConfig, access: StepAccess | None
+    ) -> StepStatus | None:
+        try:
+            context = await self._context(run, step, config, access)
         except (GitError, ValueError) as exc:
             message = self._describe(exc)
             return self._retry_or_fail(run, step, f"preparing the workspace failed: {message}")
@@ -163,14 +174,14 @@ class Engine:
             return f"the repository's policy does not allow the tool {step.tool!r}"
         return policy.step_refusal(step, steps, config)
 
-    async def _context(self, run: Run, step: Step, config: RepoConfig) -> StepContext:
+    async def _context(self, run: Run, step: Step, config: RepoConfig, access: StepAccess | None) -> StepContext:
         earlier = {s.name: s for s in queries.steps_of(self.store, run.id) if s.status == StepStatus.succeeded}
 
         def emit(type_: str, payload: dict[str, object]) -> None:
             records.record_event(self.store, run.id, type_, {"step": step.name, **payload}, step.id)
 
         github = self.github
-        token = (lambda: github.installation_token(run.installation_id)) if github else None
+        token = access.token if access else None
         workspace = None
         if step.tool in WORKSPACE_TOOLS and self.workspaces is not None:
             # Any worker may run any step: the worktree starts where the run's first one did, then catches up
@@ -191,7 +202,7 @@ class Engine:
             run=run,
             step=step,
             config=config,
-            gh=github.installation_client(run.installation_id) if github else None,
+            gh=access.client() if access else None,
             earlier=earlier,
             emit=emit,
             log=logging.LoggerAdapter(logging.getLogger(f"handlers.{step.tool}"), {}),
@@ -202,9 +213,7 @@ class Engine:
             git_token=token,
             inherited_files=checkpoints.written_files(self.store, run.id),
             sandbox=self.sandbox,
-            author=(lambda: identity.bot_author(github.installation_client(run.installation_id), self.store))
-            if github
-            else None,
+            author=(lambda: identity.bot_author(access.client(), self.store)) if access else None,
             ci=ci_gate.look if github and step.tool == "gate:ci" else None,
         )
         if self.setup_cache is not None:

@@ -51,6 +51,7 @@ def test_a_repository_re_created_under_the_same_name_inherits_no_memory(
 ) -> None:
     github.files[(OWNER, REPO, CONFIG, None)] = "gates: {}\npolicy:\n  require_approval_before: []\n"
     old_id = load_payload("issue_comment.created")["repository"]["id"]
+    github.repository_ids[old_id + 1000] = f"{OWNER}/{REPO}"  # the new repository that took the name
     llm.tool_calls([("finish", {"summary": "nothing"})])  # no edits: the run fails, the thread remembers it
     deliver("issue_comment", ask_in(git, f"/nofx {MARKER}", old_id))
     work()

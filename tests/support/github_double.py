@@ -380,6 +380,8 @@ class GitHubDouble(CiResources):
             return self._unauthorized(call, reason, "Bad credentials")
         if token.expires_at <= self.clock():
             return self._unauthorized(call, "the installation token has expired", "Bad credentials")
+        if token.revoked:
+            return self._unauthorized(call, "the installation token was revoked", "Bad credentials")
         call.installation_id = token.installation_id
         owner, repo = call.path_params.get("owner"), call.path_params.get("repo")
         if owner and repo and not self._token_reaches(token, owner, repo):

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .openapi import OpenAPI
 
 DOCS_URL = "https://docs.github.com/rest"
-DEFAULT_INSTALLATION_PERMISSIONS = {
+DEFAULT_INSTALLATION_PERMISSIONS = {  # what app.yml asks for
+    "actions": "read",
     "checks": "write",
     "contents": "write",
     "issues": "write",
@@ -95,6 +96,7 @@ class Token:
     expires_at: float
     permissions: dict[str, str]
     repositories: list[str] | None
+    revoked: bool = False
 
 
 _ROUTES: dict[str, Callable[[GitHubResources, Call], Reply]] = {}
@@ -162,6 +164,8 @@ class GitHubResources:
         # the deliveries the App asked GitHub to redeliver (a test then sends them again).
         self.hook_deliveries: list[dict[str, Any]] = []
         self.redelivered: list[int] = []
+        # GitHub's ids of repositories, for tokens asked for by `repository_ids` (a test seeds its payload's id).
+        self.repository_ids: dict[int, str] = {}
         # What clients created, in GitHub's JSON shape, for assertions.
         self.issue_comments: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         self.reactions: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
@@ -242,7 +246,7 @@ class GitHubResources:
         """Whether an installation token was issued here and is still valid: the git server's check."""
         with self._lock:
             token = self._tokens.get(value)
-            return token is not None and token.expires_at > self.clock()
+            return token is not None and not token.revoked and token.expires_at > self.clock()
 
     @property
     def tokens_issued(self) -> int:
@@ -707,6 +711,11 @@ class GitHubResources:
             if granted is None or (level == "write" and granted == "read"):
                 return Reply(422, error_body(422, "The permissions requested are not granted to this installation."))
         repositories = wanted.get("repositories")
+        if wanted.get("repository_ids") is not None:
+            unknown = [i for i in wanted["repository_ids"] if i not in self.repository_ids]
+            if unknown:
+                return Reply(422, error_body(422, f"There is at least one repository that does not exist: {unknown}"))
+            repositories = [*(repositories or []), *(self.repository_ids[i] for i in wanted["repository_ids"])]
         if repositories is not None:
             repositories = [name if "/" in name else f"{inst.account}/{name}" for name in repositories]
             if inst.repositories is not None and not set(repositories) <= set(inst.repositories):
@@ -726,6 +735,12 @@ class GitHubResources:
         if repositories is not None:
             body["repositories"] = [self.repository(*name.split("/", 1)) for name in repositories]
         return Reply(201, body)
+
+    @_route("apps/revoke-installation-access-token")
+    def _revoke_token(self, call: Call) -> Reply:
+        _scheme, _, credential = call.headers.get("authorization", "").partition(" ")
+        self._tokens[credential.strip()].revoked = True  # authenticated above: the token exists
+        return Reply(204, None)
 
     @_route("apps/create-from-manifest")
     def _convert_manifest(self, call: Call) -> Reply:
