@@ -290,6 +290,7 @@ class ReviewPass(SQLModel, table=True):
     status: ReviewStatus = Field(default=ReviewStatus.queued, max_length=20, index=True)
     trigger: str = Field(max_length=30)  # opened | reopened | ready_for_review | synchronize | comment | label | ...
     requested_by: str | None = Field(default=None, max_length=100)
+    author: str | None = Field(default=None, max_length=100)  # the pull request's author
     fork: bool = False
     restarts: int = 0  # times the pass was queued again after its worker died mid-pass
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

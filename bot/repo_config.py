@@ -119,6 +119,9 @@ class ReviewConfig:
     max_comments: int = 20
     fail_on: str = "high"
     skip_paths: tuple[str, ...] = DEFAULT_SKIP_PATHS
+    outsiders: str = "review"  # pull requests by people below `trigger.min_permission`: review | ignore
+    outsider_passes_per_hour: int = 3  # automatic passes per outsider (per installation) in any hour
+    max_daily_cost_usd: float = 10.0  # the installation's review spend in 24 h past which outsiders wait
 
     def skips(self, path: str) -> bool:
         """True if a changed file is generated or vendored and the review should not read it."""
@@ -417,6 +420,9 @@ _SCHEMA = _Section(
                 "drafts": _boolean(),
                 "max_comments": _whole(1, 50),
                 "fail_on": _one_of(*SEVERITIES, "never"),
+                "outsiders": _one_of("review", "ignore"),
+                "outsider_passes_per_hour": _whole(0, 100),
+                "max_daily_cost_usd": _amount(1000),
                 "skip_paths": _List(
                     _text("a path glob", r"(?!/)[^\r\n\x00]{1,200}"),
                     "a list of repository-relative path globs (`*`, `?`, `**`), e.g. ['**/*.lock', 'dist/**']",

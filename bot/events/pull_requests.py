@@ -9,17 +9,21 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import logs
+from bot.events.answers import reply
 from bot.events.context import EventContext
 from bot.github import repos
 from bot.github.threads import Thread
 from bot.models import AppIdentity, ReviewKind, ReviewPass
+from bot.render.replies import nothing_to_do
 from bot.repo_config import ConfigError, RepoConfig
+from bot.review import outsiders
 from bot.review.pass_records import add_pass, get_pass
 from bot.review.publish import CHECK_NAME
 from bot.store import Store
 
 router = routing.Router()
 log = logging.getLogger(__name__)
+SKIP_NOTICE_TTL_S = 30 * 24 * 3600
 
 
 @router.register("pull_request", action="opened")
@@ -45,6 +49,12 @@ async def review_updated_pull_request(event: sansio.Event, ctx: EventContext) ->
         return
     if not config.review.auto or (pull.get("draft") and not config.review.drafts):
         return
+    author = (pull.get("user") or {}).get("login") or ""
+    skipped = await outsiders.why_not_review(ctx.store, gh, thread, config, author)
+    if skipped is not None:
+        log.info("automatic review skipped: %s", skipped)
+        await _say_once(ctx, gh, thread, skipped)
+        return
     action = event.data["action"]
     kind = ReviewKind.incremental if action == "synchronize" else ReviewKind.full
     queue_pass(ctx, thread, config, pull, kind=kind, trigger=action, requested_by=event.data["sender"]["login"])
@@ -58,6 +68,13 @@ async def request_review(
     if pull.get("state") != "open":
         return None
     return queue_pass(ctx, thread, config, pull, kind=ReviewKind.full, trigger=trigger, requested_by=requested_by)
+
+
+async def _say_once(ctx: EventContext, gh: GitHubAPI, thread: Thread, why: str) -> None:
+    """Tell the pull request once why it is not reviewed; later skips stay quiet (no rate limit spent on them)."""
+    key = f"nofx:review-skipped:{thread.installation_id}:{thread.full_name.lower()}#{thread.number}"
+    if ctx.queue.redis.set(key, "1", nx=True, ex=SKIP_NOTICE_TTL_S):
+        await reply(gh, thread, nothing_to_do(why))
 
 
 def queue_pass(

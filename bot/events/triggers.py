@@ -33,6 +33,7 @@ from bot.runs import planner, queries
 
 router = routing.Router()
 log = logging.getLogger(__name__)
+REFUSAL_EVERY_S = 24 * 3600
 # A line that could hold a command under any configured prefix: cheap to test before reading the config.
 _MAYBE_COMMAND = re.compile(r"^ {0,3}/\S", re.MULTILINE)
 
@@ -170,8 +171,7 @@ async def _handle_command(
     command = commands.parse(text, prefix=config.trigger.command)
     if command is None:
         return
-    await _react(gh, source)
-    await _authorised_command(ctx, event, gh, thread, config, command, source)
+    await _authorised_command(ctx, event, gh, thread, config, command, source, react=True)
 
 
 async def _handle_label(
@@ -188,8 +188,7 @@ async def _handle_label(
     if config is None or command is None:
         return
     source = _issue_source(thread, "label")
-    await _react(gh, source)
-    await _authorised_command(ctx, event, gh, thread, config, command, source)
+    await _authorised_command(ctx, event, gh, thread, config, command, source, react=True)
 
 
 async def _authorised_command(
@@ -202,17 +201,31 @@ async def _authorised_command(
     source: Source,
     *,
     target: Run | None = None,
+    react: bool = False,
 ) -> None:
+    """Carry out `command` if its sender has the permission; 👀 (`react`) only then, so outsiders cost no reaction."""
     sender = event.data["sender"]["login"]
     permission = await permission_of(gh, thread.owner, thread.repo, sender)
     if not permission_reaches(permission, config.trigger.min_permission):
         log.info("refused %s from %s (%s)", command.verb.value, sender, permission)
         if command.verb in (Verb.approve, Verb.reject):
-            await reply(gh, thread, not_allowed(sender, command.verb.value))
+            body = not_allowed(sender, command.verb.value)
         else:
-            await reply(gh, thread, permission_refused(sender, config.trigger.min_permission))
+            body = permission_refused(sender, config.trigger.min_permission)
+        await _refuse_once_a_day(ctx, gh, thread, body)
         return
+    if react:
+        await _react(gh, source)
     await carry_out(Turn(ctx, event, gh, thread, config, source, sender, target), command)
+
+
+async def _refuse_once_a_day(ctx: EventContext, gh: GitHubAPI, thread: Thread, body: str) -> None:
+    """At most one refusal per thread per day: outsiders cannot make nofx spend the installation's rate limit."""
+    key = f"nofx:refused:{thread.installation_id}:{thread.full_name.lower()}#{thread.number}"
+    if ctx.queue.redis.set(key, "1", nx=True, ex=REFUSAL_EVERY_S):
+        await reply(gh, thread, body)
+    else:
+        log.info("refusal not posted: this thread already got one today")
 
 
 async def _react(gh: GitHubAPI, source: Source) -> None:

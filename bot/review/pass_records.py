@@ -43,6 +43,7 @@ def add_pass(
         kind=kind,
         trigger=trigger,
         requested_by=requested_by,
+        author=(pull.get("user") or {}).get("login"),
         fork=head_repo.lower() != thread.full_name.lower(),
         config=describe(config),
     )
