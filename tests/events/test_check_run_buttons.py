@@ -128,7 +128,8 @@ def test_retry_from_a_checkpoint_runs_under_the_current_policy(
     assert source.status == RunStatus.succeeded, source.error
     listed = {c.step_name: c.n for c in checkpoints.list_for_run(store, source.id)}
 
-    change_config(github, git, "gates:\n  test: python3 -m unittest -q\n")  # approval before git_pr again
+    approving = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: [git_pr]\n"
+    change_config(github, git, approving)  # the policy now wants a person's approval before the pull request
     deliver("issue_comment", ask(git, f"/nofx retry --from {listed['apply']}"))
     work()
 

@@ -60,11 +60,13 @@ def test_reaction_comes_before_anything_slow(
     work()
     repo_calls = [c.template for c in github.calls() if c.template.startswith("/repos")]
     assert repo_calls.index(COMMENT_REACTIONS) < repo_calls.index(COMMENTS)
-    # Only the config was read before the reaction (own file, else the organization's; heads key the cache).
+    # Only the config (own file, else the organization's; heads key the cache) and the sender's permission were
+    # read before the reaction: people without the permission get no 👀 (issue 10).
     config_reads = {
         "/repos/{owner}/{repo}/contents/{path}",
         "/repos/{owner}/{repo}/branches/{branch}",
         "/repos/{owner}/{repo}",
+        "/repos/{owner}/{repo}/collaborators/{username}/permission",
     }
     assert set(repo_calls[: repo_calls.index(COMMENT_REACTIONS)]) == config_reads
 
