@@ -420,13 +420,13 @@ _SCHEMA = _Section(
                 "drafts": _boolean(),
                 "max_comments": _whole(1, 50),
                 "fail_on": _one_of(*SEVERITIES, "never"),
-                "outsiders": _one_of("review", "ignore"),
-                "outsider_passes_per_hour": _whole(0, 100),
-                "max_daily_cost_usd": _amount(1000),
                 "skip_paths": _List(
                     _text("a path glob", r"(?!/)[^\r\n\x00]{1,200}"),
                     "a list of repository-relative path globs (`*`, `?`, `**`), e.g. ['**/*.lock', 'dist/**']",
                 ),
+                "outsiders": _one_of("review", "ignore"),
+                "outsider_passes_per_hour": _whole(0, 100),
+                "max_daily_cost_usd": _amount(1000),
             },
         ),
         "gates": _Section(
