@@ -56,12 +56,16 @@ class Recorded:
     new: bool
 
 
-def record_all(store: Store, batch: list[Delivery]) -> list[Recorded]:
+def record_all(store: Store, batch: list[Delivery], ignore_reasons: list[str | None]) -> list[Recorded]:
     """Insert deliveries in one transaction, skipping ids already recorded; one answer per delivery, in order.
 
-    Intake's group commit: one round trip to the database for every delivery that arrived meanwhile. A
+    Intake's group commit: one round trip to the database for every delivery that arrived meanwhile. Each is
+    recorded as queued (saving a second write; the caller enqueues them next), or as ignored with its reason. A
     redelivery (an id recorded earlier, or twice in the batch) is reported with its stored status, not new.
     """
+    for delivery, reason in zip(batch, ignore_reasons, strict=True):
+        delivery.status = DeliveryStatus.ignored if reason is not None else DeliveryStatus.queued
+        delivery.reason = reason
     first: dict[str, Delivery] = {}
     for delivery in batch:
         first.setdefault(delivery.id, delivery)
@@ -108,11 +112,6 @@ def get(store: Store, delivery_id: str) -> Delivery | None:
 def mark_queued(store: Store, delivery_id: str) -> None:
     """After a successful enqueue; never moves a delivery a worker has already taken."""
     _move(store, delivery_id, DeliveryStatus.queued, only_from=[DeliveryStatus.received])
-
-
-def mark_received(store: Store, delivery_id: str) -> None:
-    """The enqueue failed: the sweeper (or a redelivery) enqueues it once the queue is back."""
-    _move(store, delivery_id, DeliveryStatus.received, only_from=[DeliveryStatus.queued])
 
 
 def last_received(store: Store) -> datetime | None:

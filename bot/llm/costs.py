@@ -112,10 +112,6 @@ class Budget:
     limit_usd: float
     spent_usd: float = 0.0
 
-    @property
-    def remaining_usd(self) -> float:
-        return max(0.0, self.limit_usd - self.spent_usd)
-
     def check(self) -> None:
         if self.spent_usd >= self.limit_usd:
             raise BudgetExceeded(

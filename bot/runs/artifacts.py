@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from sqlmodel import col, select
+from sqlmodel import select
 
 from bot.blobs import BlobError, Blobs
 from bot.models import Artifact
@@ -64,10 +64,6 @@ class Artifacts:
         if hashlib.sha256(data).hexdigest() != row.sha256:
             raise ArtifactError(f"artifact {name!r} does not match its recorded sha256; refusing to use it")
         return data
-
-    def of_run(self, run_id: str) -> list[Artifact]:
-        with self.store.session() as session:
-            return list(session.exec(select(Artifact).where(Artifact.run_id == run_id).order_by(col(Artifact.id))))
 
 
 class StepArtifacts:

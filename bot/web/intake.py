@@ -112,11 +112,7 @@ class Intake:
         re-enqueues received deliveries and queued ones whose job is missing, so a crash between the
         two steps loses nothing.
         """
-        for delivery in batch:
-            reason = self.ignore_reason(delivery)
-            delivery.status = DeliveryStatus.ignored if reason is not None else DeliveryStatus.queued
-            delivery.reason = reason
-        answers = deliveries.record_all(self.store, batch)
+        answers = deliveries.record_all(self.store, batch, [self.ignore_reason(delivery) for delivery in batch])
         self.metrics.intake_batch.observe(len(batch))
         new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
         # Recorded earlier but never enqueued (the queue was down then): enqueue now.
