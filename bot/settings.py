@@ -52,6 +52,7 @@ class Settings:
     run_limits: RunLimits = RunLimits()
     artifact_store: str | None = None  # s3://bucket/prefix; None: artifacts and checkpoints live in the database
     sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
+    sandbox_paths: tuple[Path, ...] = ()  # NOFX_SANDBOX_PATHS: more toolchain directories, read-only in the sandbox
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
@@ -81,6 +82,7 @@ class Settings:
             memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
             sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),
+            sandbox_paths=tuple(Path(p) for p in (env.get("NOFX_SANDBOX_PATHS") or "").split(":") if p.strip()),
             artifact_store=env.get("NOFX_ARTIFACT_STORE") or None,
             run_limits=RunLimits(
                 per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),

@@ -62,7 +62,7 @@ async def _install(ctx: StepContext, directory: Path, started: float) -> dict[st
     for command in ctx.config.setup:
         timeout = max(1.0, deadline - time.monotonic())
         result = await sandboxed(
-            ctx, command, timeout_s=timeout, network=True, writable=[directory], env=setup_env(directory)
+            ctx, command, timeout_s=timeout, network=True, writable=[directory], env=setup_env(ctx, directory)
         )
         if not result.ok:
             await asyncio.to_thread(shutil.rmtree, directory, True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bot.runs.contract import StepContext, StepFailed
-from bot.workspace.sandbox import SAFE_PATH, UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
+from bot.workspace.sandbox import UNSAFE_NOTICE, CommandResult, SandboxUnavailable, WorkspaceTampered
 
 TAIL_LINES = 30
 SETUP_DIR_VARIABLE = "NOFX_SETUP_DIR"
@@ -29,7 +29,7 @@ async def run_gate_command(ctx: StepContext, command: str, *, timeout_s: float) 
     directory = setup_dir(ctx)
     if directory is None:
         return await sandboxed(ctx, command, timeout_s=timeout_s)
-    return await sandboxed(ctx, command, timeout_s=timeout_s, readonly=[directory], env=setup_env(directory))
+    return await sandboxed(ctx, command, timeout_s=timeout_s, readonly=[directory], env=setup_env(ctx, directory))
 
 
 def setup_dir(ctx: StepContext) -> Path | None:
@@ -41,9 +41,9 @@ def setup_dir(ctx: StepContext) -> Path | None:
     return None
 
 
-def setup_env(directory: Path) -> dict[str, str]:
-    """What a command sees of the setup directory: its path, and its `bin/` first on PATH."""
-    return {SETUP_DIR_VARIABLE: str(directory), "PATH": f"{directory / 'bin'}:{SAFE_PATH}"}
+def setup_env(ctx: StepContext, directory: Path) -> dict[str, str]:
+    """What a command sees of the setup directory: its path, and its `bin/` first on PATH (then the toolchains)."""
+    return {SETUP_DIR_VARIABLE: str(directory), "PATH": f"{directory / 'bin'}:{ctx.sandbox.toolchains.search_path}"}
 
 
 async def sandboxed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from bot.runs.engine import Engine
 from bot.runs.memory import ThreadMemoryConfig
 from bot.settings import ENV_FILE, Settings
 from bot.store import Store
+from bot.workspace import toolchains
 from bot.workspace.mirrors import Workspaces
 from bot.workspace.sandbox import Sandbox
 from bot.workspace.worktrees import RunWorkspaces
@@ -59,7 +61,11 @@ class Runtime:
             llm=self.llm,
             redact=self._public_error,
             memory=ThreadMemoryConfig(settings.memory_keys, settings.memory_ttl_days),
-            sandbox=Sandbox(isolation=settings.sandbox, hidden=_own_paths(settings)),
+            sandbox=Sandbox(
+                isolation=settings.sandbox,
+                hidden=_own_paths(settings),
+                toolchains=toolchains.find(os.environ.get("PATH", ""), settings.sandbox_paths),
+            ),
             setup_cache=settings.data_dir / "setup",
         )
         self._runner = asyncio.Runner()

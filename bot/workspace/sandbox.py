@@ -42,6 +42,7 @@ from bot.workspace.isolation import (
     probe,
 )
 from bot.workspace.limits import Limits, apply_rlimits, disk_usage, make_pids_cgroup, remove_cgroup
+from bot.workspace.toolchains import Toolchains
 
 if TYPE_CHECKING:
     from bot.workspace.worktrees import Worktree
@@ -105,6 +106,7 @@ class Sandbox:
     limits: Limits = field(default_factory=Limits)
     readonly: tuple[Path, ...] = field(default=())
     hidden: tuple[Path, ...] = field(default=())  # nofx's own paths (data dir, .env), masked if a bind shows them
+    toolchains: Toolchains = field(default_factory=Toolchains)  # the operator's tools, read-only, on PATH
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -141,10 +143,10 @@ class Sandbox:
             limits=self.limits,
             isolation=self.isolation,
             network=network,
-            readonly=(*self.readonly, *readonly),
+            readonly=(*self.readonly, *self.toolchains.binds, *readonly),
             hidden=self.hidden,
             writable=writable,
-            extra_env=env,
+            extra_env={"PATH": self.toolchains.search_path, **(env or {})},
             max_output_bytes=max_output_bytes,
         )
         return replace(result, output=public_paths(result.output, workspace.path, workspace.mirror))
