@@ -33,6 +33,8 @@ STEP_JOB = "bot.worker.jobs.run_step"
 REPORT_JOB = "bot.worker.jobs.publish_run"
 CLEANUP_JOB = "bot.worker.jobs.clean_up_workspaces"
 REVIEW_JOB = "bot.worker.jobs.run_review"
+INDEX_CODE_JOB = "bot.worker.jobs.index_code"
+INDEX_RUN_JOB = "bot.worker.jobs.index_run"
 REVIEW_JOB_TIMEOUT_S = 1800  # a 3,000-file pull request takes many LLM calls
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120
@@ -140,6 +142,24 @@ class WorkQueue:
             result_ttl=3600,
             failure_ttl=7 * 24 * 3600,
         )
+
+    def enqueue_index_code(self, installation_id: int, repo: str, clone_url: str, commit: str) -> None:
+        """Bring the semantic index of a repository to a fetched commit (background work: the reviews queue)."""
+        self.reviews.enqueue(
+            INDEX_CODE_JOB,
+            installation_id,
+            repo,
+            clone_url,
+            commit,
+            job_id=f"index-{installation_id}-{commit}",  # a second fetch of the same commit adds nothing
+            job_timeout=REVIEW_JOB_TIMEOUT_S,
+            result_ttl=600,
+            failure_ttl=24 * 3600,
+        )
+
+    def enqueue_index_run(self, run_id: str) -> None:
+        """Add a finished run (request, plan, outcome) to the runs collection."""
+        self.reviews.enqueue(INDEX_RUN_JOB, run_id, job_id=f"index-run-{run_id}", result_ttl=600, failure_ttl=24 * 3600)
 
     def enqueue_cleanup(self) -> None:
         """Remove worktrees of finished runs and evict cold mirrors (one job at a time is enough)."""

@@ -53,6 +53,8 @@ class Settings:
     artifact_store: str | None = None  # s3://bucket/prefix; None: artifacts and checkpoints live in the database
     sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
     sandbox_paths: tuple[Path, ...] = ()  # NOFX_SANDBOX_PATHS: more toolchain directories, read-only in the sandbox
+    chroma_url: str | None = None  # CHROMA_URL: a Chroma server; else an embedded one under the data dir
+    embeddings_model: str | None = None  # NOFX_EMBEDDINGS_MODEL: openai:<model> or local:all-minilm-l6-v2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
@@ -84,6 +86,8 @@ class Settings:
             sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),
             sandbox_paths=tuple(Path(p) for p in (env.get("NOFX_SANDBOX_PATHS") or "").split(":") if p.strip()),
             artifact_store=env.get("NOFX_ARTIFACT_STORE") or None,
+            chroma_url=(env.get("CHROMA_URL") or "").rstrip("/") or None,
+            embeddings_model=env.get("NOFX_EMBEDDINGS_MODEL") or None,
             run_limits=RunLimits(
                 per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),
                 total=_count("NOFX_MAX_ACTIVE_RUNS", env, RunLimits.total),

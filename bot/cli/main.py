@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("-v", "--verbose", action="store_true", help="show the logs too (they always go to a file)")
     local.set_defaults(func=_run_locally)
 
+    search = sub.add_parser("search", help="semantic and regular-expression search of a local repository")
+    search.add_argument("--repo", type=Path, default=Path("."), help="the local repository (default .)")
+    search.add_argument("--limit", type=int, default=10, help="results to show (default 10)")
+    search.add_argument("query", help="what to look for, in plain words or as a regular expression")
+    search.set_defaults(func=_search)
+
     replay = sub.add_parser("replay", help="route a saved delivery (FILE) or a recorded one (--delivery) again")
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("file", nargs="?", type=Path, help='JSON file: {"event": ..., "payload": {...}}')
@@ -239,6 +245,12 @@ def _rca(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
         return 1
     print(f"wrote {destination} ({size} bytes)")
     return 0
+
+
+def _search(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
+    from bot.cli.search import run  # chroma and the embeddings model load only for `search`
+
+    return run(args, settings)
 
 
 def _review(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:

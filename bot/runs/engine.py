@@ -63,6 +63,7 @@ class Engine:
         memory: ThreadMemoryConfig | None = None,
         sandbox: Sandbox | None = None,
         setup_cache: Path | None = None,
+        index_searches: bool = False,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -75,12 +76,15 @@ class Engine:
         self.redact = redact
         self.sandbox = sandbox or Sandbox()
         self.setup_cache = setup_cache
+        self.index_searches = index_searches  # keep the semantic index current (after fetches, finished runs)
 
     def after(self, progress: records.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
         enqueue_progress(self.store, self.queue, progress, run_id)
         if progress.run_status in records.TERMINAL_RUN:
             self.remember_outcome(run_id)
+            if self.index_searches:
+                self.queue.enqueue_index_run(run_id)
 
     def remember_outcome(self, run_id: str) -> None:
         """The thread's memory keeps how each run ended, for the next request on the thread."""
@@ -190,6 +194,8 @@ class Engine:
             workspace = await self.workspaces.prepare(checkout_of(run, token or _no_token, pinned))
             shared_checkpoints.remember_start(self.store, workspace)
             blobs = self.artifacts.blobs if self.artifacts else None
+            if self.index_searches and run.clone_url:
+                self.queue.enqueue_index_code(run.installation_id, run.repository, run.clone_url, workspace.base_sha)
             start = checkpoints.start_point(self.store, run.id)
             if start is not None:  # a run resumed from a checkpoint starts with that checkpoint's files
                 if blobs is not None:

@@ -23,7 +23,7 @@ from bot.queue import WorkQueue
 from bot.runs.artifacts import Artifacts
 from bot.settings import ENV_FILE, Settings
 from bot.store import Store
-from bot.web import api, guards, trace_routes
+from bot.web import api, guards, search_route, trace_routes
 from bot.web import manifest as setup
 from bot.web.intake import Intake
 from bot.web.sse import StreamTiming
@@ -65,6 +65,7 @@ def create_app(
             *setup.routes(),
             *trace_routes.routes(),
             *api.routes(),
+            *search_route.routes(),
         ]
     )
     logging.getLogger("uvicorn.access").addFilter(_not_a_webhook)

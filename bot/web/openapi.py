@@ -513,7 +513,37 @@ MEMORY_REDACTED_SCHEMA: dict[str, Any] = {
     "properties": {"thread": {"type": "string"}, "redacted": {"type": "string", "description": "the entry's id"}},
 }
 
+SEARCH_HIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["kind", "repo", "score", "path", "start_line", "end_line", "run_id", "text"],
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"enum": ["code", "artifacts", "runs"]},
+        "repo": {"type": "string"},
+        "score": {"type": "number", "description": "cosine similarity to the query (1: identical)"},
+        "path": {**_STRING_OR_NULL, "description": "code: the file"},
+        "start_line": {"type": ["integer", "null"], "minimum": 1},
+        "end_line": {"type": ["integer", "null"], "minimum": 1},
+        "run_id": {**_STRING_OR_NULL, "description": "runs and artifacts: the run"},
+        "text": {"type": "string", "description": "the chunk, run summary or artifact text that matched"},
+    },
+}
+
+SEARCH_RESULTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["query", "repo", "kind", "results"],
+    "additionalProperties": False,
+    "properties": {
+        "query": {"type": "string"},
+        "repo": {"type": "string"},
+        "kind": {"enum": ["code", "artifacts", "runs"]},
+        "results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchHit"}},
+    },
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
+    "SearchHit": SEARCH_HIT_SCHEMA,
+    "SearchResults": SEARCH_RESULTS_SCHEMA,
     "Event": EVENT_SCHEMA,
     "RunSummary": RUN_SUMMARY_SCHEMA,
     "Run": RUN_SCHEMA,
@@ -850,6 +880,27 @@ def openapi() -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "409": _error("the run is already finished"),
+                    },
+                }
+            },
+            "/search": {
+                "get": {
+                    "operationId": "search",
+                    "summary": "The code chunks (best per file), runs or artifacts of a repository closest in meaning to q",
+                    "parameters": [
+                        _query(
+                            "q", {"type": "string", "minLength": 1, "maxLength": 500}, "what to look for", required=True
+                        ),
+                        _query("repo", {"type": "string", "pattern": REPO_PATTERN}, "owner/name", required=True),
+                        _query("kind", {"enum": ["code", "artifacts", "runs"]}, "what to search (default code)"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 50}, "results (default 10)"),
+                    ],
+                    "responses": {
+                        "200": _json("#/components/schemas/SearchResults", "results, best first"),
+                        "400": _BAD_REQUEST,
+                        "401": _UNAUTHORIZED,
+                        "404": _error("nofx does not serve that repository"),
+                        "503": _error("no embeddings model is configured; the message says how to get one"),
                     },
                 }
             },

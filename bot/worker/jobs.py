@@ -15,6 +15,7 @@ from bot.runs import queries, report
 from bot.runs.memory import ThreadKey
 from bot.settings import Settings
 from bot.worker.runtime import Runtime
+from bot.workspace.mirrors import Workspaces
 
 log = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(hours=24)  # a failed run keeps its worktree this long, for `/nofx retry`
@@ -70,6 +71,33 @@ def publish_run(run_id: str) -> None:
     with logs.bound(run_id=run_id, repo=run.repository, installation=run.installation_id):
         gh = runtime.github.installation_client(run.installation_id)
         runtime.run(report.publish(runtime.store, runtime.queue, runtime.settings, gh, run_id))
+
+
+def index_code(installation_id: int, repo: str, clone_url: str, commit: str) -> None:
+    """Bring the repository's semantic index to `commit`; a worker without the mirror fetches it first."""
+    runtime = current_runtime()
+    workspaces, github = runtime.engine.workspaces, runtime.github
+    if github is None or not isinstance(workspaces, Workspaces):
+        return
+    owner, _, name = repo.partition("/")
+
+    async def index() -> None:
+        token = await github.installation_token(installation_id)
+        mirror = await workspaces.fetched_mirror(installation_id, owner, name, clone_url, commit, token)
+        await runtime.search_index().index_code(installation_id, repo, mirror, commit)
+
+    runtime.run(index())
+
+
+def index_run(run_id: str) -> None:
+    """Add a finished run to the runs collection, so later requests on the repository can find similar ones."""
+    runtime = current_runtime()
+    run = queries.get_run(runtime.store, run_id)
+    if run is None:
+        return
+    plan = ", ".join(f"{s.name} ({s.tool})" for s in queries.steps_of(runtime.store, run.id))
+    outcome = run.status.value + (f": {run.error[:300]}" if run.error else "")
+    runtime.search_index().add_run(run.installation_id, run.repository, run.id, run.request, plan, outcome)
 
 
 def clean_up_workspaces() -> None:

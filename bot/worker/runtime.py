@@ -19,6 +19,8 @@ from bot.runs.artifacts import Artifacts
 from bot.runs.contract import discover_handlers
 from bot.runs.engine import Engine
 from bot.runs.memory import ThreadMemoryConfig
+from bot.search.embeddings import embedder_for, search_configured
+from bot.search.index import SearchIndex
 from bot.settings import ENV_FILE, Settings
 from bot.store import Store
 from bot.workspace import toolchains
@@ -67,8 +69,16 @@ class Runtime:
                 toolchains=toolchains.find(os.environ.get("PATH", ""), settings.sandbox_paths),
             ),
             setup_cache=settings.data_dir / "setup",
+            index_searches=search_configured(settings),
         )
         self._runner = asyncio.Runner()
+        self._search_index: SearchIndex | None = None
+
+    def search_index(self) -> SearchIndex:
+        """The semantic index, opened (and its model loaded) by the first job that needs it."""
+        if self._search_index is None:
+            self._search_index = SearchIndex.open(self.settings, embedder_for(self.settings))
+        return self._search_index
 
     def _public_error(self, text: str) -> str:
         """A step's error as GitHub shows it: no secret, and the server's own directories not named."""

@@ -13,7 +13,7 @@ import os
 import shlex
 import signal
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -121,6 +121,7 @@ class GitResult:
     stdout: str
     stderr: str
     truncated: bool = False  # stdout was cut after `max_bytes`, and git stopped: the rest was never read
+    stdout_bytes: bytes = field(default=b"", repr=False)  # undecoded, for object contents (`cat-file --batch`)
 
 
 async def run_git(
@@ -171,6 +172,7 @@ async def run_git(
         stdout=_redact(out.decode(errors="replace"), secrets),
         stderr=_redact(err.decode(errors="replace"), secrets),
         truncated=truncated,
+        stdout_bytes=out if not secrets else b"",
     )
 
 

@@ -119,6 +119,18 @@ class Workspaces:
                 checkout, git_dir=mirror, path=path, base_sha=base_sha, start_sha=start_sha, clone_url=clone_url
             )
 
+    async def fetched_mirror(
+        self, installation_id: int, owner: str, repo: str, clone_url: str, commit: str, token: str
+    ) -> Path:
+        """The repository's mirror holding `commit`: as it is when it does, else fetched (or cloned) first."""
+        mirror = self.mirror_path(installation_id, owner, repo)
+        http_origin(clone_url)
+        async with _locked(mirror.parent):
+            self._touch(mirror.parent)
+            if not mirror.exists() or await resolve_ref(mirror, commit) is None:
+                await self._refresh(mirror, clone_url, token)
+        return mirror
+
     async def remove(self, worktree: Worktree) -> None:
         """Delete the run's checkout, its registration and its local branch; safe to call twice."""
         async with _locked(worktree.mirror.parent):

@@ -1,0 +1,1 @@
+"""Semantic search: embeddings, the Chroma index of code, artifacts and runs, and code search merged with regex matches."""

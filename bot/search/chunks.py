@@ -1,0 +1,104 @@
+"""A repository's tracked text files at one commit, cut into line-numbered chunks small enough to embed.
+
+Read straight from git objects (`ls-tree` and `cat-file --batch`), so a bare mirror works as well as a checkout
+and nothing in a worktree (untracked or generated files) is indexed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.workspace.git import git_env, run_git
+
+CHUNK_LINES = 40
+MAX_FILE_BYTES = 512 * 1024
+SKIPPED_NAMES = frozenset(
+    {"package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Cargo.lock", "go.sum", "uv.lock"}
+)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Lines `start`..`end` (1-based, inclusive) of `path`; `text` starts with the path so it is searchable too."""
+
+    path: str
+    start: int
+    end: int
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path}:{self.start}"
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    deleted: bool
+
+
+async def tracked_blobs(repo: Path, commit: str) -> dict[str, str]:
+    """Every regular file at `commit`: path -> blob sha."""
+    listing = await run_git(["ls-tree", "-r", "-z", "--full-tree", commit], env=_env(repo), cwd=repo)
+    blobs: dict[str, str] = {}
+    for entry in listing.stdout.split("\0"):
+        if not entry:
+            continue
+        meta, _, path = entry.partition("\t")
+        mode, kind, sha = meta.split()
+        if kind == "blob" and mode in ("100644", "100755"):
+            blobs[path] = sha
+    return blobs
+
+
+async def changed_paths(repo: Path, old: str, new: str) -> list[FileChange]:
+    """What changed between two commits, renames as a deletion and an addition."""
+    diff = await run_git(["diff", "--name-status", "--no-renames", "-z", old, new], env=_env(repo), cwd=repo)
+    fields = [f for f in diff.stdout.split("\0") if f]
+    return [FileChange(path, status == "D") for status, path in zip(fields[::2], fields[1::2], strict=True)]
+
+
+async def read_chunks(repo: Path, blobs: dict[str, str]) -> list[Chunk]:
+    """The chunks of the given files (binary, oversized and lock files are skipped)."""
+    wanted = {path: sha for path, sha in blobs.items() if Path(path).name not in SKIPPED_NAMES}
+    if not wanted:
+        return []
+    request = "".join(f"{sha}\n" for sha in wanted.values()).encode()
+    batch = await run_git(["cat-file", "--batch"], env=_env(repo), cwd=repo, input=request)
+    chunks: list[Chunk] = []
+    for path, content in zip(wanted, _objects(batch.stdout_bytes), strict=True):
+        if len(content) > MAX_FILE_BYTES or b"\0" in content[:8192]:
+            continue
+        chunks.extend(chunk_text(path, content.decode("utf-8", "replace")))
+    return chunks
+
+
+def chunk_text(path: str, text: str) -> Iterator[Chunk]:
+    lines = text.splitlines()
+    for start in range(0, len(lines), CHUNK_LINES):
+        window = lines[start : start + CHUNK_LINES]
+        if any(line.strip() for line in window):
+            body = "\n".join(window)
+            yield Chunk(path, start + 1, start + len(window), f"{path}\n{body}")
+
+
+def _objects(raw: bytes) -> Iterable[bytes]:
+    """Split `git cat-file --batch` output: `<sha> <type> <size>\\n<content>\\n` per object."""
+    position = 0
+    while position < len(raw):
+        header_end = raw.index(b"\n", position)
+        header = raw[position:header_end].split()
+        size = int(header[2]) if len(header) == 3 else 0
+        start = header_end + 1
+        yield raw[start : start + size]
+        position = start + size + 1
+
+
+def _env(repo: Path) -> dict[str, str]:
+    return git_env(None)
+
+
+def paths_of(chunks: Sequence[Chunk]) -> set[str]:
+    return {chunk.path for chunk in chunks}
