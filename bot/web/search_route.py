@@ -35,7 +35,7 @@ def routes() -> list[Route]:
 
 async def search(request: Request) -> Response:
     params = request.query_params
-    query, repo, kind = params.get("q", "").strip(), params.get("repo", ""), params.get("kind", "code")
+    query, repo, kind = params.get("q", ""), params.get("repo", ""), params.get("kind", "code")
     limit_text = params.get("limit", "10")
     if not query or len(query) > MAX_QUERY:
         return _error(400, f"q is required, at most {MAX_QUERY} characters")

@@ -167,6 +167,7 @@ OPERATIONS = [
     ("/threads/{thread}/memory", "GET"),
     ("/threads/{thread}/memory", "DELETE"),
     ("/threads/{thread}/memory/{entry}", "DELETE"),
+    ("/search", "GET"),
 ]
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 EXPECTED = {  # answers the seeded data must produce, beyond the generated 400s and 404s
@@ -182,10 +183,11 @@ EXPECTED = {  # answers the seeded data must produce, beyond the generated 400s 
     "/runs/{run_id}/rca": {200},
     "/threads/{thread}/memory": {200},
     "/threads/{thread}/memory/{entry}": {200},
+    "/search": set(),  # nothing seeded: its parameters are what is fuzzed here (tests/search checks results)
 }
 # Refusals that depend on what exists, not on the request's shape, so a schema-valid request may get them:
 # a checkpoint whose mirror was evicted (410), a `base` that is no checkpoint of the run (400).
-STATEFUL_REFUSALS = {"/runs/{run_id}/checkpoints/{n}/diff": {400, 410}}
+STATEFUL_REFUSALS = {"/runs/{run_id}/checkpoints/{n}/diff": {400, 410}, "/search": {404}}
 
 
 def _quoted(value: Any) -> str:
