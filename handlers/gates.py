@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.runs import agent
-from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.runs.contract import CommandResult, StepContext, StepFailed, StepResult
 from bot.runs.policy import gate_command
 from bot.runs.repo_commands import describe_failure, isolation, run_gate_command, unsafe_notice
-from bot.workspace.sandbox import CommandResult
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
 TAIL_LINES = 30

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.workspace.git import GitError
+from bot.runs.contract import GitError, StepContext, StepFailed, StepResult
 
 TOOLS = ("git_ops",)
 OPS = ("branch", "rebase", "revert")

@@ -7,9 +7,7 @@ from urllib.parse import urlparse
 
 from gidgethub import BadRequest
 
-from bot.models import Step
-from bot.runs.contract import StepContext, StepFailed, StepResult, written_by
-from bot.workspace.git import GitError
+from bot.runs.contract import GitError, Step, StepContext, StepFailed, StepResult, written_by
 
 TOOLS = ("git_pr",)
 PR_MARKER = "<!-- nofx:pr -->"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bot.runs.artifacts import ArtifactError
-from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.runs.contract import ArtifactError, StepContext, StepFailed, StepResult
 from bot.workspace.edits import Edit, EditError, apply, outside, touches_workflows
 
 TOOLS = ("workspace:write",)

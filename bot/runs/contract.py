@@ -14,13 +14,31 @@ from gidgethub.abc import GitHubAPI
 
 from bot.models import Run, Step
 from bot.repo_config import RepoConfig
-from bot.workspace.sandbox import Sandbox
+from bot.runs.artifacts import ArtifactError
+from bot.workspace.git import GitError
+from bot.workspace.sandbox import CommandResult, Sandbox
 
 if TYPE_CHECKING:
     from bot.llm.router import Budget
     from bot.runs.artifacts import StepArtifacts
     from bot.runs.step_llm import StepLLM
     from bot.workspace.worktrees import Worktree
+
+# What a handler may name: its context and result, the errors it raises or catches (a git command's, an artifact's),
+# a sandboxed command's result and a step row. Nothing else of bot/ (the import-linter contract in pyproject).
+__all__ = [
+    "ArtifactError",
+    "CommandResult",
+    "GitError",
+    "Handler",
+    "RetryableError",
+    "Step",
+    "StepContext",
+    "StepFailed",
+    "StepResult",
+    "discover_handlers",
+    "written_by",
+]
 
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]
 
