@@ -8,20 +8,32 @@ live in one table, `_SCHEMA`, that mirrors them key for key.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import difflib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.config_schema import (
+    ListOf,
+    SchemaError,
+    Section,
+    Templates,
+    Value,
+    amount,
+    boolean,
+    join_key,
+    one_of,
+    or_null,
+    show_value,
+    text_matching,
+    whole,
+)
 from bot.config_yaml import YamlRefused, load_yaml
-from bot.plan_templates import PlanTemplate, TemplateError, parse_templates
+from bot.plan_templates import PlanTemplate
 from bot.plans import ALL_TOOLS, glob_regex
 
 CONFIG_PATH = ".github/nofx.yml"
 MAX_CONFIG_BYTES = 64 * 1024
-MAX_LIST_ITEMS = 100
 MAX_SETUP_COMMANDS = 20
 
 TOOLS = ALL_TOOLS
@@ -229,7 +241,7 @@ def load_mapping(text: str | None, *, file: str = CONFIG_PATH) -> dict[str, Any]
         if data is None:
             return {}
         if not isinstance(data, dict):
-            raise ConfigError("(file)", f"is {_show(data)} at the top level", _SCHEMA.allowed)
+            raise ConfigError("(file)", f"is {show_value(data)} at the top level", _SCHEMA.allowed)
         return data
     except ConfigError as exc:
         raise exc.in_file(file) from None
@@ -237,7 +249,10 @@ def load_mapping(text: str | None, *, file: str = CONFIG_PATH) -> dict[str, Any]
 
 def from_mapping(data: Mapping[str, Any]) -> RepoConfig:
     """Check a (merged) mapping against the schema and the rules that span keys. Raises ConfigError."""
-    config: RepoConfig = _SCHEMA.parse(dict(data), "")
+    try:
+        config: RepoConfig = _SCHEMA.parse(dict(data), "")
+    except SchemaError as exc:
+        raise ConfigError(exc.key, exc.problem, exc.allowed) from None
     _check_consistency(config)
     return config
 
@@ -259,12 +274,12 @@ def permission_reaches(actual: str, minimum: str) -> bool:
 def schema_keys() -> list[tuple[str, str]]:
     """Every key the schema knows, dotted, with what it allows: the source of README's configuration reference."""
 
-    def walk(section: _Section, prefix: str) -> Iterator[tuple[str, str]]:
+    def walk(section: Section, prefix: str) -> Iterator[tuple[str, str]]:
         for name, item in section.fields.items():
-            if isinstance(item, _Section):
-                yield from walk(item, _join(prefix, name))
+            if isinstance(item, Section):
+                yield from walk(item, join_key(prefix, name))
             else:
-                yield _join(prefix, name), item.allowed
+                yield join_key(prefix, name), item.allowed
 
     return list(walk(_SCHEMA, ""))
 
@@ -278,108 +293,6 @@ def describe(config: RepoConfig) -> dict[str, Any]:
 # --- the schema ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Value:
-    """A leaf: what it allows (in words, for the error), a test, and an optional conversion."""
-
-    allowed: str
-    accepts: Callable[[Any], bool]
-    convert: Callable[[Any], Any] = lambda value: value
-
-    def parse(self, value: object, key: str) -> Any:
-        if not self.accepts(value):
-            raise ConfigError(key, f"is {_show(value)}", self.allowed)
-        return self.convert(value)
-
-
-@dataclass(frozen=True)
-class _List:
-    """A list of leaves, kept as a tuple in first-seen order without repeats."""
-
-    item: _Value
-    allowed: str
-
-    def parse(self, value: object, key: str) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise ConfigError(key, f"is {_show(value)}", self.allowed)
-        if len(value) > MAX_LIST_ITEMS:
-            raise ConfigError(key, f"has {len(value)} items", f"{self.allowed}, at most {MAX_LIST_ITEMS} items")
-        for position, item in enumerate(value, start=1):
-            if not self.item.accepts(item):
-                raise ConfigError(key, f"has {_show(item)} (item {position})", self.allowed)
-        return tuple(dict.fromkeys(self.item.convert(item) for item in value))
-
-
-@dataclass(frozen=True)
-class _Section:
-    """A mapping whose keys are exactly the dataclass's fields; absent keys keep the dataclass default."""
-
-    cls: type
-    fields: Mapping[str, _Value | _List | _Section | _Templates]
-
-    @property
-    def allowed(self) -> str:
-        return "a mapping with the keys " + ", ".join(self.fields)
-
-    def parse(self, value: object, key: str) -> Any:
-        if value is None:  # a section whose lines are all commented out means the same as `{}`
-            value = {}
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"is {_show(value)}", self.allowed)
-        parsed = {}
-        for name, item in value.items():
-            if name not in self.fields:
-                raise _unknown_key(name, key, list(self.fields))
-            parsed[name] = self.fields[name].parse(item, _join(key, name))
-        return self.cls(**parsed)
-
-
-@dataclass(frozen=True)
-class _Templates:
-    """`templates:`: named plans, checked by `bot.plan_templates` (which knows what a step may say)."""
-
-    allowed: str = "a mapping of template names to {description, steps}"
-
-    def parse(self, value: object, key: str) -> dict[str, PlanTemplate]:
-        try:
-            return parse_templates(value)
-        except TemplateError as exc:
-            raise ConfigError(_join(key, exc.key) if exc.key else key, exc.problem, exc.allowed) from None
-
-
-def _one_of(*choices: str) -> _Value:
-    return _Value("one of " + ", ".join(choices), lambda v: isinstance(v, str) and v in choices)
-
-
-def _boolean() -> _Value:
-    return _Value("true or false", lambda v: isinstance(v, bool))
-
-
-def _whole(low: int, high: int) -> _Value:
-    return _Value(
-        f"a whole number from {low} to {high}",
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
-    )
-
-
-def _amount(high: float) -> _Value:
-    # Written so NaN fails: every comparison with NaN is False.
-    return _Value(
-        f"a number above 0 and at most {high:g}",
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= high,
-        float,
-    )
-
-
-def _text(allowed: str, pattern: str) -> _Value:
-    regex = re.compile(pattern)
-    return _Value(allowed, lambda v: isinstance(v, str) and regex.fullmatch(v) is not None)
-
-
-def _or_null(value: _Value, meaning: str) -> _Value:
-    return _Value(f"{value.allowed}, or null ({meaning})", lambda v: v is None or value.accepts(v), value.convert)
-
-
 def _env_name(name: object) -> bool:
     return (
         isinstance(name, str)
@@ -389,84 +302,86 @@ def _env_name(name: object) -> bool:
     )
 
 
-_LABEL = _text("a label name of 1 to 50 characters on one line", r"(?=.*\S)[^\r\n]{1,50}")
-_TOOL = _one_of(*TOOLS)
-_COMMAND = _text("a shell command on one line (at most 1000 characters)", r"(?=.*\S)[^\r\n\x00]{1,1000}")
-_MODEL = _text(
+_LABEL = text_matching("a label name of 1 to 50 characters on one line", r"(?=.*\S)[^\r\n]{1,50}")
+_TOOL = one_of(*TOOLS)
+_COMMAND = text_matching("a shell command on one line (at most 1000 characters)", r"(?=.*\S)[^\r\n\x00]{1,1000}")
+_MODEL = text_matching(
     "`provider:model` with provider anthropic or openai, e.g. anthropic:claude-sonnet-4-6",
     r"(?:anthropic|openai):[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,99}",
 )
 
-_SCHEMA = _Section(
+_SCHEMA = Section(
     RepoConfig,
     {
-        "git_mode": _one_of("hidden", "basic", "advanced"),
-        "planner": _one_of("template", "llm"),
-        "model": _or_null(_MODEL, "the server's default model"),
-        "memory_ttl_days": _whole(1, 365),
-        "trigger": _Section(
+        "git_mode": one_of("hidden", "basic", "advanced"),
+        "planner": one_of("template", "llm"),
+        "model": or_null(_MODEL, "the server's default model"),
+        "memory_ttl_days": whole(1, 365),
+        "trigger": Section(
             TriggerConfig,
             {
-                "command": _text("a command of 2 to 32 characters starting with / and without spaces", r"/\S{1,31}"),
+                "command": text_matching(
+                    "a command of 2 to 32 characters starting with / and without spaces", r"/\S{1,31}"
+                ),
                 "run_label": _LABEL,
                 "review_label": _LABEL,
-                "min_permission": _one_of(*PERMISSION_ORDER),
+                "min_permission": one_of(*PERMISSION_ORDER),
             },
         ),
-        "review": _Section(
+        "review": Section(
             ReviewConfig,
             {
-                "auto": _boolean(),
-                "drafts": _boolean(),
-                "max_comments": _whole(1, 50),
-                "fail_on": _one_of(*SEVERITIES, "never"),
-                "skip_paths": _List(
-                    _text("a path glob", r"(?!/)[^\r\n\x00]{1,200}"),
+                "auto": boolean(),
+                "drafts": boolean(),
+                "max_comments": whole(1, 50),
+                "fail_on": one_of(*SEVERITIES, "never"),
+                "skip_paths": ListOf(
+                    text_matching("a path glob", r"(?!/)[^\r\n\x00]{1,200}"),
                     "a list of repository-relative path globs (`*`, `?`, `**`), e.g. ['**/*.lock', 'dist/**']",
                 ),
-                "outsiders": _one_of("review", "ignore"),
-                "outsider_passes_per_hour": _whole(0, 100),
-                "max_daily_cost_usd": _amount(1000),
+                "outsiders": one_of("review", "ignore"),
+                "outsider_passes_per_hour": whole(0, 100),
+                "max_daily_cost_usd": amount(1000),
             },
         ),
-        "gates": _Section(
+        "gates": Section(
             GatesConfig,
             {
-                "test": _or_null(_COMMAND, "no test gate"),
-                "lint": _or_null(_COMMAND, "no lint gate"),
-                "typecheck": _or_null(_COMMAND, "no typecheck gate"),
+                "test": or_null(_COMMAND, "no test gate"),
+                "lint": or_null(_COMMAND, "no lint gate"),
+                "typecheck": or_null(_COMMAND, "no typecheck gate"),
             },
         ),
-        "policy": _Section(
+        "policy": Section(
             PolicyConfig,
             {
-                "tools_allowed": _List(_TOOL, "a list of tools from " + ", ".join(TOOLS) + " ([] allows all)"),
-                "env_allowed": _List(
-                    _Value("an environment variable name", _env_name),
+                "tools_allowed": ListOf(_TOOL, "a list of tools from " + ", ".join(TOOLS) + " ([] allows all)"),
+                "env_allowed": ListOf(
+                    Value("an environment variable name", _env_name),
                     "a list of environment variable names, not the server's own "
                     "(" + ", ".join(sorted(RESERVED_ENV)) + ", NOFX_*)",
                 ),
-                "max_cost_usd": _amount(100),
-                "require_approval_before": _List(_TOOL, "a list of tools from " + ", ".join(TOOLS)),
+                "max_cost_usd": amount(100),
+                "require_approval_before": ListOf(_TOOL, "a list of tools from " + ", ".join(TOOLS)),
             },
         ),
-        "pr": _Section(PrConfig, {"draft": _boolean()}),
-        "templates": _Templates(),
-        "ci": _Section(
+        "pr": Section(PrConfig, {"draft": boolean()}),
+        "templates": Templates(),
+        "ci": Section(
             CiConfig,
             {
-                "wait": _or_null(_boolean(), "wait when CI ran on the base commit"),
-                "timeout_min": _whole(1, 360),
-                "max_repairs": _whole(0, 5),
-                "checks": _List(
-                    _text("a check name on one line", r"(?=.*\S)[^\r\n\x00]{1,200}"),
+                "wait": or_null(boolean(), "wait when CI ran on the base commit"),
+                "timeout_min": whole(1, 360),
+                "max_repairs": whole(0, 5),
+                "checks": ListOf(
+                    text_matching("a check name on one line", r"(?=.*\S)[^\r\n\x00]{1,200}"),
                     "a list of check run or workflow names ([] means every check that ran on the base commit)",
                 ),
             },
         ),
-        "codegen": _Section(CodegenConfig, {"max_turns": _whole(1, 100)}),
-        "repair": _Section(RepairConfig, {"max_attempts": _whole(0, 5)}),
-        "setup": _Value(
+        "codegen": Section(CodegenConfig, {"max_turns": whole(1, 100)}),
+        "repair": Section(RepairConfig, {"max_attempts": whole(0, 5)}),
+        "setup": Value(
             f"a shell command on one line, or a list of at most {MAX_SETUP_COMMANDS} such commands",
             lambda v: (
                 _COMMAND.accepts(v)
@@ -474,8 +389,8 @@ _SCHEMA = _Section(
             ),
             lambda v: (v,) if isinstance(v, str) else tuple(v),
         ),
-        "setup_cache_key": _List(
-            _text("a path glob", r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\r\n\x00]{1,200}"),
+        "setup_cache_key": ListOf(
+            text_matching("a path glob", r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\r\n\x00]{1,200}"),
             "a list of repository-relative paths or globs (`*`, `**`) whose content keys the setup cache",
         ),
     },
@@ -488,7 +403,7 @@ def _check_consistency(config: RepoConfig) -> None:
     if trigger.run_label == trigger.review_label:
         raise ConfigError(
             "trigger.review_label",
-            f"is {_show(trigger.review_label)}, the same as `trigger.run_label`",
+            f"is {show_value(trigger.review_label)}, the same as `trigger.run_label`",
             "a label different from `trigger.run_label`",
         )
     if policy.tools_allowed and policy.require_approval_before and "manual:approval" not in policy.tools_allowed:
@@ -497,41 +412,6 @@ def _check_consistency(config: RepoConfig) -> None:
             "leaves out manual:approval, which `policy.require_approval_before` needs",
             "a list that includes manual:approval, or [] to allow every tool",
         )
-
-
-def _unknown_key(name: object, section: str, known: list[str]) -> ConfigError:
-    hint = ""
-    if isinstance(name, str) and (close := difflib.get_close_matches(name, known, n=1)):
-        hint = f" (did you mean `{_join(section, close[0])}`?)"
-    key = _join(section, name if isinstance(name, str) else _show(name))
-    return ConfigError(key, "is not a known key" + hint, "the keys " + ", ".join(known))
-
-
-# --- small helpers ---------------------------------------------------------------------------------------------
-
-
-def _join(section: str, name: str) -> str:
-    return f"{section}.{name}" if section else name
-
-
-def _show(value: object) -> str:
-    """A value as the author wrote it, short: the error ends up in a GitHub comment."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "…'"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, datetime.date):
-        return f"{value.isoformat()} (a date)"
-    if isinstance(value, int | float):
-        return repr(value)
-    return f"a {type(value).__name__}"
 
 
 def _plain(value: Any) -> Any:

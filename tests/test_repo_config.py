@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bot import repo_config
+from bot import config_schema, repo_config
 from bot.repo_config import (
     DEFAULT_GATES,
     DEFAULT_SKIP_PATHS,
@@ -398,11 +398,11 @@ def test_describe_is_plain_json() -> None:
     "section",
     [
         repo_config._SCHEMA,
-        *(field for field in repo_config._SCHEMA.fields.values() if isinstance(field, repo_config._Section)),
+        *(field for field in repo_config._SCHEMA.fields.values() if isinstance(field, config_schema.Section)),
     ],
     ids=lambda section: section.cls.__name__,
 )
-def test_schema_table_mirrors_the_dataclasses(section: repo_config._Section) -> None:
+def test_schema_table_mirrors_the_dataclasses(section: config_schema.Section) -> None:
     """A key with no check, or a check with no field, would be a key nothing reads."""
     assert list(section.fields) == [field.name for field in dataclasses.fields(section.cls)]
 
