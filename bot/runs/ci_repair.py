@@ -35,6 +35,7 @@ async def repair(ctx: StepContext, state: dict[str, Any], *, evidence: str, chec
         return None
     source = f"the repository's CI check `{check}`"
     deadline = time.monotonic() + ctx.step.timeout_s
+    await _on_pushed_head(ctx, state)
     unpushed: list[str] = []  # files of rounds whose edits the gates rejected: still in the worktree
     while len(rounds) < ctx.config.ci.max_repairs:
         attempt = len(rounds) + 1
@@ -59,6 +60,20 @@ async def repair(ctx: StepContext, state: dict[str, Any], *, evidence: str, chec
         ctx.emit("repair.finished", rounds[-1])
         return head
     return None
+
+
+async def _on_pushed_head(ctx: StepContext, state: dict[str, Any]) -> None:
+    """Put the worktree's HEAD on the commit CI judged, keeping its files: a worktree rebuilt on another worker
+    starts at the run's start commit with the last checkpoint's files, and a repair commit must follow the push."""
+    assert ctx.workspace is not None and ctx.git_token is not None
+    if await ctx.workspace.head_sha() == state["head_sha"]:
+        return
+    refspec = f"refs/heads/{state['branch']}"
+    try:
+        await ctx.workspace.git("fetch", "--quiet", ctx.workspace.clone_url, refspec, token=await ctx.git_token())
+        await ctx.workspace.git("reset", "--quiet", "--mixed", state["head_sha"])
+    except GitError as exc:
+        raise StepFailed(f"the worktree could not be put on the commit CI ran on: {exc}", state) from None
 
 
 async def _run_gates(ctx: StepContext, deadline: float) -> tuple[str, str] | None:

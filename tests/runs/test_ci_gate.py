@@ -19,7 +19,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.worker.runtime import Runtime
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
-from tests.support.git_server import GitServer
+from tests.support.git_server import GitServer, run_git
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload
@@ -420,6 +420,7 @@ def test_ci_failing_past_max_repairs_fails_the_run_with_the_evidence(
     git: GitServer,
     llm: AnthropicDouble,
     store: Store,
+    settings: Settings,
     base_ci: str,
 ) -> None:
     github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL + "ci:\n  max_repairs: 1\n"
@@ -428,11 +429,15 @@ def test_ci_failing_past_max_repairs_fails_the_run_with_the_evidence(
     work()
     run = the_run(store)
     first, branch = pushed(store, run)
+    # As a worker on another disk rebuilds it: HEAD at the run's start commit, the files as pushed.
+    worktree = settings.data_dir / "worktrees" / run.id
+    run_git(None, "-C", str(worktree), "reset", "--quiet", "--mixed", github.branches[(OWNER, REPO, "master")])
     job = failing_ci(github, first, branch)
     script_repair(llm, "def multiply(a, b):\n    return a + b", "def multiply(a, b):\n    return b + a")
     deliver("check_suite", ci_webhook("check_suite", {**job, "conclusion": "failure"}, branch=branch))
     work()
     second = ci_step(store, the_run(store)).output["head_sha"]
+    assert git.git(OWNER, REPO, "rev-parse", f"{second}^").strip() == first  # the repair follows the push
     job = failing_ci(github, second, branch)
     deliver("check_suite", ci_webhook("check_suite", {**job, "conclusion": "failure"}, branch=branch))
     work()
