@@ -87,23 +87,42 @@ async def _start(
     config = ctx.config.ci
     required = list(config.checks)
     if not required:
-        base = await checks.read(gh, owner, repo, ctx.workspace.base_sha, own_slug=own)
+        try:
+            base = await checks.read(gh, owner, repo, ctx.workspace.base_sha, own_slug=own)
+        except (GitHubBroken, BadRequest) as exc:  # the next poll starts again
+            ctx.log.warning("reading the base commit's CI failed, looking again later: %s", exc)
+            return StepResult(output={"checked_at": now.isoformat()}, summary="waiting for CI", wait=True)
         required = base.names
         if not required and config.wait is not True:
             return StepResult(
                 output={"ci": "none", "head_sha": pushed["head_sha"], "required": []},
                 summary=f"no CI ran on the base commit {ctx.workspace.base_sha[:7]}, so there is none to wait for",
             )
+    head = await _latest_own_commit(ctx, pushed["head_sha"])
     return {
         "ci": "waiting",
-        "head_sha": pushed["head_sha"],
+        "head_sha": head,
         "branch": pushed.get("branch") or ctx.workspace.branch,
         "pull_request_url": pushed.get("pull_request_url"),
         "required": required,
-        "pushed": [pushed["head_sha"]],
+        "pushed": sorted({pushed["head_sha"], head}),
         "repairs": [],
         "since": now.isoformat(),
     }
+
+
+async def _latest_own_commit(ctx: StepContext, pushed: str) -> str:
+    """What to watch: `git_pr`'s commit, or the worktree's HEAD when it follows that commit (a `retry` of this step
+    after repairs pushed on top of it must not take nofx's own repair commits for someone else's)."""
+    assert ctx.workspace is not None
+    local = await ctx.workspace.head_sha()
+    if local == pushed:
+        return pushed
+    try:
+        follows = (await ctx.workspace.git("merge-base", pushed, local)).strip() == pushed
+    except GitError:
+        return pushed
+    return local if follows else pushed
 
 
 async def _failed(

@@ -450,3 +450,12 @@ def test_ci_failing_past_max_repairs_fails_the_run_with_the_evidence(
     assert [r["passed"] for r in step.output["repairs"]] == [False]
     assert llm.pending == 0  # one repair round, then no more spending
     assert "repair 1: changed `calc.py` · still failing" in comment(github, store)
+
+    # CI on the repair is re-run and passes; `/nofx retry ci` watches nofx's latest commit, not mistaking it for
+    # someone else's.
+    github.finish_ci(github.ci_check_run(OWNER, REPO, second, "test"), "success")
+    deliver("issue_comment", ask(git, "/nofx retry ci"))
+    work()
+    run = the_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    assert (ci_step(store, run).output["ci"], ci_step(store, run).output["head_sha"]) == ("passed", second)
