@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
+from rq import Worker
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
@@ -158,3 +160,40 @@ def _wait_for_step(store: Store, name: str, status: StepStatus, timeout_s: float
             return run
         time.sleep(0.1)
     raise AssertionError(f"step {name} never became {status.value}")
+
+
+def test_a_busy_worker_still_acknowledges_a_second_installation_at_once(
+    deliver: Deliverer, github: GitHubDouble, git: GitServer, llm: AnthropicDouble, store: Store, settings: Settings
+) -> None:
+    use_gates(github, test="sleep 150")
+    plan(llm, gate("slow"))
+    deliver("issue_comment", ask(git, "/nofx keep the worker busy"))
+    other = ask(git, "/nofx help", number=2)
+    other["installation"] = {"id": 2}  # unknown so far: learned by the worker
+    other["comment"]["id"] += 1
+
+    settings.data_dir.mkdir(parents=True)
+    with background_worker(settings):
+        _wait_for_step(store, "slow", StepStatus.running)  # the work lane is in a 150 s gate
+        lanes = Redis.from_url(settings.redis_url or "")
+        assert _wait_for(lambda: Worker.count(connection=lanes) >= 2, timeout_s=60), "the dispatch lane never started"
+        deliver("issue_comment", other)
+        acknowledged = _wait_for(lambda: _eyes_on(github, other["comment"]["id"]), timeout_s=45)
+        still_busy = step_named(store, only_run(store), "slow").status == StepStatus.running
+
+    assert acknowledged, "the second installation's comment got no 👀 while the worker was busy"
+    assert still_busy  # 👀 came from the dispatch lane, not after the gate
+
+
+def _eyes_on(github: GitHubDouble, comment_id: int) -> bool:
+    calls = github.calls("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions")
+    return any(call.path_params["comment_id"] == comment_id and call.status == 201 for call in calls)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
