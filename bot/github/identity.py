@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from gidgethub.abc import GitHubAPI
-from sqlmodel import select
+from sqlmodel import col, select
 
 from bot.github.client import GitHubApp
 from bot.models import AppIdentity, utcnow
@@ -53,4 +53,4 @@ async def bot_author(gh: GitHubAPI, store: Store) -> tuple[str, str]:
 def current(store: Store) -> AppIdentity | None:
     """The last identity a worker recorded, or None before any worker has started."""
     with store.session() as session:
-        return session.exec(select(AppIdentity).order_by(AppIdentity.updated_at.desc())).first()  # type: ignore[attr-defined]
+        return session.exec(select(AppIdentity).order_by(col(AppIdentity.updated_at).desc())).first()
