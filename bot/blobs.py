@@ -62,7 +62,7 @@ class S3Blobs:
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         if client is None:
-            import boto3  # type: ignore[import-untyped]  # only deployments that name a bucket need it loaded
+            import boto3  # only deployments that name a bucket need it loaded
 
             client = boto3.client("s3")
         self.client = client
