@@ -131,6 +131,7 @@ class ReviewConfig:
     max_comments: int = 20
     fail_on: str = "high"
     skip_paths: tuple[str, ...] = DEFAULT_SKIP_PATHS
+    before_pr: bool = False  # review the run's own diff before its pull request opens; findings go to repair
     outsiders: str = "review"  # pull requests by people below `trigger.min_permission`: review | ignore
     outsider_passes_per_hour: int = 3  # automatic passes per outsider (per installation) in any hour
     max_daily_cost_usd: float = 10.0  # the installation's review spend in 24 h past which outsiders wait
@@ -339,6 +340,7 @@ _SCHEMA = Section(
                     text_matching("a path glob", r"(?!/)[^\r\n\x00]{1,200}"),
                     "a list of repository-relative path globs (`*`, `?`, `**`), e.g. ['**/*.lock', 'dist/**']",
                 ),
+                "before_pr": boolean(),
                 "outsiders": one_of("review", "ignore"),
                 "outsider_passes_per_hour": whole(0, 100),
                 "max_daily_cost_usd": amount(1000),

@@ -14,7 +14,7 @@ from typing import Any
 from bot.runs import agent
 from bot.runs.contract import CommandResult, StepContext, StepFailed, StepResult
 from bot.runs.policy import gate_command
-from bot.runs.repo_commands import describe_failure, isolation, run_gate_command, unsafe_notice
+from bot.runs.repo_commands import describe_failure, isolation, repairs_so_far, run_gate_command, unsafe_notice
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
 TAIL_LINES = 30
@@ -37,7 +37,7 @@ async def run(ctx: StepContext) -> StepResult:
     first_timeout = min(float(ctx.step.timeout_s), agent.GATE_TIMEOUT_S)
     failed, checked = command, await _check(ctx, command, first_timeout, artifact=True)
     repairs: list[dict[str, Any]] = []
-    attempts_left = ctx.config.repair.max_attempts - _repairs_so_far(ctx)
+    attempts_left = ctx.config.repair.max_attempts - repairs_so_far(ctx)
     while not checked.ok and len(repairs) < attempts_left and ctx.llm is not None:
         attempt = len(repairs) + 1
         ctx.emit("repair.started", {"attempt": attempt, "command": failed})
@@ -88,12 +88,6 @@ async def _recheck(ctx: StepContext, command: str, deadline: float) -> tuple[str
         if not result.ok:
             return other, result
     return command, await _check(ctx, command, _timeout(deadline), artifact=True)
-
-
-def _repairs_so_far(ctx: StepContext) -> int:
-    """Repair rounds the run's earlier steps used: `repair.max_attempts` bounds the run, not each gate."""
-    outputs = [step.output for step in ctx.earlier.values() if isinstance(step.output, dict)]
-    return sum(len(output["repairs"]) for output in outputs if isinstance(output.get("repairs"), list))
 
 
 def _timeout(deadline: float) -> float:

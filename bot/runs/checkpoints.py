@@ -36,7 +36,9 @@ from bot.workspace.worktrees import Worktree
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_TOOLS = frozenset({"workspace:write", "git_ops", "git_pr", "gate:test", "gate:lint", "gate:typecheck"})
+CHECKPOINT_TOOLS = frozenset(
+    {"workspace:write", "git_ops", "git_pr", "gate:test", "gate:lint", "gate:typecheck", "gate:llm_review"}
+)
 REF_PREFIX = "refs/nofx/runs"
 GIT_TIMEOUT_S = 300.0
 RESTORED_MARKER = "nofx-restored"  # in the worktree's admin dir, out of reach of the checkout's code

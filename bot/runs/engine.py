@@ -42,7 +42,18 @@ MAX_ERROR_CHARS = 8000
 
 
 WORKSPACE_TOOLS = frozenset(
-    {"setup", "codegen", "workspace:write", "gate:test", "gate:lint", "gate:typecheck", "gate:ci", "git_ops", "git_pr"}
+    {
+        "setup",
+        "codegen",
+        "workspace:write",
+        "gate:llm_review",
+        "gate:test",
+        "gate:lint",
+        "gate:typecheck",
+        "gate:ci",
+        "git_ops",
+        "git_pr",
+    }
 )
 
 

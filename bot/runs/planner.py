@@ -74,6 +74,11 @@ def template(
             step["retries"] = _DEFAULT_RETRIES[tool]
         step.update({k: spec[k] for k in ("timeout_s", "retries") if k in spec})
         steps.append(step)
+    if config.review.before_pr and not any(step["tool"] == "gate:llm_review" for step in steps):
+        after = max((i for i, step in enumerate(steps) if step["tool"] == "workspace:write"), default=None)
+        if after is not None:  # the review reads the written change; the gates after it judge the repaired code
+            review = {"name": _unique("review", steps), "tool": "gate:llm_review", "inputs": {}}
+            steps.insert(after + 1, review | {"timeout_s": CODEGEN_TIMEOUT_S})
     if config.setup:  # before anything the model does, so a failing setup costs no model call
         steps.insert(0, {"name": _unique("setup", steps), "tool": "setup", "inputs": {}, "timeout_s": SETUP_TIMEOUT_S})
     return {"goal": request.splitlines()[0][:200] if request.strip() else name, "steps": _chain(steps)}

@@ -24,6 +24,7 @@ INPUTS: Mapping[str, frozenset[str]] = {
     "git_ops": frozenset({"op", "args"}),
     "git_pr": frozenset(),
 }
+REVIEW_TOOL = "gate:llm_review"  # the review before the pull request (`review.before_pr`); not a command
 CI_TOOL = "gate:ci"  # waits for the repository's CI; its settings are `ci:` in the config, not a gate command
 MODEL_TOOLS_EXCLUDED = frozenset({"git_ops"})  # only a person's `/nofx git` command plans these
 
@@ -57,7 +58,11 @@ def step_refusal(step: Step, steps: Collection[Step], config: RepoConfig) -> str
     """Why the engine may not run `step` under `config` now (the same rules as `enforce`), or None."""
     if step.tool == "git_ops" and config.git_mode != "advanced":
         return "`git_ops` steps run only when the repository's `git_mode` is `advanced`"
-    if step.tool.startswith("gate:") and step.tool != CI_TOOL and gate_command(step.tool, config) is None:
+    if (
+        step.tool.startswith("gate:")
+        and step.tool not in (CI_TOOL, REVIEW_TOOL)
+        and gate_command(step.tool, config) is None
+    ):
         return f"the repository's config has no `gates.{step.tool.removeprefix('gate:')}` command"
     if step.tool in config.policy.require_approval_before and not approved_before(step, steps):
         return f"the repository's policy requires a person's approval before `{step.tool}`, and none was given"
@@ -78,6 +83,10 @@ def approved_before(step: Step, steps: Collection[Step]) -> bool:
 
 def _check_step(spec: StepSpec, plan: Plan, config: RepoConfig, *, model_built: bool) -> None:
     where = f"step {spec.name!r}"
+    if spec.tool == REVIEW_TOOL:  # the model reviews the run's own diff: no command, no inputs
+        if spec.inputs:
+            raise PlanError(f"{where}: `{REVIEW_TOOL}` takes no inputs")
+        return
     if spec.tool == CI_TOOL:  # the repository's own CI, on what `git_pr` pushed: no command, no inputs
         earlier = [s.tool for s in plan.steps[: plan.steps.index(spec)]]
         if spec.inputs or "git_pr" not in earlier:

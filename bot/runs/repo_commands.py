@@ -76,6 +76,12 @@ async def sandboxed(
         raise StepFailed(f"`{command}` could not be started: {exc.strerror or exc}") from None
 
 
+def repairs_so_far(ctx: StepContext) -> int:
+    """Repair rounds the run's earlier steps used: `repair.max_attempts` bounds the run, not each step."""
+    outputs = [step.output for step in ctx.earlier.values() if isinstance(step.output, dict)]
+    return sum(len(output["repairs"]) for output in outputs if isinstance(output.get("repairs"), list))
+
+
 def missing_program(result: CommandResult) -> str | None:
     """For exit code 127: which program was not found, and how an operator makes it available."""
     if result.exit_code != 127:

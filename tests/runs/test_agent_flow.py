@@ -218,3 +218,41 @@ def test_a_ten_thousand_file_repository_is_searched_and_a_large_file_edited_in_p
     assert git.show(OWNER, REPO, branch, "pkg/pricing/rules.py") == big.replace(
         "def discount(price):\n    return price\n", "def discount(price):\n    return price * 0.9\n"
     )
+
+
+def test_the_review_before_the_pull_request_sends_its_findings_to_a_repair_round(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = GATES + "review:\n  before_pr: true\n"
+    llm.tool_calls(
+        [
+            ("replace_in_file", {"path": "calc.py", "old": CALC, "new": CALC + "\n\n" + MULTIPLY}),
+            ("write_file", {"path": "test_multiply.py", "content": TEST_MULTIPLY}),
+            ("finish", {"summary": "Adds multiply()."}),
+        ]
+    )
+    finding = {"path": "calc.py", "line": 5, "severity": "high", "title": "No docstring", "body": "Say what it does."}
+    llm.tool_call("report_findings", {"findings": [finding]})
+    documented = MULTIPLY.replace("):\n", '):\n    """The product of a and b."""\n', 1)
+    llm.tool_calls(
+        [("replace_in_file", {"path": "calc.py", "old": MULTIPLY, "new": documented}), ("finish", {"summary": "Doc."})]
+    )
+    llm.tool_call("report_findings", {"findings": []})
+
+    deliver("issue_comment", ask(git, "/nofx add a multiply function"))
+    work()
+
+    run = the_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    steps = {s.name: s for s in queries.steps_of(store, run.id)}
+    assert list(steps) == ["generate", "apply", "review", "test", "pull-request", "ci"]
+    assert steps["review"].output["repairs"] == [{"attempt": 1, "files": ["calc.py"], "passed": True}]
+    assert "[high] No docstring: Say what it does." in said(llm.requests[2])  # the repair round got the finding
+    branch = steps["pull-request"].output["branch"]
+    assert git.show(OWNER, REPO, branch, "calc.py") == CALC + "\n\n" + documented
+    assert "repair 1: changed `calc.py` · checks passed" in final_comment(github)
