@@ -357,6 +357,9 @@ def _exercise_every_operation(gh: GitHubDouble, http: httpx.Client) -> None:
     http.get("/app", headers=app_auth())
     http.get("/app/installations", headers=app_auth())
     http.get("/app/installations/7", headers=app_auth())
+    delivery = gh.add_hook_delivery("guid-1", "issues", action="opened", installation_id=7, at=time.time())
+    http.get("/app/hook/deliveries", headers=app_auth())
+    http.post(f"/app/hook/deliveries/{delivery['id']}/attempts", headers=app_auth())
     http.post("/app-manifests/code-1/conversions")
     http.get("/installation/repositories", headers=auth)
     http.get(repo, headers=auth)
@@ -398,6 +401,7 @@ def _exercise_every_operation(gh: GitHubDouble, http: httpx.Client) -> None:
     http.get("/users/octocat", headers=auth)
     http.get(f"/users/{gh.bot_login}", headers=auth)
     _exercise_ci(gh, http, auth, repo)
+    assert http.delete("/installation/token", headers=auth).status_code == 204  # last: the token stops working
 
 
 def _exercise_ci(gh: GitHubDouble, http: httpx.Client, auth: dict[str, str], repo: str) -> None:
