@@ -38,6 +38,7 @@ TREE_IN_PROMPT = 200
 GATE_OUTPUT_LINES = 60
 MAX_DIFF_CHARS = 60_000
 MAX_EVIDENCE_LINES = 80
+SEMANTIC_HITS = 8  # files the semantic index adds to a search_code answer
 _PATH = {"type": "string", "minLength": 1, "maxLength": 500}
 _EXPLORE = [
     ToolSpec(
@@ -52,7 +53,9 @@ _EXPLORE = [
     ),
     ToolSpec(
         "search_code",
-        "Search the tracked text files for a Python regular expression; answers `path:line: text` lines.",
+        "Search the tracked text files for a Python regular expression; answers `path:line: text` lines. "
+        "Where the repository has a semantic index, the chunks closest in meaning to the pattern read as words "
+        "follow as `path:start-end` ranges (read them with read_file).",
         {
             "type": "object",
             "properties": {
@@ -265,9 +268,9 @@ async def _answer(session: _Session, call: ToolCall) -> tuple[str, bool]:
         if call.name == "list_files":
             return untrusted("file list", explore.list_files(session.paths, str(data.get("pattern", "**")))), False
         if call.name == "search_code":
-            found = explore.search_code(
-                session.root, session.paths, str(data["pattern"]), str(data.get("glob") or "**")
-            )
+            pattern, glob = str(data["pattern"]), str(data.get("glob") or "**")
+            found = explore.search_code(session.root, session.paths, pattern, glob)
+            found += await _semantic(session, pattern, glob, found)
             return untrusted("search results", found), False
         if call.name == "read_file":
             path = str(data["path"])
@@ -279,6 +282,45 @@ async def _answer(session: _Session, call: ToolCall) -> tuple[str, bool]:
         return _edit(session, Edit.from_dict({"op": call.name, **data})), False
     except (explore.ExploreError, EditError) as exc:
         return str(exc), True
+
+
+async def _semantic(session: _Session, query: str, glob: str, found: str) -> str:
+    """Semantic hits after the regex matches: tracked files in `glob` whose ranges no match already shows."""
+    search = session.ctx.semantic_search
+    if search is None:
+        return ""
+    try:
+        hits = await search(query, SEMANTIC_HITS)
+    except Exception as exc:  # the index is an aid: the regex answer stands without it
+        session.ctx.log.warning("semantic search failed: %s", exc)
+        return ""
+    shown: dict[str, set[int]] = {}
+    for line in found.splitlines():
+        path, _, rest = line.partition(":")
+        number = rest.partition(":")[0]
+        if number.isdigit():
+            shown.setdefault(path, set()).add(int(number))
+    only, tracked, edited = (
+        explore.glob_regex(glob.strip() or "**"),
+        set(session.paths),
+        {e.path for e in session.edits},
+    )
+    kept = []
+    for hit in hits:
+        where, _, note = hit.partition(" ")
+        path, _, span = where.rpartition(":")
+        first, _, last = span.partition("-")
+        if path not in tracked or not only.fullmatch(path) or not (first.isdigit() and last.isdigit()):
+            continue
+        if any(int(first) <= n <= int(last) for n in shown.get(path, ())):
+            continue
+        kept.append(f"{where} {note}" + (" (edited in this run since)" if path in edited else ""))
+    if not kept:
+        return ""
+    return (
+        "\n\nClosest in meaning (semantic index of the base branch, which may lag this worktree: "
+        "read the lines before relying on them):\n" + "\n".join(kept)
+    )
 
 
 def _edit(session: _Session, edit: Edit) -> str:

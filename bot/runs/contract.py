@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]
+# `(query, limit)` -> `path:start-end (semantic, similarity …)` lines from the repository's semantic index, best first.
+SemanticSearch = Callable[[str, int], Awaitable[list[str]]]
 
 
 @dataclass
@@ -67,6 +69,8 @@ class StepContext:
     setup_cache: Path | None = None
     # Checkpoint the worktree now, mid-step (each repair attempt); the argument names the outcome.
     checkpoint: Callable[[str], Awaitable[object]] | None = None
+    # The repository's semantic index (indexed at the base branch, so it may lag the worktree); None: not configured.
+    semantic_search: SemanticSearch | None = None
 
     @property
     def inputs(self) -> dict[str, Any]:

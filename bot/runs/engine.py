@@ -23,7 +23,7 @@ from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
 from bot.runs import checkpoints, ci_gate, policy, queries, records, report, shared_checkpoints
 from bot.runs.artifacts import Artifacts
-from bot.runs.contract import Handler, RetryableError, StepContext, StepFailed, StepResult
+from bot.runs.contract import Handler, RetryableError, SemanticSearch, StepContext, StepFailed, StepResult
 from bot.runs.memory import ThreadMemoryConfig
 from bot.runs.progress import enqueue_progress
 from bot.runs.step_access import StepAccess
@@ -75,6 +75,7 @@ class Engine:
         sandbox: Sandbox | None = None,
         setup_cache: Path | None = None,
         index_searches: bool = False,
+        semantic: Callable[[Run], SemanticSearch] | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -88,6 +89,7 @@ class Engine:
         self.sandbox = sandbox or Sandbox()
         self.setup_cache = setup_cache
         self.index_searches = index_searches  # keep the semantic index current (after fetches, finished runs)
+        self.semantic = semantic  # a run's search over its repository's semantic index, for code generation
 
     def after(self, progress: records.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
@@ -232,6 +234,7 @@ class Engine:
             sandbox=self.sandbox,
             author=(lambda: identity.bot_author(access.client(), self.store)) if access else None,
             ci=ci_gate.look if github and step.tool == "gate:ci" else None,
+            semantic_search=self.semantic(run) if self.semantic is not None and workspace is not None else None,
         )
         if self.setup_cache is not None:
             owner, _, name = run.repository.partition("/")

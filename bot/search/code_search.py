@@ -56,8 +56,13 @@ def merged(matches: list[str], hits: list[Hit]) -> list[str]:
         lines = shown.get(hit.path or "", set())
         if hit.start is not None and hit.end is not None and any(hit.start <= n <= hit.end for n in lines):
             continue
-        out.append(f"{hit.path}:{hit.start}-{hit.end} (semantic, similarity {hit.score:.2f})")
+        out += semantic_lines([hit])
     return out
+
+
+def semantic_lines(hits: list[Hit]) -> list[str]:
+    """`path:start-end (semantic, similarity 0.53)`: where to read next, as code generation and `nofx search` show it."""
+    return [f"{hit.path}:{hit.start}-{hit.end} (semantic, similarity {hit.score:.2f})" for hit in hits if hit.path]
 
 
 def raise_no_commit(repo: Path) -> None:

@@ -14,11 +14,13 @@ from bot.github.client import GitHubApp
 from bot.llm.router import LLM, FileCache
 from bot.logs import Redactor
 from bot.metrics.workers import GitHubCallRecorder
+from bot.models import Run
 from bot.queue import WorkQueue
 from bot.runs.artifacts import Artifacts
-from bot.runs.contract import discover_handlers
+from bot.runs.contract import SemanticSearch, discover_handlers
 from bot.runs.engine import Engine
 from bot.runs.memory import ThreadMemoryConfig
+from bot.search import code_search
 from bot.search.embeddings import embedder_for, search_configured
 from bot.search.index import SearchIndex
 from bot.settings import ENV_FILE, Settings
@@ -70,6 +72,7 @@ class Runtime:
             ),
             setup_cache=settings.data_dir / "setup",
             index_searches=search_configured(settings),
+            semantic=self.semantic_search_of if search_configured(settings) else None,
         )
         self._runner = asyncio.Runner()
         self._search_index: SearchIndex | None = None
@@ -79,6 +82,18 @@ class Runtime:
         if self._search_index is None:
             self._search_index = SearchIndex.open(self.settings, embedder_for(self.settings))
         return self._search_index
+
+    def semantic_search_of(self, run: Run) -> SemanticSearch:
+        """Code generation's view of the semantic index: the run's repository only, as `path:start-end` lines."""
+
+        async def search(query: str, limit: int) -> list[str]:
+            index = self.search_index()
+            hits = await asyncio.to_thread(
+                index.search_files, run.installation_id, query, repo=run.repository, limit=limit
+            )
+            return code_search.semantic_lines(hits)
+
+        return search
 
     def _public_error(self, text: str) -> str:
         """A step's error as GitHub shows it: no secret, and the server's own directories not named."""
