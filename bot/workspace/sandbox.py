@@ -169,6 +169,9 @@ def scrubbed_env(env_allowed: Iterable[str], source: Mapping[str, str] | None = 
     """
     source = os.environ if source is None else source
     env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "dumb", "CI": "true"}
+    # No .pyc in the worktree: a repair that rewrites a module within the same second at the same size (`a + b`
+    # -> `a * b`) would otherwise be judged by the stale bytecode of the failing attempt.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     for name in env_allowed:
         if name != "HOME" and not _reserved(name) and name in source:
             env[name] = source[name]

@@ -66,11 +66,6 @@ def final_comment(github: GitHubDouble) -> str:
     return body
 
 
-@pytest.mark.xfail(
-    reason="known defect, open: the run's events end in run.succeeded, yet the run row is then failed by a second "
-    "repair round of the test step that asks the model again (found at the end of the session, not yet fixed)",
-    strict=False,
-)
 def test_a_failing_first_attempt_is_repaired_before_the_pull_request_opens(
     deliver: Deliverer,
     work: Callable[..., None],

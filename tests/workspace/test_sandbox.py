@@ -74,6 +74,7 @@ def test_scrubbed_env_keeps_only_basics_and_allowed_names(tmp_path: Path) -> Non
         "LC_ALL": "C.UTF-8",
         "TERM": "dumb",
         "CI": "true",
+        "PYTHONDONTWRITEBYTECODE": "1",
         "MY_SETTING": "1",
     }
 
@@ -103,7 +104,20 @@ async def test_command_sees_only_the_scrubbed_environment(
 
     assert result.ok
     env = dict(line.split("=", 1) for line in result.output.splitlines())
-    assert set(env) <= {"PATH", "HOME", "LANG", "LC_ALL", "TERM", "CI", "GATE_FLAVOUR", "PWD", "SHLVL", "_", "OLDPWD"}
+    assert set(env) <= {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TERM",
+        "CI",
+        "PYTHONDONTWRITEBYTECODE",
+        "GATE_FLAVOUR",
+        "PWD",
+        "SHLVL",
+        "_",
+        "OLDPWD",
+    }
     assert env["GATE_FLAVOUR"] == "mint"
     assert "must_not_leak" not in result.output
     assert env["HOME"] != str(Path.home())
