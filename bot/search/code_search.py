@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from bot.search.index import Hit, SearchIndex
-from bot.workspace.git import git_env, run_git
+from bot.workspace.git import GitError, git_env, run_git
 
 MAX_MATCHES = 50
 
@@ -21,7 +21,7 @@ async def search_repository(
     """Bring the index to HEAD (only changed paths after the first time), then search both ways."""
     head = (await run_git(["rev-parse", "--verify", "HEAD^{commit}"], env=git_env(None), cwd=repo)).stdout.strip()
     if not head:
-        raise_no_commit(repo)
+        raise GitError(["rev-parse", "HEAD"], 128, f"{repo} has no commit")
     name = str(repo)
     hits: list[Hit] = []
     if index is not None:
@@ -63,9 +63,3 @@ def merged(matches: list[str], hits: list[Hit]) -> list[str]:
 def semantic_lines(hits: list[Hit]) -> list[str]:
     """`path:start-end (semantic, similarity 0.53)`: where to read next, as code generation and `nofx search` show it."""
     return [f"{hit.path}:{hit.start}-{hit.end} (semantic, similarity {hit.score:.2f})" for hit in hits if hit.path]
-
-
-def raise_no_commit(repo: Path) -> None:
-    from bot.workspace.git import GitError
-
-    raise GitError(["rev-parse", "HEAD"], 128, f"{repo} has no commit")
