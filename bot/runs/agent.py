@@ -27,7 +27,7 @@ from bot.llm.router import (
     user_message,
 )
 from bot.runs.contract import RetryableError, StepContext, StepFailed
-from bot.runs.repo_commands import run_gate_command
+from bot.runs.repo_commands import run_gate_command, verdict
 from bot.workspace import explore
 from bot.workspace.edits import Edit, EditError, apply, safe_target
 
@@ -343,11 +343,11 @@ async def _run_gate(session: _Session, kind: str) -> str:
     remaining = session.deadline - time.monotonic()
     if remaining < 10:
         raise EditError("no time is left in this step to run a gate; finish instead")
-    result = await run_gate_command(ctx, command, timeout_s=min(GATE_TIMEOUT_S, remaining))
-    verdict = "passed" if result.ok else ("timed out" if result.timed_out else f"failed (exit code {result.exit_code})")
+    timeout_s = min(GATE_TIMEOUT_S, remaining)
+    result = await run_gate_command(ctx, command, timeout_s=timeout_s)
     ctx.emit("agent.gate", {"gate": kind, "ok": result.ok, "exit_code": result.exit_code})
     tail = result.tail(GATE_OUTPUT_LINES)
-    return f"`{command}` {verdict}.\n" + untrusted(f"{kind} output", tail or "(no output)")
+    return f"{verdict(command, result, timeout_s)}.\n" + untrusted(f"{kind} output", tail or "(no output)")
 
 
 def _restore(session: _Session) -> None:

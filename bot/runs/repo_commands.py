@@ -95,20 +95,27 @@ def missing_program(result: CommandResult) -> str | None:
     )
 
 
+def verdict(command: str, result: CommandResult, timeout_s: float) -> str:
+    """How the command ended, in one sentence, with the hint for a missing program: the same words for a gate
+    step's failure and for the model's `run_gate` answer."""
+    if result.ok:
+        return f"`{command}` passed ({isolation(result)})"
+    if result.timed_out:
+        how = f"timed out after {timeout_s:g} s"
+    elif result.over_disk:
+        how = "was stopped for using more disk in the worktree than the sandbox allows"
+    elif result.exit_code is not None and result.exit_code < 0:
+        how = f"was killed by {_signal_name(-result.exit_code)}"
+    else:
+        how = f"failed with exit code {result.exit_code}"
+    message = f"`{command}` {how} ({isolation(result)})"
+    hint = missing_program(result)
+    return f"{message}. {hint}" if hint else message
+
+
 def describe_failure(command: str, result: CommandResult, timeout_s: float, *, lines: int = TAIL_LINES) -> str:
     """The verdict, then the last lines of output as plain text (each surface fences it once, itself)."""
-    if result.timed_out:
-        verdict = f"timed out after {timeout_s:g} s"
-    elif result.over_disk:
-        verdict = "was stopped for using more disk in the worktree than the sandbox allows"
-    elif result.exit_code is not None and result.exit_code < 0:
-        verdict = f"was killed by {_signal_name(-result.exit_code)}"
-    else:
-        verdict = f"failed with exit code {result.exit_code}"
-    message = f"`{command}` {verdict} ({isolation(result)})"
-    hint = missing_program(result)
-    if hint:
-        message += f". {hint}"
+    message = verdict(command, result, timeout_s)
     tail = result.tail(lines)
     if not tail.strip():
         return message + "; it printed nothing"

@@ -256,3 +256,27 @@ def test_the_review_before_the_pull_request_sends_its_findings_to_a_repair_round
     branch = steps["pull-request"].output["branch"]
     assert git.show(OWNER, REPO, branch, "calc.py") == CALC + "\n\n" + documented
     assert "repair 1: changed `calc.py` · checks passed" in final_comment(github)
+
+
+def test_run_gate_names_a_missing_program_as_the_gate_step_does(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    github.files[(OWNER, REPO, CONFIG, None)] = "gates:\n  test: nofx-no-such-runner -q\nrepair:\n  max_attempts: 0\n"
+    llm.tool_call("run_gate", {"gate": "test"})
+    llm.tool_calls([("write_file", {"path": "notes.txt", "content": "x\n"}), ("finish", {"summary": "Notes."})])
+
+    deliver("issue_comment", ask(git, "/nofx add notes"))
+    work()
+
+    run = the_run(store)
+    test = next(s for s in queries.steps_of(store, run.id) if s.name == "test")
+    hint = "`nofx-no-such-runner` was not found in the sandbox (exit code 127)"
+    answer = said(llm.requests[1])  # the model's run_gate answer
+    assert "`nofx-no-such-runner -q` failed with exit code 127" in answer
+    assert hint in answer and "NOFX_SANDBOX_PATHS" in answer and "`setup` in .github/nofx.yml" in answer
+    assert hint in (test.error or "")  # the same words as the gate step's failure
