@@ -153,6 +153,11 @@ class GatesConfig:
     lint: str | None = None
     typecheck: str | None = None
 
+    def command_for(self, tool: str) -> str | None:
+        """The command a gate tool runs: only ever the repository's `gates.<kind>`, never text from a plan."""
+        value = getattr(self, tool.removeprefix("gate:"), None) if tool.startswith("gate:") else None
+        return value if isinstance(value, str) and value.strip() else None
+
 
 DEFAULT_GATES = GatesConfig(test="pytest -q", lint="ruff check .")
 
@@ -220,6 +225,10 @@ class RepoConfig:
     repair: RepairConfig = RepairConfig()
     setup: tuple[str, ...] = ()  # commands run before code generation, with network; their result is cached
     setup_cache_key: tuple[str, ...] = DEFAULT_SETUP_CACHE_KEY
+
+    def keys_setup(self, path: str) -> bool:
+        """True if a tracked file's content is part of the key a `setup` result is kept under (`setup_cache_key`)."""
+        return any(glob_regex(pattern).fullmatch(path) for pattern in self.setup_cache_key)
 
 
 def parse_config(text: str | None) -> RepoConfig:

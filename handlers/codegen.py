@@ -1,6 +1,6 @@
 """Ask the model for the change; store its edits as an artifact that `workspace:write` applies.
 
-The model works like an engineer (search, read, edit, run a gate) through `bot.runs.agent`; its edits are undone
+The model works like an engineer (search, read, edit, run a gate) through the context's `model`; its edits are undone
 here again, so generating and applying stay two steps: a retried apply never pays for generation again and a
 person can read exactly what will be written.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from bot.runs import agent
 from bot.runs.contract import StepContext, StepFailed, StepResult
 
 TOOLS = ("codegen",)
@@ -19,7 +18,9 @@ EDITS_ARTIFACT = "edits.json"
 async def run(ctx: StepContext) -> StepResult:
     if ctx.artifacts is None:
         raise StepFailed("code generation needs the run's artifacts")
-    result = await agent.generate(ctx, str(ctx.inputs.get("request") or ctx.run.request))
+    if ctx.model is None:
+        raise StepFailed("this step needs a workspace and a configured model (ANTHROPIC_API_KEY or OPENAI_API_KEY)")
+    result = await ctx.model.generate(str(ctx.inputs.get("request") or ctx.run.request))
     ctx.artifacts.put(EDITS_ARTIFACT, json.dumps([e.to_dict() for e in result.edits], indent=1).encode())
     return StepResult(
         output={

@@ -1,7 +1,7 @@
 """Run the repository's own check command (tests, linter, type checker) in the sandbox; its exit code is the verdict.
 
 When the check fails and the run has repair attempts left (`repair.max_attempts`, counted over the whole run), the
-model gets the failure and the current diff (`bot.runs.agent.repair`), its edits are checkpointed, and the checks
+model gets the failure and the current diff (the context's `model.repair`), its edits are checkpointed, and the checks
 that passed before run again with this one: the pull request only ever opens on a change every gate passed.
 """
 
@@ -11,10 +11,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bot.runs import agent
-from bot.runs.contract import CommandResult, StepContext, StepFailed, StepResult
-from bot.runs.policy import gate_command
-from bot.runs.repo_commands import describe_failure, isolation, repairs_so_far, run_gate_command, unsafe_notice
+from bot.runs.contract import (
+    GATE_TIMEOUT_S,
+    MARGIN_S,
+    MAX_EVIDENCE_LINES,
+    CommandResult,
+    NoChange,
+    StepContext,
+    StepFailed,
+    StepResult,
+)
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
 TAIL_LINES = 30
@@ -28,25 +34,25 @@ async def run(ctx: StepContext) -> StepResult:
     run, not what they run.
     """
     kind = ctx.step.tool.removeprefix("gate:")
-    command = gate_command(ctx.step.tool, ctx.config)
+    command = ctx.config.gates.command_for(ctx.step.tool)
     if command is None:
         raise StepFailed(f"this gate has no command to run; set `gates.{kind}` in .github/nofx.yml")
-    if ctx.workspace is None:
+    if ctx.workspace is None or ctx.commands is None:
         raise StepFailed("this step needs a workspace")
     deadline = time.monotonic() + ctx.step.timeout_s
-    first_timeout = min(float(ctx.step.timeout_s), agent.GATE_TIMEOUT_S)
+    first_timeout = min(float(ctx.step.timeout_s), GATE_TIMEOUT_S)
     failed, checked = command, await _check(ctx, command, first_timeout, artifact=True)
     repairs: list[dict[str, Any]] = []
-    attempts_left = ctx.config.repair.max_attempts - repairs_so_far(ctx)
-    while not checked.ok and len(repairs) < attempts_left and ctx.llm is not None:
+    attempts_left = ctx.config.repair.max_attempts - ctx.repairs_so_far()
+    while not checked.ok and len(repairs) < attempts_left and ctx.model is not None:
         attempt = len(repairs) + 1
         ctx.emit("repair.started", {"attempt": attempt, "command": failed})
-        evidence = describe_failure(failed, checked.result, checked.timeout_s, lines=agent.MAX_EVIDENCE_LINES)
+        evidence = checked.result.describe_failure(failed, checked.timeout_s, lines=MAX_EVIDENCE_LINES)
         try:
-            round_ = await agent.repair(
-                ctx, evidence=evidence, source=f"the check `{failed}`", attempt=attempt, deadline=deadline
+            round_ = await ctx.model.repair(
+                evidence=evidence, source=f"the check `{failed}`", attempt=attempt, deadline=deadline
             )
-        except agent.NoChange as exc:  # the model changed nothing: another round would see the same failure
+        except NoChange as exc:  # the model changed nothing: another round would see the same failure
             repairs.append({"attempt": attempt, "files": [], "passed": False, "note": str(exc)})
             break
         if ctx.checkpoint is not None:
@@ -65,16 +71,17 @@ async def run(ctx: StepContext) -> StepResult:
         repaired = f" after {len(repairs)} repair(s)" if repairs else ""
         return StepResult(
             output=output,
-            summary=f"`{command}` passed{repaired} in {result.duration_s:.1f} s ({isolation(result)})",
+            summary=f"`{command}` passed{repaired} in {result.duration_s:.1f} s ({result.isolation_words()})",
         )
-    message = describe_failure(failed, result, checked.timeout_s, lines=TAIL_LINES)
+    message = result.describe_failure(failed, checked.timeout_s, lines=TAIL_LINES)
     if repairs:
         message = f"still failing after {len(repairs)} repair attempt(s): {message}"
     raise StepFailed(message, output)
 
 
 async def _check(ctx: StepContext, command: str, timeout_s: float, *, artifact: bool = False) -> _Checked:
-    result = await run_gate_command(ctx, command, timeout_s=timeout_s)
+    assert ctx.commands is not None
+    result = await ctx.commands.gate(command, timeout_s=timeout_s)
     if artifact and ctx.artifacts is not None:
         ctx.artifacts.put(OUTPUT_ARTIFACT, result.output.encode("utf-8"))
     return _Checked(result, timeout_s)
@@ -83,7 +90,7 @@ async def _check(ctx: StepContext, command: str, timeout_s: float, *, artifact: 
 async def _recheck(ctx: StepContext, command: str, deadline: float) -> tuple[str, _Checked]:
     """After a repair: the gates that passed earlier in the run, then this one; the first failure, or the last pass."""
     earlier = sorted((s for s in ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
-    for other in [c for s in earlier if (c := gate_command(s.tool, ctx.config)) is not None]:
+    for other in [c for s in earlier if (c := ctx.config.gates.command_for(s.tool)) is not None]:
         result = await _check(ctx, other, _timeout(deadline))
         if not result.ok:
             return other, result
@@ -92,7 +99,7 @@ async def _recheck(ctx: StepContext, command: str, deadline: float) -> tuple[str
 
 def _timeout(deadline: float) -> float:
     """A re-check gets what is left of the step's time, at most a whole gate's; whole seconds read better."""
-    return float(max(1, int(min(agent.GATE_TIMEOUT_S, deadline - time.monotonic() - agent.MARGIN_S))))
+    return float(max(1, int(min(GATE_TIMEOUT_S, deadline - time.monotonic() - MARGIN_S))))
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,6 @@ def _output(command: str, result: CommandResult) -> dict[str, Any]:
         "exit_code": result.exit_code,
         "duration_s": round(result.duration_s, 2),
         "isolation": result.isolation,
-        "output_tail": unsafe_notice(result) + result.tail(TAIL_LINES),
+        "output_tail": result.unsafe_notice() + result.tail(TAIL_LINES),
         "truncated": result.truncated,
     }

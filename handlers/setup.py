@@ -19,9 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bot.runs.contract import StepContext, StepFailed, StepResult
-from bot.runs.repo_commands import SETUP_DIR_VARIABLE, describe_failure, sandboxed, setup_env
-from bot.workspace.explore import glob_regex
+from bot.runs.contract import SETUP_DIR_VARIABLE, StepContext, StepFailed, StepResult
 
 TOOLS = ("setup",)
 DONE_MARKER = ".nofx-setup.json"
@@ -33,7 +31,7 @@ async def run(ctx: StepContext) -> StepResult:
     commands = ctx.config.setup
     if not commands:
         raise StepFailed("there is nothing to set up; add `setup` commands to .github/nofx.yml")
-    if ctx.workspace is None or ctx.setup_cache is None:
+    if ctx.workspace is None or ctx.commands is None or ctx.setup_cache is None:
         raise StepFailed("setup needs the run's workspace and the worker's data dir")
     key = await _key(ctx)
     directory = ctx.setup_cache / key
@@ -56,18 +54,16 @@ async def run(ctx: StepContext) -> StepResult:
 
 async def _install(ctx: StepContext, directory: Path, started: float) -> dict[str, object]:
     """Run each command in order into a fresh directory; on failure the directory goes, so nothing half-made stays."""
-    assert ctx.workspace is not None
+    assert ctx.commands is not None
     await asyncio.to_thread(_fresh, directory)
     deadline = started + ctx.step.timeout_s
     for command in ctx.config.setup:
         timeout = max(1.0, deadline - time.monotonic())
-        result = await sandboxed(
-            ctx, command, timeout_s=timeout, network=True, writable=[directory], env=setup_env(ctx, directory)
-        )
+        result = await ctx.commands.setup(command, directory, timeout_s=timeout)
         if not result.ok:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise StepFailed(
-                "setup " + describe_failure(command, result, timeout),
+                "setup " + result.describe_failure(command, timeout),
                 {"command": command, "exit_code": result.exit_code},
             )
     done: dict[str, object] = {"duration_s": time.monotonic() - started, "commands": list(ctx.config.setup)}
@@ -92,14 +88,13 @@ def _done(directory: Path) -> dict[str, object] | None:
 async def _key(ctx: StepContext) -> str:
     """sha256 over the commands and the blob ids of the tracked files `setup_cache_key` matches, at the base."""
     assert ctx.workspace is not None
-    patterns = [glob_regex(p) for p in ctx.config.setup_cache_key]
     listing = await ctx.workspace.git("ls-files", "-s", "-z")
     digest = hashlib.sha256(f"nofx setup v{KEY_VERSION}\0{SETUP_DIR_VARIABLE}\0".encode())
     for command in ctx.config.setup:
         digest.update(command.encode() + b"\0")
     for entry in sorted(e for e in listing.split("\0") if e):
         meta, _, path = entry.partition("\t")
-        if any(p.fullmatch(path) for p in patterns):
+        if ctx.config.keys_setup(path):
             digest.update(f"{path}\0{meta.split()[1]}\0".encode())
     return digest.hexdigest()[:32]
 

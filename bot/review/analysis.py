@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.llm import prompts
-from bot.llm.router import LLM, Budget, BudgetExceeded, ToolSpec, untrusted, user_message
+from bot.llm.router import Budget, BudgetExceeded, LLMResponse, Message, ToolSpec, untrusted, user_message
 from bot.repo_config import RepoConfig
 from bot.review.chunks import Chunk, Skipped, plan_chunks
-from bot.review.findings import REPORT_FINDINGS_SCHEMA, Finding, merge_duplicates, parse_findings
-from bot.workspace.diffs import FileDiff
+from bot.review.findings import REPORT_FINDINGS_SCHEMA, Finding, merge_duplicates, parse_findings, severity_at_least
+from bot.workspace.diffs import FileDiff, parse_git_diff
+from bot.workspace.worktrees import Worktree
 
 MAX_CHUNK_TOKENS = 12_000  # per LLM call: room for the prompt and a long answer in any current model
 MAX_OUTPUT_TOKENS = 8_192
@@ -19,6 +21,22 @@ REPORT_FINDINGS = ToolSpec(
     "Report every finding in this part of the diff, in one call; an empty list when there is nothing to report.",
     REPORT_FINDINGS_SCHEMA,
 )
+
+
+class Model(Protocol):
+    """What the review asks of a model: the router itself, or a step's view of it (usage charged to the step)."""
+
+    async def call(
+        self,
+        *,
+        purpose: str,
+        system: str,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        model: str | None = None,
+        max_tokens: int = 4096,
+        budget: Budget | None = None,
+    ) -> LLMResponse: ...
 
 
 @dataclass
@@ -33,7 +51,7 @@ class Analysis:
 
 
 async def analyse(
-    llm: LLM,
+    llm: Model,
     files: Sequence[FileDiff],
     config: RepoConfig,
     *,
@@ -73,6 +91,19 @@ async def analyse(
         analysis.reviewed += [path for path in chunk.paths if path not in analysis.reviewed]
     analysis.findings = merge_duplicates(found)
     return analysis
+
+
+async def failing_in_worktree(llm: Model, tree: Worktree, config: RepoConfig) -> list[Finding]:
+    """The findings on a run's change so far (against where its branch started) that reach `review.fail_on`.
+
+    `review.before_pr` asks this before the pull request opens; the step context offers it as `review`.
+    """
+    text = await tree.git("diff", "--no-color", "--no-ext-diff", tree.start_sha)
+    for path in [p for p in (await tree.git("ls-files", "-z", "--others", "--exclude-standard")).split("\0") if p]:
+        # a new file as git shows it (exit code 1 means "they differ"); binary ones say so and are skipped later
+        text += await tree.git("diff", "--no-color", "--no-index", "--", "/dev/null", path, check=False)
+    analysis = await analyse(llm, parse_git_diff(text), config)
+    return [f for f in analysis.findings if severity_at_least(f.severity, config.review.fail_on)]
 
 
 def _not_reached(chunks: Sequence[Chunk], reviewed: list[str], why: str) -> list[Skipped]:

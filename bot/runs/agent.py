@@ -26,18 +26,25 @@ from bot.llm.router import (
     untrusted,
     user_message,
 )
-from bot.runs.contract import RetryableError, StepContext, StepFailed
-from bot.runs.repo_commands import run_gate_command, verdict
+from bot.plans import glob_regex
+from bot.runs.contract import (
+    GATE_TIMEOUT_S,
+    MARGIN_S,
+    MAX_EVIDENCE_LINES,
+    AgentResult,
+    NoChange,
+    RetryableError,
+    StepContext,
+    StepFailed,
+)
+from bot.runs.repo_commands import run_gate_command
 from bot.workspace import explore
 from bot.workspace.edits import Edit, EditError, apply, safe_target
 
 GATES = ("test", "lint", "typecheck")
-GATE_TIMEOUT_S = 900.0
-MARGIN_S = 30.0  # kept back from the step's timeout for recording the result
 TREE_IN_PROMPT = 200
 GATE_OUTPUT_LINES = 60
 MAX_DIFF_CHARS = 60_000
-MAX_EVIDENCE_LINES = 80
 SEMANTIC_HITS = 8  # files the semantic index adds to a search_code answer
 _PATH = {"type": "string", "minLength": 1, "maxLength": 500}
 _EXPLORE = [
@@ -115,21 +122,17 @@ _FINISH = ToolSpec(
 )
 
 
-class NoChange(StepFailed):
-    """The model finished (or ran out of turns) without a single edit."""
+@dataclass(frozen=True)
+class StepModel:
+    """`StepContext.model` for one step: the loop below, on the step's worktree, model and budget."""
 
+    ctx: StepContext
 
-@dataclass
-class AgentResult:
-    """What a round did: the edits in order (replayable on the starting tree), the files, the model's summary."""
+    async def generate(self, request: str) -> AgentResult:
+        return await generate(self.ctx, request)
 
-    edits: list[Edit]
-    summary: str
-    turns: int
-
-    @property
-    def files(self) -> list[str]:
-        return sorted({edit.path for edit in self.edits})
+    async def repair(self, *, evidence: str, source: str, attempt: int, deadline: float | None = None) -> AgentResult:
+        return await repair(self.ctx, evidence=evidence, source=source, attempt=attempt, deadline=deadline)
 
 
 @dataclass
@@ -142,8 +145,8 @@ class _Session:
     originals: dict[Path, bytes | None] = field(default_factory=dict)
 
 
-async def generate(ctx: StepContext, request: str, *, keep_edits: bool = False) -> AgentResult:
-    """Code generation for a request; the worktree is left as it was unless `keep_edits`."""
+async def generate(ctx: StepContext, request: str) -> AgentResult:
+    """Code generation for a request; the worktree is left as it was."""
     parts = [
         f"Repository: {ctx.run.repository}. The request comes from @{ctx.run.requester} on #{ctx.run.thread_number}.",
         untrusted("request", request),
@@ -156,7 +159,7 @@ async def generate(ctx: StepContext, request: str, *, keep_edits: bool = False) 
         parts.append(
             "An earlier run on this thread, which this request continues:\n" + untrusted("earlier run", str(previous))
         )
-    return await work(ctx, system=prompts.load("codegen"), parts=parts, purpose="codegen", keep_edits=keep_edits)
+    return await work(ctx, system=prompts.load("codegen"), parts=parts, purpose="codegen", keep_edits=False)
 
 
 async def repair(
@@ -301,7 +304,7 @@ async def _semantic(session: _Session, query: str, glob: str, found: str) -> str
         if number.isdigit():
             shown.setdefault(path, set()).add(int(number))
     only, tracked, edited = (
-        explore.glob_regex(glob.strip() or "**"),
+        glob_regex(glob.strip() or "**"),
         set(session.paths),
         {e.path for e in session.edits},
     )
@@ -347,7 +350,7 @@ async def _run_gate(session: _Session, kind: str) -> str:
     result = await run_gate_command(ctx, command, timeout_s=timeout_s)
     ctx.emit("agent.gate", {"gate": kind, "ok": result.ok, "exit_code": result.exit_code})
     tail = result.tail(GATE_OUTPUT_LINES)
-    return f"{verdict(command, result, timeout_s)}.\n" + untrusted(f"{kind} output", tail or "(no output)")
+    return f"{result.verdict(command, timeout_s)}.\n" + untrusted(f"{kind} output", tail or "(no output)")
 
 
 def _restore(session: _Session) -> None:

@@ -12,9 +12,8 @@ import time
 from typing import Any
 
 from bot.runs import agent
-from bot.runs.contract import StepContext, StepFailed
-from bot.runs.policy import gate_command
-from bot.runs.repo_commands import describe_failure, run_gate_command
+from bot.runs.contract import GATE_TIMEOUT_S, MARGIN_S, MAX_EVIDENCE_LINES, NoChange, StepContext, StepFailed
+from bot.runs.repo_commands import run_gate_command
 from bot.workspace.git import GitError
 
 
@@ -42,7 +41,7 @@ async def repair(ctx: StepContext, state: dict[str, Any], *, evidence: str, chec
         ctx.emit("repair.started", {"attempt": attempt, "source": source})
         try:
             round_ = await agent.repair(ctx, evidence=evidence, source=source, attempt=attempt, deadline=deadline)
-        except agent.NoChange as exc:  # another round would see the same failure
+        except NoChange as exc:  # another round would see the same failure
             rounds.append({"attempt": attempt, "files": [], "passed": False, "note": str(exc)})
             return None
         if ctx.checkpoint is not None:
@@ -79,11 +78,11 @@ async def _on_pushed_head(ctx: StepContext, state: dict[str, Any]) -> None:
 async def _run_gates(ctx: StepContext, deadline: float) -> tuple[str, str] | None:
     """The gates the run passed before, on the repaired worktree: the first failure (command, output), or None."""
     gates = sorted((s for s in ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
-    for command in [c for s in gates if (c := gate_command(s.tool, ctx.config)) is not None]:
-        timeout_s = float(max(1, int(min(agent.GATE_TIMEOUT_S, deadline - time.monotonic() - agent.MARGIN_S))))
+    for command in [c for s in gates if (c := ctx.config.gates.command_for(s.tool)) is not None]:
+        timeout_s = float(max(1, int(min(GATE_TIMEOUT_S, deadline - time.monotonic() - MARGIN_S))))
         result = await run_gate_command(ctx, command, timeout_s=timeout_s)
         if not result.ok:
-            return command, describe_failure(command, result, timeout_s, lines=agent.MAX_EVIDENCE_LINES)
+            return command, result.describe_failure(command, timeout_s, lines=MAX_EVIDENCE_LINES)
     return None
 
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gidgethub.abc import GitHubAPI
 
 from bot.models import Run, Step
 from bot.repo_config import RepoConfig
 from bot.runs.artifacts import ArtifactError
+from bot.workspace.command_result import CommandResult
+from bot.workspace.edits import Edit
 from bot.workspace.git import GitError
-from bot.workspace.sandbox import CommandResult, Sandbox
+from bot.workspace.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from bot.llm.router import Budget
@@ -25,13 +27,24 @@ if TYPE_CHECKING:
     from bot.workspace.worktrees import Worktree
 
 # What a handler may name: its context and result, the errors it raises or catches (a git command's, an artifact's),
-# a sandboxed command's result and a step row. Nothing else of bot/ (the import-linter contract in pyproject).
+# a sandboxed command's result, a model round's result and a step row. Nothing else of bot/ (the import-linter
+# contract in pyproject): what handlers do beyond that, they do through the context's `commands`, `model`, `review`.
 __all__ = [
+    "GATE_TIMEOUT_S",
+    "MARGIN_S",
+    "MAX_EVIDENCE_LINES",
+    "SETUP_DIR_VARIABLE",
+    "AgentResult",
     "ArtifactError",
     "CommandResult",
     "GitError",
     "Handler",
+    "ModelLoop",
+    "NoChange",
+    "RepoCommands",
     "RetryableError",
+    "ReviewChange",
+    "ReviewFinding",
     "Step",
     "StepContext",
     "StepFailed",
@@ -40,9 +53,77 @@ __all__ = [
     "written_by",
 ]
 
+GATE_TIMEOUT_S = 900.0  # one run of a repository check at most (a gate step's, the model's `run_gate`)
+MARGIN_S = 30.0  # kept back from the step's timeout for recording the result
+MAX_EVIDENCE_LINES = 80  # of a failure's output, given to a repair round
+SETUP_DIR_VARIABLE = "NOFX_SETUP_DIR"  # where the run's `setup` result is, for the commands that use it
+
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]
 # `(query, limit)` -> `path:start-end (semantic, similarity …)` lines from the repository's semantic index, best first.
 SemanticSearch = Callable[[str, int], Awaitable[list[str]]]
+
+
+class RepoCommands(Protocol):
+    """The repository's own commands, run for the step in its worktree and the sandbox (`bot.runs.repo_commands`).
+
+    A sandbox that cannot run a command, or a worktree that is gone, fails the step (StepFailed).
+    """
+
+    async def gate(self, command: str, *, timeout_s: float) -> CommandResult:
+        """A configured check, without network; the run's setup directory read-only, its `bin/` first on PATH."""
+        ...
+
+    async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:
+        """A `setup` command, with network, writing its result into `directory` (`$NOFX_SETUP_DIR`)."""
+        ...
+
+
+@dataclass
+class AgentResult:
+    """What a model round did: the edits in order (replayable on the starting tree), the files, its summary."""
+
+    edits: list[Edit]
+    summary: str
+    turns: int
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({edit.path for edit in self.edits})
+
+
+class ModelLoop(Protocol):
+    """The model working on the run's worktree like an engineer: search, read, edit, run a gate (`bot.runs.agent`)."""
+
+    async def generate(self, request: str) -> AgentResult:
+        """Code generation for `request`; the worktree is left as it was (the result holds the edits)."""
+        ...
+
+    async def repair(self, *, evidence: str, source: str, attempt: int, deadline: float | None = None) -> AgentResult:
+        """One repair round on a failure (`evidence`, `source` says what failed); its edits stay in the worktree.
+
+        `deadline` (time.monotonic()) bounds the model's `run_gate` calls. Raises NoChange when nothing changed.
+        """
+        ...
+
+
+class ReviewFinding(Protocol):
+    """One problem the model's review found in the run's change."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+
+
+# The model's review of the run's change so far (against where its branch started): findings at or above
+# `review.fail_on`, in the review's order.
+ReviewChange = Callable[[], Awaitable[Sequence[ReviewFinding]]]
 
 
 @dataclass
@@ -71,10 +152,18 @@ class StepContext:
     checkpoint: Callable[[str], Awaitable[object]] | None = None
     # The repository's semantic index (indexed at the base branch, so it may lag the worktree); None: not configured.
     semantic_search: SemanticSearch | None = None
+    commands: RepoCommands | None = None  # the repository's own commands (gates, setup)
+    model: ModelLoop | None = None  # code generation and repair rounds; None: no model is configured
+    review: ReviewChange | None = None  # `gate:llm_review`: the model's review of the change so far
 
     @property
     def inputs(self) -> dict[str, Any]:
         return self.step.inputs
+
+    def repairs_so_far(self) -> int:
+        """Repair rounds the run's earlier steps used: `repair.max_attempts` bounds the run, not each step."""
+        outputs = [step.output for step in self.earlier.values() if isinstance(step.output, dict)]
+        return sum(len(output["repairs"]) for output in outputs if isinstance(output.get("repairs"), list))
 
 
 @dataclass
@@ -110,6 +199,10 @@ class StepFailed(Exception):
 
 class RetryableError(Exception):
     """A transient failure (rate limit, network, overloaded model): the engine retries with backoff."""
+
+
+class NoChange(StepFailed):
+    """The model finished (or ran out of turns) without a single edit."""
 
 
 def discover_handlers(package: str = "handlers") -> dict[str, Handler]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bot import logs
@@ -21,25 +22,36 @@ from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import checkpoints, ci_gate, policy, queries, records, report, shared_checkpoints
+from bot.runs import agent, checkpoints, ci_gate, policy, queries, records, report, shared_checkpoints
 from bot.runs.artifacts import Artifacts
-from bot.runs.contract import Handler, RetryableError, SemanticSearch, StepContext, StepFailed, StepResult
+from bot.runs.contract import (
+    Handler,
+    RetryableError,
+    ReviewFinding,
+    SemanticSearch,
+    StepContext,
+    StepFailed,
+    StepResult,
+)
 from bot.runs.memory import ThreadMemoryConfig
 from bot.runs.progress import enqueue_progress
+from bot.runs.repo_commands import StepCommands
 from bot.runs.step_access import StepAccess
 from bot.runs.step_llm import StepLLM
 from bot.runs.transitions import TransitionError
 from bot.store import Store
 from bot.workspace.git import GitError
 from bot.workspace.sandbox import Sandbox
-from bot.workspace.worktrees import Checkout, RunWorkspaces, TokenProvider
+from bot.workspace.worktrees import Checkout, RunWorkspaces, TokenProvider, Worktree
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 RETRY_BASE_S = 2.0
 RETRY_CAP_S = 60.0
 MAX_ERROR_CHARS = 8000
-
+# `(the step's model, the run's worktree, the repository's config)` -> the findings at or above `review.fail_on`;
+# the worker wires `bot.review.analysis.failing_in_worktree` (a layer this one does not import).
+ReviewOwnChange = Callable[[StepLLM, Worktree, RepoConfig], Awaitable[Sequence[ReviewFinding]]]
 
 WORKSPACE_TOOLS = frozenset(
     {
@@ -76,6 +88,7 @@ class Engine:
         setup_cache: Path | None = None,
         index_searches: bool = False,
         semantic: Callable[[Run], SemanticSearch] | None = None,
+        review: ReviewOwnChange | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -90,6 +103,7 @@ class Engine:
         self.setup_cache = setup_cache
         self.index_searches = index_searches  # keep the semantic index current (after fetches, finished runs)
         self.semantic = semantic  # a run's search over its repository's semantic index, for code generation
+        self.review = review  # the model's review of a run's own change (`gate:llm_review`)
 
     def after(self, progress: records.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
@@ -240,6 +254,11 @@ class Engine:
             owner, _, name = run.repository.partition("/")
             context.setup_cache = self.setup_cache / str(run.installation_id) / _safe(owner) / _safe(name)
         context.checkpoint = lambda outcome: checkpoints.record(self.store, context, outcome=outcome)
+        context.commands = StepCommands(context)
+        if context.llm is not None:
+            context.model = agent.StepModel(context)
+            if self.review is not None and workspace is not None:
+                context.review = functools.partial(self.review, context.llm, workspace, config)
         return context
 
     async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:

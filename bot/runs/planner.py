@@ -9,7 +9,7 @@ from bot.llm.router import LLMError
 from bot.plan_templates import BUILTIN, DEFAULT_TEMPLATE, PlanTemplate
 from bot.plans import Plan, PlanError
 from bot.repo_config import RepoConfig
-from bot.runs.policy import enforce, gate_command
+from bot.runs.policy import enforce
 
 # An LLM planner: given the request, the thread's context and the template plan, returns the plan it submitted
 # (unchecked; `build` passes it through the policy).
@@ -52,7 +52,11 @@ def template(
     for spec in chosen.steps:
         tool = spec["tool"]
         inputs = dict(spec.get("inputs") or {})
-        if tool.startswith("gate:") and tool not in ("gate:llm_review", CI_TOOL) and gate_command(tool, config) is None:
+        if (
+            tool.startswith("gate:")
+            and tool not in ("gate:llm_review", CI_TOOL)
+            and config.gates.command_for(tool) is None
+        ):
             continue  # a gate this repository does not configure is left out, as in the default plan
         if tool == CI_TOOL and config.ci.wait is False:
             continue  # `ci.wait: false`: the repository's CI is not waited for

@@ -47,13 +47,6 @@ def enforce(
     return _with_approvals(plan, config)
 
 
-def gate_command(tool: str, config: RepoConfig) -> str | None:
-    """The command a gate tool runs: only ever the repository's `gates.<kind>`, never text from a plan."""
-    kind = tool.removeprefix("gate:")
-    value = getattr(config.gates, kind, None) if tool.startswith("gate:") else None
-    return value if isinstance(value, str) and value.strip() else None
-
-
 def step_refusal(step: Step, steps: Collection[Step], config: RepoConfig) -> str | None:
     """Why the engine may not run `step` under `config` now (the same rules as `enforce`), or None."""
     if step.tool == "git_ops" and config.git_mode != "advanced":
@@ -61,7 +54,7 @@ def step_refusal(step: Step, steps: Collection[Step], config: RepoConfig) -> str
     if (
         step.tool.startswith("gate:")
         and step.tool not in (CI_TOOL, REVIEW_TOOL)
-        and gate_command(step.tool, config) is None
+        and config.gates.command_for(step.tool) is None
     ):
         return f"the repository's config has no `gates.{step.tool.removeprefix('gate:')}` command"
     if step.tool in config.policy.require_approval_before and not approved_before(step, steps):
@@ -98,7 +91,7 @@ def _check_step(spec: StepSpec, plan: Plan, config: RepoConfig, *, model_built: 
                 f"{where}: a gate takes no inputs; its command is `gates.{spec.tool.removeprefix('gate:')}` "
                 "in .github/nofx.yml"
             )
-        if gate_command(spec.tool, config) is None:
+        if config.gates.command_for(spec.tool) is None:
             raise PlanError(f"{where}: the repository's config has no `gates.{spec.tool.removeprefix('gate:')}`")
         return
     if spec.tool == "setup":  # like a gate: the commands are the repository's `setup`, never text from a plan

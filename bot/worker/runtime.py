@@ -16,6 +16,7 @@ from bot.logs import Redactor
 from bot.metrics.workers import GitHubCallRecorder
 from bot.models import Run
 from bot.queue import WorkQueue
+from bot.review.analysis import failing_in_worktree
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import SemanticSearch, discover_handlers
 from bot.runs.engine import Engine
@@ -73,6 +74,7 @@ class Runtime:
             setup_cache=settings.data_dir / "setup",
             index_searches=search_configured(settings),
             semantic=self.semantic_search_of if search_configured(settings) else None,
+            review=failing_in_worktree,
         )
         self._runner = asyncio.Runner()
         self._search_index: SearchIndex | None = None

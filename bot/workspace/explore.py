@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bot.plans import glob_regex
 from bot.workspace.edits import EditError, safe_target
 
 MAX_LIST = 500
@@ -87,13 +88,6 @@ def read_lines(root: Path, path: str, start: int = 1, end: int | None = None) ->
     if last < len(lines):
         header += f"; read on with start={last + 1}"
     return header + "\n" + "\n".join(shown)
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`**/` spans any number of directories (none included), `**` anything, `*` and `?` stay inside one."""
-    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
-    tokens = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(tokens.get(part, re.escape(part)) for part in parts))
 
 
 def _text(path: Path, *, limit: int | None = MAX_SEARCH_FILE_BYTES) -> str | None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.repo_config import RESERVED_ENV, RESERVED_ENV_PREFIXES
+from bot.workspace.command_result import UNSAFE_NOTICE, CommandResult
 from bot.workspace.isolation import (
     BWRAP_HOME,
     OPT_OUT_HINT,
@@ -67,32 +68,7 @@ HEAD_BYTES = 16 * 1024
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL on timeout: time for test runners to print their summary
 DRAIN_S = 1.0  # after the command ends, how long to wait for the pipe's last bytes (a `setsid` escapee holds it)
 DISK_POLL_S = 1.0  # how often the worktree's disk use is measured while a command runs
-UNSAFE_NOTICE = (
-    "WARNING: NOFX_SANDBOX=none: the operator turned the sandbox off; this command ran without isolation, "
-    "seeing the machine as the nofx worker does."
-)  # put in front of every public output of a command that ran so
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$|_URL$")
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a command did: `exit_code` is None when it was killed for running out of time or disk."""
-
-    exit_code: int | None
-    output: str
-    truncated: bool
-    duration_s: float
-    timed_out: bool
-    isolation: str  # "bwrap" | "none"
-    over_disk: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.over_disk
-
-    def tail(self, lines: int = 30) -> str:
-        """The last lines of the output: where test runners and linters put their verdict."""
-        return "\n".join(self.output.rstrip("\n").split("\n")[-lines:]) if self.output else ""
 
 
 @dataclass(frozen=True)

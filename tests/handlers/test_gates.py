@@ -13,6 +13,7 @@ import pytest
 from bot.models import Run, Step
 from bot.repo_config import GatesConfig, PolicyConfig, RepoConfig
 from bot.runs.contract import StepContext, StepFailed, discover_handlers
+from bot.runs.repo_commands import StepCommands
 from bot.workspace import isolation as layouts
 from bot.workspace.sandbox import UNSAFE_NOTICE, Sandbox
 from handlers import gates
@@ -69,7 +70,7 @@ class Harness:
             timeout_s=timeout_s,
             idempotency_key=f"run1:{tool}:0",
         )
-        return StepContext(
+        context = StepContext(
             run=run,
             step=step,
             config=replace(config or RepoConfig(), gates=GatesConfig(**{tool.removeprefix("gate:"): command})),
@@ -83,6 +84,8 @@ class Harness:
             else None,
             sandbox=self.sandbox,
         )
+        context.commands = StepCommands(context)
+        return context
 
 
 @pytest.fixture

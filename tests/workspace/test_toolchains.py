@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.runs.repo_commands import missing_program
 from bot.settings import Settings
 from bot.workspace import isolation as layouts
 from bot.workspace import toolchains
@@ -65,5 +64,5 @@ def test_a_tool_outside_the_system_dirs_runs_in_the_sandbox_and_a_missing_one_is
 
     assert found.ok and found.output.strip() == f"tool from {tmp_path / 'toolchain' / 'bin'}", found.output
     assert missing.exit_code == 127
-    hint = missing_program(missing) or ""
+    hint = missing.missing_program() or ""
     assert hint.startswith("`greet-tool` was not found in the sandbox") and "NOFX_SANDBOX_PATHS" in hint
