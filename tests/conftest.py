@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -67,7 +68,7 @@ def redis_url() -> Iterator[str]:
     """
     configured = os.environ.get("NOFX_TEST_REDIS_URL")
     if configured:
-        yield configured
+        yield _database_of_this_process(configured)
         return
     directory = Path(tempfile.mkdtemp(prefix="nofx-vk-"))
     server = start_embedded_valkey(directory)
@@ -75,6 +76,21 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def _database_of_this_process(url: str) -> str:
+    """The configured Redis database; under pytest-xdist, worker gwN takes the Nth one after it.
+
+    Each test flushes its database, so test processes running at once must never share one.
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    if worker == 0:
+        return url
+    parts = urlsplit(url)
+    database = int(parts.path.strip("/") or 0) + worker
+    if parts.scheme not in ("redis", "rediss") or database > 15:
+        raise pytest.UsageError(f"NOFX_TEST_REDIS_URL={url} leaves no Redis database for test process gw{worker}")
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @pytest.fixture
