@@ -183,10 +183,6 @@ class WorkQueue:
                 moved += 1
         return moved
 
-    def scheduled(self) -> int:
-        """Delayed jobs not yet due, over all queues."""
-        return sum(queue.scheduled_job_registry.count for queue in self.all)
-
     def job_exists(self, job_id: str) -> bool:
         return Job.exists(job_id, connection=self.redis)
 

@@ -223,7 +223,8 @@ def work(runtime: Runtime) -> Callable[..., None]:
         queue = runtime.queue
         while True:
             run_worker(runtime, burst=True)
-            if queue.scheduled() == 0 and sum(queue.depths().values()) == 0:
+            scheduled = sum(q.scheduled_job_registry.count for q in queue.all)  # delayed jobs not yet due
+            if scheduled == 0 and sum(queue.depths().values()) == 0:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"jobs still waiting after {timeout_s} s: {queue.depths()}")

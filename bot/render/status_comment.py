@@ -23,7 +23,6 @@ HEADLINES: Mapping[RunStatus, str] = {
     RunStatus.cancelled: "nofx stopped",
 }
 
-_MARKER = re.compile(re.escape(MARKER_PREFIX) + r"([A-Za-z0-9_-]{1,64})" + re.escape(MARKER_SUFFIX))
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -32,17 +31,6 @@ def status_marker(run_id: str) -> str:
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} cannot go into a marker")
     return f"{MARKER_PREFIX}{run_id}{MARKER_SUFFIX}"
-
-
-def find_run_marker(body: str | None) -> str | None:
-    """The run id in a comment written by `status_comment`, or None.
-
-    The last marker wins: ours is always the last line, and escaped user text never holds a raw `<!--`.
-    """
-    if not body:
-        return None
-    found = _MARKER.findall(body)
-    return found[-1] if found else None
 
 
 def _headline(run: Run, view: RunView) -> str:

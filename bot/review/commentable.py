@@ -15,10 +15,6 @@ class Commentable:
     lines: dict[tuple[str, str], set[int]]
     hunks: dict[tuple[str, str], tuple[frozenset[int], ...]] = field(default_factory=dict)
 
-    def can_comment(self, path: str, side: str, line: int) -> bool:
-        """True if a comment on this line will not make GitHub answer 422."""
-        return line in self.lines.get((path, side), ())
-
     def same_hunk(self, path: str, side: str, start_line: int, line: int) -> bool:
         """True if both ends of a multi-line comment fall in one hunk, which GitHub requires."""
         return any(start_line in hunk and line in hunk for hunk in self.hunks.get((path, side), ()))

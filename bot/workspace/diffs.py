@@ -46,10 +46,6 @@ class Hunk:
                 number += 1
         return found
 
-    def added_lines(self) -> set[int]:
-        """New-file line numbers of the '+' lines: what the change wrote."""
-        return {number for op, number in self.numbered() if op == "+" and number is not None}
-
     def numbered(self) -> list[tuple[str, int | None]]:
         """Each line's prefix with its new-file number; '-' and '\\' lines have none."""
         out: list[tuple[str, int | None]] = []
@@ -331,14 +327,3 @@ def _c_unquote(text: str) -> tuple[str, str]:
         out.extend(char.encode("utf-8", errors="surrogateescape"))
         index += 1
     return out.decode("utf-8", errors="replace"), ""
-
-
-def changed_lines(files: Iterable[FileDiff]) -> dict[str, set[int]]:
-    """New-file numbers of the added lines per path (files without added lines are left out)."""
-    out: dict[str, set[int]] = {}
-    for diff in files:
-        for hunk in diff.hunks:
-            added = hunk.added_lines()
-            if added:
-                out.setdefault(diff.path, set()).update(added)
-    return out

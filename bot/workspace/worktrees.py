@@ -103,13 +103,6 @@ class Worktree:
     async def head_sha(self) -> str:
         return (await self.git("rev-parse", "HEAD")).strip()
 
-    async def changed_files(self) -> list[str]:
-        """Paths that differ from the branch point with base (committed, staged, unstaged, untracked; deletions too)."""
-        since = (await self.git("merge-base", self.base_sha, "HEAD", check=False)).strip() or self.base_sha
-        tracked = await self.git("diff", "--name-only", "--no-renames", "-z", since)
-        untracked = await self.git("ls-files", "--others", "--exclude-standard", "-z")
-        return sorted({name for name in (tracked + untracked).split("\0") if name})
-
     async def commit_all(
         self, message: str, *, author_name: str, author_email: str, paths: list[str] | None = None
     ) -> str | None:

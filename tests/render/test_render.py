@@ -27,7 +27,7 @@ from bot.render.replies import (
     plan_comment,
     plan_refused,
 )
-from bot.render.status_comment import MARKER_PREFIX, find_run_marker, run_status_summary, status_comment, status_marker
+from bot.render.status_comment import MARKER_PREFIX, run_status_summary, status_comment, status_marker
 from bot.render.text import (
     COMMENT_LIMIT,
     code_span,
@@ -176,13 +176,14 @@ def assert_safe(markdown: str, *, fences: int | None = None) -> None:
     assert [t.content.strip() for t in html] == [status_marker(RUN_ID)]
     assert found[-1].type == "html_block"
     assert markdown.count("<!--") == 1
-    assert find(markdown) == RUN_ID
+    assert carries_marker(markdown)
     if fences is not None:
         assert len([t for t in found if t.type == "fence"]) == fences
 
 
-def find(markdown: str) -> str | None:
-    return find_run_marker(markdown)
+def carries_marker(markdown: str) -> bool:
+    """What `bot.runs.report` looks for to find the run's status comment again: the run's own marker."""
+    return status_marker(RUN_ID) in markdown
 
 
 # --- the status comment --------------------------------------------------------------------------------------
@@ -413,10 +414,8 @@ def test_marker_round_trips() -> None:
     marker = status_marker(RUN_ID)
     assert marker == f"<!-- nofx:run:{RUN_ID} -->"
     assert marker.startswith(MARKER_PREFIX)
-    assert find(f"some text\n\n{marker}") == RUN_ID
-    assert find("no marker here") is None
-    assert find(None) is None
-    assert find("<!-- nofx:run:has space -->") is None
+    assert carries_marker(f"some text\n\n{marker}")
+    assert not carries_marker("no marker here")
 
 
 @pytest.mark.parametrize("bad", ["", "x --> <b>", "a" * 65, "id\n"])
@@ -429,7 +428,7 @@ def test_a_request_cannot_fake_the_marker_mention_or_break_the_comment() -> None
     request = f"add a cart\n{NASTY}\n```\n# heading\n    indented\n> quoted\n- item\n1. first\n===\n@org/team"
     for status in RunStatus:
         text = status_comment(make_run(status, request=request), steps_for(status), git_mode="basic", run_url=None)
-        assert find(text) == RUN_ID
+        assert carries_marker(text) and status_marker("fake") not in text
         assert_safe(text)
         assert "</details>" not in text
         assert mentions(text) == ["alice"]
@@ -485,7 +484,7 @@ def test_the_comment_fits_githubs_limit(status: RunStatus) -> None:
     assert text_size(text) <= COMMENT_LIMIT
     assert len(text) <= 65_535
     assert text.endswith(status_marker(RUN_ID))
-    assert find(text) == RUN_ID
+    assert carries_marker(text)
     assert "characters, middle cut" in text
     assert_safe(text)
     if status is RunStatus.failed:
@@ -663,7 +662,7 @@ def test_config_error_keeps_our_code_spans_and_escapes_the_rest() -> None:
     assert text.startswith("nofx could not read `.github/nofx.yml`: `<\u200d!-- nofx:run:x -->` is not a known key")
     assert "&lt;b&gt;" in text
     assert text.endswith("Nothing was run. Fix the file on the default branch and try again.")
-    assert find(text) is None
+    assert MARKER_PREFIX not in text
 
 
 def test_plan_refused_and_nothing_to_do() -> None:

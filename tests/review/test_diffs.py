@@ -9,8 +9,8 @@ import pytest
 from bot.repo_config import ReviewConfig
 from bot.review.chunks import Skipped, estimate_tokens, plan_chunks
 from bot.review.commentable import commentable
-from bot.workspace.diffs import FileDiff, changed_lines, from_github_files, parse_git_diff
-from tests.support.diff_repos import BASE, HEAD, UNICODE_PATH, git_diff, make_repo, show
+from bot.workspace.diffs import FileDiff, from_github_files, parse_git_diff
+from tests.support.diff_repos import BASE, HEAD, UNICODE_PATH, added_lines, git_diff, make_repo, show
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,10 @@ def test_commentable_lines_of_a_file_with_three_hunks(files: dict[str, FileDiff]
     places = commentable(files.values())
     assert places.lines[("src/app.py", "RIGHT")] == set(range(2, 9)) | set(range(15, 21)) | set(range(31, 38))
     assert places.lines[("src/app.py", "LEFT")] == set(range(2, 9)) | set(range(15, 22)) | set(range(32, 39))
-    assert changed_lines([app]) == {"src/app.py": {5, 34}}
-    assert places.can_comment("src/app.py", "RIGHT", 34)
-    assert not places.can_comment("src/app.py", "RIGHT", 12)
-    assert places.can_comment("src/app.py", "LEFT", 18)  # the deleted line
+    assert added_lines([app]) == {"src/app.py": {5, 34}}
+    assert 34 in places.lines[("src/app.py", "RIGHT")]
+    assert 12 not in places.lines[("src/app.py", "RIGHT")]
+    assert 18 in places.lines[("src/app.py", "LEFT")]  # the deleted line
     assert places.same_hunk("src/app.py", "RIGHT", 31, 37)
     assert not places.same_hunk("src/app.py", "RIGHT", 5, 34)
 
@@ -174,11 +174,11 @@ def test_a_5000_line_pull_request_is_reviewed_whole_in_several_chunks(big: tuple
     # Every added line is in exactly one chunk, and so is every commentable line on both sides.
     seen: dict[tuple[str, int], int] = {}
     for chunk in chunks:
-        for path, lines in changed_lines(chunk.files).items():
+        for path, lines in added_lines(chunk.files).items():
             for line in lines:
                 seen[(path, line)] = seen.get((path, line), 0) + 1
     assert set(seen.values()) == {1}
-    assert {key for key in seen} == {(path, n) for path, lines in changed_lines(files).items() for n in lines}
+    assert {key for key in seen} == {(path, n) for path, lines in added_lines(files).items() for n in lines}
     pieces = [piece for chunk in chunks for piece in chunk.files]
     assert commentable(pieces).lines == commentable(files).lines
 
@@ -217,7 +217,7 @@ def test_a_line_longer_than_a_chunk_is_shown_cut_not_dropped() -> None:
     assert all(chunk.tokens <= 2_000 for chunk in chunks)
     text = "\n".join(chunk.text for chunk in chunks)
     assert "[line cut: 100,000 characters]" in text and "     3 + last = 3" in text
-    assert changed_lines([piece for chunk in chunks for piece in chunk.files]) == {"min.py": {1, 2, 3}}
+    assert added_lines([piece for chunk in chunks for piece in chunk.files]) == {"min.py": {1, 2, 3}}
 
 
 def test_a_budget_too_small_for_any_diff_is_refused() -> None:

@@ -366,7 +366,8 @@ async def test_resume_starts_a_new_run_on_its_own_branch_from_the_checkpoint(
     assert await new_tree.head_sha() == new_tree.base_sha
     assert (new_tree.path / "src" / "cart.py").read_text().endswith("return sum(ITEMS)\n")
     assert (new_tree.path / "src" / "total_test.py").exists() and not (new_tree.path / "src" / "old.py").exists()
-    assert sorted(await new_tree.changed_files()) == ["src/cart.py", "src/old.py", "src/total_test.py"]
+    uncommitted = git(new_tree.path, "status", "--porcelain", "--untracked-files=all", "--no-renames").splitlines()
+    assert sorted(line[3:] for line in uncommitted) == ["src/cart.py", "src/old.py", "src/total_test.py"]
     (new_tree.path / "README.md").write_text("a later step's work\n")
     assert await checkpoints.restore(new_tree, cp.commit_sha) is False  # idempotent: later steps keep their work
     assert (new_tree.path / "README.md").read_text() == "a later step's work\n"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+
+from bot.workspace.diffs import FileDiff
 
 APP_BASE = "".join(f"value_{n} = {n}\n" for n in range(1, 41))
 APP_HEAD = (
@@ -111,4 +114,15 @@ def numstat(repo: Path) -> dict[str, tuple[str | None, int | None, int | None]]:
             index += 2
         index += 1
         out[path] = (old, None if added == "-" else int(added), None if deleted == "-" else int(deleted))
+    return out
+
+
+def added_lines(files: Iterable[FileDiff]) -> dict[str, set[int]]:
+    """New-file numbers of the '+' lines per path as the parser numbers them (`Hunk.numbered`, which the review's
+    prompt shows); files without added lines are left out."""
+    out: dict[str, set[int]] = {}
+    for diff in files:
+        added = {n for hunk in diff.hunks for op, n in hunk.numbered() if op == "+" and n is not None}
+        if added:
+            out.setdefault(diff.path, set()).update(added)
     return out

@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 
 from bot.review.commentable import commentable
-from bot.workspace.diffs import FileDiff, Hunk, changed_lines, from_github_files, parse_git_diff
-from tests.support.diff_repos import BASE, HEAD, QUOTED_PATH, UNICODE_PATH, git_diff, make_repo, numstat, run_git, show
+from bot.workspace.diffs import FileDiff, Hunk, from_github_files, parse_git_diff
+from tests.support.diff_repos import (
+    BASE,
+    HEAD,
+    QUOTED_PATH,
+    UNICODE_PATH,
+    added_lines,
+    git_diff,
+    make_repo,
+    numstat,
+    run_git,
+    show,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +98,7 @@ def test_crlf_and_missing_newline_lines_keep_their_form(files: dict[str, FileDif
     assert "+THREE\r" in files["crlf.txt"].hunks[0].lines
     nonl = files["nonl.txt"].hunks[0].lines
     assert nonl.count("\\ No newline at end of file") == 2
-    assert changed_lines([files["nonl.txt"]]) == {"nonl.txt": {3, 4}}
+    assert added_lines([files["nonl.txt"]]) == {"nonl.txt": {3, 4}}
 
 
 def test_content_that_looks_like_headers_is_content(files: dict[str, FileDiff]) -> None:

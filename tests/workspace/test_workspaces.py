@@ -116,7 +116,7 @@ async def test_cold_prepare_clones_with_the_token_and_checks_out_the_run_branch(
     assert git(worktree.mirror, "rev-parse", "--is-bare-repository").strip() == "true"
     upload = server.requests_for("git-upload-pack")
     assert upload and all(r.authorized for r in upload)
-    assert await worktree.changed_files() == []
+    assert git(worktree.path, "status", "--porcelain", "--untracked-files=all") == ""
 
 
 @pytest.mark.parametrize("token", ["wrong-token", ""])
@@ -243,10 +243,11 @@ async def test_commit_all_and_push_land_the_branch_upstream_with_the_authors_nam
     (worktree.path / "src" / "checkout.py").write_text("def pay(): ...\n")
     (worktree.path / "src" / "old.py").unlink()
 
-    assert await worktree.changed_files() == ["src/cart.py", "src/checkout.py", "src/old.py"]
     sha = await worktree.commit_all("Add checkout", author_name="Mona Bot", author_email="mona@example.test")
     assert sha and sha == await worktree.head_sha()
-    assert await worktree.changed_files() == ["src/cart.py", "src/checkout.py", "src/old.py"]  # vs base, committed
+    committed = git(worktree.path, "diff", "--name-only", "--no-renames", worktree.base_sha, sha).split()
+    assert committed == ["src/cart.py", "src/checkout.py", "src/old.py"]  # changed, added and deleted: all in
+    assert git(worktree.path, "status", "--porcelain", "--untracked-files=all") == ""
     assert await worktree.commit_all("nothing", author_name="x", author_email="x@example.test") is None
 
     await worktree.push(TOKEN)
@@ -308,7 +309,8 @@ async def test_a_follow_up_run_continues_on_the_pushed_branch(workspaces: Worksp
 
     assert (follow_up.start_sha, follow_up.base_sha) == (pushed, main)
     assert (follow_up.path / "cart.txt").read_text() == "v1\n"
-    assert await follow_up.changed_files() == ["cart.txt"]  # vs the merge base, not main's newer commits
+    # the branch continues where it was pushed: main's newer commits do not come into the run's change
+    assert await follow_up.head_sha() == pushed and not (follow_up.path / "CHANGELOG").exists()
     assert fresh.start_sha == fresh.base_sha == main
 
 
