@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
+from sqlmodel import col, select
+
 from bot.models import Blob, utcnow
 from bot.store import Store, upsert
 
@@ -28,6 +30,10 @@ class Blobs(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
     def delete(self, key: str) -> None: ...
+
+    def list(self, prefix: str) -> list[tuple[str, int, float]]:
+        """(key, size in bytes, when written as a POSIX timestamp) of every blob whose key starts with `prefix`."""
+        ...
 
 
 class DatabaseBlobs:
@@ -50,6 +56,13 @@ class DatabaseBlobs:
             row = session.get(Blob, key)
             if row is not None:
                 session.delete(row)
+
+    def list(self, prefix: str) -> list[tuple[str, int, float]]:
+        with self.store.session() as session:
+            rows = session.exec(
+                select(Blob.key, Blob.size, Blob.updated_at).where(col(Blob.key).startswith(prefix, autoescape=True))
+            ).all()
+        return [(key, size, updated.timestamp()) for key, size, updated in rows]
 
 
 class S3Blobs:
@@ -88,6 +101,19 @@ class S3Blobs:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise BlobError(f"deleting {key} from s3://{self.bucket} failed: {type(exc).__name__}") from exc
+
+    def list(self, prefix: str) -> list[tuple[str, int, float]]:
+        found: list[tuple[str, int, float]] = []
+        strip = len(self._key(""))
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
+                for item in page.get("Contents", []):
+                    found.append((item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp()))
+        except Exception as exc:
+            raise BlobError(f"listing {prefix} in s3://{self.bucket} failed: {type(exc).__name__}") from exc
+        return found
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -21,6 +21,15 @@ class RunLimits:
     total: int = 32
 
 
+@dataclass(frozen=True)
+class SetupCacheLimits:
+    """How much of `setup`'s results is kept, on each worker's disk and in the shared store."""
+
+    keep: int = 3  # keys per repository, the most recently used
+    total_bytes: int = 4096 * 2**20  # NOFX_SETUP_CACHE_MB: on each worker's disk, and in the shared store
+    share_bytes: int = 512 * 2**20  # NOFX_SETUP_SHARE_MB: the largest archive put in the shared store
+
+
 class SettingsError(ValueError):
     """A configuration value is present but unusable; the message names the variable."""
 
@@ -50,6 +59,7 @@ class Settings:
     memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
     memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
     run_limits: RunLimits = RunLimits()
+    setup_cache: SetupCacheLimits = SetupCacheLimits()
     artifact_store: str | None = None  # s3://bucket/prefix; None: artifacts and checkpoints live in the database
     sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
     sandbox_paths: tuple[Path, ...] = ()  # NOFX_SANDBOX_PATHS: more toolchain directories, read-only in the sandbox
@@ -91,6 +101,10 @@ class Settings:
             run_limits=RunLimits(
                 per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),
                 total=_count("NOFX_MAX_ACTIVE_RUNS", env, RunLimits.total),
+            ),
+            setup_cache=SetupCacheLimits(
+                total_bytes=_count("NOFX_SETUP_CACHE_MB", env, SetupCacheLimits.total_bytes // 2**20) * 2**20,
+                share_bytes=_count("NOFX_SETUP_SHARE_MB", env, SetupCacheLimits.share_bytes // 2**20) * 2**20,
             ),
         )
 

@@ -45,6 +45,7 @@ __all__ = [
     "RetryableError",
     "ReviewChange",
     "ReviewFinding",
+    "SetupResults",
     "Step",
     "StepContext",
     "StepFailed",
@@ -75,6 +76,21 @@ class RepoCommands(Protocol):
 
     async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:
         """A `setup` command, with network, writing its result into `directory` (`$NOFX_SETUP_DIR`)."""
+        ...
+
+
+class SetupResults(Protocol):
+    """One repository's `setup` results kept on this worker, by key (`bot.runs.setup_cache`)."""
+
+    def path(self, key: str) -> Path:
+        """Where the result under `key` is on this worker's disk (commands see it at `Sandbox.setup_path`)."""
+        ...
+
+    async def reuse_or_make(
+        self, key: str, make: Callable[[Path], Awaitable[dict[str, object]]]
+    ) -> tuple[dict[str, object], bool]:
+        """Under the key's lock: the record of the finished result (reused: True), or `make(directory)` into a fresh
+        directory and its record kept (False). When `make` raises, nothing of it stays."""
         ...
 
 
@@ -146,8 +162,8 @@ class StepContext:
     inherited_files: list[str] = field(default_factory=list)  # written by the run this one resumes from
     sandbox: Sandbox = field(default_factory=Sandbox)  # where repository code runs (NOFX_SANDBOX)
     ci: Callable[[StepContext], Awaitable[StepResult]] | None = None  # `gate:ci`: one look at the repository's CI
-    # Where this repository's `setup` results are kept across runs (the worker's data dir; None: no cache).
-    setup_cache: Path | None = None
+    # This repository's `setup` results kept across runs on this worker (None: no cache).
+    setup_results: SetupResults | None = None
     # Checkpoint the worktree now, mid-step (each repair attempt); the argument names the outcome.
     checkpoint: Callable[[str], Awaitable[object]] | None = None
     # The repository's semantic index (indexed at the base branch, so it may lag the worktree); None: not configured.

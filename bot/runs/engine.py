@@ -11,18 +11,18 @@ import contextlib
 import functools
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bot import logs
+from bot.blobs import BlobError, Blobs
 from bot.github import identity
 from bot.github.client import GitHubApp
 from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import agent, checkpoints, ci_gate, policy, queries, records, report, shared_checkpoints
+from bot.runs import agent, checkpoints, ci_gate, policy, queries, records, report, setup_cache, shared_checkpoints
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import (
     Handler,
@@ -39,6 +39,7 @@ from bot.runs.repo_commands import StepCommands
 from bot.runs.step_access import StepAccess
 from bot.runs.step_llm import StepLLM
 from bot.runs.transitions import TransitionError
+from bot.settings import SetupCacheLimits
 from bot.store import Store
 from bot.workspace.git import GitError
 from bot.workspace.sandbox import Sandbox
@@ -86,6 +87,7 @@ class Engine:
         memory: ThreadMemoryConfig | None = None,
         sandbox: Sandbox | None = None,
         setup_cache: Path | None = None,
+        setup_limits: SetupCacheLimits | None = None,
         index_searches: bool = False,
         semantic: Callable[[Run], SemanticSearch] | None = None,
         review: ReviewOwnChange | None = None,
@@ -101,6 +103,7 @@ class Engine:
         self.redact = redact
         self.sandbox = sandbox or Sandbox()
         self.setup_cache = setup_cache
+        self.setup_limits = setup_limits or SetupCacheLimits()
         self.index_searches = index_searches  # keep the semantic index current (after fetches, finished runs)
         self.semantic = semantic  # a run's search over its repository's semantic index, for code generation
         self.review = review  # the model's review of a run's own change (`gate:llm_review`)
@@ -163,13 +166,15 @@ class Engine:
     ) -> StepStatus | None:
         try:
             context = await self._context(run, step, config, access)
-        except (GitError, ValueError) as exc:
+        except (GitError, ValueError, BlobError) as exc:
             message = self._describe(exc)
             return self._retry_or_fail(run, step, f"preparing the workspace failed: {message}")
         try:
-            work = checkpoints.checkpointed(
-                self.store, context, self.handlers[step.tool](context), self.artifacts.blobs if self.artifacts else None
-            )
+            blobs = self.artifacts.blobs if self.artifacts else None
+            handler = self.handlers[step.tool](context)
+            if step.tool == "setup" and self.setup_cache is not None:
+                handler = self._setup_kept(run, handler, blobs)
+            work = checkpoints.checkpointed(self.store, context, handler, blobs)
             result = await self._with_heartbeat(step, work)
         except _Cancelled:
             log.info("step cancelled while running")
@@ -251,8 +256,11 @@ class Engine:
             semantic_search=self.semantic(run) if self.semantic is not None and workspace is not None else None,
         )
         if self.setup_cache is not None:
-            owner, _, name = run.repository.partition("/")
-            context.setup_cache = self.setup_cache / str(run.installation_id) / _safe(owner) / _safe(name)
+            context.setup_results = setup_cache.RepositorySetups(setup_cache.repository_dir(self.setup_cache, run))
+            key = setup_cache.run_setup_key(earlier)
+            blobs = self.artifacts.blobs if self.artifacts else None
+            if workspace is not None and key is not None and blobs is not None:  # made on another worker, maybe
+                await setup_cache.restore(blobs, run, self.setup_cache, key)
         context.checkpoint = lambda outcome: checkpoints.record(self.store, context, outcome=outcome)
         context.commands = StepCommands(context)
         if context.llm is not None:
@@ -260,6 +268,13 @@ class Engine:
             if self.review is not None and workspace is not None:
                 context.review = functools.partial(self.review, context.llm, workspace, config)
         return context
+
+    async def _setup_kept(self, run: Run, handler: Awaitable[StepResult], blobs: Blobs | None) -> StepResult:
+        """The setup step, then its result shared with the other workers and the oldest results evicted."""
+        assert self.setup_cache is not None
+        result = await handler
+        await setup_cache.keep(blobs, self.setup_cache, run, result.output, self.setup_limits)
+        return result
 
     async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:
         """Run the handler under its timeout; a heartbeat proves we live and notices a cancel."""
@@ -309,11 +324,6 @@ class Engine:
     def _describe(self, exc: BaseException, *, with_type: bool = False) -> str:
         text = f"{type(exc).__name__}: {exc}" if with_type else str(exc) or type(exc).__name__
         return self.redact(text)[-MAX_ERROR_CHARS:]
-
-
-def _safe(name: str) -> str:
-    """A repository name as one directory name (GitHub names are [A-Za-z0-9._-] already; this makes sure)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
 
 
 async def _no_token() -> str:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.runs import setup_cache
 from bot.runs.contract import SETUP_DIR_VARIABLE, StepContext, StepFailed
 from bot.workspace.command_result import CommandResult
 from bot.workspace.sandbox import SandboxUnavailable, WorkspaceTampered
@@ -26,7 +27,9 @@ class StepCommands:
 
     async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:
         env = _setup_env(self.ctx, directory)
-        return await _sandboxed(self.ctx, command, timeout_s=timeout_s, network=True, writable=[directory], env=env)
+        return await _sandboxed(
+            self.ctx, command, timeout_s=timeout_s, network=True, setup=directory, setup_writable=True, env=env
+        )
 
 
 async def run_gate_command(ctx: StepContext, command: str, *, timeout_s: float) -> CommandResult:
@@ -35,21 +38,26 @@ async def run_gate_command(ctx: StepContext, command: str, *, timeout_s: float) 
     directory = _setup_dir(ctx)
     if directory is None:
         return await _sandboxed(ctx, command, timeout_s=timeout_s)
-    return await _sandboxed(ctx, command, timeout_s=timeout_s, readonly=[directory], env=_setup_env(ctx, directory))
+    return await _sandboxed(ctx, command, timeout_s=timeout_s, setup=directory, env=_setup_env(ctx, directory))
 
 
 def _setup_dir(ctx: StepContext) -> Path | None:
-    """The directory the run's `setup` step filled (or reused), if it ran and the directory is still there."""
-    for step in ctx.earlier.values():
-        output = step.output if isinstance(step.output, dict) else {}
-        if step.tool == "setup" and isinstance(output.get("dir"), str) and Path(output["dir"]).is_dir():
-            return Path(output["dir"])
-    return None
+    """This worker's copy of the directory the run's `setup` step filled or reused (the engine unpacked it from the
+    shared store if another worker made it); None when the run has no setup. Fails the step when it is missing:
+    the commands would otherwise run without what they need and fail for a reason nobody could see."""
+    key = setup_cache.run_setup_key(ctx.earlier)
+    if key is None or ctx.setup_results is None:
+        return None
+    directory = ctx.setup_results.path(key)
+    if setup_cache.done(directory) is None:
+        raise StepFailed(setup_cache.missing(key))
+    return directory
 
 
 def _setup_env(ctx: StepContext, directory: Path) -> dict[str, str]:
     """What a command sees of the setup directory: its path, and its `bin/` first on PATH (then the toolchains)."""
-    return {SETUP_DIR_VARIABLE: str(directory), "PATH": f"{directory / 'bin'}:{ctx.sandbox.toolchains.search_path}"}
+    seen_at = ctx.sandbox.setup_path(directory)
+    return {SETUP_DIR_VARIABLE: str(seen_at), "PATH": f"{seen_at / 'bin'}:{ctx.sandbox.toolchains.search_path}"}
 
 
 async def _sandboxed(
@@ -61,6 +69,8 @@ async def _sandboxed(
     writable: Sequence[Path] = (),
     readonly: Sequence[Path] = (),
     env: Mapping[str, str] | None = None,
+    setup: Path | None = None,
+    setup_writable: bool = False,
 ) -> CommandResult:
     """A repository command in the run's worktree and sandbox; a sandbox that cannot run it fails the step."""
     if ctx.workspace is None:
@@ -75,6 +85,8 @@ async def _sandboxed(
             writable=writable,
             readonly=readonly,
             env=env,
+            setup=setup,
+            setup_writable=setup_writable,
         )
     except (SandboxUnavailable, WorkspaceTampered) as exc:  # the message names the cause and what to do
         raise StepFailed(f"`{command}`: {exc}") from None

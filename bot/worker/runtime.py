@@ -72,6 +72,7 @@ class Runtime:
                 toolchains=toolchains.find(os.environ.get("PATH", ""), settings.sandbox_paths),
             ),
             setup_cache=settings.data_dir / "setup",
+            setup_limits=settings.setup_cache,
             index_searches=search_configured(settings),
             semantic=self.semantic_search_of if search_configured(settings) else None,
             review=failing_in_worktree,

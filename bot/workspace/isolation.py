@@ -12,6 +12,9 @@ The layout (later entries are mounted on top of earlier ones):
                                       the worktree's `.git` file, which the command can rewrite): the mirror with
                                       an empty tmpfs over its `worktrees/`, and this worktree's own entry put back
     <cwd> and each `writable` path    read-write, at the same path as outside
+    the run's setup directory         at /nofx/setup (SETUP_MOUNT) on every worker, read-write for `setup`, read-only
+                                      for the rest, so what setup made (a venv's scripts name their interpreter by
+                                      absolute path) works on a worker whose data dir lies elsewhere
 
 Nothing else of the host exists inside: not /home or /root, not the nofx data dir (database, `.env`, artifacts,
 logs, the queue's socket, other worktrees, other repositories' mirrors), not /run, /var, /srv, /mnt or /sys. The
@@ -35,6 +38,7 @@ from pathlib import Path
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BWRAP_HOME = Path("/tmp/home")  # noqa: S108 - on the sandbox's own empty /tmp
+SETUP_MOUNT = Path("/nofx/setup")  # on the sandbox's own root, which bwrap makes afresh
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`)"
 USERNS_HINT = (
     "the host must allow unprivileged user namespaces (`sysctl user.max_user_namespaces` above 0, and on Debian and "
@@ -126,6 +130,8 @@ def bwrap_args(
     hidden: list[Path] | None = None,
     network: bool = False,
     tmp_bytes: int = 256 * 2**20,
+    setup: Path | None = None,
+    setup_writable: bool = False,
 ) -> list[str]:
     """The bwrap options for the layout the module docstring describes; every path is resolved already.
 
@@ -161,6 +167,8 @@ def bwrap_args(
         args += _git_binds(git, cwd)
     for path in exposed:
         args += ["--bind", str(path), str(path)]
+    if setup is not None:
+        args += ["--bind" if setup_writable else "--ro-bind", str(setup), str(SETUP_MOUNT)]
     args += ["--chdir", str(cwd), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if network:
         args += ["--share-net"]

@@ -35,6 +35,7 @@ from bot.workspace.isolation import (
     BWRAP_HOME,
     OPT_OUT_HINT,
     SAFE_PATH,
+    SETUP_MOUNT,
     GitLayout,
     SandboxUnavailable,
     WorkspaceTampered,
@@ -88,6 +89,11 @@ class Sandbox:
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"NOFX_SANDBOX must be one of {', '.join(ISOLATIONS)}, not {self.isolation!r}")
 
+    def setup_path(self, directory: Path) -> Path:
+        """Where commands see a setup directory: one fixed path in the sandbox, the same on every worker (what
+        setup made there may name it in scripts); its real path when the operator turned the sandbox off."""
+        return SETUP_MOUNT if self.isolation == "bwrap" else directory
+
     async def run(
         self,
         command: str,
@@ -100,11 +106,13 @@ class Sandbox:
         readonly: Iterable[Path] = (),
         env: Mapping[str, str] | None = None,
         max_output_bytes: int = 256 * 1024,
+        setup: Path | None = None,
+        setup_writable: bool = False,
     ) -> CommandResult:
         """Run `command` in the run's worktree; raises SandboxUnavailable (nothing ran) or WorkspaceTampered.
 
-        `network=True` only for the setup step; `writable` and `readonly` add directories nofx chose (the setup
-        cache: writable for setup, read-only for the gates), and `env`
+        `network=True` only for the setup step; `writable` and `readonly` add directories nofx chose, `setup` the
+        run's setup directory (at `setup_path`: writable for setup, read-only for the gates), and `env`
         variables nofx sets itself (never from repository config), on top of the scrubbed environment.
         """
         git = None
@@ -124,6 +132,8 @@ class Sandbox:
             writable=writable,
             extra_env={"PATH": self.toolchains.search_path, **(env or {})},
             max_output_bytes=max_output_bytes,
+            setup=setup,
+            setup_writable=setup_writable,
         )
         return replace(result, output=public_paths(result.output, workspace.path, workspace.mirror))
 
@@ -170,6 +180,8 @@ async def run_command(
     readonly: Iterable[Path] = (),
     hidden: Iterable[Path] = (),
     extra_env: Mapping[str, str] | None = None,
+    setup: Path | None = None,
+    setup_writable: bool = False,
 ) -> CommandResult:
     """Run a shell command from the repo config in `cwd`; never raises for the command's own failure.
 
@@ -183,7 +195,7 @@ async def run_command(
     limits = limits or Limits()
     cwd = await asyncio.to_thread(Path(cwd).resolve, strict=True)
     before = await asyncio.to_thread(git_fingerprint, cwd, git) if git is not None else None
-    binds = _Binds(list(writable), list(readonly), list(hidden))
+    binds = _Binds(list(writable), list(readonly), list(hidden), setup, setup_writable)
     prefix = await asyncio.to_thread(_prefix, cwd, git, binds, isolation, network, limits)
     cgroup = await asyncio.to_thread(make_pids_cgroup, limits.processes)
     try:
@@ -214,6 +226,8 @@ class _Binds:
     writable: list[Path]
     readonly: list[Path]
     hidden: list[Path]
+    setup: Path | None = None  # mounted at SETUP_MOUNT
+    setup_writable: bool = False
 
 
 def _prefix(
@@ -238,6 +252,8 @@ def _prefix(
         hidden=[Path(path).resolve() for path in binds.hidden],
         network=network,
         tmp_bytes=limits.tmp_bytes,
+        setup=binds.setup.resolve(strict=True) if binds.setup is not None else None,
+        setup_writable=binds.setup_writable,
     )
     return [found.bwrap, *layout, "--"]
 

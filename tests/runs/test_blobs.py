@@ -2,48 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from bot.blobs import Blobs, DatabaseBlobs, S3Blobs
+from bot.blobs import Blobs, S3Blobs
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.store import Store
 from tests.support.runs_api import make_run, step_id
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (HTTP, SigV4-signed requests from boto3, like any S3-compatible service)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["database", "s3"])
-def blobs(request: pytest.FixtureRequest, any_store: Store) -> Blobs:
-    if request.param == "database":
-        return DatabaseBlobs(any_store)
-    endpoint = request.getfixturevalue("s3_endpoint")
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",  # moto accepts any; real credentials come from AWS_* variables
-    )
-    bucket = f"nofx-{request.node.name.lower().replace('[', '-').replace(']', '')}"[:63]
-    client.create_bucket(Bucket=bucket)
-    return S3Blobs(f"s3://{bucket}/artifacts", client=client)
 
 
 def test_blobs_round_trip_replace_and_delete(blobs: Blobs) -> None:
@@ -52,8 +16,15 @@ def test_blobs_round_trip_replace_and_delete(blobs: Blobs) -> None:
     blobs.put("runs/r/steps/s/out.log", b"second")
 
     assert blobs.get("runs/r/steps/s/out.log") == b"second"
+    blobs.put("runs/r/steps/t/out.log", b"third")
+    blobs.put("runs/r2/steps/s/out.log", b"other run")
+    assert sorted((key, size) for key, size, _ in blobs.list("runs/r/")) == [
+        ("runs/r/steps/s/out.log", 6),
+        ("runs/r/steps/t/out.log", 5),
+    ]
     blobs.delete("runs/r/steps/s/out.log")
     assert blobs.get("runs/r/steps/s/out.log") is None
+    assert [key for key, _, _ in blobs.list("runs/r/steps/s")] == []
 
 
 def test_an_artifact_written_by_one_worker_is_read_and_verified_by_another(blobs: Blobs, any_store: Store) -> None:

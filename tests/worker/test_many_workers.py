@@ -29,13 +29,26 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.worker.loop import reap, run_worker
 from bot.worker.runtime import Runtime
-from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
+from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
 from tests.events.test_run_control import background_worker, gate, only_run, plan, step_named, use_gates
 from tests.runs.test_pull_request_flow import CONFIG, MULTIPLY, NO_APPROVAL, TEST_MULTIPLY, script_multiply
+from tests.runs.test_setup_flow import script_greet, wheel
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload
+
+# A venv with a script that names its interpreter by absolute path, as pip's console scripts do.
+SETUP_VENV = """\
+setup:
+  - python3 -m venv --without-pip "$NOFX_SETUP_DIR"
+  - /usr/bin/python3 -m pip --python "$NOFX_SETUP_DIR/bin/python" install -q --no-index --find-links wheels greeting
+  - printf '#!%s/bin/python\\nimport greeting\\nprint(greeting.hello("from the venv"))\\n' "$NOFX_SETUP_DIR" > "$NOFX_SETUP_DIR/bin/greet-check"
+  - chmod +x "$NOFX_SETUP_DIR/bin/greet-check"
+setup_cache_key: [requirements.txt]
+gates:
+  test: greet-check && python3 -m unittest -q
+"""
 
 
 @pytest.fixture
@@ -75,6 +88,28 @@ def drain_urgent(runtime: Runtime) -> None:
     run_worker(runtime, burst=True, lane=DISPATCH_LANE)  # in burst mode, maintenance is the identity only
 
 
+def alternate(store: Store, runtime: Runtime, other: Runtime) -> dict[str, str]:
+    """Run the delivered run's steps one at a time, each on the other worker than the one before (a first);
+    which worker ran each step, by name."""
+    drain_urgent(runtime)  # the delivery: the run starts
+    ran_on: dict[str, str] = {}
+    workers = cycle([("a", runtime), ("b", other)])
+    deadline = time.monotonic() + 120
+    while only_run(store).status not in runs.TERMINAL_RUN and time.monotonic() < deadline:
+        drain_urgent(runtime)
+        if runtime.queue.steps.count == 0:
+            time.sleep(0.05)
+            continue
+        name, worker = next(workers)
+        before = {s.id for s in queries.steps_of(store, only_run(store).id) if s.status == StepStatus.succeeded}
+        run_worker(worker, burst=True, max_jobs=1, lane=(STEPS_QUEUE,), maintenance=False)
+        for step in queries.steps_of(store, only_run(store).id):
+            if step.status == StepStatus.succeeded and step.id not in before:
+                ran_on[step.name] = name
+    drain_urgent(runtime)
+    return ran_on
+
+
 def test_a_run_whose_steps_alternate_between_two_workers_opens_the_right_pull_request(
     deliver: Deliverer,
     github: GitHubDouble,
@@ -87,23 +122,8 @@ def test_a_run_whose_steps_alternate_between_two_workers_opens_the_right_pull_re
     github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
     script_multiply(llm)
     deliver("issue_comment", ask(git, "/nofx add a multiply function"))
-    drain_urgent(runtime)  # the delivery: the run starts
 
-    ran_on: dict[str, str] = {}
-    workers = cycle([("a", runtime), ("b", other)])
-    deadline = time.monotonic() + 120
-    while only_run(store).status not in runs.TERMINAL_RUN and time.monotonic() < deadline:
-        drain_urgent(runtime)
-        if runtime.queue.steps.count == 0:
-            time.sleep(0.05)
-            continue
-        name, worker = next(workers)  # each step on the other worker than the one before
-        before = {s.id for s in queries.steps_of(store, only_run(store).id) if s.status == StepStatus.succeeded}
-        run_worker(worker, burst=True, max_jobs=1, lane=(STEPS_QUEUE,), maintenance=False)
-        for step in queries.steps_of(store, only_run(store).id):
-            if step.status == StepStatus.succeeded and step.id not in before:
-                ran_on[step.name] = name
-    drain_urgent(runtime)
+    ran_on = alternate(store, runtime, other)
 
     run = only_run(store)
     assert run.status == RunStatus.succeeded, run.error
@@ -197,3 +217,32 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_gate_on_another_worker_gets_the_setup_made_on_the_first_from_the_shared_store(
+    deliver: Deliverer,
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+    runtime: Runtime,
+    other: Runtime,
+) -> None:
+    files = {"wheels/greeting-1.0-py3-none-any.whl": wheel(), "requirements.txt": "greeting\n", CONFIG: SETUP_VENV}
+    github.branches[(OWNER, REPO, BASE)] = git.commit_many(OWNER, REPO, files, branch=BASE)
+    github.files[(OWNER, REPO, CONFIG, None)] = SETUP_VENV
+    script_greet(llm, "greet")
+    deliver("issue_comment", ask(git, "/nofx add greet()"))
+
+    ran_on = alternate(store, runtime, other)
+
+    run = only_run(store)
+    assert run.status == RunStatus.succeeded, run.error
+    assert (ran_on["setup"], ran_on["test"]) == ("a", "b")
+    setup = step_named(store, run, "setup")
+    assert setup.output["cached"] is False and setup.output["shared"].startswith("shared with the other workers")
+    # b unpacked a's venv under its own data dir; the script setup wrote there names its interpreter by the
+    # sandbox's fixed path, so it runs on b although a's data dir lies elsewhere
+    assert list((other.settings.data_dir / "setup").glob(f"*/*/*/{setup.output['key']}/.nofx-setup.json"))
+    output = step_named(store, run, "test").output["output_tail"]
+    assert "hello from the venv" in output and "Ran 2 tests" in output

@@ -198,10 +198,11 @@ async def test_nofx_own_paths_stay_hidden_even_under_a_bound_directory(bwrap: No
     assert result.output.splitlines() == ["env-hidden", "worktrees", "the run's own file"], result.output
 
 
-async def test_the_setup_seam_adds_a_writable_dir_and_nofx_variables(
+async def test_the_setup_dir_is_mounted_at_one_fixed_path_writable_for_setup_only(
     bwrap: None, checkouts: Checkouts, tmp_path: Path
 ) -> None:
-    """What the setup step uses: a cache dir nofx chose, variables nofx sets; the worktree's paths come back relative."""
+    """What the setup step uses: a cache dir nofx chose, seen at the same path on every worker, variables nofx sets;
+    the worktree's paths come back relative. The gates see the directory read-only."""
     cache = tmp_path / "setup-cache"
     cache.mkdir()
     worktree = Worktree(
@@ -215,13 +216,13 @@ async def test_the_setup_seam_adds_a_writable_dir_and_nofx_variables(
         git_dir=checkouts.layout.git_dir,
     )
 
-    result = await Sandbox().run(
-        'touch "$NOFX_SETUP_DIR/installed" && echo "$PWD/a.txt"',
-        worktree,
-        timeout_s=10,
-        writable=[cache],
-        env={"NOFX_SETUP_DIR": str(cache)},
-    )
+    sandbox = Sandbox()
+    env = {"NOFX_SETUP_DIR": str(sandbox.setup_path(cache))}
+    touch = 'touch "$NOFX_SETUP_DIR/installed" && echo "$PWD/a.txt $NOFX_SETUP_DIR"'
 
-    assert result.ok and result.output == "a.txt\n", result.output
+    result = await sandbox.run(touch, worktree, timeout_s=10, setup=cache, setup_writable=True, env=env)
+    gate = await sandbox.run(touch, worktree, timeout_s=10, setup=cache, env=env)
+
+    assert result.ok and result.output == "a.txt /nofx/setup\n", result.output
     assert (cache / "installed").exists()
+    assert not gate.ok and "Read-only file system" in gate.output

@@ -1,0 +1,274 @@
+"""`setup` results kept across runs: on each worker's disk, and in shared storage so a step on any worker has them.
+
+A result is a directory per repository and key (`<data dir>/setup/<installation>/<owner>/<repo>/<key>/`, with
+DONE_MARKER once setup finished in it). Commands see it at one fixed path in the sandbox (`Sandbox.setup_path`),
+so a venv made on one worker, whose scripts name their interpreter by absolute path, works on every other. (With
+NOFX_SANDBOX=none they see its real path: such scripts then work only where the data dir has the same path.)
+
+After a setup runs, its directory goes to the blob store as a gzipped tar (`setup/<installation>/<owner>/<repo>/
+<key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
+of the run needs it unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
+most `total_bytes` in all; the oldest go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from bot.blobs import BlobError, Blobs
+from bot.models import Run, Step
+from bot.settings import SetupCacheLimits
+
+log = logging.getLogger(__name__)
+DONE_MARKER = ".nofx-setup.json"
+PREFIX = "setup/"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RepositorySetups:
+    """`StepContext.setup_results`: one repository's setup results on this worker's disk."""
+
+    directory: Path  # `repository_dir`
+
+    def path(self, key: str) -> Path:
+        return self.directory / key
+
+    async def reuse_or_make(
+        self, key: str, make: Callable[[Path], Awaitable[dict[str, object]]]
+    ) -> tuple[dict[str, object], bool]:
+        directory = self.path(key)
+        async with locked(directory):
+            record = await asyncio.to_thread(done, directory)
+            if record is not None:
+                await asyncio.to_thread(touch, directory)
+                return record, True
+            await asyncio.to_thread(_fresh, directory)
+            try:
+                record = await make(directory)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                raise
+            await asyncio.to_thread((directory / DONE_MARKER).write_text, json.dumps(record), "utf-8")
+            return record, False
+
+
+def repository_dir(root: Path, run: Run) -> Path:
+    """Where one repository's setup results are kept under the worker's setup root."""
+    owner, _, name = run.repository.partition("/")
+    return root / str(run.installation_id) / _safe(owner) / _safe(name)
+
+
+def blob_key(run: Run, key: str) -> str:
+    owner, _, name = run.repository.partition("/")
+    return f"{PREFIX}{run.installation_id}/{_safe(owner)}/{_safe(name)}/{key}.tar.gz"
+
+
+def run_setup_key(earlier: Mapping[str, Step]) -> str | None:
+    """The key of the setup the run's `setup` step made or reused, if the run has one."""
+    for step in earlier.values():
+        output = step.output if isinstance(step.output, dict) else {}
+        if step.tool == "setup" and isinstance(output.get("key"), str) and re.fullmatch(r"[0-9a-f]+", output["key"]):
+            return str(output["key"])
+    return None
+
+
+def done(directory: Path) -> dict[str, object] | None:
+    """The record of a finished setup in `directory`, or None when there is none (or it is unreadable)."""
+    try:
+        record = json.loads((directory / DONE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def touch(directory: Path) -> None:
+    """Mark the result as just used: eviction goes by the marker's modification time."""
+    with contextlib.suppress(OSError):
+        os.utime(directory / DONE_MARKER)
+
+
+@contextlib.asynccontextmanager
+async def locked(directory: Path) -> AsyncIterator[None]:
+    """An exclusive lock on one key across the worker's processes, so a key is never made or unpacked twice at once."""
+    lock = directory.with_name(directory.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:  # closing the file releases the lock
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+async def share(blobs: Blobs, run: Run, directory: Path, limits: SetupCacheLimits) -> str:
+    """Put the finished setup directory in the shared store; what happened, in words for the step output."""
+    with tempfile.TemporaryDirectory(prefix="nofx-setup-") as tmp:
+        archive = Path(tmp) / "setup.tar.gz"
+        await asyncio.to_thread(_pack, directory, archive)
+        size = archive.stat().st_size
+        if size > limits.share_bytes:
+            return (
+                f"not shared: its archive is {_mib(size)}, over NOFX_SETUP_SHARE_MB ({_mib(limits.share_bytes)}); "
+                "a later step on another worker fails rather than run without it"
+            )
+        data = await asyncio.to_thread(archive.read_bytes)
+    await asyncio.to_thread(blobs.put, blob_key(run, directory.name), data)
+    return f"shared with the other workers ({_mib(size)})"
+
+
+async def is_shared(blobs: Blobs, run: Run, key: str) -> bool:
+    return any(name == blob_key(run, key) for name, _, _ in await asyncio.to_thread(blobs.list, blob_key(run, key)))
+
+
+async def restore(blobs: Blobs, run: Run, root: Path, key: str) -> bool:
+    """Make sure this worker has the run's setup directory: unpack it from the shared store when the disk lacks it.
+
+    False when it is in neither place (the step using it then fails with `missing`); BlobError when the store
+    cannot be read.
+    """
+    directory = repository_dir(root, run) / key
+    async with locked(directory):
+        if await asyncio.to_thread(done, directory) is None:
+            data = await asyncio.to_thread(blobs.get, blob_key(run, key))
+            if data is None:
+                return False
+            await asyncio.to_thread(_unpack, data, directory)
+            log.info("setup %s of %s unpacked from the shared store", key[:12], run.repository)
+        await asyncio.to_thread(touch, directory)
+    return True
+
+
+def missing(key: str) -> str:
+    """Why a step cannot use the run's setup result, and what to do."""
+    return (
+        f"the run's setup result (key {key[:12]}) is neither on this worker nor in the shared store: it was over "
+        "NOFX_SETUP_SHARE_MB (the operator may raise it), or evicted since (start the run again to set up afresh)"
+    )
+
+
+async def keep(blobs: Blobs | None, root: Path, run: Run, output: dict[str, object], limits: SetupCacheLimits) -> None:
+    """After a setup step: share a result just made (or one reused here that the store lacks), then evict the
+    oldest. Notes in `output["shared"]` whether the other workers can have it."""
+    key = output.get("key")
+    if not isinstance(key, str):
+        return
+    directory = repository_dir(root, run) / key
+    made = output.get("cached") is not True
+    try:
+        if blobs is not None and (made or not await is_shared(blobs, run, key)):
+            output["shared"] = await share(blobs, run, directory, limits)
+    except BlobError as exc:  # the run goes on here; a step elsewhere will say the result is missing
+        log.warning("setup %s not shared: %s", key[:12], exc)
+        output["shared"] = "not shared: the shared store refused it"
+    if made:
+        await evict(blobs, root, directory, limits)
+
+
+async def evict(blobs: Blobs | None, root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
+    """Drop the oldest results beyond `limits`, never `current` (the result the run uses): the repository's keys
+    past `keep`, then whatever is over `total_bytes`, on this worker's disk and in the shared store. Returns what
+    went, for the log."""
+    gone = await asyncio.to_thread(_evict_disk, root, current, limits)
+    if blobs is not None:
+        gone += await asyncio.to_thread(_evict_shared, blobs, f"{PREFIX}{current.relative_to(root).as_posix()}", limits)
+    if gone:
+        log.info("setup cache: evicted %s", ", ".join(gone))
+    return gone
+
+
+def _evict_disk(root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
+    found = sorted(((m.stat().st_mtime, m.parent) for m in root.glob(f"*/*/*/*/{DONE_MARKER}")), reverse=True)
+    entries = [(current, _disk_usage(current))] + [(d, _disk_usage(d)) for _, d in found if d != current]
+    doomed = _beyond(entries, lambda d: d.parent == current.parent, limits)
+    for directory in doomed:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.with_name(directory.name + ".lock").unlink(missing_ok=True)
+    return [f"{d.relative_to(root)} (disk)" for d in doomed]
+
+
+def _evict_shared(blobs: Blobs, current: str, limits: SetupCacheLimits) -> list[str]:
+    """`current` is the result's key without `.tar.gz`: an archive over `share_bytes` was never stored."""
+    try:
+        listed = sorted(blobs.list(PREFIX), key=lambda entry: entry[2], reverse=True)
+        named = f"{current}.tar.gz"
+        entries = [(n, size) for n, size, _ in listed if n == named] + [(n, s) for n, s, _ in listed if n != named]
+        repository = current.rsplit("/", 1)[0] + "/"
+        doomed = _beyond(entries, lambda name: name.startswith(repository), limits)
+        for name in doomed:
+            blobs.delete(name)
+    except BlobError as exc:  # the cache is an aid: a store that refuses now is trimmed after the next setup
+        log.warning("setup cache: the shared store could not be trimmed: %s", exc)
+        return []
+    return [f"{name} (shared)" for name in doomed]
+
+
+def _beyond(entries: list[tuple[T, int]], ours: Callable[[T], bool], limits: SetupCacheLimits) -> list[T]:
+    """Of (entry, size) pairs, most recent first and the one in use first of all: those past the repository's
+    `keep` (entries `ours` accepts), then those past `total_bytes` counted in that order."""
+    doomed: list[T] = []
+    total = mine = 0
+    for position, (entry, size) in enumerate(entries):
+        mine += ours(entry)
+        if position > 0 and ((ours(entry) and mine > limits.keep) or total + size > limits.total_bytes):
+            doomed.append(entry)
+        else:
+            total += size
+    return doomed
+
+
+def _fresh(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
+def _pack(directory: Path, archive: Path) -> None:
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # speed over size: venvs are mostly compiled code
+        tar.add(directory, arcname=".")
+
+
+def _unpack(data: bytes, directory: Path) -> None:
+    """Into a fresh sibling first, then renamed into place: a worker killed halfway leaves no half directory."""
+    staging = directory.with_name(f"{directory.name}.unpack-{secrets.token_hex(4)}")
+    staging.mkdir(parents=True)
+    try:
+        with tempfile.TemporaryFile() as spool:
+            spool.write(data)
+            spool.seek(0)
+            with tarfile.open(fileobj=spool, mode="r:gz") as tar:
+                # `tar`, not `data`: a venv's symlinks name the system's interpreter by absolute path; nothing is
+                # written outside the directory, and no setuid bits or group/world write survive
+                tar.extractall(staging, filter="tar")
+        shutil.rmtree(directory, ignore_errors=True)  # a setup that failed halfway here, without its marker
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _disk_usage(directory: Path) -> int:
+    used = 0
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            with contextlib.suppress(OSError):
+                used += os.lstat(os.path.join(parent, name)).st_blocks * 512
+    return used
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _safe(name: str) -> str:
+    """A repository name as one directory name (GitHub names are [A-Za-z0-9._-] already; this makes sure)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"

@@ -1,0 +1,79 @@
+"""Old setup results go: a repository keeps its most recent keys, and the cache its size, on disk and in the store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bot.blobs import DatabaseBlobs
+from bot.models import Run
+from bot.runs import setup_cache
+from bot.settings import SetupCacheLimits
+from bot.store import Store
+
+SHOP, BLOG = Run(installation_id=1, repository="octo/shop"), Run(installation_id=2, repository="octo/blog")
+
+
+def made(root: Path, run: Run, key: str, *, used_at: float, size: int = 40_000) -> Path:
+    """A finished setup result of `size` bytes (not compressible), last used at `used_at`."""
+    directory = setup_cache.repository_dir(root, run) / key
+    (directory / "lib").mkdir(parents=True)
+    (directory / "lib" / "package.so").write_bytes(os.urandom(size))
+    (directory / setup_cache.DONE_MARKER).write_text(json.dumps({"duration_s": 1.0}))
+    os.utime(directory / setup_cache.DONE_MARKER, (used_at, used_at))
+    return directory
+
+
+def on_disk(root: Path) -> set[str]:
+    return {marker.parent.name for marker in root.glob(f"*/*/*/*/{setup_cache.DONE_MARKER}")}
+
+
+def shared(blobs: DatabaseBlobs) -> set[str]:
+    return {name.rsplit("/", 1)[1].removesuffix(".tar.gz") for name, _, _ in blobs.list(setup_cache.PREFIX)}
+
+
+async def test_a_repository_keeps_its_most_recently_used_keys_on_disk_and_its_newest_in_the_store(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs, root = DatabaseBlobs(any_store), tmp_path / "setup"
+    limits = SetupCacheLimits(keep=3)
+    for n in range(5):  # shared in this order: k4 is the newest archive
+        await setup_cache.share(blobs, SHOP, made(root, SHOP, f"k{n}", used_at=1_000 + n), limits)
+    await setup_cache.share(blobs, BLOG, made(root, BLOG, "b0", used_at=500), limits)
+    setup_cache.touch(setup_cache.repository_dir(root, SHOP) / "k0")  # a run reused k0 just now
+
+    gone = await setup_cache.evict(blobs, root, setup_cache.repository_dir(root, SHOP) / "k4", limits)
+
+    assert on_disk(root) == {"k0", "k3", "k4", "b0"}  # used most recently; another repository's key stays
+    assert shared(blobs) == {"k2", "k3", "k4", "b0"}  # the store goes by when a result was shared
+    assert len(gone) == 4
+    assert not (setup_cache.repository_dir(root, SHOP) / "k1.lock").exists()
+
+
+async def test_over_the_total_size_the_oldest_go_but_never_the_result_in_use(any_store: Store, tmp_path: Path) -> None:
+    blobs, root = DatabaseBlobs(any_store), tmp_path / "setup"
+    roomy = SetupCacheLimits()
+    for n, run in enumerate([SHOP, BLOG, SHOP]):
+        await setup_cache.share(blobs, run, made(root, run, f"k{n}", used_at=1_000 + n), roomy)
+    in_use = made(root, BLOG, "big", used_at=10, size=200_000)  # the least recently used, yet in use
+    await setup_cache.share(blobs, BLOG, in_use, roomy)
+
+    await setup_cache.evict(blobs, root, in_use, SetupCacheLimits(total_bytes=270_000))
+
+    assert on_disk(root) == {"big", "k2"}  # about 200 KB + 40 KB; k1 would pass 270 KB
+    assert shared(blobs) == {"big", "k2"}
+
+
+async def test_a_result_over_the_share_limit_stays_on_its_worker_and_another_says_so(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs, root = DatabaseBlobs(any_store), tmp_path / "setup"
+    result = made(root, SHOP, "k0", used_at=1_000)
+
+    said = await setup_cache.share(blobs, SHOP, result, SetupCacheLimits(share_bytes=10_000))
+
+    assert said.startswith("not shared: its archive is 0.0 MiB, over NOFX_SETUP_SHARE_MB")
+    assert shared(blobs) == set()
+    assert await setup_cache.restore(blobs, SHOP, tmp_path / "elsewhere", "k0") is False
+    assert "NOFX_SETUP_SHARE_MB" in setup_cache.missing("k0")
