@@ -46,6 +46,10 @@ TREE_IN_PROMPT = 200
 GATE_OUTPUT_LINES = 60
 MAX_DIFF_CHARS = 60_000
 SEMANTIC_HITS = 8  # files the semantic index adds to a search_code answer
+# A conversation of 30 turns would resend every file it read in every request: the answers to the model's last
+# KEEP_RESULT_TURNS turns stay whole, older answers longer than TRIM_OVER_CHARS become one line saying what they were.
+KEEP_RESULT_TURNS = 3
+TRIM_OVER_CHARS = 400
 _PATH = {"type": "string", "minLength": 1, "maxLength": 500}
 _EXPLORE = [
     ToolSpec(
@@ -206,6 +210,7 @@ async def work(
     try:
         while turns < ctx.config.codegen.max_turns:
             turns += 1
+            _trim_old_results(messages)
             response = await ctx.llm.call(
                 purpose=purpose,
                 system=system,
@@ -351,6 +356,43 @@ async def _run_gate(session: _Session, kind: str) -> str:
     ctx.emit("agent.gate", {"gate": kind, "ok": result.ok, "exit_code": result.exit_code})
     tail = result.tail(GATE_OUTPUT_LINES)
     return f"{result.verdict(command, timeout_s)}.\n" + untrusted(f"{kind} output", tail or "(no output)")
+
+
+def _trim_old_results(messages: list[Message]) -> None:
+    """Shrink the answers to tool calls older than the model's last KEEP_RESULT_TURNS turns to a marker line
+    (`[trimmed: read_file a.py lines 1-200, 6,123 chars …]`), so each request stays bounded however long the
+    conversation; the model can call the tool again."""
+    turns = [n for n, message in enumerate(messages) if message["role"] == "assistant"]
+    if len(turns) <= KEEP_RESULT_TURNS:
+        return
+    older = turns[-KEEP_RESULT_TURNS]
+    calls = {call["id"]: call for message in messages[:older] for call in message.get("tool_calls") or []}
+    for n, message in enumerate(messages[:older]):
+        content = message["content"]
+        if message["role"] == "tool" and len(content) > TRIM_OVER_CHARS and not content.startswith(_TRIMMED):
+            what = _described(calls.get(message["tool_call_id"]))
+            marker = f"{_TRIMMED}{what}, {len(content):,} chars; call it again if you need it again]"
+            messages[n] = {**message, "content": marker}
+
+
+_TRIMMED = "[trimmed: "
+
+
+def _described(call: dict[str, object] | None) -> str:
+    """A tool call in a few words: its name and what it looked at."""
+    if call is None:
+        return "a tool's answer"
+    name, data = str(call["name"]), call.get("input")
+    data = data if isinstance(data, dict) else {}
+    if name == "read_file":
+        span = f" lines {data.get('start_line') or 1}-{data.get('end_line') or 'end'}"
+        return f"read_file {str(data.get('path'))[:200]}{span}"
+    if name in ("search_code", "list_files"):
+        glob = f" in {str(data['glob'])[:100]}" if data.get("glob") else ""
+        return f"{name} {str(data.get('pattern'))[:100]!r}{glob}"
+    if name == "run_gate":
+        return f"run_gate {str(data.get('gate'))[:20]}"
+    return name
 
 
 def _restore(session: _Session) -> None:

@@ -280,3 +280,32 @@ def test_run_gate_names_a_missing_program_as_the_gate_step_does(
     assert "`nofx-no-such-runner -q` failed with exit code 127" in answer
     assert hint in answer and "NOFX_SANDBOX_PATHS" in answer and "`setup` in .github/nofx.yml" in answer
     assert hint in (test.error or "")  # the same words as the gate step's failure
+
+
+def test_a_long_conversation_resends_only_the_last_turns_results_whole(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    llm: AnthropicDouble,
+    store: Store,
+) -> None:
+    notes = {f"notes/n{n}.txt": "".join(f"n{n}-{i:03d} {'x' * 50}\n" for i in range(100)) for n in range(10)}
+    git.commit_many(OWNER, REPO, notes, branch=BASE)
+    github.branches[(OWNER, REPO, BASE)] = git.git(OWNER, REPO, "rev-parse", BASE).strip()
+    github.files[(OWNER, REPO, CONFIG, None)] = "gates: {}\n"
+    for n in range(10):
+        llm.tool_call("read_file", {"path": f"notes/n{n}.txt", "start_line": 1})
+    llm.tool_calls([("write_file", {"path": "summary.txt", "content": "read\n"}), ("finish", {"summary": "Read."})])
+
+    deliver("issue_comment", ask(git, "/nofx summarise the notes"))
+    work()
+
+    assert the_run(store).status == RunStatus.succeeded
+    sizes = [len(said(request)) for request in llm.requests]
+    assert len(sizes) == 11 and sizes[3] > 3 * 5_500  # three files read, each whole
+    assert max(sizes) < sizes[3] + 3_000  # then it stops growing: a marker line per older answer
+    last = said(llm.requests[-1])
+    assert all(f"n{n}-099 " in last for n in (7, 8, 9))  # the last three turns' answers, intact
+    assert not any(f"n{n}-000 " in last for n in range(7))
+    assert "[trimmed: read_file notes/n0.txt lines 1-end, 6," in last and "call it again" in last
