@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -16,7 +17,7 @@ from urllib.parse import quote
 from redis import Redis
 from redis.exceptions import RedisError
 from redis.lock import Lock
-from rq import Queue
+from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
@@ -51,6 +52,7 @@ class WorkQueue:
         self.reports = Queue(REPORTS_QUEUE, connection=redis)
         self.steps = Queue(STEPS_QUEUE, connection=redis)
         self.reviews = Queue(REVIEWS_QUEUE, connection=redis)
+        self.shared = SharedState(redis)
 
     @classmethod
     def from_url(cls, url: str, name: str = QUEUE_NAME) -> WorkQueue:
@@ -206,6 +208,10 @@ class WorkQueue:
         """Raise if the queue server does not answer (used by /readyz)."""
         self.redis.ping()
 
+    def worker_count(self) -> int:
+        """Workers registered with the queue (alive: RQ drops a worker whose heartbeat stopped)."""
+        return int(Worker.count(connection=self.redis))
+
 
 def dispatch_job_id(delivery_id: str) -> str:
     return f"dispatch-{delivery_id}"
@@ -213,6 +219,79 @@ def dispatch_job_id(delivery_id: str) -> str:
 
 def step_job_id(step_id: str, attempt: int) -> str:
     return f"step-{step_id}-{attempt}"
+
+
+class QueueUnavailable(Exception):
+    """The queue's server did not answer; the message names the client's error type (never its address)."""
+
+
+class SharedState:
+    """What processes share through the queue's server besides jobs: claims that hold for a while, the config
+    cache, and the counters workers leave for the web process's `/metrics`. The only other user of Redis."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def claim(self, key: str, ttl_s: int) -> bool:
+        """True for the first caller in `ttl_s` seconds: a notice given once a period, a start-up task one worker does."""
+        with _unavailable():
+            return bool(self._redis.set(key, "1", nx=True, ex=ttl_s))
+
+    def text(self, key: str) -> str | None:
+        """A text kept by `keep_text`, or None when there is none (or it expired)."""
+        with _unavailable():
+            value = self._redis.get(key)
+        return None if value is None else _text(value)
+
+    def keep_text(self, key: str, text: str, ttl_s: int) -> None:
+        with _unavailable():
+            self._redis.set(key, text, ex=ttl_s)
+
+    def update_hashes(
+        self,
+        add: Mapping[str, Mapping[str, int | float]] | None = None,
+        put: Mapping[str, Mapping[str, str | float]] | None = None,
+        *,
+        ttl_s: int | None = None,
+    ) -> None:
+        """In one round trip: add to counters (`{hash: {field: amount}}`, whole or fractional) and set fields;
+        `ttl_s` makes the hashes whose fields were set expire (a worker that stops reporting disappears)."""
+        with _unavailable(), self._redis.pipeline(transaction=False) as pipe:
+            for key, amounts in (add or {}).items():
+                for field, amount in amounts.items():
+                    if isinstance(amount, int):
+                        pipe.hincrby(key, field, amount)
+                    else:
+                        pipe.hincrbyfloat(key, field, amount)
+            for key, fields in (put or {}).items():
+                for field, value in fields.items():
+                    pipe.hset(key, field, value)
+                if ttl_s is not None:
+                    pipe.expire(key, ttl_s)
+            pipe.execute()
+
+    def hash(self, key: str) -> dict[str, str]:
+        with _unavailable():
+            return {_text(field): _text(value) for field, value in self._redis.hgetall(key).items()}
+
+    def hashes_under(self, prefix: str) -> dict[str, dict[str, str]]:
+        """Every hash whose key starts with `prefix`, by the rest of its key."""
+        with _unavailable():
+            keys = [_text(key) for key in self._redis.scan_iter(f"{prefix}*", count=100)]
+        return {key.removeprefix(prefix): self.hash(key) for key in keys}
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise QueueUnavailable(type(exc).__name__) from exc
+
+
+def _text(value: bytes | str) -> str:
+    """A value as text (the queue's client returns bytes; redis-py types it as either)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def embedded_url(data_dir: Path) -> str | None:

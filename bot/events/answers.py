@@ -26,7 +26,7 @@ def github_for(ctx: EventContext, thread: Thread) -> GitHubAPI:
 async def config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *, mentioned: bool) -> RepoConfig | None:
     """The repository's config; an invalid file is reported (only when nofx was addressed) and stops here."""
     try:
-        return await repos.load_config(gh, thread, ctx.queue.redis)
+        return await repos.load_config(gh, thread, ctx.queue.shared)
     except ConfigError as exc:
         log.info("invalid repository config: %s", exc)
         if mentioned:

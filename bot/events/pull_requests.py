@@ -43,7 +43,7 @@ async def review_updated_pull_request(event: sansio.Event, ctx: EventContext) ->
         raise RuntimeError("the GitHub App is not configured (GITHUB_APP_ID and a private key are required)")
     gh = ctx.github.installation_client(thread.installation_id)
     try:
-        config = await repos.load_config(gh, thread, ctx.queue.redis)
+        config = await repos.load_config(gh, thread, ctx.queue.shared)
     except ConfigError as exc:  # nobody asked: no comment, the next `/nofx` command reports the error
         log.info("invalid repository config, no automatic review: %s", exc)
         return
@@ -73,7 +73,7 @@ async def request_review(
 async def _say_once(ctx: EventContext, gh: GitHubAPI, thread: Thread, why: str) -> None:
     """Tell the pull request once why it is not reviewed; later skips stay quiet (no rate limit spent on them)."""
     key = f"nofx:review-skipped:{thread.installation_id}:{thread.full_name.lower()}#{thread.number}"
-    if ctx.queue.redis.set(key, "1", nx=True, ex=SKIP_NOTICE_TTL_S):
+    if ctx.queue.shared.claim(key, SKIP_NOTICE_TTL_S):
         await reply(gh, thread, nothing_to_do(why))
 
 

@@ -222,7 +222,7 @@ async def _authorised_command(
 async def _refuse_once_a_day(ctx: EventContext, gh: GitHubAPI, thread: Thread, body: str) -> None:
     """At most one refusal per thread per day: outsiders cannot make nofx spend the installation's rate limit."""
     key = f"nofx:refused:{thread.installation_id}:{thread.full_name.lower()}#{thread.number}"
-    if ctx.queue.redis.set(key, "1", nx=True, ex=REFUSAL_EVERY_S):
+    if ctx.queue.shared.claim(key, REFUSAL_EVERY_S):
         await reply(gh, thread, body)
     else:
         log.info("refusal not posted: this thread already got one today")

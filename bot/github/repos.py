@@ -21,7 +21,7 @@ CONFIG_CACHE_TTL_S = 24 * 3600
 async def load_config(gh: GitHubAPI, thread: Thread, cache: TextCache | None = None) -> RepoConfig:
     """The effective `.github/nofx.yml` (own, else the organization's, with `_extends` bases). Raises ConfigError.
 
-    Each file is read at its repository's default-branch head; with a `cache` (Redis) a file is read once per
+    Each file is read at its repository's default-branch head; with a `cache` (the queue's server) a file is read once per
     commit, so a burst of comments costs one small branch lookup per repository each, not a file read.
     """
     reader = _ConfigReader(gh, thread, cache)
@@ -29,11 +29,11 @@ async def load_config(gh: GitHubAPI, thread: Thread, cache: TextCache | None = N
 
 
 class TextCache(Protocol):
-    """What the config cache needs of Redis."""
+    """What the config cache needs (`bot.queue.SharedState` on the queue's server)."""
 
-    def get(self, name: str) -> Any: ...
+    def text(self, key: str) -> str | None: ...
 
-    def set(self, name: str, value: str, ex: int | None = None) -> Any: ...
+    def keep_text(self, key: str, text: str, ttl_s: int) -> None: ...
 
 
 class _ConfigReader:
@@ -49,12 +49,12 @@ class _ConfigReader:
                 return await self._file_at(file, self.thread.default_branch)
             return None
         key = f"nofx:config:{file.owner.lower()}/{file.repo.lower()}@{head}:{file.path}"
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        if self.cache is not None and (hit := self.cache.text(key)) is not None:
             cached: str | None = json.loads(hit)["text"]
             return cached
         text = await self._file_at(file, head)
         if self.cache is not None:
-            self.cache.set(key, json.dumps({"text": text}), ex=CONFIG_CACHE_TTL_S)
+            self.cache.keep_text(key, json.dumps({"text": text}), CONFIG_CACHE_TTL_S)
         return text
 
     async def _head(self, owner: str, repo: str) -> str | None:

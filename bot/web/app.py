@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from anyio import to_thread
-from rq import Worker
 from sqlmodel import col, select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,7 +53,7 @@ def create_app(
         queue = WorkQueue.from_url(settings.redis_url)
     metrics = Metrics(queue.depths, queue.waits)
     metrics.registry.register(RunMetrics(store))
-    metrics.registry.register(WorkerMetrics(queue.redis))
+    metrics.registry.register(WorkerMetrics(queue.shared))
     app = Starlette(
         routes=[
             Route("/webhooks", receive_webhook, methods=["POST"]),
@@ -151,7 +150,7 @@ def _queue_status(store: Store, queue: WorkQueue) -> dict[str, str]:
     try:
         queue.ping()
         depth = sum(queue.depths().values())
-        workers = Worker.count(connection=queue.redis)
+        workers = queue.worker_count()
         queue_text = f"healthy: {depth} job(s) waiting, {workers} worker(s)"
     except Exception as exc:  # the status page shows the outage rather than failing
         queue_text = f"unavailable ({type(exc).__name__})"

@@ -14,7 +14,7 @@ from bot import deliveries, logs
 from bot.github import identity
 from bot.metrics import workers as worker_metrics
 from bot.models import Step, StepStatus, utcnow
-from bot.queue import DISPATCH_LANE, REVIEW_JOB_TIMEOUT_S, WORK_LANE, dispatch_job_id, step_job_id
+from bot.queue import DISPATCH_LANE, REVIEW_JOB_TIMEOUT_S, WORK_LANE, SharedState, dispatch_job_id, step_job_id
 from bot.review.pass_records import restart_abandoned
 from bot.runs import ci_wait, memory, queries, records
 from bot.runs.transitions import TransitionError
@@ -50,7 +50,9 @@ class Worker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.enqueued_at is not None:
             enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
-            worker_metrics.record_queue_wait(self.connection, queue.name, (utcnow() - enqueued).total_seconds())
+            worker_metrics.record_queue_wait(
+                SharedState(self.connection), queue.name, (utcnow() - enqueued).total_seconds()
+            )
         super().execute_job(job, queue)
 
 
@@ -167,7 +169,7 @@ def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
 
 
 def _report_usage(runtime: Runtime) -> None:
-    worker_metrics.report_usage(runtime.queue.redis)
+    worker_metrics.report_usage(runtime.queue.shared)
 
 
 def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:

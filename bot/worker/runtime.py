@@ -48,7 +48,7 @@ class Runtime:
         self.queue = WorkQueue.from_url(settings.redis_url)
         self.github = (
             GitHubApp.from_settings(
-                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.redis)
+                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.shared)
             )
             if settings.app_configured
             else None

@@ -42,7 +42,7 @@ async def _run(runtime: Runtime) -> None:
             log.info("installations synced", extra=logs.fields(installations=found, repositories=repositories))
         except Exception:  # deliveries still learn their installation one by one; retried next start
             log.exception("syncing installations from GitHub failed")
-        if not runtime.queue.redis.set(RECOVERY_LOCK, "1", nx=True, ex=RECOVERY_LOCK_S):
+        if not runtime.queue.shared.claim(RECOVERY_LOCK, RECOVERY_LOCK_S):
             return
         since = max(deliveries.last_received(runtime.store) or utcnow(), utcnow() - RECOVER_AT_MOST)
         try:

@@ -535,7 +535,7 @@ def test_metrics_cover_queue_waits_sandboxes_github_calls_and_workers(
     script_multiply(llm)
     deliver("issue_comment", ask(git, "/nofx add a multiply function"))
     work()
-    worker_metrics.report_usage(queue.redis, name="test-worker")
+    worker_metrics.report_usage(queue.shared, name="test-worker")
 
     text = client.get("/metrics").text
     assert 'nofx_step_queue_wait_seconds_count{tool="gate:test"} 1.0' in text
