@@ -256,11 +256,12 @@ class Engine:
             semantic_search=self.semantic(run) if self.semantic is not None and workspace is not None else None,
         )
         if self.setup_cache is not None:
-            context.setup_results = setup_cache.RepositorySetups(setup_cache.repository_dir(self.setup_cache, run))
-            key = setup_cache.run_setup_key(earlier)
             blobs = self.artifacts.blobs if self.artifacts else None
-            if workspace is not None and key is not None and blobs is not None:  # made on another worker, maybe
-                await setup_cache.restore(blobs, run, self.setup_cache, key)
+            results = setup_cache.RepositorySetups(setup_cache.repository_dir(self.setup_cache, run), run, blobs)
+            context.setup_results = results
+            key = setup_cache.run_setup_key(earlier)
+            if workspace is not None and key is not None:  # made on another worker, maybe
+                await results.ensure(key)
         context.checkpoint = lambda outcome: checkpoints.record(self.store, context, outcome=outcome)
         context.commands = StepCommands(context)
         if context.llm is not None:

@@ -7,7 +7,7 @@ NOFX_SANDBOX=none they see its real path: such scripts then work only where the 
 
 After a setup runs, its directory goes to the blob store as a gzipped tar (`setup/<installation>/<owner>/<repo>/
 <key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
-of the run needs it unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
+of the run needs it, or when a later run's setup has the same key, unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
 most `total_bytes` in all; the oldest go first.
 """
 
@@ -41,21 +41,32 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RepositorySetups:
-    """`StepContext.setup_results`: one repository's setup results on this worker's disk."""
+    """`StepContext.setup_results`: one repository's setup results on this worker, filled from the shared store."""
 
     directory: Path  # `repository_dir`
+    run: Run
+    blobs: Blobs | None = None
 
     def path(self, key: str) -> Path:
         return self.directory / key
+
+    async def ensure(self, key: str) -> bool:
+        """Whether this worker has the result under `key` now, unpacked from the shared store if its disk lacked
+        it (a step using it fails with `missing` otherwise). Raises BlobError when the store cannot be read."""
+        async with locked(self.path(key)):
+            return await self._reused(key) is not None
 
     async def reuse_or_make(
         self, key: str, make: Callable[[Path], Awaitable[dict[str, object]]]
     ) -> tuple[dict[str, object], bool]:
         directory = self.path(key)
         async with locked(directory):
-            record = await asyncio.to_thread(done, directory)
+            try:
+                record = await self._reused(key)
+            except BlobError as exc:  # the store is an aid: setting up again is slower, not wrong
+                log.warning("setup %s not fetched from the shared store: %s", key[:12], exc)
+                record = None
             if record is not None:
-                await asyncio.to_thread(touch, directory)
                 return record, True
             await asyncio.to_thread(_fresh, directory)
             try:
@@ -65,6 +76,21 @@ class RepositorySetups:
                 raise
             await asyncio.to_thread((directory / DONE_MARKER).write_text, json.dumps(record), "utf-8")
             return record, False
+
+    async def _reused(self, key: str) -> dict[str, object] | None:
+        """The finished result's record, from this disk or else unpacked from the store, marked as just used; the
+        caller holds the key's lock."""
+        directory = self.path(key)
+        record = await asyncio.to_thread(done, directory)
+        if record is None and self.blobs is not None:
+            data = await asyncio.to_thread(self.blobs.get, blob_key(self.run, key))
+            if data is not None:
+                await asyncio.to_thread(_unpack, data, directory)
+                record = await asyncio.to_thread(done, directory)
+                log.info("setup %s of %s unpacked from the shared store", key[:12], self.run.repository)
+        if record is not None:
+            await asyncio.to_thread(touch, directory)
+        return record
 
 
 def repository_dir(root: Path, run: Run) -> Path:
@@ -130,24 +156,6 @@ async def share(blobs: Blobs, run: Run, directory: Path, limits: SetupCacheLimit
 
 async def is_shared(blobs: Blobs, run: Run, key: str) -> bool:
     return any(name == blob_key(run, key) for name, _, _ in await asyncio.to_thread(blobs.list, blob_key(run, key)))
-
-
-async def restore(blobs: Blobs, run: Run, root: Path, key: str) -> bool:
-    """Make sure this worker has the run's setup directory: unpack it from the shared store when the disk lacks it.
-
-    False when it is in neither place (the step using it then fails with `missing`); BlobError when the store
-    cannot be read.
-    """
-    directory = repository_dir(root, run) / key
-    async with locked(directory):
-        if await asyncio.to_thread(done, directory) is None:
-            data = await asyncio.to_thread(blobs.get, blob_key(run, key))
-            if data is None:
-                return False
-            await asyncio.to_thread(_unpack, data, directory)
-            log.info("setup %s of %s unpacked from the shared store", key[:12], run.repository)
-        await asyncio.to_thread(touch, directory)
-    return True
 
 
 def missing(key: str) -> str:

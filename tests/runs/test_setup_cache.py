@@ -75,5 +75,29 @@ async def test_a_result_over_the_share_limit_stays_on_its_worker_and_another_say
 
     assert said.startswith("not shared: its archive is 0.0 MiB, over NOFX_SETUP_SHARE_MB")
     assert shared(blobs) == set()
-    assert await setup_cache.restore(blobs, SHOP, tmp_path / "elsewhere", "k0") is False
+    elsewhere = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "elsewhere", SHOP), SHOP, blobs)
+    assert await elsewhere.ensure("k0") is False
     assert "NOFX_SETUP_SHARE_MB" in setup_cache.missing("k0")
+
+
+async def test_a_later_setup_on_another_worker_unpacks_the_result_instead_of_setting_up_again(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs = DatabaseBlobs(any_store)
+    first = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "a", SHOP), SHOP, blobs)
+    second = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "b", SHOP), SHOP, blobs)
+
+    async def install(directory: Path) -> dict[str, object]:
+        (directory / "bin").mkdir()
+        (directory / "bin" / "python").symlink_to("/usr/bin/python3")  # a venv's, by absolute path
+        return {"duration_s": 2.5}
+
+    async def never(directory: Path) -> dict[str, object]:
+        raise AssertionError("set up again")
+
+    made, reused = await first.reuse_or_make("k0", install)
+    await setup_cache.share(blobs, SHOP, first.path("k0"), SetupCacheLimits())
+
+    assert (made, reused) == ({"duration_s": 2.5}, False)
+    assert await second.reuse_or_make("k0", never) == ({"duration_s": 2.5}, True)
+    assert os.readlink(second.path("k0") / "bin" / "python") == "/usr/bin/python3"
