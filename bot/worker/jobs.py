@@ -15,7 +15,6 @@ from bot.runs import queries, report
 from bot.runs.memory import ThreadKey
 from bot.settings import Settings
 from bot.worker.runtime import Runtime
-from bot.workspace.mirrors import Workspaces
 
 log = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(hours=24)  # a failed run keeps its worktree this long, for `/nofx retry`
@@ -77,14 +76,15 @@ def index_code(installation_id: int, repo: str, clone_url: str, commit: str) -> 
     """Bring the repository's semantic index to `commit`; a worker without the mirror fetches it first."""
     runtime = current_runtime()
     workspaces, github = runtime.engine.workspaces, runtime.github
-    if github is None or not isinstance(workspaces, Workspaces):
+    if github is None or workspaces is None:
         return
     owner, _, name = repo.partition("/")
 
     async def index() -> None:
         token = await github.installation_token(installation_id)
         mirror = await workspaces.fetched_mirror(installation_id, owner, name, clone_url, commit, token)
-        await runtime.search_index().index_code(installation_id, repo, mirror, commit)
+        if mirror is not None:
+            await runtime.search_index().index_code(installation_id, repo, mirror, commit)
 
     runtime.run(index())
 

@@ -28,6 +28,13 @@ class LocalWorkspaces:
             raise GitError(["rev-parse", checkout.base_ref], None, "", summary=summary)
         return await create_worktree(checkout, git_dir=git_dir, path=path, base_sha=base_sha, start_sha=base_sha)
 
+    async def fetched_mirror(
+        self, installation_id: int, owner: str, repo: str, clone_url: str, commit: str, token: str
+    ) -> Path | None:
+        """The local repository's git directory when it holds `commit`; nothing is fetched (no remote, no token)."""
+        git_dir = Path((await git("rev-parse", "--absolute-git-dir", cwd=self.repo)).strip())
+        return git_dir if await resolve_ref(git_dir, commit) is not None else None
+
     async def remove(self, worktree: Worktree) -> None:
         """Delete the checkout but keep its branch: the branch is the local run's result."""
         await git("worktree", "remove", "--force", str(worktree.path), cwd=self.repo)

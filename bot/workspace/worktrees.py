@@ -74,6 +74,13 @@ class RunWorkspaces(Protocol):
         """The run is over with its worktree."""
         ...
 
+    async def fetched_mirror(
+        self, installation_id: int, owner: str, repo: str, clone_url: str, commit: str, token: str
+    ) -> Path | None:
+        """The git directory holding the repository's `commit` (fetched first if need be), for indexing; None when
+        these workspaces cannot have it."""
+        ...
+
     async def reap(self, active_run_ids: set[str]) -> list[Path]:
         """Remove the worktrees of runs that are no longer active; the paths removed."""
         ...

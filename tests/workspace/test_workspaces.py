@@ -17,6 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from bot.workspace.git import GitError, git_env
+from bot.workspace.local import LocalWorkspaces
 from bot.workspace.mirrors import Workspaces, _locked
 from bot.workspace.worktrees import Checkout, Worktree, branch_name
 from tests.support.git_server import GitServer
@@ -230,6 +231,26 @@ def test_the_header_is_sent_only_to_the_clone_urls_host(server: GitServer, tmp_p
         )
     assert refused.returncode != 0 and [r.authorized for r in server.requests] == [False]
     assert accepted.returncode == 0
+
+
+async def test_both_kinds_of_workspaces_give_the_git_dir_holding_a_commit_to_index(
+    workspaces: Workspaces, server: GitServer, tmp_path: Path
+) -> None:
+    later = server.commit(OWNER, REPO, {"src/cart.py": "ITEMS = ['pear']\n"})
+    mirror = await workspaces.fetched_mirror(99, OWNER, REPO, server.url_for(OWNER, REPO), later, TOKEN)
+    assert mirror == workspaces.mirror_path(99, OWNER, REPO)
+    assert mirror is not None and git(mirror, "cat-file", "-t", later).strip() == "commit"
+
+    local_repo = tmp_path / "local"
+    local_repo.mkdir()
+    git(local_repo, "init", "-q", "-b", "main")
+    (local_repo / "a.txt").write_text("a\n")
+    git(local_repo, "add", "a.txt")
+    git(local_repo, "-c", "user.name=n", "-c", "user.email=n@example.test", "commit", "-q", "-m", "a")
+    local = LocalWorkspaces(local_repo, tmp_path / "local-worktrees")
+    head = git(local_repo, "rev-parse", "HEAD").strip()
+    assert await local.fetched_mirror(1, "o", "r", "", head, "") == (local_repo / ".git").resolve()
+    assert await local.fetched_mirror(1, "o", "r", "", later, "") is None  # nothing is fetched
 
 
 # ---------------------------------------------------------------- commit and push
