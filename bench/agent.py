@@ -264,7 +264,7 @@ def _report(
     def row(label: str, values: dict[str, float]) -> None:
         print(f"{label:<26}" + "".join(f"{values[c]:>17.2f}" for c in columns))
 
-    row("first (clones the mirror)", first)
+    row("first (clone, cold setup)", first)
     for n, (kind, values) in enumerate(runs, 1):
         row(f"{n}: {kind} setup", values)
     for kind in ("cold", "warm"):

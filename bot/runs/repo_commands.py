@@ -6,7 +6,7 @@ code the same way. Handlers reach it through their context (`StepContext.command
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +66,6 @@ async def _sandboxed(
     *,
     timeout_s: float,
     network: bool = False,
-    writable: Sequence[Path] = (),
-    readonly: Sequence[Path] = (),
     env: Mapping[str, str] | None = None,
     setup: Path | None = None,
     setup_writable: bool = False,
@@ -82,8 +80,6 @@ async def _sandboxed(
             env_allowed=ctx.config.policy.env_allowed,
             timeout_s=timeout_s,
             network=network,
-            writable=writable,
-            readonly=readonly,
             env=env,
             setup=setup,
             setup_writable=setup_writable,

@@ -160,9 +160,6 @@ def bwrap_args(
             args += ["--tmpfs", str(path)]
         elif path.exists():
             args += ["--ro-bind", "/dev/null", str(path)]
-    for path in readonly:  # a directory nofx chose inside its own (the setup cache) is shown again, read-only
-        if any(path.is_relative_to(h) and path != h for h in hidden):
-            args += ["--ro-bind", str(path), str(path)]
     if git is not None:
         args += _git_binds(git, cwd)
     for path in exposed:

@@ -102,8 +102,6 @@ class Sandbox:
         env_allowed: Iterable[str] = (),
         timeout_s: float,
         network: bool = False,
-        writable: Iterable[Path] = (),
-        readonly: Iterable[Path] = (),
         env: Mapping[str, str] | None = None,
         max_output_bytes: int = 256 * 1024,
         setup: Path | None = None,
@@ -111,9 +109,9 @@ class Sandbox:
     ) -> CommandResult:
         """Run `command` in the run's worktree; raises SandboxUnavailable (nothing ran) or WorkspaceTampered.
 
-        `network=True` only for the setup step; `writable` and `readonly` add directories nofx chose, `setup` the
-        run's setup directory (at `setup_path`: writable for setup, read-only for the gates), and `env`
-        variables nofx sets itself (never from repository config), on top of the scrubbed environment.
+        `network=True` only for the setup step; `setup` is the run's setup directory (at `setup_path`: writable
+        for setup, read-only for the gates), and `env` variables nofx sets itself (never from repository config),
+        on top of the scrubbed environment.
         """
         git = None
         if workspace.git_dir is not None:  # a local run's (no clone URL) repository config is the user's own
@@ -127,9 +125,8 @@ class Sandbox:
             limits=self.limits,
             isolation=self.isolation,
             network=network,
-            readonly=(*self.readonly, *self.toolchains.binds, *readonly),
+            readonly=(*self.readonly, *self.toolchains.binds),
             hidden=self.hidden,
-            writable=writable,
             extra_env={"PATH": self.toolchains.search_path, **(env or {})},
             max_output_bytes=max_output_bytes,
             setup=setup,
