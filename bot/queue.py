@@ -36,6 +36,7 @@ CLEANUP_JOB = "bot.worker.jobs.clean_up_workspaces"
 REVIEW_JOB = "bot.worker.jobs.run_review"
 INDEX_CODE_JOB = "bot.worker.jobs.index_code"
 INDEX_RUN_JOB = "bot.worker.jobs.index_run"
+INDEX_ARTIFACTS_JOB = "bot.worker.jobs.index_artifacts"
 REVIEW_JOB_TIMEOUT_S = 1800  # a 3,000-file pull request takes many LLM calls
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120
@@ -162,6 +163,12 @@ class WorkQueue:
     def enqueue_index_run(self, run_id: str) -> None:
         """Add a finished run (request, plan, outcome) to the runs collection."""
         self.reviews.enqueue(INDEX_RUN_JOB, run_id, job_id=f"index-run-{run_id}", result_ttl=600, failure_ttl=24 * 3600)
+
+    def enqueue_index_artifacts(self, step_id: str) -> None:
+        """Add what a succeeded step produced (generated edits, a pull request) to the artifacts collection."""
+        self.reviews.enqueue(
+            INDEX_ARTIFACTS_JOB, step_id, job_id=f"index-artifacts-{step_id}", result_ttl=600, failure_ttl=24 * 3600
+        )
 
     def enqueue_cleanup(self) -> None:
         """Remove worktrees of finished runs and evict cold mirrors (one job at a time is enough)."""

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 
-from bot.runs.contract import StepContext, StepFailed, StepResult
+from bot.runs.contract import EDITS_ARTIFACT, StepContext, StepFailed, StepResult
 
 TOOLS = ("codegen",)
-EDITS_ARTIFACT = "edits.json"
 
 
 async def run(ctx: StepContext) -> StepResult:

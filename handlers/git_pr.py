@@ -7,7 +7,15 @@ from urllib.parse import urlparse
 
 from gidgethub import BadRequest
 
-from bot.runs.contract import GitError, Step, StepContext, StepFailed, StepResult, written_by
+from bot.runs.contract import (
+    PULL_REQUEST_ARTIFACT,
+    GitError,
+    Step,
+    StepContext,
+    StepFailed,
+    StepResult,
+    written_by,
+)
 
 TOOLS = ("git_pr",)
 PR_MARKER = "<!-- nofx:pr -->"
@@ -31,6 +39,9 @@ async def run(ctx: StepContext) -> StepResult:
     head_sha = await ctx.workspace.head_sha()
     commits = int((await ctx.workspace.git("rev-list", "--count", f"{ctx.workspace.base_sha}..HEAD")).strip() or 0)
     pull = await _open_or_update(ctx, owner, repo)
+    if ctx.artifacts is not None:  # what nofx published, kept with the run (and indexed for search)
+        text = f"# {pull.get('title') or _title(ctx)}\n\n{pull.get('body') or ''}\n"
+        ctx.artifacts.put(PULL_REQUEST_ARTIFACT, text.encode())
     await _request_review(ctx, owner, repo, pull["number"])
     ctx.emit("pull_request.ready", {"number": pull["number"], "head_sha": head_sha})
     return StepResult(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from bot.runs.contract import ArtifactError, StepContext, StepFailed, StepResult
+from bot.runs.contract import EDITS_ARTIFACT, ArtifactError, StepContext, StepFailed, StepResult
 from bot.workspace.edits import Edit, EditError, apply, outside, touches_workflows
 
 TOOLS = ("workspace:write",)
-EDITS_ARTIFACT = "edits.json"
 
 
 async def run(ctx: StepContext) -> StepResult:

@@ -30,7 +30,7 @@ from bot.settings import Settings
 from bot.worker.loop import run_worker
 from bot.worker.runtime import Runtime
 from bot.workspace.git import GitError, git
-from bot.workspace.local import LocalWorkspaces
+from bot.workspace.local import LocalWorkspaces, local_repository
 from bot.workspace.worktrees import Checkout, branch_name
 
 
@@ -62,7 +62,7 @@ def run_locally(repo: Path, request: str, settings: Settings, console: Console) 
         plan = asyncio.run(_plan(runtime, request, config))
         spec = records.RunRequest(
             installation_id=0,
-            repository=f"local/{repo.name}",
+            repository=local_repository(repo),
             thread_number=0,
             thread_kind="local",
             request=request,

@@ -59,8 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("-v", "--verbose", action="store_true", help="show the logs too (they always go to a file)")
     local.set_defaults(func=_run_locally)
 
-    search = sub.add_parser("search", help="semantic and regular-expression search of a local repository")
-    search.add_argument("--repo", type=Path, default=Path("."), help="the local repository (default .)")
+    search = sub.add_parser("search", help="semantic search of a repository's code, runs or artifacts")
+    search.add_argument(
+        "--repo", default=".", help="a local repository (default .) or owner/name of one this server serves"
+    )
+    search.add_argument(
+        "--kind", choices=["code", "artifacts", "runs"], default="code", help="what to search (default code)"
+    )
     search.add_argument("--limit", type=int, default=10, help="results to show (default 10)")
     search.add_argument("query", help="what to look for, in plain words or as a regular expression")
     search.set_defaults(func=_search)

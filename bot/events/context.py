@@ -14,6 +14,7 @@ from bot.store import Store
 if TYPE_CHECKING:
     from bot.github.client import GitHubApp
     from bot.llm.router import LLM
+    from bot.runs.llm_planner import SimilarRuns
     from bot.runs.records import Progress
 
 
@@ -29,3 +30,5 @@ class EventContext:
     tools: Collection[str] = ()  # the tools this server has handlers for: what a plan may use
     llm: LLM | None = None  # for planning; None when no model key is configured
     memory: ThreadMemoryConfig = field(default_factory=ThreadMemoryConfig)
+    # `(installation, repository)` -> the planner's search of that repository's earlier runs; None: no semantic index
+    similar_runs: Callable[[int, str], SimilarRuns] | None = None

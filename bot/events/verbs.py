@@ -149,7 +149,7 @@ async def _show_plan(turn: Turn, request: str, template: str | None = None) -> N
             request,
             turn.config,
             available_tools=turn.ctx.tools,
-            llm_planner=_llm_planner(turn.ctx, turn.config),
+            llm_planner=_llm_planner(turn),
             template_name=template or DEFAULT_TEMPLATE,
         )
     except PlanError as exc:
@@ -172,7 +172,7 @@ async def _start_run(turn: Turn, request: str, template: str | None = None) -> N
             request,
             turn.config,
             available_tools=turn.ctx.tools,
-            llm_planner=_llm_planner(turn.ctx, turn.config),
+            llm_planner=_llm_planner(turn),
             previous=_context_for(turn.ctx, turn.thread, where.follows),
             template_name=template or DEFAULT_TEMPLATE,
         )
@@ -317,9 +317,12 @@ async def review_pull_request(
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def _llm_planner(ctx: EventContext, config: RepoConfig) -> planner.LLMPlanner | None:
-    llm = ctx.llm
-    return planner_for(llm, config, ctx.tools) if llm is not None else None
+def _llm_planner(turn: Turn) -> planner.LLMPlanner | None:
+    ctx, thread = turn.ctx, turn.thread
+    if ctx.llm is None:
+        return None
+    similar = ctx.similar_runs(thread.installation_id, thread.full_name) if ctx.similar_runs else None
+    return planner_for(ctx.llm, turn.config, ctx.tools, similar)
 
 
 class _CannotWork(Exception):

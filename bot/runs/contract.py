@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 # a sandboxed command's result, a model round's result and a step row. Nothing else of bot/ (the import-linter
 # contract in pyproject): what handlers do beyond that, they do through the context's `commands`, `model`, `review`.
 __all__ = [
+    "EDITS_ARTIFACT",
     "GATE_TIMEOUT_S",
     "MARGIN_S",
     "MAX_EVIDENCE_LINES",
+    "PULL_REQUEST_ARTIFACT",
     "SETUP_DIR_VARIABLE",
     "AgentResult",
     "ArtifactError",
@@ -60,6 +62,9 @@ MAX_EVIDENCE_LINES = 80  # of a failure's output, given to a repair round
 SETUP_DIR_VARIABLE = "NOFX_SETUP_DIR"  # where the run's `setup` result is, for the commands that use it
 
 Handler = Callable[["StepContext"], Awaitable["StepResult"]]
+# Artifacts the engine reads too (`workspace:write` applies the edits; the semantic index keeps both).
+EDITS_ARTIFACT = "edits.json"  # codegen's edits, as `Edit.to_dict()` objects
+PULL_REQUEST_ARTIFACT = "pull_request.md"  # git_pr: the title and body of the pull request it opened or updated
 # `(query, limit)` -> `path:start-end (semantic, similarity …)` lines from the repository's semantic index, best first.
 SemanticSearch = Callable[[str, int], Awaitable[list[str]]]
 

@@ -22,7 +22,18 @@ from bot.llm.router import LLM, Budget
 from bot.models import Run, Step, StepStatus
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, from_dict
-from bot.runs import agent, checkpoints, ci_gate, policy, queries, records, report, setup_cache, shared_checkpoints
+from bot.runs import (
+    agent,
+    checkpoints,
+    ci_gate,
+    policy,
+    queries,
+    records,
+    report,
+    search_texts,
+    setup_cache,
+    shared_checkpoints,
+)
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import (
     Handler,
@@ -192,7 +203,10 @@ class Engine:
             log.exception("handler raised")
             message = self._describe(exc, with_type=True)
             return self._record(run, step, lambda: records.fail_step(self.store, step.id, message))
-        return self._record(run, step, lambda: _finish(self.store, step, result))
+        status = self._record(run, step, lambda: _finish(self.store, step, result))
+        if status == StepStatus.succeeded and self.index_searches and step.tool in search_texts.INDEXED_TOOLS:
+            self.queue.enqueue_index_artifacts(step.id)
+        return status
 
     def _refusal(self, run: Run, step: Step, config: RepoConfig) -> str | None:
         """Why the step may not run now, or None: missing handler, unmet dependencies, policy."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import func
 from sqlmodel import col, select
 
-from bot.models import Run, RunEvent, RunStatus, Step, StepStatus, utcnow
+from bot.models import Repository, Run, RunEvent, RunStatus, Step, StepStatus, utcnow
 from bot.runs.records import ACTIVE_RUN
 from bot.store import Store
 
@@ -105,3 +106,14 @@ def waiting_steps(store: Store, tool: str, repository: str | None = None) -> lis
         if repository is not None:
             statement = statement.where(Run.repository == repository)
         return [(run, step) for run, step in session.exec(statement)]
+
+
+def served_repository(store: Store, repo: str) -> tuple[int, str] | None:
+    """The installation serving `repo` and the repository's name as GitHub spells it (names ignore case)."""
+    with store.session() as session:
+        row = session.exec(
+            select(Repository.installation_id, Repository.full_name).where(
+                func.lower(Repository.full_name) == repo.lower(), col(Repository.removed).is_(False)
+            )
+        ).first()
+    return (int(row[0]), str(row[1])) if row is not None else None

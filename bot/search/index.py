@@ -38,10 +38,13 @@ class Hit:
     start: int | None = None
     end: int | None = None
     run_id: str | None = None
+    artifact: str | None = None  # artifacts: `<step>/<file>` under the run
 
     @property
     def location(self) -> str:
-        return f"{self.path}:{self.start}" if self.path else f"run {self.run_id}"
+        if self.path:
+            return f"{self.path}:{self.start}"
+        return f"run {self.run_id}" + (f" {self.artifact}" if self.artifact else "")
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class SearchIndex:
         self._add(self._collection(installation_id, "runs"), ids=[run_id], texts=[text], metadatas=[meta])
 
     def add_artifact(self, installation_id: int, repo: str, run_id: str, name: str, text: str) -> None:
-        """A generated edit or a pull request summary of a run."""
+        """A run's generated edits or its pull request (`name`: the artifact, `<step>/<file>`), for `kind=artifacts`."""
         meta = {"repo": repo, "run_id": run_id, "name": name}
         self._add(self._collection(installation_id, "artifacts"), [f"{run_id}:{name}"], [text], [meta])
 
@@ -152,6 +155,7 @@ class SearchIndex:
                     start=_int_or_none(meta.get("start")),
                     end=_int_or_none(meta.get("end")),
                     run_id=_str_or_none(meta.get("run_id")),
+                    artifact=_str_or_none(meta.get("name")),
                 )
             )
         return hits

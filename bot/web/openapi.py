@@ -515,7 +515,7 @@ MEMORY_REDACTED_SCHEMA: dict[str, Any] = {
 
 SEARCH_HIT_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["kind", "repo", "score", "path", "start_line", "end_line", "run_id", "text"],
+    "required": ["kind", "repo", "score", "path", "start_line", "end_line", "run_id", "artifact", "text"],
     "additionalProperties": False,
     "properties": {
         "kind": {"enum": ["code", "artifacts", "runs"]},
@@ -525,6 +525,10 @@ SEARCH_HIT_SCHEMA: dict[str, Any] = {
         "start_line": {"type": ["integer", "null"], "minimum": 1},
         "end_line": {"type": ["integer", "null"], "minimum": 1},
         "run_id": {**_STRING_OR_NULL, "description": "runs and artifacts: the run"},
+        "artifact": {
+            **_STRING_OR_NULL,
+            "description": "artifacts: `<step>/<name>`, as GET /runs/{run_id}/artifacts/{step}/{name} serves it",
+        },
         "text": {"type": "string", "description": "the chunk, run summary or artifact text that matched"},
     },
 }

@@ -10,17 +10,14 @@ import re
 from typing import Any
 
 from anyio import to_thread
-from sqlalchemy import func
-from sqlmodel import col, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot.models import Repository
+from bot.runs import queries
 from bot.search.embeddings import EmbeddingsUnavailable, embedder_for
 from bot.search.index import KINDS, Hit, SearchIndex
 from bot.settings import Settings
-from bot.store import Store
 from bot.web.auth import require_token
 from bot.web.openapi import REPO_PATTERN
 
@@ -63,12 +60,13 @@ def hit_json(hit: Hit) -> dict[str, Any]:
         "start_line": hit.start,
         "end_line": hit.end,
         "run_id": hit.run_id,
+        "artifact": hit.artifact,
         "text": hit.text,
     }
 
 
 def _search(state: Any, query: str, repo: str, kind: str, limit: int) -> list[Hit] | None:
-    found = _repository(state.store, repo)
+    found = queries.served_repository(state.store, repo)
     if found is None:
         return None
     installation_id, repo = found  # GitHub's spelling, as the index recorded it
@@ -79,17 +77,6 @@ def _search(state: Any, query: str, repo: str, kind: str, limit: int) -> list[Hi
     if kind == "code":
         return index.search_files(installation_id, query, repo=repo, limit=limit)
     return index.search(installation_id, query, kind=kind, repo=repo, limit=limit)  # type: ignore[arg-type]
-
-
-def _repository(store: Store, repo: str) -> tuple[int, str] | None:
-    """The installation serving `repo` and the repository's name as GitHub spells it (names ignore case)."""
-    with store.session() as session:
-        row = session.exec(
-            select(Repository.installation_id, Repository.full_name).where(
-                func.lower(Repository.full_name) == repo.lower(), col(Repository.removed).is_(False)
-            )
-        ).first()
-    return (int(row[0]), str(row[1])) if row is not None else None
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -11,7 +11,7 @@ from bot import deliveries, logs
 from bot.events import router as events
 from bot.models import DeliveryStatus, ReviewPass
 from bot.review import passes
-from bot.runs import queries, report
+from bot.runs import queries, report, search_texts
 from bot.runs.memory import ThreadKey
 from bot.settings import Settings
 from bot.worker.runtime import Runtime
@@ -95,9 +95,21 @@ def index_run(run_id: str) -> None:
     run = queries.get_run(runtime.store, run_id)
     if run is None:
         return
-    plan = ", ".join(f"{s.name} ({s.tool})" for s in queries.steps_of(runtime.store, run.id))
-    outcome = run.status.value + (f": {run.error[:300]}" if run.error else "")
+    plan, outcome = search_texts.run_summary(runtime.store, run)
     runtime.search_index().add_run(run.installation_id, run.repository, run.id, run.request, plan, outcome)
+
+
+def index_artifacts(step_id: str) -> None:
+    """Add a succeeded step's generated edits or pull request to the artifacts collection, secrets redacted."""
+    runtime = current_runtime()
+    step = queries.get_step(runtime.store, step_id)
+    run = queries.get_run(runtime.store, step.run_id) if step else None
+    artifacts = runtime.engine.artifacts
+    if step is None or run is None or artifacts is None:
+        return
+    index = runtime.search_index()
+    for name, text in search_texts.step_artifacts(artifacts, run, step):
+        index.add_artifact(run.installation_id, run.repository, run.id, name, runtime.redactor.redact(text))
 
 
 def clean_up_workspaces() -> None:

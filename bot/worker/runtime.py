@@ -20,6 +20,7 @@ from bot.review.analysis import failing_in_worktree
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import SemanticSearch, discover_handlers
 from bot.runs.engine import Engine
+from bot.runs.llm_planner import SimilarRuns
 from bot.runs.memory import ThreadMemoryConfig
 from bot.search import code_search
 from bot.search.embeddings import embedder_for, search_configured
@@ -98,6 +99,18 @@ class Runtime:
 
         return search
 
+    def similar_runs_of(self, installation_id: int, repository: str) -> SimilarRuns:
+        """The planner's view of the runs collection: one installation's repository, never another's runs."""
+
+        async def similar(request: str, limit: int) -> list[str]:
+            index = self.search_index()
+            hits = await asyncio.to_thread(
+                index.search, installation_id, request, kind="runs", repo=repository, limit=limit
+            )
+            return [hit.text for hit in hits]
+
+        return similar
+
     def _public_error(self, text: str) -> str:
         """A step's error as GitHub shows it: no secret, and the server's own directories not named."""
         return self.redactor.redact(text).replace(str(self.settings.data_dir.resolve()), "<data dir>")
@@ -117,6 +130,7 @@ class Runtime:
             tools=frozenset(engine.handlers),
             llm=engine.llm,
             memory=engine.memory,
+            similar_runs=self.similar_runs_of if engine.semantic is not None else None,
         )
 
     def close(self) -> None:

@@ -8,6 +8,11 @@ from bot.workspace.git import GitError, git
 from bot.workspace.worktrees import Checkout, Worktree, create_worktree, find_worktree, resolve_ref
 
 
+def local_repository(repo: Path) -> str:
+    """The repository name a local repository's runs are recorded (and indexed) under."""
+    return f"local/{repo.name}"
+
+
 class LocalWorkspaces:
     """Run worktrees on new branches of a local repository; a run's branch is its result and stays."""
 

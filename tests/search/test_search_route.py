@@ -25,17 +25,26 @@ from tests.support.runs_api import AUTH, TOKEN
 
 
 @pytest.fixture
-def client(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path, repo: Path) -> TestClient:  # noqa: F811
-    settings = replace(settings, api_token=TOKEN, embeddings_model="local:all-minilm-l6-v2")
+def settings(settings: Settings) -> Settings:
+    return replace(settings, api_token=TOKEN, embeddings_model="local:all-minilm-l6-v2")
+
+
+@pytest.fixture
+def client(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> TestClient:
     with store.session() as session:
         session.add(Installation(id=5, account_login="o"))
         session.add(Repository(id=55, installation_id=5, full_name="o/toolbox"))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    asyncio.run(SearchIndex.open(settings, LocalEmbeddings()).index_code(5, "o/toolbox", repo, commit))
     return TestClient(create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env"))
 
 
-def test_search_finds_the_file_by_meaning_and_answers_in_the_documented_shape(client: TestClient) -> None:
+def test_search_finds_the_file_by_meaning_and_answers_in_the_documented_shape(
+    client: TestClient,
+    settings: Settings,
+    repo: Path,  # noqa: F811
+) -> None:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    asyncio.run(SearchIndex.open(settings, LocalEmbeddings()).index_code(5, "o/toolbox", repo, commit))
+
     answer = client.get("/search", params={"q": REQUEST, "repo": "O/Toolbox", "limit": 2}, headers=AUTH)
 
     assert answer.status_code == 200, answer.text

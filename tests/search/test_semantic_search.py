@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import main as cli
 from bot.search.code_search import search_repository
 from bot.search.embeddings import LocalEmbeddings
 from bot.search.index import SearchIndex
@@ -186,18 +186,17 @@ def test_server_mode_against_a_real_chroma_server(tmp_path: Path, embedder: Loca
     assert not (tmp_path / "unused" / "chroma").exists()  # nothing went to the embedded store
 
 
-def test_nofx_search_prints_semantic_and_regex_results(tmp_path: Path, repo: Path) -> None:
-    env = {**os.environ, "NOFX_DATA_DIR": str(tmp_path / "data"), "NOFX_EMBEDDINGS_MODEL": "local:all-minilm-l6-v2"}
-    env.pop("OPENAI_API_KEY", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "search", "--repo", str(repo), "--limit", "2", REQUEST],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith("vault/kdf.py:1-")
+def test_nofx_search_prints_semantic_and_regex_results(
+    tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In this process: the model is already loaded for the session; a subprocess would load torch again (seconds).
+    monkeypatch.setenv("NOFX_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NOFX_EMBEDDINGS_MODEL", "local:all-minilm-l6-v2")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    assert cli.main(["search", "--repo", str(repo), "--limit", "2", REQUEST]) == 0
+
+    assert capsys.readouterr().out.splitlines()[0].startswith("vault/kdf.py:1-")
 
 
 def _free_port() -> int:
