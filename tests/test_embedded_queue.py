@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
+from redis.retry import Retry
 
 from bot.queue import EmbeddedValkey, embedded_url, start_embedded_valkey
 from bot.workspace import isolation as layouts
 from bot.workspace.sandbox import run_command
+
+NO_RETRY = Retry(NoBackoff(), retries=0)  # redis-py retries a refused AUTH for seconds; one refusal is the answer
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def server(data_dir: Path) -> Iterator[EmbeddedValkey]:
 def test_the_queue_needs_the_password_kept_in_a_private_file(server: EmbeddedValkey, data_dir: Path) -> None:
     assert Redis.from_url(server.url).ping()
     with pytest.raises((AuthenticationError, ResponseError), match=r"(?i)auth"):
-        Redis(unix_socket_path=str(server.socket)).ping()
+        Redis(unix_socket_path=str(server.socket), retry=NO_RETRY).ping()
 
     directory = server.socket.parent
     password = (directory / "password").read_text()
