@@ -100,6 +100,7 @@ class Result:
     errors: int
     recorded: int | None = None
     rss_mb: float | None = None
+    cpu_us: float | None = None  # CPU time of the server process per request (user + system)
 
     @property
     def lost(self) -> int | None:
@@ -155,8 +156,10 @@ class _Load:
         self._wrk(url, self.args.warmup, f"warm-{uuid.uuid4().hex[:8]}")
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         rss = _RssSampler(pid)
+        cpu_before = _cpu_seconds(pid)
         with rss:
             out = self._wrk(url, self.args.duration, self.prefix)
+        cpu = _cpu_seconds(pid) - cpu_before
         fields = dict(kv.split("=") for kv in re.search(r"RESULT (.*)", out).group(1).split())  # type: ignore[union-attr]
         return Result(
             target=target,
@@ -167,6 +170,7 @@ class _Load:
             refused=int(fields["refused"]),
             errors=int(fields["errors"]),
             rss_mb=rss.max_mb,
+            cpu_us=cpu * 1e6 / max(int(fields["requests"]), 1),
         )
 
     def _wrk(self, url: str, seconds: int, prefix: str) -> str:
@@ -202,6 +206,12 @@ class _RssSampler:
                 for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         self.max_mb = max(self.max_mb, int(line.split()[1]) / 1024)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -379,10 +389,11 @@ def _free_port() -> int:
 
 def _line(r: Result) -> str:
     recorded = "" if r.recorded is None else f"  recorded {r.recorded} of {r.accepted} accepted (lost {r.lost})"
-    rss = "" if r.rss_mb is None else f"  web RSS max {r.rss_mb:.0f} MB"
+    rss = "" if r.rss_mb is None else f"  RSS max {r.rss_mb:.0f} MB"
+    cpu = "" if r.cpu_us is None else f"  CPU {r.cpu_us:.0f} us/delivery"
     return (
         f"{r.target:<9} {r.requests_per_s:8,.0f} deliveries/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms"
-        f"  refused {r.refused} errors {r.errors}{recorded}{rss}"
+        f"  refused {r.refused} errors {r.errors}{recorded}{rss}{cpu}"
     )
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import JSON, Text, bindparam, cast, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -21,16 +22,45 @@ MAX_REASON = 4000
 
 def describe(delivery_id: str, event: str, payload: dict[str, Any]) -> Delivery:
     """Build the row for a delivery from GitHub's headers and the parsed payload."""
-    installation = payload.get("installation") or {}
-    repository = payload.get("repository") or {}
-    action = payload.get("action")
+    action, installation_id, repository = _routing_fields(payload)
     return Delivery(
         id=delivery_id,
         event=event,
-        action=action if isinstance(action, str) else None,
-        installation_id=_int_or_none(installation.get("id")) if isinstance(installation, dict) else None,
-        repository=repository.get("full_name") if isinstance(repository, dict) else None,
+        action=action,
+        installation_id=installation_id,
+        repository=repository,
         payload=payload,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A delivery as intake records it: no ORM object (its construction cost more than the insert), and the
+    verified body kept as GitHub sent it, so the payload is stored without being serialised again."""
+
+    id: str
+    event: str
+    action: str | None
+    installation_id: int | None
+    repository: str | None
+    body: str  # the JSON text of the payload, exactly as received
+
+
+def incoming(delivery_id: str, event: str, payload: dict[str, Any], body: str) -> Incoming:
+    """Intake's record of a delivery: `payload` is `body` parsed (the caller checked it is a JSON object)."""
+    return Incoming(delivery_id, event, *_routing_fields(payload), body)
+
+
+def _routing_fields(payload: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
+    """The action, installation id and repository full name, where the payload has them with the right type."""
+    installation = payload.get("installation") or {}
+    repository = payload.get("repository") or {}
+    action = payload.get("action")
+    full_name = repository.get("full_name") if isinstance(repository, dict) else None
+    return (
+        action if isinstance(action, str) else None,
+        _int_or_none(installation.get("id")) if isinstance(installation, dict) else None,
+        full_name if isinstance(full_name, str) else None,
     )
 
 
@@ -56,36 +86,46 @@ class Recorded:
     new: bool
 
 
-def record_all(store: Store, batch: list[Delivery], ignore_reasons: list[str | None]) -> list[Recorded]:
+def record_all(store: Store, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
     """Insert deliveries in one transaction, skipping ids already recorded; one answer per delivery, in order.
 
     Intake's group commit: one round trip to the database for every delivery that arrived meanwhile. Each is
     recorded as queued (saving a second write; the caller enqueues them next), or as ignored with its reason. A
     redelivery (an id recorded earlier, or twice in the batch) is reported with its stored status, not new.
     """
+    now = utcnow()
+    rows: dict[str, dict[str, Any]] = {}
     for delivery, reason in zip(batch, ignore_reasons, strict=True):
-        delivery.status = DeliveryStatus.ignored if reason is not None else DeliveryStatus.queued
-        delivery.reason = reason
-    first: dict[str, Delivery] = {}
-    for delivery in batch:
-        first.setdefault(delivery.id, delivery)
-    insert = _insert_ignoring_known(store)
-    columns = [column.name for column in Delivery.__table__.columns]  # type: ignore[attr-defined]
-    rows = [{name: getattr(delivery, name) for name in columns} for delivery in first.values()]
+        if delivery.id not in rows:
+            rows[delivery.id] = {
+                "id": delivery.id,
+                "event": delivery.event,
+                "action": delivery.action,
+                "installation_id": delivery.installation_id,
+                "repository": delivery.repository,
+                "payload": delivery.body,
+                "status": DeliveryStatus.ignored if reason is not None else DeliveryStatus.queued,
+                "reason": reason,
+                "attempts": 0,
+                "received_at": now,
+                "updated_at": now,
+            }
     with store.engine.begin() as conn:
-        inserted = set(conn.execute(insert.returning(Delivery.__table__.c.id), rows).scalars())  # type: ignore[attr-defined]
-        known = [delivery_id for delivery_id in first if delivery_id not in inserted]
+        inserted = set(conn.execute(_batch_insert(store.engine.dialect.name), list(rows.values())).scalars())
+        known = [delivery_id for delivery_id in rows if delivery_id not in inserted]
         stored: dict[str, tuple[Any, str | None]] = {}
         if known:
             query = select(Delivery.id, Delivery.status, Delivery.reason).where(col(Delivery.id).in_(known))
             stored = {row[0]: (row[1], row[2]) for row in conn.execute(query)}
     answers: list[Recorded] = []
+    claimed: set[str] = set()
     for delivery in batch:
-        new = delivery.id in inserted and first[delivery.id] is delivery
-        if new:
-            answers.append(Recorded(delivery.status, delivery.reason, new=True))
+        row = rows[delivery.id]
+        if delivery.id in inserted and delivery.id not in claimed:  # the first copy in the batch is the new one
+            claimed.add(delivery.id)
+            answers.append(Recorded(row["status"], row["reason"], new=True))
         else:
-            status, reason = stored.get(delivery.id, (first[delivery.id].status, first[delivery.id].reason))
+            status, reason = stored.get(delivery.id, (row["status"], row["reason"]))
             answers.append(Recorded(DeliveryStatus(status), reason, new=False))
     return answers
 
@@ -201,12 +241,19 @@ def mark_all_received(store: Store, delivery_ids: list[str]) -> None:
         conn.execute(statement)
 
 
-def _insert_ignoring_known(store: Store) -> Any:
-    """INSERT ... ON CONFLICT (id) DO NOTHING, in the dialect of the store (SQLite or PostgreSQL)."""
+@functools.cache
+def _batch_insert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id, in the store's dialect (SQLite or PostgreSQL).
+
+    The payload is bound as the JSON text it arrived as (PostgreSQL casts it to its JSON type), not as a dict
+    for the column type to serialise again.
+    """
     table = Delivery.__table__  # type: ignore[attr-defined]
-    if store.engine.dialect.name == "postgresql":
-        return postgresql_insert(table).on_conflict_do_nothing(index_elements=["id"])
-    return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
+    values: dict[str, Any] = {column.name: bindparam(column.name, type_=column.type) for column in table.columns}
+    body = bindparam("payload", type_=Text)
+    values["payload"] = cast(body, JSON) if dialect == "postgresql" else body
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).values(values).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
 
 
 def _move(

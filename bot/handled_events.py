@@ -7,7 +7,7 @@ The web process decides at intake whether a delivery needs a worker, and must no
 
 from __future__ import annotations
 
-from bot.models import Delivery
+from typing import Protocol
 
 INSTALLATION_EVENTS = frozenset({"installation", "installation_repositories"})
 
@@ -24,7 +24,20 @@ HANDLED: dict[str, frozenset[str]] = {
 }
 
 
-def ignore_reason(delivery: Delivery) -> str | None:
+class Described(Protocol):
+    """What deciding needs of a delivery: a recorded `Delivery`, or the intake's `Incoming` before the write."""
+
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def action(self) -> str | None: ...
+
+    @property
+    def installation_id(self) -> int | None: ...
+
+
+def ignore_reason(delivery: Described) -> str | None:
     """Why a delivery needs no worker, or None to route it. Pure: no database, no GitHub.
 
     Whether its installation exists or is suspended is the worker's question (it may have to ask GitHub).

@@ -158,6 +158,7 @@ def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
         host=args.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # the app writes it (`bot.web.app.App`)
         proxy_headers=True,
     )
     return 0

@@ -51,6 +51,7 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
             host=host,
             port=settings.port,
             log_config=None,
+            access_log=False,  # the app writes it (`bot.web.app.App`)
             proxy_headers=True,
         )
         log.info("serving on http://%s:%s", host, settings.port)

@@ -1,6 +1,8 @@
 """POST /webhooks: size cap, HMAC check on the raw bytes, parse, record, enqueue, answer 202.
 
-The web process does nothing else with a delivery: no GitHub call, no LLM call, no git.
+The web process does nothing else with a delivery: no GitHub call, no LLM call, no git. A burst of deliveries
+is the one load on this process, so the intake is a bare ASGI app that `bot.web.app.App` calls directly: no
+routing, no middleware, no Request object per delivery.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from bot import deliveries, logs
 from bot.metrics.web import Metrics
-from bot.models import Delivery, DeliveryStatus
+from bot.models import DeliveryStatus
 from bot.queue import WorkQueue
 from bot.store import Store
 from bot.web.group_commit import GroupCommit
@@ -30,6 +31,10 @@ MAX_BODY_BYTES = 25 * 1024 * 1024
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 # GitHub's event names: lower case, digits and underscores (`projects_v2_item`, `sub_issues`).
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+# The request headers the intake reads (ASGI gives header names lower-cased).
+_HEADERS = frozenset(
+    {b"content-length", b"content-type", b"x-github-delivery", b"x-github-event", b"x-hub-signature-256"}
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +51,30 @@ class Refusal(Exception):
 
 @dataclass
 class Intake:
-    """Everything the webhook endpoint needs, passed in by `create_app`."""
+    """Everything the webhook endpoint needs, passed in by `create_app`; called as the ASGI app of /webhooks."""
 
     store: Store
     queue: WorkQueue
     metrics: Metrics
     secret: Callable[[], str | None]
     # Decides whether nofx acts on a delivery: returns None to route it, or why it is ignored.
-    ignore_reason: Callable[[Delivery], str | None]
-    group: GroupCommit[Delivery, deliveries.Recorded] = field(init=False)
+    ignore_reason: Callable[[deliveries.Incoming], str | None]
+    group: GroupCommit[deliveries.Incoming, deliveries.Recorded] = field(init=False)
 
     def __post_init__(self) -> None:
         self.group = GroupCommit(self._write)
 
-    async def receive(self, request: Request) -> JSONResponse:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        event = request.headers.get("x-github-event", "")
-        delivery_id = request.headers.get("x-github-delivery", "")
+        if scope["method"] != "POST":
+            await _answer(send, 405, {"error": "webhooks are delivered with POST"}, ((b"allow", b"POST"),))
+            return
+        headers = _headers(scope["headers"])
+        event = headers.get(b"x-github-event", "")
+        delivery_id = headers.get(b"x-github-delivery", "")
         with logs.bound(delivery_id=delivery_id or None, event=event or None):
             try:
-                status, body, outcome = await self._receive(request, event, delivery_id)
+                status, body, outcome = await self._receive(headers, receive, event, delivery_id)
             except Refusal as refusal:
                 log.warning("webhook refused: %s", refusal.message, extra=logs.fields(status=refusal.status))
                 status, body, outcome = refusal.status, {"error": refusal.message}, refusal.outcome
@@ -78,21 +87,23 @@ class Intake:
                 )
         self.metrics.deliveries.labels(event=_metric_event(event), outcome=outcome).inc()
         self.metrics.intake_seconds.observe(time.perf_counter() - started)
-        return JSONResponse(body, status_code=status)
+        await _answer(send, status, body)
 
-    async def _receive(self, request: Request, event: str, delivery_id: str) -> tuple[int, dict[str, Any], str]:
+    async def _receive(
+        self, headers: dict[bytes, str], receive: Receive, event: str, delivery_id: str
+    ) -> tuple[int, dict[str, Any], str]:
         secret = self.secret()
         if not secret:
             raise Refusal(401, "GITHUB_WEBHOOK_SECRET is not configured; every delivery is refused", "unsigned")
-        raw = await _read_capped(request)
-        _verify_signature(raw, request.headers.get("x-hub-signature-256"), secret)
+        raw = await _read_capped(headers.get(b"content-length"), receive)
+        _verify_signature(raw, headers.get(b"x-hub-signature-256"), secret)
         if not _EVENT_NAME.match(event):
             raise Refusal(400, "missing or invalid X-GitHub-Event header", "malformed")
         if not _DELIVERY_ID.match(delivery_id):
             raise Refusal(400, "missing or invalid X-GitHub-Delivery header", "malformed")
-        payload = _parse(raw, request.headers.get("content-type", ""))
+        payload, text = _parse(raw, headers.get(b"content-type", ""))
 
-        delivery = deliveries.describe(delivery_id, event, payload)
+        delivery = deliveries.incoming(delivery_id, event, payload, text)
         with logs.bound(installation=delivery.installation_id, repo=delivery.repository):
             recorded = await self.group.submit(delivery)
             if recorded.status == DeliveryStatus.ignored:
@@ -104,8 +115,8 @@ class Intake:
             log.debug("delivery queued")
             return 202, {"delivery": delivery_id, "status": "queued"}, "queued"
 
-    def _write(self, batch: list[Delivery]) -> list[deliveries.Recorded]:
-        """Record a batch as queued in one transaction, then enqueue what needs routing in one round trip.
+    def _write(self, batch: list[deliveries.Incoming]) -> list[deliveries.Recorded]:
+        """Record a batch as queued in one transaction, then enqueue what needs routing as one job.
 
         Recorded as queued in the same write, saving a second one per delivery; if the queue refuses,
         they go back to received and the request fails (500, GitHub may redeliver), and the sweeper
@@ -120,7 +131,7 @@ class Intake:
             d.id for d, a in zip(batch, answers, strict=True) if not a.new and a.status == DeliveryStatus.received
         ]
         try:
-            self.queue.enqueue_dispatches(new + stranded)
+            self.queue.enqueue_intake(new + stranded)
         except Exception:
             deliveries.mark_all_received(self.store, new)
             raise
@@ -129,21 +140,38 @@ class Intake:
         return answers
 
 
-async def _read_capped(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The headers the intake reads, by lower-case name (the first of repeated ones, as Starlette's `get`)."""
+    found: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in _HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+async def _read_capped(declared: str | None, receive: Receive) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise Refusal(400, "client disconnected before the body was read", "malformed") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refusal(400, "client disconnected before the body was read", "malformed")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    content = orjson.dumps(body)
+    start = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content)), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": content})
 
 
 def _verify_signature(raw: bytes, header: str | None, secret: str) -> None:
@@ -154,21 +182,22 @@ def _verify_signature(raw: bytes, header: str | None, secret: str) -> None:
         raise Refusal(401, "X-Hub-Signature-256 does not match the payload", "bad_signature")
 
 
-def _parse(raw: bytes, content_type: str) -> dict[str, Any]:
-    """GitHub sends JSON, or a form with a `payload` field when the hook is set to urlencoded."""
-    text = raw
+def _parse(raw: bytes, content_type: str) -> tuple[dict[str, Any], str]:
+    """The payload and its JSON text. GitHub sends JSON, or a form with a `payload` field when the hook is set
+    to urlencoded."""
+    source: bytes | str = raw
     if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         fields = parse_qs(raw.decode("utf-8", "replace"))
         if "payload" not in fields:
             raise Refusal(400, "form-encoded delivery without a payload field", "malformed")
-        text = fields["payload"][0].encode()
+        source = fields["payload"][0]
     try:
-        payload = orjson.loads(text)
+        payload = orjson.loads(source)  # also refuses bytes that are not UTF-8
     except orjson.JSONDecodeError as exc:
         raise Refusal(400, f"body is not valid JSON: {exc}", "malformed") from None
     if not isinstance(payload, dict):
         raise Refusal(400, "payload must be a JSON object", "malformed")
-    return payload
+    return payload, source if isinstance(source, str) else source.decode()
 
 
 def _metric_event(event: str) -> str:

@@ -23,6 +23,7 @@ from bot.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 10.0
+INTAKE_WAIT_S = 1.0  # how long one wait for intake ids blocks (under the queue client's 5 s socket timeout)
 SCHEDULE_EVERY_S = 0.25  # delayed jobs (report coalescing, retry backoff) start at most this late
 STALE_AFTER = timedelta(seconds=30)
 # Routing a delivery takes seconds (its job times out after DISPATCH_TIMEOUT_S); longer means its worker died.
@@ -79,6 +80,9 @@ def run_worker(
         startup.start_in_background(runtime)
         threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
         threading.Thread(target=_schedule_forever, args=(runtime, stop), name="scheduler", daemon=True).start()
+        threading.Thread(target=_fan_out_forever, args=(runtime, stop), name="intake", daemon=True).start()
+    elif maintenance:
+        runtime.queue.fan_out_intake()  # a burst serves what is waiting, deliveries the web recorded included
     worker = Worker(runtime.queue.lane(lane), connection=runtime.queue.redis)
     try:
         # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
@@ -106,6 +110,9 @@ def sweep(runtime: Runtime) -> list[str]:
         for delivery_id in deliveries.stale_queued(runtime.store, LOST_JOB_AFTER)
         if not runtime.queue.job_exists(dispatch_job_id(delivery_id))
     ]
+    if lost:  # still on the intake list (its workers are slow or down) is not lost
+        waiting = set(runtime.queue.intake_waiting())
+        lost = [delivery_id for delivery_id in lost if delivery_id not in waiting]
     stale = deliveries.stale_received(runtime.store, STALE_AFTER) + lost
     for delivery_id in stale:
         deliveries.enqueue(runtime.store, runtime.queue, delivery_id)
@@ -166,6 +173,16 @@ def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
             runtime.queue.enqueue_due()
         except Exception:  # the scheduler must outlive a queue hiccup
             log.exception("moving delayed jobs failed; trying again")
+
+
+def _fan_out_forever(runtime: Runtime, stop: threading.Event) -> None:
+    """Turn the ids the web puts on the intake list into dispatch jobs as they come (`WorkQueue.enqueue_intake`)."""
+    while not stop.is_set():
+        try:
+            runtime.queue.fan_out_intake(wait_s=INTAKE_WAIT_S)
+        except Exception:  # must outlive a queue hiccup; the sweeper finds whatever this lost
+            log.exception("turning intake ids into dispatch jobs failed; trying again")
+            stop.wait(INTAKE_WAIT_S)
 
 
 def _report_usage(runtime: Runtime) -> None:

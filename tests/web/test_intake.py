@@ -42,7 +42,7 @@ def test_signed_delivery_is_recorded_and_enqueued(
     assert row.payload == payload
     assert row.status == DeliveryStatus.queued
     assert row.received_at is not None
-    assert queue.queue.job_ids == ["dispatch-d-1"]
+    assert queue.intake_waiting() == ["d-1"]  # the worker that takes the intake job enqueues dispatch-d-1
 
 
 def test_same_delivery_twice_is_recorded_once_and_enqueued_once(
@@ -57,7 +57,7 @@ def test_same_delivery_twice_is_recorded_once_and_enqueued_once(
     assert first.json()["status"] == "queued"
     assert second.status_code == 202
     assert second.json()["status"] == "duplicate"
-    assert queue.queue.count == 1
+    assert queue.intake_waiting() == ["same"]
     with store.session() as session:
         assert session.exec(_count_deliveries()).one() == 1
 
@@ -86,7 +86,7 @@ def test_bad_or_missing_signature_is_refused_and_nothing_recorded(
     assert expected in response.json()["error"]
     with store.session() as session:
         assert session.exec(_count_deliveries()).one() == 0
-    assert queue.queue.count == 0
+    assert queue.intake_waiting() == []
 
 
 def test_signature_over_other_bytes_is_refused(deliver: Deliverer, client: TestClient) -> None:
@@ -174,7 +174,7 @@ def test_ping_is_recorded_as_ignored_and_not_enqueued(deliver: Deliverer, store:
     row = deliveries.get(store, "ping-1")
     assert row is not None and row.status == DeliveryStatus.ignored
     assert row.reason == "nofx does not handle ping"
-    assert queue.queue.count == 0
+    assert queue.intake_waiting() == []
 
 
 def test_unknown_event_is_recorded_as_ignored(deliver: Deliverer, store: Store, queue: WorkQueue) -> None:
@@ -183,7 +183,7 @@ def test_unknown_event_is_recorded_as_ignored(deliver: Deliverer, store: Store, 
     row = deliveries.get(store, "star-1")
     assert row is not None and row.status == DeliveryStatus.ignored
     assert row.reason == "nofx does not handle star.created"
-    assert queue.queue.count == 0
+    assert queue.intake_waiting() == []
 
 
 def test_an_event_name_with_digits_is_accepted(deliver: Deliverer, store: Store) -> None:
@@ -197,7 +197,7 @@ def test_an_event_name_with_digits_is_accepted(deliver: Deliverer, store: Store)
 def test_installation_events_are_enqueued_for_any_installation(deliver: Deliverer, queue: WorkQueue) -> None:
     response = deliver("installation", load_payload("installation.created"))
     assert response.json()["status"] == "queued"
-    assert queue.queue.count == 1
+    assert len(queue.intake_waiting()) == 1
 
 
 def test_form_encoded_delivery_is_accepted(client: TestClient, settings: Settings, store: Store) -> None:
@@ -241,7 +241,7 @@ def test_redelivery_of_a_never_enqueued_delivery_enqueues_it(
     response = deliver("issue_comment", payload, delivery_id="again-1")
 
     assert response.json()["status"] == "queued"
-    assert queue.queue.job_ids == ["dispatch-again-1"]
+    assert queue.intake_waiting() == ["again-1"]
 
 
 def test_logs_are_json_with_the_delivery_bound_and_no_secret(
@@ -268,3 +268,17 @@ def _count_deliveries() -> Any:
     from bot.models import Delivery
 
     return select(func.count()).select_from(Delivery)
+
+
+def test_the_access_log_has_a_line_per_request_but_not_per_delivery(
+    deliver: Deliverer, client: TestClient, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot import logs
+
+    logs.configure(logs.Redactor(settings.secrets), level=logging.INFO)
+    client.get("/healthz?token=not-logged")
+    deliver("ping", load_payload("ping"), delivery_id="quiet-1")
+
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    access = [line["msg"] for line in lines if line.get("logger") == "nofx.access"]
+    assert access == ["testclient GET /healthz 200"]

@@ -120,6 +120,28 @@ def test_sweeper_enqueues_deliveries_the_queue_never_got(runtime: Runtime, store
     assert sweep(runtime) == []
 
 
+def test_intake_ids_become_one_dispatch_job_per_delivery_taken_once(queue: WorkQueue) -> None:
+    queue.enqueue_intake(["fan-1", "fan-2"])  # what the web does for a group commit
+    queue.enqueue_intake(["fan-3"])
+
+    assert queue.fan_out_intake(wait_s=1) == 3  # what a worker's intake thread does
+    assert queue.fan_out_intake() == 0  # taken once: a second worker finds nothing
+
+    assert queue.intake_waiting() == []
+    assert queue.queue.job_ids == ["dispatch-fan-1", "dispatch-fan-2", "dispatch-fan-3"]
+
+
+def test_sweeper_leaves_deliveries_still_on_the_intake_list(runtime: Runtime, store: Store, queue: WorkQueue) -> None:
+    waiting = deliveries.describe("held", "installation", load_payload("installation.created"))
+    waiting.status = DeliveryStatus.queued
+    waiting.updated_at = utcnow() - timedelta(minutes=5)
+    deliveries.record(store, waiting)
+    queue.enqueue_intake(["held"])  # no worker has taken it yet (they are busy or down): not lost
+
+    assert sweep(runtime) == []
+    assert queue.intake_waiting() == ["held"] and queue.queue.count == 0
+
+
 def test_worker_learns_the_apps_identity_and_the_status_page_shows_it(
     work: Callable[[], None], github: GitHubDouble, client: TestClient, store: Store
 ) -> None:
