@@ -261,11 +261,6 @@ class WorkQueue:
         return int(Worker.count(connection=self.redis))
 
 
-def _text(raw: bytes | str) -> str:
-    """A reply as text (the queue's client gives bytes: RQ needs raw replies)."""
-    return raw if isinstance(raw, str) else raw.decode()
-
-
 def dispatch_job_id(delivery_id: str) -> str:
     return f"dispatch-{delivery_id}"
 
