@@ -27,7 +27,7 @@ class SetupCacheLimits:
 
     keep: int = 3  # keys per repository, the most recently used
     total_bytes: int = 4096 * 2**20  # NOFX_SETUP_CACHE_MB: on each worker's disk, and in the shared store
-    share_bytes: int = 512 * 2**20  # NOFX_SETUP_SHARE_MB: the largest archive put in the shared store
+    share_bytes: int = 256 * 2**20  # NOFX_SETUP_SHARE_MB: the largest archive put in the shared store
 
 
 class SettingsError(ValueError):

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,13 @@ class RepositorySetups:
         record = await asyncio.to_thread(done, directory)
         if record is None and self.blobs is not None:
             data = await asyncio.to_thread(self.blobs.get, blob_key(self.run, key))
-            if data is not None:
-                await asyncio.to_thread(_unpack, data, directory)
-                record = await asyncio.to_thread(done, directory)
-                log.info("setup %s of %s unpacked from the shared store", key[:12], self.run.repository)
+            try:
+                if data is not None:
+                    await asyncio.to_thread(_unpack, data, directory)
+                    log.info("setup %s of %s unpacked from the shared store", key[:12], self.run.repository)
+            except (tarfile.TarError, EOFError, zlib.error) as exc:  # cut short, or not made by nofx: as if absent
+                log.warning("setup %s of %s: its archive is unusable: %s", key[:12], self.run.repository, exc)
+            record = await asyncio.to_thread(done, directory)
         if record is not None:
             await asyncio.to_thread(touch, directory)
         return record
@@ -255,13 +259,19 @@ def _unpack(data: bytes, directory: Path) -> None:
             spool.write(data)
             spool.seek(0)
             with tarfile.open(fileobj=spool, mode="r:gz") as tar:
-                # `tar`, not `data`: a venv's symlinks name the system's interpreter by absolute path; nothing is
-                # written outside the directory, and no setuid bits or group/world write survive
-                tar.extractall(staging, filter="tar")
+                tar.extractall(staging, filter=_members)  # noqa: S202 - every member passes tarfile.tar_filter
         shutil.rmtree(directory, ignore_errors=True)  # a setup that failed halfway here, without its marker
         staging.rename(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _members(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo | None:
+    """tarfile's `tar` filter (nothing written outside the directory, no setuid bits or group/world write), not its
+    `data` filter, which refuses what a venv holds: symlinks naming the system's interpreter by absolute path.
+    Device files and fifos are skipped: a sandboxed setup cannot make them, so an archive that has them was not
+    made by nofx."""
+    return None if member.isdev() else tarfile.tar_filter(member, destination)
 
 
 def _disk_usage(directory: Path) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 from bot.blobs import DatabaseBlobs
@@ -101,3 +103,27 @@ async def test_a_later_setup_on_another_worker_unpacks_the_result_instead_of_set
     assert (made, reused) == ({"duration_s": 2.5}, False)
     assert await second.reuse_or_make("k0", never) == ({"duration_s": 2.5}, True)
     assert os.readlink(second.path("k0") / "bin" / "python") == "/usr/bin/python3"
+
+
+async def test_an_archive_nofx_did_not_make_is_not_unpacked(any_store: Store, tmp_path: Path) -> None:
+    blobs = DatabaseBlobs(any_store)
+    results = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "b", SHOP), SHOP, blobs)
+
+    def archive(*members: tuple[str, bytes, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for name, kind, data in members:
+                info = tarfile.TarInfo(name)
+                info.type, info.size = kind, len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    marker = (setup_cache.DONE_MARKER, tarfile.REGTYPE, b"{}")
+    blobs.put(setup_cache.blob_key(SHOP, "k0"), archive(marker, ("pipe", tarfile.FIFOTYPE, b"")))
+    blobs.put(setup_cache.blob_key(SHOP, "k1"), archive(marker, ("../../escaped", tarfile.REGTYPE, b"x")))
+    blobs.put(setup_cache.blob_key(SHOP, "k2"), archive(marker)[:40])  # cut short
+
+    assert await results.ensure("k0") is True and not (results.path("k0") / "pipe").exists()
+    assert await results.ensure("k1") is False and not (results.directory.parent / "escaped").exists()
+    assert await results.ensure("k2") is False
+    assert sorted(p.name for p in results.directory.iterdir()) == ["k0", "k0.lock", "k1.lock", "k2.lock"]
