@@ -20,20 +20,27 @@ Answer = TypeVar("Answer")
 
 
 class GroupCommit(Generic[Item, Answer]):
-    """Batches `submit`ted items for `write`, a blocking function run in a thread: one answer per item, in order."""
+    """Batches `submit`ted items for `write`, a blocking function run in a thread: one answer per item, in order.
 
-    def __init__(self, write: Callable[[list[Item]], list[Answer]], *, max_batch: int = 256) -> None:
+    Up to `writers` batches are written at once: a database that syncs each commit to disk (PostgreSQL) takes
+    the next batch while the last one waits for its flush; SQLite has one writer at a time, so one.
+    """
+
+    def __init__(self, write: Callable[[list[Item]], list[Answer]], *, max_batch: int = 256, writers: int = 1) -> None:
         self._write = write
         self._max_batch = max_batch
+        self._max_writers = writers
         self._pending: list[tuple[Item, asyncio.Future[Answer]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Answer:
         """Wait until the batch holding `item` is written; its answer, or the write's exception."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
+        if len(self._writers) < self._max_writers:
+            writer = asyncio.create_task(self._drain())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
