@@ -46,8 +46,8 @@ TREE_IN_PROMPT = 200
 GATE_OUTPUT_LINES = 60
 MAX_DIFF_CHARS = 60_000
 SEMANTIC_HITS = 8  # files the semantic index adds to a search_code answer
-# A conversation of 30 turns would resend every file it read in every request: the answers to the model's last
-# KEEP_RESULT_TURNS turns stay whole, older answers longer than TRIM_OVER_CHARS become one line saying what they were.
+# A conversation of 30 turns would resend every file it read or wrote in every request: the model's last
+# KEEP_RESULT_TURNS turns stay whole; older answers and arguments longer than TRIM_OVER_CHARS become one line.
 KEEP_RESULT_TURNS = 3
 TRIM_OVER_CHARS = 400
 _PATH = {"type": "string", "minLength": 1, "maxLength": 500}
@@ -360,8 +360,9 @@ async def _run_gate(session: _Session, kind: str) -> str:
 
 def _trim_old_results(messages: list[Message]) -> None:
     """Shrink the answers to tool calls older than the model's last KEEP_RESULT_TURNS turns to a marker line
-    (`[trimmed: read_file a.py lines 1-200, 6,123 chars …]`), so each request stays bounded however long the
-    conversation; the model can call the tool again."""
+    (`[trimmed: read_file a.py lines 1-200, 6,123 chars …]`), and long arguments of those turns' calls (a whole
+    file written) to their length, so each request stays bounded however long the conversation; the model can
+    call a tool again."""
     turns = [n for n, message in enumerate(messages) if message["role"] == "assistant"]
     if len(turns) <= KEEP_RESULT_TURNS:
         return
@@ -373,6 +374,18 @@ def _trim_old_results(messages: list[Message]) -> None:
             what = _described(calls.get(message["tool_call_id"]))
             marker = f"{_TRIMMED}{what}, {len(content):,} chars; call it again if you need it again]"
             messages[n] = {**message, "content": marker}
+        elif message["role"] == "assistant" and message.get("tool_calls"):
+            shrunk = [{**call, "input": _shrunk(call["input"])} for call in message["tool_calls"]]
+            messages[n] = {**message, "tool_calls": shrunk}
+
+
+def _shrunk(data: dict[str, object]) -> dict[str, object]:
+    return {
+        name: f"{_TRIMMED}{len(value):,} chars]"
+        if isinstance(value, str) and len(value) > TRIM_OVER_CHARS and not value.startswith(_TRIMMED)
+        else value
+        for name, value in data.items()
+    }
 
 
 _TRIMMED = "[trimmed: "

@@ -3,6 +3,7 @@ end in plain text. End to end through real parts, as in test_pull_request_flow."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -294,18 +295,21 @@ def test_a_long_conversation_resends_only_the_last_turns_results_whole(
     git.commit_many(OWNER, REPO, notes, branch=BASE)
     github.branches[(OWNER, REPO, BASE)] = git.git(OWNER, REPO, "rev-parse", BASE).strip()
     github.files[(OWNER, REPO, CONFIG, None)] = "gates: {}\n"
+    llm.tool_call("write_file", {"path": "draft.txt", "content": "draft-line\n" * 500})  # 5,500 chars
     for n in range(10):
         llm.tool_call("read_file", {"path": f"notes/n{n}.txt", "start_line": 1})
-    llm.tool_calls([("write_file", {"path": "summary.txt", "content": "read\n"}), ("finish", {"summary": "Read."})])
+    llm.tool_call("finish", {"summary": "Read."})
 
     deliver("issue_comment", ask(git, "/nofx summarise the notes"))
     work()
 
     assert the_run(store).status == RunStatus.succeeded
-    sizes = [len(said(request)) for request in llm.requests]
-    assert len(sizes) == 11 and sizes[3] > 3 * 5_500  # three files read, each whole
-    assert max(sizes) < sizes[3] + 3_000  # then it stops growing: a marker line per older answer
+    sizes = [len(json.dumps(request.json["messages"])) for request in llm.requests]
+    assert len(sizes) == 12 and sizes[3] > 5_500 + 2 * 5_500  # the file written and two read, each whole
+    assert max(sizes) < sizes[4] + 3_000  # then it stops growing: a short line per older answer or argument
     last = said(llm.requests[-1])
     assert all(f"n{n}-099 " in last for n in (7, 8, 9))  # the last three turns' answers, intact
     assert not any(f"n{n}-000 " in last for n in range(7))
     assert "[trimmed: read_file notes/n0.txt lines 1-end, 6," in last and "call it again" in last
+    assert "draft-line" not in json.dumps(llm.requests[-1].json) and "[trimmed: 5,500 chars]" in llm.requests[-1].text
+    assert git.show(OWNER, REPO, the_run(store).branch or "", "draft.txt") == "draft-line\n" * 500  # as written
