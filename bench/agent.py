@@ -259,6 +259,9 @@ def _report(
     columns = ("total", *PHASES)
     print(f"comment → pull request, seconds (model answers instantly; machine: {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at the end)")  # fmt: skip
+    print("total: comment posted → pull request created on GitHub; phases from the steps' start and finish times:")
+    print("intake→dispatch: comment posted → first step started; codegen: generate + apply; hand-offs: the queue")
+    print("between steps. git_pr goes on a little after the pull request exists, so the phases may add up to more.")
     print(f"{'run':<26}" + "".join(f"{c:>17}" for c in columns))
 
     def row(label: str, values: dict[str, float]) -> None:
