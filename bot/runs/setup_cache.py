@@ -33,6 +33,7 @@ from typing import TypeVar
 from bot.blobs import BlobError, Blobs
 from bot.models import Run, Step
 from bot.settings import SetupCacheLimits
+from bot.workspace.limits import disk_usage
 
 log = logging.getLogger(__name__)
 DONE_MARKER = ".nofx-setup.json"
@@ -202,7 +203,7 @@ async def evict(blobs: Blobs | None, root: Path, current: Path, limits: SetupCac
 
 def _evict_disk(root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
     found = sorted(((m.stat().st_mtime, m.parent) for m in root.glob(f"*/*/*/*/{DONE_MARKER}")), reverse=True)
-    entries = [(current, _disk_usage(current))] + [(d, _disk_usage(d)) for _, d in found if d != current]
+    entries = [(current, disk_usage(current))] + [(d, disk_usage(d)) for _, d in found if d != current]
     doomed = _beyond(entries, lambda d: d.parent == current.parent, limits)
     for directory in doomed:
         shutil.rmtree(directory, ignore_errors=True)
@@ -272,15 +273,6 @@ def _members(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo | Non
     Device files and fifos are skipped: a sandboxed setup cannot make them, so an archive that has them was not
     made by nofx."""
     return None if member.isdev() else tarfile.tar_filter(member, destination)
-
-
-def _disk_usage(directory: Path) -> int:
-    used = 0
-    for parent, _, names in os.walk(directory):
-        for name in names:
-            with contextlib.suppress(OSError):
-                used += os.lstat(os.path.join(parent, name)).st_blocks * 512
-    return used
 
 
 def _mib(size: int) -> str:
