@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,16 +18,29 @@ from sqlmodel import Session, SQLModel, create_engine
 from bot import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from bot.settings import RunLimits
 
+log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x6E6F6678  # "nofx": the key of the PostgreSQL advisory lock `serialized` takes
 
 
 class Store:
     """Owns the engine; hands out short sessions. One per process, built by an entry point."""
 
-    def __init__(self, url: str, *, run_limits: RunLimits | None = None) -> None:
+    def __init__(
+        self, url: str, *, run_limits: RunLimits | None = None, checkpoint_every_s: float | None = None
+    ) -> None:
+        """`checkpoint_every_s`: on SQLite, checkpoint the WAL from a thread of the store's own at that interval,
+        never in a committing connection (the web process, which writes every delivery: SQLite's automatic
+        checkpoint copies the WAL into the database and syncs it in whichever commit crossed 1,000 pages, tens
+        of milliseconds on a busy disk that the deliveries of that batch would wait for)."""
         self.url = url
-        self.engine = _engine(url)
+        background = checkpoint_every_s is not None and make_url(url).get_backend_name() == "sqlite"
+        self.engine = _engine(url, auto_checkpoint=not background)
         self.run_limits = run_limits or RunLimits()  # read where runs are admitted (`bot.runs.admission`)
+        self._stop = threading.Event()
+        if background and checkpoint_every_s is not None:
+            threading.Thread(
+                target=self._checkpoint_forever, args=(checkpoint_every_s,), name="wal-checkpoint", daemon=True
+            ).start()
 
     def create_all(self) -> None:
         """Create missing tables, and add the nullable columns a newer nofx added to an existing table.
@@ -63,7 +78,22 @@ class Store:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        self._stop.set()
         self.engine.dispose()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what SQLite's WAL holds into the database, beside readers and writers (PASSIVE); returns the WAL's
+        frames and how many of them are in the database now."""
+        with self.engine.connect() as conn:
+            _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        return int(frames), int(copied)
+
+    def _checkpoint_forever(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.checkpoint()
+            except Exception:  # a locked or vanished database: the next round tries again
+                log.exception("WAL checkpoint failed; trying again")
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -100,7 +130,7 @@ def upsert(
     session.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates))
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, *, auto_checkpoint: bool = True) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
@@ -108,6 +138,8 @@ def _engine(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json_text)
     event.listen(engine, "connect", _sqlite_pragmas)
+    if not auto_checkpoint:
+        event.listen(engine, "connect", _no_auto_checkpoint)
     return engine
 
 
@@ -123,4 +155,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _no_auto_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -160,3 +161,19 @@ def test_create_all_adds_the_nullable_columns_a_newer_nofx_added(any_store: Stor
     with any_store.engine.begin() as conn:
         rows = conn.execute(text("SELECT id, repository_id FROM threadmemory")).all()
     assert [tuple(row) for row in rows] == [("old", None)]
+
+
+def test_a_store_that_checkpoints_in_a_thread_leaves_it_out_of_commits(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'web.db'}", checkpoint_every_s=3600)  # its thread does not run here
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    body = json.dumps(payload)
+    for batch in range(10):  # ~5 MB: SQLite's own checkpoint would have run at 1,000 pages (4 MB)
+        rows = [deliveries.incoming(f"c-{batch}-{n}", "issue_comment", payload, body) for n in range(35)]
+        deliveries.record_all(store, rows, [None] * len(rows))
+
+    frames, copied = store.checkpoint()
+
+    assert frames > 1000 and copied == frames
+    assert deliveries.get(store, "c-9-34") is not None
+    store.dispose()
