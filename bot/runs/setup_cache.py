@@ -38,6 +38,7 @@ from bot.workspace.limits import disk_usage
 log = logging.getLogger(__name__)
 DONE_MARKER = ".nofx-setup.json"
 PREFIX = "setup/"
+UNPACKING = ".unpack-"  # in the name of a directory an archive is being unpacked into, not yet a result
 T = TypeVar("T")
 
 
@@ -160,6 +161,7 @@ async def share(blobs: Blobs, run: Run, directory: Path, limits: SetupCacheLimit
 
 
 async def is_shared(blobs: Blobs, run: Run, key: str) -> bool:
+    """Whether the shared store holds the result (it may have been evicted there while this worker kept it)."""
     return any(name == blob_key(run, key) for name, _, _ in await asyncio.to_thread(blobs.list, blob_key(run, key)))
 
 
@@ -186,7 +188,10 @@ async def keep(blobs: Blobs | None, root: Path, run: Run, output: dict[str, obje
         log.warning("setup %s not shared: %s", key[:12], exc)
         output["shared"] = "not shared: the shared store refused it"
     if made:
-        await evict(blobs, root, directory, limits)
+        try:
+            await evict(blobs, root, directory, limits)
+        except OSError as exc:  # another process removed a result meanwhile: trimmed after the next setup
+            log.warning("setup cache: eviction stopped: %s", exc)
 
 
 async def evict(blobs: Blobs | None, root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
@@ -202,7 +207,8 @@ async def evict(blobs: Blobs | None, root: Path, current: Path, limits: SetupCac
 
 
 def _evict_disk(root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
-    found = sorted(((m.stat().st_mtime, m.parent) for m in root.glob(f"*/*/*/*/{DONE_MARKER}")), reverse=True)
+    markers = [m for m in root.glob(f"*/*/*/*/{DONE_MARKER}") if UNPACKING not in m.parent.name]
+    found = sorted(((m.stat().st_mtime, m.parent) for m in markers), reverse=True)
     entries = [(current, disk_usage(current))] + [(d, disk_usage(d)) for _, d in found if d != current]
     doomed = _beyond(entries, lambda d: d.parent == current.parent, limits)
     for directory in doomed:
@@ -253,7 +259,7 @@ def _pack(directory: Path, archive: Path) -> None:
 
 def _unpack(data: bytes, directory: Path) -> None:
     """Into a fresh sibling first, then renamed into place: a worker killed halfway leaves no half directory."""
-    staging = directory.with_name(f"{directory.name}.unpack-{secrets.token_hex(4)}")
+    staging = directory.with_name(f"{directory.name}{UNPACKING}{secrets.token_hex(4)}")
     staging.mkdir(parents=True)
     try:
         with tempfile.TemporaryFile() as spool:
