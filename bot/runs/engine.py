@@ -271,7 +271,9 @@ class Engine:
         )
         if self.setup_cache is not None:
             blobs = self.artifacts.blobs if self.artifacts else None
-            results = setup_cache.RepositorySetups(setup_cache.repository_dir(self.setup_cache, run), run, blobs)
+            results = setup_cache.RepositorySetups(
+                setup_cache.repository_dir(self.setup_cache, run), run, blobs, self.setup_limits
+            )
             context.setup_results = results
             key = setup_cache.run_setup_key(earlier)
             if workspace is not None and key is not None:  # made on another worker, maybe

@@ -9,6 +9,9 @@ After a setup runs, its directory goes to the blob store as a gzipped tar (`setu
 <key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
 of the run needs it, or when a later run's setup has the same key, unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
 most `total_bytes` in all; the oldest go first.
+
+The directory is the repository's code's work: nofx on the host never follows a link in it (the marker is read
+and written without following one), packing stops at the limits, and unpacking admits only what packing makes.
 """
 
 from __future__ import annotations
@@ -16,27 +19,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
+import posixpath
 import re
 import secrets
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bot.blobs import BlobError, Blobs
 from bot.models import Run, Step
 from bot.settings import SetupCacheLimits
 from bot.workspace.limits import disk_usage
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 log = logging.getLogger(__name__)
 DONE_MARKER = ".nofx-setup.json"
+MAX_MARKER_BYTES = 64 * 1024  # a record nofx wrote is a few hundred bytes
+MAX_MEMBERS = 500_000  # files, directories and links in one result (a large node_modules has ~100,000)
 PREFIX = "setup/"
 UNPACKING = ".unpack-"  # in the name of a directory an archive is being unpacked into, not yet a result
 T = TypeVar("T")
@@ -49,6 +60,7 @@ class RepositorySetups:
     directory: Path  # `repository_dir`
     run: Run
     blobs: Blobs | None = None
+    limits: SetupCacheLimits = field(default_factory=SetupCacheLimits)
 
     def path(self, key: str) -> Path:
         return self.directory / key
@@ -77,7 +89,7 @@ class RepositorySetups:
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, directory, True)
                 raise
-            await asyncio.to_thread((directory / DONE_MARKER).write_text, json.dumps(record), "utf-8")
+            await asyncio.to_thread(_mark_done, directory, record)
             return record, False
 
     async def _reused(self, key: str) -> dict[str, object] | None:
@@ -89,7 +101,7 @@ class RepositorySetups:
             data = await asyncio.to_thread(self.blobs.get, blob_key(self.run, key))
             try:
                 if data is not None:
-                    await asyncio.to_thread(_unpack, data, directory)
+                    await asyncio.to_thread(_unpack, data, directory, self.limits)
                     log.info("setup %s of %s unpacked from the shared store", key[:12], self.run.repository)
             except (tarfile.TarError, EOFError, zlib.error) as exc:  # cut short, or not made by nofx: as if absent
                 log.warning("setup %s of %s: its archive is unusable: %s", key[:12], self.run.repository, exc)
@@ -120,10 +132,19 @@ def run_setup_key(earlier: Mapping[str, Step]) -> str | None:
 
 
 def done(directory: Path) -> dict[str, object] | None:
-    """The record of a finished setup in `directory`, or None when there is none (or it is unreadable)."""
+    """The record of a finished setup in `directory`, or None when there is none (or it is unreadable). Read
+    without following a symlink: the directory is the repository's, and its marker could name a host file."""
     try:
-        record = json.loads((directory / DONE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        handle = os.open(directory / DONE_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(handle, "rb") as marker:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return None
+        text = marker.read(MAX_MARKER_BYTES + 1)
+    try:
+        record = json.loads(text) if len(text) <= MAX_MARKER_BYTES else None
+    except ValueError:
         return None
     return record if isinstance(record, dict) else None
 
@@ -131,7 +152,19 @@ def done(directory: Path) -> dict[str, object] | None:
 def touch(directory: Path) -> None:
     """Mark the result as just used: eviction goes by the marker's modification time."""
     with contextlib.suppress(OSError):
-        os.utime(directory / DONE_MARKER)
+        os.utime(directory / DONE_MARKER, follow_symlinks=False)
+
+
+def _mark_done(directory: Path, record: dict[str, object]) -> None:
+    """Write the marker as a new file of nofx's own: whatever setup left under its name goes first (a symlink to
+    a host file, a fifo, a directory), so nothing is ever written through it."""
+    marker = directory / DONE_MARKER
+    if marker.is_dir() and not marker.is_symlink():
+        shutil.rmtree(marker)
+    marker.unlink(missing_ok=True)
+    handle = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(json.dumps(record))
 
 
 @contextlib.asynccontextmanager
@@ -148,13 +181,11 @@ async def share(blobs: Blobs, run: Run, directory: Path, limits: SetupCacheLimit
     """Put the finished setup directory in the shared store; what happened, in words for the step output."""
     with tempfile.TemporaryDirectory(prefix="nofx-setup-") as tmp:
         archive = Path(tmp) / "setup.tar.gz"
-        await asyncio.to_thread(_pack, directory, archive)
+        try:
+            await asyncio.to_thread(_pack, directory, archive, limits)
+        except _Refused as exc:
+            return f"not shared: it is {exc}; a later step on another worker fails rather than run without it"
         size = archive.stat().st_size
-        if size > limits.share_bytes:
-            return (
-                f"not shared: its archive is {_mib(size)}, over NOFX_SETUP_SHARE_MB ({_mib(limits.share_bytes)}); "
-                "a later step on another worker fails rather than run without it"
-            )
         data = await asyncio.to_thread(archive.read_bytes)
     await asyncio.to_thread(blobs.put, blob_key(run, directory.name), data)
     return f"shared with the other workers ({_mib(size)})"
@@ -208,7 +239,7 @@ async def evict(blobs: Blobs | None, root: Path, current: Path, limits: SetupCac
 
 def _evict_disk(root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
     markers = [m for m in root.glob(f"*/*/*/*/{DONE_MARKER}") if UNPACKING not in m.parent.name]
-    found = sorted(((m.stat().st_mtime, m.parent) for m in markers), reverse=True)
+    found = sorted(((m.lstat().st_mtime, m.parent) for m in markers), reverse=True)
     entries = [(current, disk_usage(current))] + [(d, disk_usage(d)) for _, d in found if d != current]
     doomed = _beyond(entries, lambda d: d.parent == current.parent, limits)
     for directory in doomed:
@@ -252,12 +283,23 @@ def _fresh(directory: Path) -> None:
     directory.mkdir(parents=True)
 
 
-def _pack(directory: Path, archive: Path) -> None:
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # speed over size: venvs are mostly compiled code
-        tar.add(directory, arcname=".")
+def _pack(directory: Path, archive: Path, limits: SetupCacheLimits) -> None:
+    """Stops with _Refused as soon as the archive passes `share_bytes`, or what it holds `total_bytes` or
+    MAX_MEMBERS: a huge directory is never written out whole first and measured after."""
+    admitted = _Admission(limits)
+
+    def counted(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if member.isdev() else admitted.count(member)
+
+    # Speed over size (compresslevel 1): a venv is mostly compiled code.
+    with (
+        _CappedFile(archive, limits.share_bytes) as out,
+        tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar,
+    ):
+        tar.add(directory, arcname=".", filter=counted)
 
 
-def _unpack(data: bytes, directory: Path) -> None:
+def _unpack(data: bytes, directory: Path, limits: SetupCacheLimits) -> None:
     """Into a fresh sibling first, then renamed into place: a worker killed halfway leaves no half directory."""
     staging = directory.with_name(f"{directory.name}{UNPACKING}{secrets.token_hex(4)}")
     staging.mkdir(parents=True)
@@ -265,20 +307,80 @@ def _unpack(data: bytes, directory: Path) -> None:
         with tempfile.TemporaryFile() as spool:
             spool.write(data)
             spool.seek(0)
-            with tarfile.open(fileobj=spool, mode="r:gz") as tar:
-                tar.extractall(staging, filter=_members)  # noqa: S202 - every member passes tarfile.tar_filter
+            with tarfile.open(fileobj=spool, mode="r|gz") as tar:
+                tar.extractall(staging, filter=_Admission(limits).extract)  # noqa: S202 - see _Admission
         shutil.rmtree(directory, ignore_errors=True)  # a setup that failed halfway here, without its marker
         staging.rename(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _members(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo | None:
-    """tarfile's `tar` filter (nothing written outside the directory, no setuid bits or group/world write), not its
-    `data` filter, which refuses what a venv holds: symlinks naming the system's interpreter by absolute path.
-    Device files and fifos are skipped: a sandboxed setup cannot make them, so an archive that has them was not
-    made by nofx."""
-    return None if member.isdev() else tarfile.tar_filter(member, destination)
+class _Refused(tarfile.TarError):
+    """An archive over the limits, or one nofx's packing cannot have made."""
+
+
+class _CappedFile(io.FileIO):
+    """A file that refuses to grow past `cap` bytes."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        super().__init__(path, "wb")
+        self.cap = cap
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        if self.tell() + memoryview(data).nbytes > self.cap:
+            raise _Refused(f"over NOFX_SETUP_SHARE_MB ({_mib(self.cap)}) packed")
+        return super().write(data)
+
+
+@dataclass
+class _Admission:
+    """Member by member, as they stream: the sizes the archive gives are the bytes extraction writes, so their
+    running total (and the count) is checked before each is written, not read from headers up front.
+
+    On unpacking, only what `_pack` makes passes: directories, regular files, symlinks, and hard links to a
+    regular file unpacked before; each under a directory unpacked before, never twice. So no member is ever
+    written through a symlink (what a symlink names is for the sandbox to resolve, never the host), and a hard
+    link cannot reach a file outside. tarfile's `tar` filter then drops setuid bits and group/world write.
+    Device files and fifos are skipped (a sandboxed setup cannot make them)."""
+
+    limits: SetupCacheLimits
+    members: int = 0
+    size: int = 0
+    directories: set[str] = field(default_factory=lambda: {"."})
+    files: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+
+    def count(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
+        self.members += 1
+        self.size += member.size if member.isreg() else 0
+        if self.members > MAX_MEMBERS:
+            raise _Refused(f"more than {MAX_MEMBERS} files")
+        if self.size > self.limits.total_bytes:
+            raise _Refused(f"over NOFX_SETUP_CACHE_MB ({_mib(self.limits.total_bytes)}) unpacked")
+        return member
+
+    def extract(self, member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo | None:
+        if member.isdev():
+            return None
+        self.count(member)
+        name = posixpath.normpath(member.name)
+        if name == "." and member.isdir():
+            return None  # the staging directory itself, made by nofx
+        parent = posixpath.dirname(name) or "."
+        if member.name.startswith("/") or ".." in name.split("/") or parent not in self.directories:
+            raise _Refused(f"{member.name!r} is not under a directory of the archive")
+        if name in self.names or member.issparse():
+            raise _Refused(f"{member.name!r} is not what nofx packs")
+        if member.islnk() and posixpath.normpath(member.linkname) not in self.files:
+            raise _Refused(f"{member.name!r} links to {member.linkname!r}, not a file of the archive")
+        if not (member.isdir() or member.isreg() or member.issym() or member.islnk()):
+            raise _Refused(f"{member.name!r} is not what nofx packs")
+        self.names.add(name)
+        if member.isdir():
+            self.directories.add(name)
+        elif member.isreg():
+            self.files.add(name)
+        return tarfile.tar_filter(member, destination)
 
 
 def _mib(size: int) -> str:

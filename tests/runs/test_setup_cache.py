@@ -14,6 +14,18 @@ from bot.runs import setup_cache
 from bot.settings import SetupCacheLimits
 from bot.store import Store
 
+
+def archive(*members: tuple[str, bytes, bytes] | tuple[str, bytes, bytes, str]) -> bytes:
+    """A gzipped tar of (name, type, data[, link target]) members, as an attacker with the store would make it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, kind, data, *target in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname = kind, len(data), target[0] if target else ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 SHOP, BLOG = Run(installation_id=1, repository="octo/shop"), Run(installation_id=2, repository="octo/blog")
 
 
@@ -75,7 +87,7 @@ async def test_a_result_over_the_share_limit_stays_on_its_worker_and_another_say
 
     said = await setup_cache.share(blobs, SHOP, result, SetupCacheLimits(share_bytes=10_000))
 
-    assert said.startswith("not shared: its archive is 0.0 MiB, over NOFX_SETUP_SHARE_MB")
+    assert said.startswith("not shared: it is over NOFX_SETUP_SHARE_MB (0.0 MiB) packed"), said
     assert shared(blobs) == set()
     elsewhere = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "elsewhere", SHOP), SHOP, blobs)
     assert await elsewhere.ensure("k0") is False
@@ -109,15 +121,6 @@ async def test_an_archive_nofx_did_not_make_is_not_unpacked(any_store: Store, tm
     blobs = DatabaseBlobs(any_store)
     results = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "b", SHOP), SHOP, blobs)
 
-    def archive(*members: tuple[str, bytes, bytes]) -> bytes:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for name, kind, data in members:
-                info = tarfile.TarInfo(name)
-                info.type, info.size = kind, len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
-
     marker = (setup_cache.DONE_MARKER, tarfile.REGTYPE, b"{}")
     blobs.put(setup_cache.blob_key(SHOP, "k0"), archive(marker, ("pipe", tarfile.FIFOTYPE, b"")))
     blobs.put(setup_cache.blob_key(SHOP, "k1"), archive(marker, ("../../escaped", tarfile.REGTYPE, b"x")))
@@ -127,3 +130,60 @@ async def test_an_archive_nofx_did_not_make_is_not_unpacked(any_store: Store, tm
     assert await results.ensure("k1") is False and not (results.directory.parent / "escaped").exists()
     assert await results.ensure("k2") is False
     assert sorted(p.name for p in results.directory.iterdir()) == ["k0", "k0.lock", "k1.lock", "k2.lock"]
+
+
+async def test_an_archive_cannot_write_through_its_own_links_nor_link_to_a_host_file(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs, host = DatabaseBlobs(any_store), tmp_path / "host"
+    host.mkdir()
+    (host / "secret.pem").write_text("the App's private key")
+    results = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "b", SHOP), SHOP, blobs)
+    marker = (setup_cache.DONE_MARKER, tarfile.REGTYPE, b"{}")
+    through = ("lib", tarfile.SYMTYPE, b"", str(host)), ("lib/planted", tarfile.REGTYPE, b"x")
+    blobs.put(setup_cache.blob_key(SHOP, "k0"), archive(marker, *through))
+    blobs.put(
+        setup_cache.blob_key(SHOP, "k1"), archive(marker, ("key", tarfile.LNKTYPE, b"", str(host / "secret.pem")))
+    )
+    to_a_link = ("link", tarfile.SYMTYPE, b"", str(host / "secret.pem")), ("key", tarfile.LNKTYPE, b"", "link")
+    blobs.put(setup_cache.blob_key(SHOP, "k2"), archive(marker, *to_a_link))
+    twice = ("lib", tarfile.DIRTYPE, b""), ("lib", tarfile.SYMTYPE, b"", str(host)), ("lib/x", tarfile.REGTYPE, b"")
+    blobs.put(setup_cache.blob_key(SHOP, "k3"), archive(marker, *twice))
+
+    for key in ("k0", "k1", "k2", "k3"):
+        assert await results.ensure(key) is False, key
+    assert sorted(p.name for p in host.iterdir()) == ["secret.pem"]
+    assert os.stat(host / "secret.pem").st_nlink == 1
+
+
+async def test_unpacking_stops_at_the_cache_size_whatever_the_archive_compresses_to(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs = DatabaseBlobs(any_store)
+    limits = SetupCacheLimits(total_bytes=2**20)
+    results = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "b", SHOP), SHOP, blobs, limits)
+    zeros = [(f"z{n}", tarfile.REGTYPE, bytes(2**18)) for n in range(5)]  # 1.25 MiB that gzip makes ~1 KiB
+    blobs.put(setup_cache.blob_key(SHOP, "k0"), archive((setup_cache.DONE_MARKER, tarfile.REGTYPE, b"{}"), *zeros))
+
+    assert await results.ensure("k0") is False
+    assert sorted(p.name for p in results.directory.iterdir()) == ["k0.lock"]
+
+
+async def test_packing_stops_once_the_archive_passes_the_share_limit(any_store: Store, tmp_path: Path) -> None:
+    blobs, root = DatabaseBlobs(any_store), tmp_path / "setup"
+    result = made(root, SHOP, "k0", used_at=1_000, size=4 * 2**20)  # incompressible
+
+    said = await setup_cache.share(blobs, SHOP, result, SetupCacheLimits(share_bytes=2**20))
+
+    assert said.startswith("not shared: it is over NOFX_SETUP_SHARE_MB (1.0 MiB) packed"), said
+    assert shared(blobs) == set()
+
+
+def test_a_marker_that_is_a_symlink_is_not_read_through(tmp_path: Path) -> None:
+    host = tmp_path / "credentials.json"
+    host.write_text(json.dumps({"private_key": "-----BEGIN"}))
+    directory = tmp_path / "k0"
+    directory.mkdir()
+    (directory / setup_cache.DONE_MARKER).symlink_to(host)
+
+    assert setup_cache.done(directory) is None
