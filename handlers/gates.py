@@ -8,18 +8,18 @@ that passed before run again with this one: the pull request only ever opens on 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from bot.runs.contract import (
     GATE_TIMEOUT_S,
-    MARGIN_S,
     MAX_EVIDENCE_LINES,
     CommandResult,
+    GateRun,
     NoChange,
     StepContext,
     StepFailed,
     StepResult,
+    gate_timeout,
 )
 
 TOOLS = ("gate:test", "gate:lint", "gate:typecheck")
@@ -41,27 +41,27 @@ async def run(ctx: StepContext) -> StepResult:
         raise StepFailed("this step needs a workspace")
     deadline = time.monotonic() + ctx.step.timeout_s
     first_timeout = min(float(ctx.step.timeout_s), GATE_TIMEOUT_S)
-    failed, checked = command, await _check(ctx, command, first_timeout, artifact=True)
+    checked = await _check(ctx, command, first_timeout, artifact=True)
     repairs: list[dict[str, Any]] = []
     attempts_left = ctx.config.repair.max_attempts - ctx.repairs_so_far()
     while not checked.ok and len(repairs) < attempts_left and ctx.model is not None:
         attempt = len(repairs) + 1
-        ctx.emit("repair.started", {"attempt": attempt, "command": failed})
-        evidence = checked.result.describe_failure(failed, checked.timeout_s, lines=MAX_EVIDENCE_LINES)
+        ctx.emit("repair.started", {"attempt": attempt, "command": checked.command})
+        evidence = checked.describe_failure(lines=MAX_EVIDENCE_LINES)
         try:
             round_ = await ctx.model.repair(
-                evidence=evidence, source=f"the check `{failed}`", attempt=attempt, deadline=deadline
+                evidence=evidence, source=f"the check `{checked.command}`", attempt=attempt, deadline=deadline
             )
         except NoChange as exc:  # the model changed nothing: another round would see the same failure
             repairs.append({"attempt": attempt, "files": [], "passed": False, "note": str(exc)})
             break
         if ctx.checkpoint is not None:
             await ctx.checkpoint(f"repair {attempt}")
-        failed, checked = await _recheck(ctx, command, deadline)
-        repairs.append({"attempt": attempt, "files": round_.files, "passed": checked.ok, "command": failed})
+        checked = await _recheck(ctx, command, deadline)
+        repairs.append({"attempt": attempt, "files": round_.files, "passed": checked.ok, "command": checked.command})
         ctx.emit("repair.finished", repairs[-1])
     result = checked.result
-    output = _output(failed, result) | ({"repairs": repairs} if repairs else {})
+    output = _output(checked.command, result) | ({"repairs": repairs} if repairs else {})
     ctx.emit(
         "gate.finished",
         {key: output[key] for key in ("command", "exit_code", "duration_s", "isolation", "truncated")}
@@ -73,45 +73,27 @@ async def run(ctx: StepContext) -> StepResult:
             output=output,
             summary=f"`{command}` passed{repaired} in {result.duration_s:.1f} s ({result.isolation_words()})",
         )
-    message = result.describe_failure(failed, checked.timeout_s, lines=TAIL_LINES)
+    message = checked.describe_failure(lines=TAIL_LINES)
     if repairs:
         message = f"still failing after {len(repairs)} repair attempt(s): {message}"
     raise StepFailed(message, output)
 
 
-async def _check(ctx: StepContext, command: str, timeout_s: float, *, artifact: bool = False) -> _Checked:
+async def _check(ctx: StepContext, command: str, timeout_s: float, *, artifact: bool = False) -> GateRun:
     assert ctx.commands is not None
     result = await ctx.commands.gate(command, timeout_s=timeout_s)
     if artifact and ctx.artifacts is not None:
         ctx.artifacts.put(OUTPUT_ARTIFACT, result.output.encode("utf-8"))
-    return _Checked(result, timeout_s)
+    return GateRun(command, result, timeout_s)
 
 
-async def _recheck(ctx: StepContext, command: str, deadline: float) -> tuple[str, _Checked]:
+async def _recheck(ctx: StepContext, command: str, deadline: float) -> GateRun:
     """After a repair: the gates that passed earlier in the run, then this one; the first failure, or the last pass."""
-    earlier = sorted((s for s in ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
-    for other in [c for s in earlier if (c := ctx.config.gates.command_for(s.tool)) is not None]:
-        result = await _check(ctx, other, _timeout(deadline))
-        if not result.ok:
-            return other, result
-    return command, await _check(ctx, command, _timeout(deadline), artifact=True)
-
-
-def _timeout(deadline: float) -> float:
-    """A re-check gets what is left of the step's time, at most a whole gate's; whole seconds read better."""
-    return float(max(1, int(min(GATE_TIMEOUT_S, deadline - time.monotonic() - MARGIN_S))))
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """A command's result with the time limit it ran under, for the failure message."""
-
-    result: CommandResult
-    timeout_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.result.ok
+    assert ctx.commands is not None
+    failed = await ctx.commands.recheck(deadline)
+    if failed is not None:
+        return failed
+    return await _check(ctx, command, gate_timeout(deadline), artifact=True)
 
 
 def _output(command: str, result: CommandResult) -> dict[str, Any]:

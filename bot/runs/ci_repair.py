@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 from bot.runs import agent
-from bot.runs.contract import GATE_TIMEOUT_S, MARGIN_S, MAX_EVIDENCE_LINES, NoChange, StepContext, StepFailed
-from bot.runs.repo_commands import run_gate_command
+from bot.runs.contract import MAX_EVIDENCE_LINES, NoChange, StepContext, StepFailed
 from bot.workspace.git import GitError
 
 
@@ -30,7 +29,7 @@ async def repair(ctx: StepContext, state: dict[str, Any], *, evidence: str, chec
     is left (or the model changed nothing). Each round is recorded in `state["repairs"]` as the status comment
     lists them: `{attempt, files, passed, head_sha?}` (`passed` None until CI has judged the pushed head)."""
     rounds: list[dict[str, Any]] = state["repairs"]
-    if ctx.llm is None or ctx.workspace is None:
+    if ctx.llm is None or ctx.workspace is None or ctx.commands is None:
         return None
     source = f"the repository's CI check `{check}`"
     deadline = time.monotonic() + ctx.step.timeout_s
@@ -47,12 +46,12 @@ async def repair(ctx: StepContext, state: dict[str, Any], *, evidence: str, chec
         if ctx.checkpoint is not None:
             await ctx.checkpoint(f"CI repair {attempt}")
         unpushed = sorted({*unpushed, *round_.files})
-        rejected = await _run_gates(ctx, deadline)
+        rejected = await ctx.commands.recheck(deadline)
         if rejected is not None:
-            command, text = rejected
-            rounds.append({"attempt": attempt, "files": round_.files, "passed": False, "command": command})
+            rounds.append({"attempt": attempt, "files": round_.files, "passed": False, "command": rejected.command})
             ctx.emit("repair.finished", rounds[-1])
-            evidence, source = text, f"the check `{command}`, after a repair of CI check `{check}`"
+            evidence = rejected.describe_failure(lines=MAX_EVIDENCE_LINES)
+            source = f"the check `{rejected.command}`, after a repair of CI check `{check}`"
             continue
         head = await _push(ctx, state, unpushed, check)
         rounds.append({"attempt": attempt, "files": round_.files, "passed": None, "head_sha": head})
@@ -73,17 +72,6 @@ async def _on_pushed_head(ctx: StepContext, state: dict[str, Any]) -> None:
         await ctx.workspace.git("reset", "--quiet", "--mixed", state["head_sha"])
     except GitError as exc:
         raise StepFailed(f"the worktree could not be put on the commit CI ran on: {exc}", state) from None
-
-
-async def _run_gates(ctx: StepContext, deadline: float) -> tuple[str, str] | None:
-    """The gates the run passed before, on the repaired worktree: the first failure (command, output), or None."""
-    gates = sorted((s for s in ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
-    for command in [c for s in gates if (c := ctx.config.gates.command_for(s.tool)) is not None]:
-        timeout_s = float(max(1, int(min(GATE_TIMEOUT_S, deadline - time.monotonic() - MARGIN_S))))
-        result = await run_gate_command(ctx, command, timeout_s=timeout_s)
-        if not result.ok:
-            return command, result.describe_failure(command, timeout_s, lines=MAX_EVIDENCE_LINES)
-    return None
 
 
 async def _push(ctx: StepContext, state: dict[str, Any], files: list[str], check: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "AgentResult",
     "ArtifactError",
     "CommandResult",
+    "GateRun",
     "GitError",
     "Handler",
     "ModelLoop",
@@ -53,6 +55,7 @@ __all__ = [
     "StepFailed",
     "StepResult",
     "discover_handlers",
+    "gate_timeout",
     "written_by",
 ]
 
@@ -69,6 +72,28 @@ PULL_REQUEST_ARTIFACT = "pull_request.md"  # git_pr: the title and body of the p
 SemanticSearch = Callable[[str, int], Awaitable[list[str]]]
 
 
+def gate_timeout(deadline: float) -> float:
+    """A gate run after a repair gets what is left of the step's time (`deadline`, time.monotonic()) less MARGIN_S,
+    at most GATE_TIMEOUT_S; whole seconds read better."""
+    return float(max(1, int(min(GATE_TIMEOUT_S, deadline - time.monotonic() - MARGIN_S))))
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """A gate command's result with the time limit it ran under, for the failure message."""
+
+    command: str
+    result: CommandResult
+    timeout_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    def describe_failure(self, *, lines: int) -> str:
+        return self.result.describe_failure(self.command, self.timeout_s, lines=lines)
+
+
 class RepoCommands(Protocol):
     """The repository's own commands, run for the step in its worktree and the sandbox (`bot.runs.repo_commands`).
 
@@ -77,6 +102,11 @@ class RepoCommands(Protocol):
 
     async def gate(self, command: str, *, timeout_s: float) -> CommandResult:
         """A configured check, without network; the run's setup directory read-only, its `bin/` first on PATH."""
+        ...
+
+    async def recheck(self, deadline: float) -> GateRun | None:
+        """After a repair changed the code: the gates the run passed before this step, again, in plan order, each
+        with `gate_timeout(deadline)`; the first failure, or None."""
         ...
 
     async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.runs import setup_cache
-from bot.runs.contract import SETUP_DIR_VARIABLE, StepContext, StepFailed
+from bot.runs.contract import SETUP_DIR_VARIABLE, GateRun, StepContext, StepFailed, gate_timeout
 from bot.workspace.command_result import CommandResult
 from bot.workspace.sandbox import SandboxUnavailable, WorkspaceTampered
 
@@ -24,6 +24,15 @@ class StepCommands:
 
     async def gate(self, command: str, *, timeout_s: float) -> CommandResult:
         return await run_gate_command(self.ctx, command, timeout_s=timeout_s)
+
+    async def recheck(self, deadline: float) -> GateRun | None:
+        earlier = sorted((s for s in self.ctx.earlier.values() if s.tool.startswith("gate:")), key=lambda s: s.position)
+        for command in [c for s in earlier if (c := self.ctx.config.gates.command_for(s.tool)) is not None]:
+            timeout_s = gate_timeout(deadline)
+            run = GateRun(command, await self.gate(command, timeout_s=timeout_s), timeout_s)
+            if not run.ok:
+                return run
+        return None
 
     async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:
         env = _setup_env(self.ctx, directory)
