@@ -28,7 +28,9 @@ from bot.store import Store
 from bot.web.group_commit import GroupCommit
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
-_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+# GitHub sends a UUID. Each id becomes an RQ job id (`dispatch-<id>`), which RQ refuses unless it is letters, digits,
+# `_` and `-`: one it refused would fail the whole batch a worker took from the intake list with it.
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # GitHub's event names: lower case, digits and underscores (`projects_v2_item`, `sub_issues`).
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 # Group commits written at once, by database: PostgreSQL takes another batch while one waits for its WAL flush

@@ -282,3 +282,16 @@ def test_the_access_log_has_a_line_per_request_but_not_per_delivery(
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     access = [line["msg"] for line in lines if line.get("logger") == "nofx.access"]
     assert access == ["testclient GET /healthz 200"]
+
+
+@pytest.mark.parametrize("delivery_id", ["a.b", "a:b", "x" * 101, "a b"])
+def test_a_signed_delivery_whose_id_cannot_be_a_job_id_is_refused_before_it_is_stored(
+    deliver: Deliverer, store: Store, queue: WorkQueue, delivery_id: str
+) -> None:
+    """RQ refuses such a job id: on the intake list it failed the batch a worker took with it, and the sweeper then
+    met it again every round."""
+    response = deliver("installation", load_payload("installation.created"), delivery_id=delivery_id)
+
+    assert response.status_code == 400 and "X-GitHub-Delivery" in response.json()["error"]
+    assert deliveries.get(store, delivery_id) is None
+    assert queue.intake_waiting() == []
