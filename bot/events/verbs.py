@@ -144,18 +144,9 @@ async def _show_plan(turn: Turn, request: str, template: str | None = None) -> N
     if not request.strip():
         await turn.say(f"Say what to plan: `{turn.prefix} plan add a cart`.")
         return
-    try:
-        plan = await planner.build(
-            request,
-            turn.config,
-            available_tools=turn.ctx.tools,
-            llm_planner=_llm_planner(turn),
-            template_name=template or DEFAULT_TEMPLATE,
-        )
-    except PlanError as exc:
-        await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
-        return
-    await turn.reply(plan_comment(plan, request=request, git_mode=turn.config.git_mode, prefix=turn.prefix))
+    plan = await _plan(turn, request, template)
+    if plan is not None:
+        await turn.reply(plan_comment(plan, request=request, git_mode=turn.config.git_mode, prefix=turn.prefix))
 
 
 async def _start_run(turn: Turn, request: str, template: str | None = None) -> None:
@@ -167,19 +158,25 @@ async def _start_run(turn: Turn, request: str, template: str | None = None) -> N
     except _CannotWork as exc:
         await turn.say(str(exc))
         return
+    plan = await _plan(turn, request, template, previous=_context_for(turn.ctx, turn.thread, where.follows))
+    if plan is not None:
+        _create_and_start(turn, request, plan, where)
+
+
+async def _plan(turn: Turn, request: str, template: str | None, *, previous: str | None = None) -> Plan | None:
+    """The plan for `request` (`plan` shows it, a run follows it); a refused plan is answered on the thread: None."""
     try:
-        plan = await planner.build(
+        return await planner.build(
             request,
             turn.config,
             available_tools=turn.ctx.tools,
             llm_planner=_llm_planner(turn),
-            previous=_context_for(turn.ctx, turn.thread, where.follows),
+            previous=previous,
             template_name=template or DEFAULT_TEMPLATE,
         )
     except PlanError as exc:
         await turn.reply(plan_refused(str(exc), prefix=turn.prefix))
-        return
-    _create_and_start(turn, request, plan, where)
+        return None
 
 
 async def _start_git_operation(turn: Turn, argument: str) -> None:
