@@ -1,4 +1,4 @@
-"""Resource limits for repository code: rlimits per process, a pids cgroup for root, disk use of the worktree.
+"""Resource limits for repository code: rlimits per process, a pids cgroup for root, disk use of what it may write.
 
 RLIMIT_NPROC counts every process of the user id (in the sandbox's user namespace and, above it, the worker's
 own), and the kernel does not apply it to root at all. So when nofx runs as root, the process limit is a pids
@@ -32,7 +32,7 @@ class Limits:
     memory_bytes: int = 4 * 2**30
     file_bytes: int = 1 * 2**30
     processes: int = 512
-    disk_bytes: int = 2 * 2**30  # growth of the worktree during the command
+    disk_bytes: int = 2 * 2**30  # growth of the worktree (and of setup's directory, for setup) during the command
     tmp_bytes: int = 512 * 2**20  # the sandbox's /tmp (memory-backed)
 
 

@@ -200,6 +200,7 @@ async def run_command(
             result = await _execute(
                 [*prefix, "/bin/sh", "-c", command],
                 cwd=cwd,
+                grows=[cwd, *binds.writable, *([setup] if setup is not None and setup_writable else [])],
                 env={**scrubbed_env(env_allowed, home=home), **(extra_env or {})},
                 timeout_s=timeout_s,
                 limits=limits,
@@ -273,6 +274,7 @@ async def _execute(
     argv: list[str],
     *,
     cwd: Path,
+    grows: list[Path],
     env: dict[str, str],
     timeout_s: float,
     limits: Limits,
@@ -280,7 +282,7 @@ async def _execute(
     max_output_bytes: int,
     isolation: str,
 ) -> CommandResult:
-    disk = await _DiskWatch.start(cwd, limits.disk_bytes)
+    disk = await _DiskWatch.start(grows, limits.disk_bytes)
     # Our own pipe rather than asyncio's: asyncio's Process.wait() also waits for its pipes to close, so a
     # background child holding stdout would make a finished command look hung until the timeout.
     read_fd, write_fd = os.pipe()
@@ -345,17 +347,18 @@ async def _execute(
 
 
 class _DiskWatch:
-    """How much the worktree grew since the command started, against `limits.disk_bytes`."""
+    """How much the directories the command may write (the worktree; setup's directory, kept on the worker's disk
+    afterwards) grew since it started, together, against `limits.disk_bytes`."""
 
-    def __init__(self, path: Path, limit: int, baseline: int) -> None:
-        self.path, self.limit, self.baseline = path, limit, baseline
+    def __init__(self, paths: list[Path], limit: int, baseline: int) -> None:
+        self.paths, self.limit, self.baseline = paths, limit, baseline
 
     @classmethod
-    async def start(cls, path: Path, limit: int) -> _DiskWatch:
-        return cls(path, limit, await asyncio.to_thread(disk_usage, path))
+    async def start(cls, paths: list[Path], limit: int) -> _DiskWatch:
+        return cls(paths, limit, await asyncio.to_thread(_used, paths))
 
     async def over(self) -> bool:
-        return await asyncio.to_thread(disk_usage, self.path) - self.baseline > self.limit
+        return await asyncio.to_thread(_used, self.paths) - self.baseline > self.limit
 
     async def exceeded(self) -> None:
         """Return (only) once the limit is exceeded."""
@@ -363,6 +366,10 @@ class _DiskWatch:
             if await self.over():
                 return
             await asyncio.sleep(DISK_POLL_S)
+
+
+def _used(paths: list[Path]) -> int:
+    return sum(disk_usage(path) for path in paths)
 
 
 async def _stop_group(proc: asyncio.subprocess.Process) -> None:

@@ -100,6 +100,31 @@ async def test_disk_limit_stops_a_worktree_that_keeps_growing(
     assert limits_module.disk_usage(worktree) < 8 * 2**20
 
 
+async def test_disk_limit_counts_what_setup_writes_into_its_directory(
+    isolation: str, worktree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setup's directory stays on the worker's disk after the command: filling it must not fill the host's."""
+    monkeypatch.setattr(sandbox, "DISK_POLL_S", 0.1)
+    setup = tmp_path / "setup"
+    setup.mkdir()
+    target = sandbox.Sandbox(isolation=isolation).setup_path(setup)
+    command = f"for i in $(seq 64); do head -c 262144 /dev/zero > {target}/f$i.bin; sleep 0.05; done; echo finished"
+
+    result = await run_command(
+        command,
+        cwd=worktree,
+        timeout_s=20,
+        limits=Limits(disk_bytes=2**20),
+        isolation=isolation,
+        setup=setup,
+        setup_writable=True,
+    )
+
+    assert result.over_disk and not result.ok and result.exit_code is None
+    assert "finished" not in result.output
+    assert limits_module.disk_usage(setup) < 8 * 2**20
+
+
 async def test_disk_growth_found_after_a_quick_command_also_fails_it(isolation: str, worktree: Path) -> None:
     result = await run_command(
         "head -c 2097152 /dev/zero > big.bin",
