@@ -57,7 +57,8 @@ async def review_updated_pull_request(event: sansio.Event, ctx: EventContext) ->
         return
     action = event.data["action"]
     kind = ReviewKind.incremental if action == "synchronize" else ReviewKind.full
-    queue_pass(ctx, thread, config, pull, kind=kind, trigger=action, requested_by=event.data["sender"]["login"])
+    requested_by = event.data["sender"]["login"]
+    _queued(ctx, add_pass(ctx.store, thread, config, pull, kind=kind, trigger=action, requested_by=requested_by))
 
 
 async def request_review(
@@ -67,7 +68,8 @@ async def request_review(
     pull = await repos.pull_request(gh, thread)
     if pull.get("state") != "open":
         return None
-    return queue_pass(ctx, thread, config, pull, kind=ReviewKind.full, trigger=trigger, requested_by=requested_by)
+    review = add_pass(ctx.store, thread, config, pull, kind=ReviewKind.full, trigger=trigger, requested_by=requested_by)
+    return _queued(ctx, review)
 
 
 async def _say_once(ctx: EventContext, gh: GitHubAPI, thread: Thread, why: str) -> None:
@@ -77,20 +79,12 @@ async def _say_once(ctx: EventContext, gh: GitHubAPI, thread: Thread, why: str) 
         await reply(gh, thread, nothing_to_do(why))
 
 
-def queue_pass(
-    ctx: EventContext,
-    thread: Thread,
-    config: RepoConfig,
-    pull: dict[str, Any],
-    *,
-    kind: ReviewKind,
-    trigger: str,
-    requested_by: str | None,
-) -> ReviewPass:
-    """Record a pass of the pull request's current head and queue its job."""
-    review = add_pass(ctx.store, thread, config, pull, kind=kind, trigger=trigger, requested_by=requested_by)
+def _queued(ctx: EventContext, review: ReviewPass) -> ReviewPass:
+    """Queue the job of a pass just recorded (`add_pass`)."""
     ctx.queue.enqueue_review(review.id)
-    log.info("review pass queued", extra=logs.fields(review_pass=review.id, kind=kind.value, trigger=trigger))
+    log.info(
+        "review pass queued", extra=logs.fields(review_pass=review.id, kind=review.kind.value, trigger=review.trigger)
+    )
     return review
 
 
