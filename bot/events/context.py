@@ -31,4 +31,4 @@ class EventContext:
     llm: LLM | None = None  # for planning; None when no model key is configured
     memory: ThreadMemoryConfig = field(default_factory=ThreadMemoryConfig)
     # `(installation, repository)` -> the planner's search of that repository's earlier runs; None: no semantic index
-    similar_runs: Callable[[int, str], SimilarRuns] | None = None
+    similar_runs: Callable[[int, str, int | None], SimilarRuns] | None = None

@@ -318,7 +318,9 @@ def _llm_planner(turn: Turn) -> planner.LLMPlanner | None:
     ctx, thread = turn.ctx, turn.thread
     if ctx.llm is None:
         return None
-    similar = ctx.similar_runs(thread.installation_id, thread.full_name) if ctx.similar_runs else None
+    similar = (
+        ctx.similar_runs(thread.installation_id, thread.full_name, thread.repository_id) if ctx.similar_runs else None
+    )
     return planner_for(ctx.llm, turn.config, ctx.tools, similar)
 
 

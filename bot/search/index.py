@@ -114,23 +114,44 @@ class SearchIndex:
 
     # ---------------------------------------------------------------- runs and artifacts
 
-    def add_run(self, installation_id: int, repo: str, run_id: str, request: str, plan: str, outcome: str) -> None:
+    def add_run(
+        self,
+        installation_id: int,
+        repo: str,
+        run_id: str,
+        request: str,
+        plan: str,
+        outcome: str,
+        *,
+        repository_id: int | None,
+    ) -> None:
         """Remember a finished run (request, plan, outcome) so later requests can find similar ones."""
         text = f"request: {request}\nplan: {plan}\noutcome: {outcome}"
-        meta = {"repo": repo, "run_id": run_id, "outcome": outcome}
+        meta = {"repo": repo, "run_id": run_id, "outcome": outcome, **_repository_id(repository_id)}
         self._add(self._collection(installation_id, "runs"), ids=[run_id], texts=[text], metadatas=[meta])
 
-    def add_artifact(self, installation_id: int, repo: str, run_id: str, name: str, text: str) -> None:
+    def add_artifact(
+        self, installation_id: int, repo: str, run_id: str, name: str, text: str, *, repository_id: int | None
+    ) -> None:
         """A run's generated edits or its pull request (`name`: the artifact, `<step>/<file>`), for `kind=artifacts`."""
-        meta = {"repo": repo, "run_id": run_id, "name": name}
+        meta = {"repo": repo, "run_id": run_id, "name": name, **_repository_id(repository_id)}
         self._add(self._collection(installation_id, "artifacts"), [f"{run_id}:{name}"], [text], [meta])
 
     # ---------------------------------------------------------------- queries
 
     def search(
-        self, installation_id: int, query: str, *, kind: Kind = "code", repo: str | None, limit: int = 10
+        self,
+        installation_id: int,
+        query: str,
+        *,
+        kind: Kind = "code",
+        repo: str | None,
+        limit: int = 10,
+        repository_id: int | None = None,
     ) -> list[Hit]:
-        """The chunks (or runs, or artifacts) closest in meaning to `query`, best first."""
+        """The chunks (or runs, or artifacts) closest in meaning to `query`, best first. With `repository_id`,
+        only what that repository made, whatever its name then: a name can have belonged to another repository
+        (renamed, transferred, deleted and made again), say a private one."""
         collection = self._collection(installation_id, kind)
         if collection.count() == 0:
             return []
@@ -138,7 +159,7 @@ class SearchIndex:
         found = collection.query(
             query_embeddings=[vector],
             n_results=min(limit, collection.count()),
-            where={"repo": repo} if repo else None,
+            where={"repository_id": repository_id} if repository_id is not None else {"repo": repo} if repo else None,
             include=["documents", "metadatas", "distances"],
         )
         hits = []
@@ -218,3 +239,8 @@ def _str_or_none(value: object) -> str | None:
 
 def _int_or_none(value: object) -> int | None:
     return int(value) if isinstance(value, int | float) else None
+
+
+def _repository_id(repository_id: int | None) -> dict[str, int]:
+    """The metadata naming GitHub's id of the repository (Chroma keeps no None), when nofx knows it."""
+    return {} if repository_id is None else {"repository_id": repository_id}

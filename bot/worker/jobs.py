@@ -96,7 +96,9 @@ def index_run(run_id: str) -> None:
     if run is None:
         return
     plan, outcome = search_texts.run_summary(runtime.store, run)
-    runtime.search_index().add_run(run.installation_id, run.repository, run.id, run.request, plan, outcome)
+    runtime.search_index().add_run(
+        run.installation_id, run.repository, run.id, run.request, plan, outcome, repository_id=run.repository_id
+    )
 
 
 def index_artifacts(step_id: str) -> None:
@@ -109,7 +111,8 @@ def index_artifacts(step_id: str) -> None:
         return
     index = runtime.search_index()
     for name, text in search_texts.step_artifacts(artifacts, run, step):
-        index.add_artifact(run.installation_id, run.repository, run.id, name, runtime.redactor.redact(text))
+        text = runtime.redactor.redact(text)
+        index.add_artifact(run.installation_id, run.repository, run.id, name, text, repository_id=run.repository_id)
 
 
 def clean_up_workspaces() -> None:

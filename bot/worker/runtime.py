@@ -99,13 +99,20 @@ class Runtime:
 
         return search
 
-    def similar_runs_of(self, installation_id: int, repository: str) -> SimilarRuns:
-        """The planner's view of the runs collection: one installation's repository, never another's runs."""
+    def similar_runs_of(self, installation_id: int, repository: str, repository_id: int | None) -> SimilarRuns:
+        """The planner's view of the runs collection: one installation's repository, by GitHub's id when known (a
+        name may have been another repository's), never another's runs."""
 
         async def similar(request: str, limit: int) -> list[str]:
             index = self.search_index()
             hits = await asyncio.to_thread(
-                index.search, installation_id, request, kind="runs", repo=repository, limit=limit
+                index.search,
+                installation_id,
+                request,
+                kind="runs",
+                repo=repository,
+                limit=limit,
+                repository_id=repository_id,
             )
             return [hit.text for hit in hits]
 

@@ -146,9 +146,12 @@ def test_runs_index_code_runs_and_artifacts_and_the_next_run_plans_and_searches_
     shown = [line.partition(" (similarity ")[0] for line in capsys.readouterr().out.splitlines() if line[:1] != " "]
     assert sorted(shown) == [f"run {first.id} generate/edits.json", f"run {first.id} pr/pull_request.md"]
 
-    # Runs of another installation and of another repository, as close to the request as can be: never shown.
-    index.add_run(INSTALLATION + 1, SLUG, "other-installation", FIRST, "generate (codegen)", "failed: other")
-    index.add_run(INSTALLATION, f"{OWNER}/elsewhere", "other-repository", FIRST, "generate (codegen)", "failed: else")
+    # Runs of another installation, of another repository, and of the repository that had this one's name before
+    # (a private one, renamed; this one made under the name since), as close to the request as can be: never shown.
+    ours, plan = PAYLOAD["repository"]["id"], "generate (codegen)"
+    index.add_run(INSTALLATION + 1, SLUG, "other-installation", FIRST, plan, "failed: other", repository_id=ours)
+    index.add_run(INSTALLATION, f"{OWNER}/elsewhere", "other-repository", FIRST, plan, "failed: else", repository_id=7)
+    index.add_run(INSTALLATION, SLUG, "same-name", FIRST, plan, "failed: private", repository_id=ours + 1)
     llm.tool_call("submit_plan", PLAN)
     llm.tool_call("search_code", {"pattern": QUERY})
     llm.tool_call("write_file", {"path": "geo/README.md", "content": "distances\n"})
