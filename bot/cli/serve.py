@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 STOP_GRACE_S = 10
 HEALTHY_AFTER_S = 60  # a worker that ran this long resets its restart backoff
+# On one machine a burst of deliveries and their routing compete for the CPU: GitHub gives each delivery 10 s
+# to be answered, routing has no deadline and catches up after the burst, so the workers run at a lower priority.
+WORKER_NICENESS = 10
 
 
 def serve(settings: Settings, *, host: str, workers: int) -> int:
@@ -85,6 +88,12 @@ def announce_setup_code(app: Starlette, settings: Settings, host: str) -> None:
     )
 
 
+def _worker_child() -> None:
+    """In a worker child before it runs: it dies with `serve`, and yields the CPU to the web process."""
+    die_with_parent()
+    os.nice(WORKER_NICENESS)
+
+
 class WorkerPool:
     """`nofx worker` child processes, restarted when they exit, stopped warm on shutdown."""
 
@@ -120,7 +129,7 @@ class WorkerPool:
 
     def _spawn(self, slot: int) -> None:
         self._procs[slot] = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "worker"], env=self._env, preexec_fn=die_with_parent
+            [sys.executable, "-m", "bot.cli", "worker"], env=self._env, preexec_fn=_worker_child
         )
         self._started[slot] = time.monotonic()
 

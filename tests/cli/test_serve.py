@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.cli.serve import WORKER_NICENESS
 from tests.support.payloads import load_payload, webhook_headers
 
 SECRET = "serve-test-secret"
@@ -126,9 +127,15 @@ def test_workers_do_not_outlive_a_killed_serve(served: tuple[str, Path, subproce
     _base, workdir, proc = served
     workers = _worker_pids(workdir)
     assert workers, "serve started no worker"
+    # and they yield the CPU to the web process, which answers GitHub
+    assert {_niceness(pid) for pid in workers} == {_niceness(proc.pid) + WORKER_NICENESS}
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert _wait_for(lambda: not _worker_pids(workdir)), "workers outlived serve"
+
+
+def _niceness(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def _worker_pids(workdir: Path) -> list[int]:
