@@ -211,7 +211,7 @@ async def _publish(
         previous_head=diff.previous_head,
         new=len(new),
         repeated=len(seen_again),
-        resolved=[_noted(row) for row in resolved],
+        resolved=resolved,
         open_count=len(open_rows) - len(resolved) + len(new),
         resolved_count=earlier_resolved + len(resolved),
     )
@@ -280,14 +280,14 @@ async def _complete_check(
     ]
     fail_on = config.review.fail_on
     # A LEFT-side finding's line is in the old file; an annotation on the head commit would point elsewhere.
-    annotations = [publish.annotation(_noted(row), fail_on) for row in rows if row.side == "RIGHT"]
+    annotations = [publish.annotation(row, fail_on) for row in rows if row.side == "RIGHT"]
     assert review.check_run_id is not None
     await publish.finish_check(
         gh,
         pull,
         review.check_run_id,
         conclusion=publish.conclusion([row.severity for row in rows], fail_on),
-        title=publish.check_title([_noted(row) for row in rows], fail_on),
+        title=publish.check_title(rows, fail_on),
         summary=_check_summary(review, config, len(rows)),
         annotations=annotations,
     )
@@ -318,10 +318,6 @@ async def _stop(
         await publish.finish_check(gh, pull, review.check_run_id, conclusion=conclusion, title=title, summary=reason)
     except Exception:  # GitHub may be what failed; the pass's record already says why
         log.exception("could not complete the review's check run")
-
-
-def _noted(row: ReviewFinding) -> publish.Noted:
-    return publish.Noted(row.path, row.line, row.end_line, row.severity, row.title, row.body)
 
 
 def _pull_ref(review: ReviewPass) -> publish.PullRef:

@@ -16,6 +16,7 @@ from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
 from bot.logs import fields
+from bot.models import ReviewFinding
 from bot.render.check_run import CHECK_TEXT_LIMIT
 from bot.render.text import code_span, escape_inline, text_size
 from bot.review.findings import posted_fingerprints, severity_at_least
@@ -45,18 +46,6 @@ class PullRef:
     @property
     def url_vars(self) -> dict[str, Any]:
         return {"owner": self.owner, "repo": self.repo, "pull_number": self.number}
-
-
-@dataclass(frozen=True)
-class Noted:
-    """A finding as the check run and the summaries need it: a stored row or a fresh `Finding` both fit."""
-
-    path: str
-    line: int
-    end_line: int | None
-    severity: str
-    title: str
-    body: str
 
 
 # --- reading the pull request --------------------------------------------------------------------------------
@@ -158,7 +147,7 @@ def summary_header(
     previous_head: str | None,
     new: int,
     repeated: int,
-    resolved: Sequence[Noted],
+    resolved: Sequence[ReviewFinding],
     open_count: int | None,
     resolved_count: int | None,
 ) -> str:
@@ -233,7 +222,7 @@ def conclusion(severities: Iterable[str], fail_on: str) -> str:
     return "failure" if any(severity_at_least(s, fail_on) for s in found) else "neutral"
 
 
-def annotation(finding: Noted, fail_on: str) -> dict[str, Any]:
+def annotation(finding: ReviewFinding, fail_on: str) -> dict[str, Any]:
     """A check-run annotation: `failure` for findings that fail the check, `warning`/`notice` for the rest."""
     if severity_at_least(finding.severity, fail_on):
         level = "failure"
@@ -251,7 +240,7 @@ def annotation(finding: Noted, fail_on: str) -> dict[str, Any]:
     }
 
 
-def check_title(open_findings: Sequence[Noted], fail_on: str) -> str:
+def check_title(open_findings: Sequence[ReviewFinding], fail_on: str) -> str:
     """`No open findings` / `3 open findings, 1 at or above high`."""
     if not open_findings:
         return "No open findings"
