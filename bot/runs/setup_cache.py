@@ -1,12 +1,12 @@
 """`setup` results kept across runs: on each worker's disk, and in shared storage so a step on any worker has them.
 
-A result is a directory per repository and key (`<data dir>/setup/<installation>/<owner>/<repo>/<key>/`, with
+A result is a directory per repository and key (`<data dir>/setup/<installation>/~id/<repository id>/<key>/`, with
 DONE_MARKER once setup finished in it). Commands see it at one fixed path in the sandbox (`Sandbox.setup_path`),
 so a venv made on one worker, whose scripts name their interpreter by absolute path, works on every other. (With
 NOFX_SANDBOX=none they see its real path: such scripts then work only where the data dir has the same path.)
 
-After a setup runs, its directory goes to the blob store as a gzipped tar (`setup/<installation>/<owner>/<repo>/
-<key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
+After a setup runs, its directory goes to the blob store as a gzipped tar (`setup/<installation>/~id/<repository
+id>/<key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
 of the run needs it, or when a later run's setup has the same key, unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
 most `total_bytes` in all; the oldest go first.
 
@@ -113,13 +113,21 @@ class RepositorySetups:
 
 def repository_dir(root: Path, run: Run) -> Path:
     """Where one repository's setup results are kept under the worker's setup root."""
-    owner, _, name = run.repository.partition("/")
-    return root / str(run.installation_id) / _safe(owner) / _safe(name)
+    return root / _repository_path(run)
 
 
 def blob_key(run: Run, key: str) -> str:
+    return f"{PREFIX}{_repository_path(run)}/{key}.tar.gz"
+
+
+def _repository_path(run: Run) -> str:
+    """`<installation>/<owner>/<name>`, three directory names that only this repository's results ever share: by
+    GitHub's id of the repository when nofx knows it (`~id/<id>`: no owner is named `~id`), since its name may
+    have been another repository's (renamed, transferred, made again) whose setup would otherwise be reused."""
+    if run.repository_id is not None:
+        return f"{run.installation_id}/~id/{run.repository_id}"
     owner, _, name = run.repository.partition("/")
-    return f"{PREFIX}{run.installation_id}/{_safe(owner)}/{_safe(name)}/{key}.tar.gz"
+    return f"{run.installation_id}/{_safe(owner)}/{_safe(name)}"
 
 
 def run_setup_key(earlier: Mapping[str, Step]) -> str | None:
@@ -388,5 +396,6 @@ def _mib(size: int) -> str:
 
 
 def _safe(name: str) -> str:
-    """A repository name as one directory name (GitHub names are [A-Za-z0-9._-] already; this makes sure)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+    """A name as one directory name, never the same as another name's: as it is when that is safe, else spelled
+    in hex after a `~` (no GitHub name has one). Stripping a leading dot made `.github` and `github` one."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name) else "~" + name.encode().hex()

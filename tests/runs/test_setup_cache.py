@@ -187,3 +187,30 @@ def test_a_marker_that_is_a_symlink_is_not_read_through(tmp_path: Path) -> None:
     (directory / setup_cache.DONE_MARKER).symlink_to(host)
 
     assert setup_cache.done(directory) is None
+
+
+async def test_a_result_is_never_served_to_another_repository_that_has_or_had_the_name(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs = DatabaseBlobs(any_store)
+    private = Run(installation_id=1, repository="octo/shop", repository_id=10)
+    same_name_since = Run(installation_id=1, repository="octo/shop", repository_id=11)
+    renamed = Run(installation_id=1, repository="octo/shop-private", repository_id=10)
+    dotted, plain = Run(installation_id=1, repository="octo/.github"), Run(installation_id=1, repository="octo/github")
+
+    async def install(directory: Path) -> dict[str, object]:
+        (directory / "bin").mkdir()
+        return {"duration_s": 1.0}
+
+    for run in (private, dotted):
+        made = setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "a", run), run, blobs)
+        await made.reuse_or_make("k0", install)
+        await setup_cache.share(blobs, run, made.path("k0"), SetupCacheLimits())
+
+    def elsewhere(run: Run) -> setup_cache.RepositorySetups:
+        return setup_cache.RepositorySetups(setup_cache.repository_dir(tmp_path / "b", run), run, blobs)
+
+    assert await elsewhere(same_name_since).ensure("k0") is False
+    assert await elsewhere(plain).ensure("k0") is False
+    assert await elsewhere(renamed).ensure("k0") is True
+    assert await elsewhere(dotted).ensure("k0") is True
