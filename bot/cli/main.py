@@ -149,6 +149,7 @@ def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
 
     from bot.cli.serve import announce_setup_code
     from bot.web.app import create_app
+    from bot.web.corked_http import CorkedHttpToolsProtocol
 
     settings = _with_queue(settings)
     app = create_app(settings)
@@ -159,6 +160,7 @@ def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) 
         port=settings.port,
         log_config=None,
         access_log=False,  # the app writes it (`bot.web.app.App`)
+        http=CorkedHttpToolsProtocol,
         proxy_headers=True,
     )
     return 0

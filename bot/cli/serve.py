@@ -18,6 +18,7 @@ from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
+from bot.web.corked_http import CorkedHttpToolsProtocol
 from bot.web.guards import setup_url
 from bot.web.webhook_proxy import ChannelRelay, relay_target
 
@@ -55,6 +56,7 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
             port=settings.port,
             log_config=None,
             access_log=False,  # the app writes it (`bot.web.app.App`)
+            http=CorkedHttpToolsProtocol,
             proxy_headers=True,
         )
         log.info("serving on http://%s:%s", host, settings.port)
