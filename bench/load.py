@@ -172,6 +172,7 @@ def _repositories(args: argparse.Namespace, github: GitHubDouble, git: GitServer
         github.branches[(owner, repo, "main")] = git.git(owner, repo, "rev-parse", "main").strip()
         github.files[(owner, repo, ".github/nofx.yml", None)] = CONFIG
         github.add_installation(installation, account=owner)
+        github.repository_ids[repository_id := 90_000 + i] = f"{owner}/{repo}"  # step tokens name it by id
         for number in range(1, args.commands + 1):
             comment_id += 1
             payload = load_payload("issue_comment.created", comment__body="/nofx add a cart")
@@ -179,7 +180,9 @@ def _repositories(args: argparse.Namespace, github: GitHubDouble, git: GitServer
             payload["comment"]["id"] = comment_id
             payload["issue"]["number"] = number
             repository = payload["repository"]
-            repository.update(name=repo, full_name=f"{owner}/{repo}", clone_url=git.url_for(owner, repo))
+            repository.update(
+                id=repository_id, name=repo, full_name=f"{owner}/{repo}", clone_url=git.url_for(owner, repo)
+            )
             repository["default_branch"] = "main"
             repository["owner"] = {**repository["owner"], "login": owner}
             payloads.append(payload)
