@@ -186,7 +186,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class RunLogHandler(logging.Handler):
-    """Appends every record bound to a run (`run_id`) to `<data>/runs/<run_id>/worker.log`, for its RCA bundle.
+    """Appends every record bound to a run (`run_id`) to `<data>/runs/<run_id>/worker.log`; when a step ends, the
+    engine stores the lines it added in the shared store (`bot.runs.step_logs`), for the run's RCA bundle.
 
     One `write` per line on an O_APPEND descriptor, so workers in several processes never interleave a line.
     """

@@ -371,6 +371,9 @@ class Checkpoint(SQLModel, table=True):
     tree_sha: str = Field(max_length=64)
     parent_sha: str = Field(max_length=64)  # the previous checkpoint, or where the run's worktree started
     artifacts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # name → sha256
+    # The worktree's HEAD and branch (None: detached) then: what `git_pr` and `git_ops` committed, for a rebuild.
+    head_sha: str | None = Field(default=None, max_length=64)
+    head_branch: str | None = Field(default=None, max_length=255)
     created_at: datetime = _timestamp()
 
 

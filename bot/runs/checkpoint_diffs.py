@@ -1,5 +1,9 @@
 """A structured diff between two checkpoint commits, read from the mirror for the API and the RCA bundle.
 
+Each checkpoint's diff against the one before it is also stored beside its bundle when the checkpoint is shared
+(`store`), so the API and RCA bundles show it from any process: the web has no worker's disk, and a mirror can be
+evicted. Other pairs of checkpoints need a mirror that holds both.
+
 The patch is parsed by the one diff parser (`bot.workspace.diffs`); `--name-status -z` gives each file's exact path
 and status, whatever characters the path holds, and a patch longer than `max_bytes` lists its remaining files
 without hunks.
@@ -7,20 +11,52 @@ without hunks.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.runs.checkpoints import GIT_TIMEOUT_S, CheckpointError
+from bot.blobs import Blobs
+from bot.models import Checkpoint
 from bot.workspace.diffs import Hunk, parse_git_diff
 from bot.workspace.git import GitError, git, git_env, git_or_none, run_git
 
+GIT_TIMEOUT_S = 300.0
 MAX_PATCH_BYTES = 2 * 2**20  # a diff larger than this lists its remaining files without hunks
 _STATUS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "copied", "T": "type_changed"}
 
 
-class CheckpointGone(CheckpointError):
+class CheckpointGone(Exception):
     """The checkpoint's commit is no longer in the mirror (the mirror was evicted): its diff cannot be shown."""
+
+
+@dataclass(frozen=True)
+class StoredDiff:
+    """A checkpoint's diff against the one before it, as stored: the API's structure and the plain patch."""
+
+    structured: dict[str, Any]
+    patch: str
+
+
+async def store(blobs: Blobs, mirror: Path, checkpoint: Checkpoint) -> None:
+    """Compute the checkpoint's diff against its parent in the mirror and store both forms beside its bundle."""
+    structured = await diff(mirror, checkpoint.parent_sha, checkpoint.commit_sha)
+    patch = await patch_text(mirror, checkpoint.parent_sha, checkpoint.commit_sha)
+    await asyncio.to_thread(blobs.put, _key(checkpoint, "diff.json"), json.dumps(structured).encode())
+    await asyncio.to_thread(blobs.put, _key(checkpoint, "patch"), patch.encode())
+
+
+def stored(blobs: Blobs, checkpoint: Checkpoint) -> StoredDiff | None:
+    """The checkpoint's stored diff, or None when it was never stored (made before diffs were, or not shared)."""
+    structured, patch = blobs.get(_key(checkpoint, "diff.json")), blobs.get(_key(checkpoint, "patch"))
+    if structured is None or patch is None:
+        return None
+    return StoredDiff(json.loads(structured), patch.decode(errors="replace"))
+
+
+def _key(checkpoint: Checkpoint, kind: str) -> str:
+    return f"runs/{checkpoint.run_id}/checkpoints/{checkpoint.n}.{kind}"
 
 
 async def diff(mirror: Path, base_sha: str, head_sha: str, *, max_bytes: int = MAX_PATCH_BYTES) -> dict[str, Any]:

@@ -103,6 +103,8 @@ async def create(store: Store, worktree: Worktree, run: Run, step: Step, *, outc
     if not _REF_SAFE.fullmatch(run.id):
         raise ValueError(f"run id cannot name a ref: {run.id!r}")
     tree = await _snapshot_tree(worktree)
+    head = (await _git_in(worktree, "rev-parse", "HEAD")).strip()
+    branch = (await _git_in(worktree, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)).strip() or None
     message = f"nofx checkpoint after {step.name} ({step.tool}, {outcome})\n\nRun {run.id}, step {step.id}.\n"
     for _attempt in range(20):
         in_mirror, parent = await _latest(worktree, run.id)
@@ -131,6 +133,8 @@ async def create(store: Store, worktree: Worktree, run: Run, step: Step, *, outc
             tree_sha=tree,
             parent_sha=parent,
             artifacts=_artifact_digests(store, run.id),
+            head_sha=head,
+            head_branch=branch,
         )
         try:
             with store.session() as session:

@@ -33,6 +33,7 @@ from bot.runs import (
     search_texts,
     setup_cache,
     shared_checkpoints,
+    step_logs,
 )
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import (
@@ -102,6 +103,7 @@ class Engine:
         index_searches: bool = False,
         semantic: Callable[[Run], SemanticSearch] | None = None,
         review: ReviewOwnChange | None = None,
+        run_logs: Path | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -118,6 +120,7 @@ class Engine:
         self.index_searches = index_searches  # keep the semantic index current (after fetches, finished runs)
         self.semantic = semantic  # a run's search over its repository's semantic index, for code generation
         self.review = review  # the model's review of a run's own change (`gate:llm_review`)
+        self.run_logs = run_logs  # the data dir `logs.RunLogHandler` writes this process's per-run lines under
 
     def after(self, progress: records.Progress, run_id: str) -> None:
         """Enqueue the steps that became ready, show the run on GitHub, remember how a finished run ended."""
@@ -157,7 +160,12 @@ class Engine:
             repo=run.repository,
         ):
             report.request_publish(self.queue, run.id)
-            status = await self._execute(run, step)
+            since = step_logs.size_now(self.run_logs, run.id) if self.run_logs else 0
+            try:
+                status = await self._execute(run, step)
+            finally:
+                if self.run_logs and self.artifacts:
+                    await asyncio.to_thread(step_logs.keep, self.artifacts, self.run_logs, step, since)
         return status
 
     async def _execute(self, run: Run, step: Step) -> StepStatus | None:

@@ -23,20 +23,19 @@ import httpx
 from sqlmodel import SQLModel
 
 from bot import blobs
-from bot.logs import Redactor, run_log_path
+from bot.blobs import Blobs
+from bot.logs import Redactor
 from bot.models import Checkpoint, Delivery, Run, RunEvent, RunStatus, Step, StepStatus
-from bot.runs import checkpoint_diffs, checkpoints, queries
+from bot.runs import checkpoint_diffs, checkpoints, queries, step_logs
 from bot.runs.artifacts import ArtifactError, Artifacts
 from bot.settings import Settings
 from bot.store import Store
-from bot.workspace.git import GitError
 
 log = logging.getLogger(__name__)
 
 GATE_OUTPUT = "output.log"
 ERROR_TAIL_LINES = 40
 MAX_LOG_BYTES = 20 * 2**20  # the newest part of a very long worker log
-MAX_PATCH_BYTES = 2 * 2**20
 
 
 class RcaError(Exception):
@@ -68,12 +67,13 @@ class Bundle:
 async def build(store: Store, settings: Settings, run_id: str) -> bytes:
     """The run's bundle as tar.gz bytes; RcaError when the run does not exist.
 
-    Database reads and file work run in a thread (the web process serves other requests meanwhile); the
-    checkpoint diffs run git as subprocesses on the loop.
+    Everything comes from the database and the shared store (step logs, gate outputs, checkpoint diffs), never
+    from a worker's disk; it is read in a thread, so the web process serves other requests meanwhile.
     """
     redactor = Redactor(settings.secrets)
-    bundle, run, steps, events, cps, delivery = await asyncio.to_thread(_collect, store, settings, run_id, redactor)
-    stats = await _add_checkpoint_diffs(bundle, redactor, settings, run, cps)
+    bundle, run, steps, events, cps, delivery, stats = await asyncio.to_thread(
+        _collect, store, settings, run_id, redactor
+    )
     summary = _summary(run, steps, events, cps, stats, delivery, bundle)
     bundle.add_text("summary.md", redactor.redact(summary))
     return await asyncio.to_thread(bundle.pack)
@@ -81,7 +81,7 @@ async def build(store: Store, settings: Settings, run_id: str) -> bytes:
 
 def _collect(
     store: Store, settings: Settings, run_id: str, redactor: Redactor
-) -> tuple[Bundle, Run, list[Step], list[RunEvent], list[Checkpoint], Delivery | None]:
+) -> tuple[Bundle, Run, list[Step], list[RunEvent], list[Checkpoint], Delivery | None, dict[int, tuple[int, int, int]]]:
     run = queries.get_run(store, run_id)
     if run is None:
         raise RcaError(f"run {run_id} does not exist")
@@ -97,16 +97,18 @@ def _collect(
     add_json("steps.json", [_row(s) for s in steps])
     add_json("events.json", [{**_row(e), "step": names.get(e.step_id or "")} for e in events])
     add_json("llm_usage.json", _llm_usage(events, names))
-    _add_gate_outputs(bundle, redactor, Artifacts(blobs.from_settings(settings, store), store), run, steps)
+    artifacts = Artifacts(blobs.from_settings(settings, store), store)
+    _add_gate_outputs(bundle, redactor, artifacts, run, steps)
     cps = checkpoints.list_for_run(store, run_id)
     add_json("checkpoints.json", [checkpoints.describe(c) for c in cps])
+    stats = _add_checkpoint_diffs(bundle, redactor, artifacts.blobs, cps)
     delivery = _delivery(store, run.delivery_id)
     if delivery is not None:
         add_json("delivery.json", _row(delivery))
     elif run.delivery_id:
         bundle.notes.append(f"delivery {run.delivery_id} is no longer recorded")
-    _add_worker_log(bundle, redactor, settings.data_dir, run_id)
-    return bundle, run, steps, events, cps, delivery
+    _add_worker_log(bundle, redactor, artifacts, steps)
+    return bundle, run, steps, events, cps, delivery, stats
 
 
 def download(client: httpx.Client, run_id: str, destination: Path) -> int:
@@ -186,27 +188,19 @@ def _add_gate_outputs(bundle: Bundle, redactor: Redactor, artifacts: Artifacts, 
             bundle.notes.append(f"{name}: no output recorded ({problem})")
 
 
-async def _add_checkpoint_diffs(
-    bundle: Bundle, redactor: Redactor, settings: Settings, run: Run, cps: list[Checkpoint]
+def _add_checkpoint_diffs(
+    bundle: Bundle, redactor: Redactor, blobs: Blobs, cps: list[Checkpoint]
 ) -> dict[int, tuple[int, int, int]]:
-    """Each checkpoint's patch against the one before it; returns (files, additions, deletions) per checkpoint."""
+    """Each checkpoint's stored patch against the one before it; returns (files, additions, deletions) per checkpoint."""
     stats: dict[int, tuple[int, int, int]] = {}
-    if not cps:
-        return stats
-    mirror = checkpoints.mirror_of(settings.data_dir / "workspaces", run)
     for cp in cps:
-        try:
-            structured = await checkpoint_diffs.diff(mirror, cp.parent_sha, cp.commit_sha, max_bytes=MAX_PATCH_BYTES)
-            text = await checkpoint_diffs.patch_text(mirror, cp.parent_sha, cp.commit_sha, max_bytes=MAX_PATCH_BYTES)
-        except checkpoints.CheckpointError as exc:
-            bundle.notes.append(f"checkpoint {cp.n}: {exc}")
+        stored = checkpoint_diffs.stored(blobs, cp)
+        if stored is None:
+            bundle.notes.append(f"checkpoint {cp.n}: its diff was not stored")
             continue
-        except GitError as exc:
-            bundle.notes.append(f"checkpoint {cp.n}: git failed: {exc}")
-            continue
-        stat = structured["stats"]
+        stat = stored.structured["stats"]
         stats[cp.n] = (stat["files"], stat["additions"], stat["deletions"])
-        bundle.add_text(f"checkpoints/{cp.n:03d}-{cp.step_name}.patch", redactor.redact(text))
+        bundle.add_text(f"checkpoints/{cp.n:03d}-{cp.step_name}.patch", redactor.redact(stored.patch))
     return stats
 
 
@@ -217,21 +211,17 @@ def _delivery(store: Store, delivery_id: str | None) -> Delivery | None:
         return session.get(Delivery, delivery_id)
 
 
-def _add_worker_log(bundle: Bundle, redactor: Redactor, data_dir: Path, run_id: str) -> None:
-    path = run_log_path(data_dir, run_id)
-    try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, 2)
-            handle.seek(max(0, size - MAX_LOG_BYTES))
-            data = handle.read()
-    except FileNotFoundError:
+def _add_worker_log(bundle: Bundle, redactor: Redactor, artifacts: Artifacts, steps: list[Step]) -> None:
+    data = step_logs.collected(artifacts, steps)
+    if not data:
         bundle.notes.append(
-            "worker.log: no worker log lines were collected for this run (workers log per run when "
-            "started by `nofx worker`/`nofx serve` with a data dir)"
+            "worker.log: no worker log lines were stored for this run's steps (workers keep them when started by "
+            "`nofx worker`/`nofx serve` with a data dir)"
         )
         return
-    if size > MAX_LOG_BYTES:
-        bundle.notes.append(f"worker.log: only the last {MAX_LOG_BYTES // 2**20} MB of {size} bytes")
+    if len(data) > MAX_LOG_BYTES:
+        bundle.notes.append(f"worker.log: only the last {MAX_LOG_BYTES // 2**20} MB of {len(data)} bytes")
+        data = data[-MAX_LOG_BYTES:]
     bundle.add_text("worker.log", redactor.redact(data.decode(errors="replace")))
 
 

@@ -3,8 +3,8 @@
 After each checkpoint its commits go into the blob store as a git bundle (`runs/<run>/checkpoints/<n>.bundle`:
 the checkpoint's ref, everything since the worktree's start). A worker preparing a step finds the run's worktree
 behind the latest recorded checkpoint (its own is older, or it made the worktree just now from the run's base):
-it fetches the bundle into its mirror and makes the worktree's files the checkpoint's, as `checkpoints.restore`
-does for a resumed run. Which checkpoint a worktree holds is kept in its admin dir, out of the checkout's reach.
+it fetches the bundle into its mirror, puts HEAD and branch where the checkpoint found them (commits `git_pr` and
+`git_ops` made) and makes the worktree's files the checkpoint's, as `checkpoints.restore` does for a resumed run. Which checkpoint a worktree holds is kept in its admin dir, out of the checkout's reach.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from sqlmodel import col, select
 
-from bot.blobs import Blobs
+from bot.blobs import BlobError, Blobs
 from bot.models import Checkpoint, Run, RunStart, RunWorkspace
+from bot.runs import checkpoint_diffs
 from bot.store import Store, upsert
 from bot.workspace.git import GitError, git, git_or_none
 from bot.workspace.worktrees import Worktree
@@ -53,16 +54,25 @@ def recorded_start(store: Store, run_id: str) -> tuple[str, str] | None:
 
 
 async def share(blobs: Blobs, worktree: Worktree, checkpoint: Checkpoint) -> None:
-    """Put the checkpoint's commits in the blob store and note that the worktree holds this checkpoint."""
+    """Put the checkpoint's commits, and those of the worktree's HEAD (what `git_pr` or `git_ops` committed), in
+    the blob store, and note that the worktree holds this checkpoint."""
+    refs = [checkpoint.ref]
+    if checkpoint.head_sha:  # a ref of its own, so the bundle carries HEAD's commits (git leaves out any it excludes)
+        refs.append(head_ref(checkpoint))
+        await git("update-ref", head_ref(checkpoint), checkpoint.head_sha, cwd=worktree.mirror, timeout_s=GIT_TIMEOUT_S)
     with tempfile.TemporaryDirectory(prefix="nofx-bundle-") as tmp:
         bundle = Path(tmp) / "checkpoint.bundle"
         await git(
-            "bundle", "create", "--quiet", str(bundle), checkpoint.ref, f"^{worktree.start_sha}",
+            "bundle", "create", "--quiet", str(bundle), *refs, f"^{worktree.start_sha}",
             cwd=worktree.mirror, timeout_s=GIT_TIMEOUT_S,
         )  # fmt: skip
         data = await asyncio.to_thread(bundle.read_bytes)
     await asyncio.to_thread(blobs.put, bundle_key(checkpoint.run_id, checkpoint.n), data)
     await _mark(worktree, checkpoint.n)
+    try:
+        await checkpoint_diffs.store(blobs, worktree.mirror, checkpoint)
+    except (GitError, BlobError, OSError) as exc:  # the API and RCA bundles then say the diff is missing
+        log.warning("the diff of checkpoint %s was not stored: %s", checkpoint.n, exc)
 
 
 async def catch_up(store: Store, blobs: Blobs, worktree: Worktree, run: Run) -> int | None:
@@ -74,11 +84,30 @@ async def catch_up(store: Store, blobs: Blobs, worktree: Worktree, run: Run) -> 
     if latest is None or await _at(worktree) >= latest.n:
         return None
     await _fetch(blobs, worktree.mirror, latest.run_id, latest.n, latest.ref, latest.commit_sha)
+    await _move_head(worktree, latest)
     await worktree.git("read-tree", "--reset", "-u", latest.commit_sha, timeout_s=GIT_TIMEOUT_S)
     await worktree.git("reset", "--quiet", timeout_s=GIT_TIMEOUT_S)  # the run's work shows as uncommitted
     await _mark(worktree, latest.n)
     log.info("worktree rebuilt at checkpoint %s of run %s", latest.n, run.id)
     return latest.n
+
+
+async def _move_head(worktree: Worktree, checkpoint: Checkpoint) -> None:
+    """HEAD and branch where they were at the checkpoint: commits `git_pr` or `git_ops` made are part of the state."""
+    if not checkpoint.head_sha:  # recorded before checkpoints kept HEAD
+        return
+    if not await _has_commit(worktree.mirror, checkpoint.head_sha):
+        summary = (
+            f"HEAD {checkpoint.head_sha[:12]} of checkpoint {checkpoint.n} is in neither the mirror nor its bundle"
+        )
+        raise GitError(["checkout", checkpoint.head_sha], None, "", summary=summary)
+    where = ["-B", checkpoint.head_branch] if checkpoint.head_branch else ["--detach"]
+    await worktree.git("checkout", "--quiet", "--force", *where, checkpoint.head_sha, timeout_s=GIT_TIMEOUT_S)
+
+
+def head_ref(checkpoint: Checkpoint) -> str:
+    """Where the mirror keeps the HEAD a checkpoint recorded (beside the checkpoint's own ref)."""
+    return f"{checkpoint.ref}-head"
 
 
 async def fetch_start_point(store: Store, blobs: Blobs, mirror: Path, run_id: str) -> None:

@@ -797,7 +797,10 @@ def openapi() -> dict[str, Any]:
                         "400": _error("`base` is not a checkpoint of this run nor 0"),
                         "401": _UNAUTHORIZED,
                         "404": _NO_CHECKPOINT,
-                        "410": _error("the checkpoint's commits are no longer in the mirror (it was evicted)"),
+                        "410": _error(
+                            "another base than the checkpoint before n needs a mirror holding both commits; "
+                            "this machine has none (evicted, or a web machine)"
+                        ),
                         "500": _error("git could not compute the diff"),
                     },
                 }

@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bot import blobs
+from bot.blobs import Blobs
 from bot.models import Checkpoint, Run
 from bot.runs import checkpoint_diffs, checkpoints, memory, queries, rca, resume
 from bot.settings import Settings
@@ -117,7 +119,11 @@ async def checkpoint_diff(request: Request) -> Response:
             return _error(400, f"base must be a checkpoint of this run (1-{max(by_n)}) or 0 for the run's start")
         base_n = int(raw_base)
         base_sha = by_n[base_n].commit_sha if base_n else _start_of(found)
-    try:
+    if raw_base is None:  # the diff every checkpoint stores when it is made: no mirror needed
+        stored = await to_thread.run_sync(checkpoint_diffs.stored, _blobs(request), head)
+        if stored is not None:
+            return JSONResponse({"run_id": run_id, "checkpoint": n, "base_checkpoint": base_n, **stored.structured})
+    try:  # another base, or a checkpoint made before diffs were stored: a mirror on this machine holding both
         structured = await checkpoint_diffs.diff(_mirror(request, run), base_sha, head.commit_sha)
     except checkpoint_diffs.CheckpointGone as exc:
         return _error(410, str(exc))
@@ -238,6 +244,10 @@ def _start_of(found: list[Checkpoint]) -> str:
 
 def _mirror(request: Request, run: Run) -> Path:
     return checkpoints.mirror_of(_settings(request).data_dir / "workspaces", run)
+
+
+def _blobs(request: Request) -> Blobs:
+    return blobs.from_settings(_settings(request), _store(request))
 
 
 def _store(request: Request) -> Store:

@@ -77,6 +77,7 @@ class Runtime:
             index_searches=search_configured(settings),
             semantic=self.semantic_search_of if search_configured(settings) else None,
             review=failing_in_worktree,
+            run_logs=settings.data_dir,
         )
         self._runner = asyncio.Runner()
         self._search_index: SearchIndex | None = None

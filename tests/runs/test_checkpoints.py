@@ -22,7 +22,7 @@ from bot.models import Run, RunStatus, Step, StepStatus
 from bot.plans import Plan, StepSpec
 from bot.queue import WorkQueue, step_job_id
 from bot.repo_config import RepoConfig
-from bot.runs import checkpoint_diffs, checkpoints, queries, records
+from bot.runs import checkpoint_diffs, checkpoints, queries, records, shared_checkpoints
 from bot.runs.artifacts import Artifacts
 from bot.runs.contract import StepContext, StepFailed, StepResult
 from bot.settings import Settings
@@ -175,6 +175,29 @@ async def test_a_checkpoint_commits_the_whole_worktree_without_moving_its_index_
     assert "refs/nofx" not in server.git("octo", "shop", "for-each-ref")
 
 
+async def test_a_worktree_rebuilt_on_another_worker_has_the_commits_and_branch_git_made(
+    store: Store, server: GitServer, workspaces: Workspaces, tmp_path: Path
+) -> None:
+    run = new_run(store, server)
+    worktree = await prepare(workspaces, server, run)
+    shared_checkpoints.remember_start(store, worktree)
+    (worktree.path / "src" / "cart.py").write_text("ITEMS = [1]\n")
+    git(worktree.path, "-c", "user.name=nofx", "-c", "user.email=n@x", "commit", "-qam", "what git_ops committed")
+    git(worktree.path, "checkout", "-q", "-b", "nofx/split")  # and a branch it moved to
+    (worktree.path / "README.md").write_text("# shop, not committed\n")
+    blobs = DatabaseBlobs(store)
+    checkpoint = await checkpoints.create(store, worktree, run, step_named(store, run, "apply"), outcome="succeeded")
+    await shared_checkpoints.share(blobs, worktree, checkpoint)
+
+    elsewhere = await prepare(Workspaces(tmp_path / "worker-b" / "workspaces"), server, run)  # no shared disk
+    assert await shared_checkpoints.catch_up(store, blobs, elsewhere, run) == checkpoint.n
+
+    assert git(elsewhere.path, "rev-parse", "HEAD") == git(worktree.path, "rev-parse", "HEAD")
+    assert git(elsewhere.path, "symbolic-ref", "--short", "HEAD").strip() == "nofx/split"
+    assert git(elsewhere.path, "log", "-1", "--format=%s").strip() == "what git_ops committed"
+    assert git(elsewhere.path, "status", "--porcelain").strip() == "M README.md"  # still uncommitted, as there
+
+
 async def test_checkpoints_chain_and_concurrent_ones_get_distinct_numbers(
     any_store: Store, server: GitServer, workspaces: Workspaces, tmp_path: Path
 ) -> None:
@@ -292,9 +315,12 @@ async def test_checkpoint_api_lists_diffs_and_refuses_what_it_cannot_show(
     run = new_run(store, server)
     worktree = await prepare(workspaces, server, run)
     edit_like_a_run(worktree.path)
-    await checkpoints.create(store, worktree, run, step_named(store, run, "apply"), outcome="succeeded")
+    blobs = DatabaseBlobs(store)
+    first = await checkpoints.create(store, worktree, run, step_named(store, run, "apply"), outcome="succeeded")
+    await shared_checkpoints.share(blobs, worktree, first)  # as the engine does: the diff is stored too
     (worktree.path / "README.md").write_text("# shop\n\nWith a total.\n")
-    await checkpoints.create(store, worktree, run, step_named(store, run, "test"), outcome="failed")
+    second = await checkpoints.create(store, worktree, run, step_named(store, run, "test"), outcome="failed")
+    await shared_checkpoints.share(blobs, worktree, second)
 
     assert client.get(f"/runs/{run.id}/checkpoints").status_code == 401
     listed = client.get(f"/runs/{run.id}/checkpoints", headers=auth()).json()["checkpoints"]
@@ -310,8 +336,9 @@ async def test_checkpoint_api_lists_diffs_and_refuses_what_it_cannot_show(
     assert client.get(f"/runs/{run.id}/checkpoints/9/diff", headers=auth()).status_code == 404
     assert client.get(f"/runs/{run.id}/checkpoints/2/diff?base=7", headers=auth()).status_code == 400
     assert client.get("/runs/nope/checkpoints", headers=auth()).status_code == 404
-    shutil.rmtree(worktree.mirror)  # evicted
-    gone = client.get(f"/runs/{run.id}/checkpoints/2/diff", headers=auth())
+    shutil.rmtree(worktree.mirror)  # evicted, or on another machine: the stored diff is still shown
+    assert client.get(f"/runs/{run.id}/checkpoints/2/diff", headers=auth()).json() == previous
+    gone = client.get(f"/runs/{run.id}/checkpoints/2/diff?base=0", headers=auth())  # other bases need the mirror
     assert gone.status_code == 410 and "no longer in the mirror" in gone.json()["error"]
 
 

@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bot import logs
 from bot.cli import main as cli
 from bot.models import Delivery, RunStatus
+from bot.queue import WorkQueue
 from bot.runs import queries, rca
 from bot.settings import Settings
 from bot.store import Store
+from bot.web.app import create_app
 from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
@@ -34,6 +37,13 @@ LEAKY = "ghs_" + "PastedByMistake1" * 2  # a token someone pasted into their req
 @pytest.fixture
 def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return dataclasses.replace(with_model(settings, llm), api_token=API_TOKEN)
+
+
+@pytest.fixture
+def app(settings: Settings, store: Store, queue: WorkQueue, tmp_path: Path) -> Starlette:
+    """The web as deployed: a data dir of its own, none of the worker's files (logs, mirrors) on its disk."""
+    web = dataclasses.replace(settings, data_dir=tmp_path / "web")
+    return create_app(web, store=store, queue=queue, env_file=tmp_path / ".env")
 
 
 @pytest.fixture(autouse=True)
