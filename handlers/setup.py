@@ -60,10 +60,17 @@ async def _install(ctx: StepContext, directory: Path, started: float) -> None:
 
 async def _key(ctx: StepContext) -> str:
     """sha256 over the commands, how they are isolated (which decides where they see the directory) and the blob
-    ids of the tracked files `setup_cache_key` matches, at the base."""
+    ids of the tracked files `setup_cache_key` matches, at the base.
+
+    A worktree whose files are not the base's (a follow-up run on its pull request's branch, a run resumed with a
+    checkpoint's files) may hold code the commands run that no key file shows, written by the model or pushed to
+    the branch: its result is the run's own (the run's id is in the key), never one a later run reuses."""
     assert ctx.workspace is not None
     listing = await ctx.workspace.git("ls-files", "-s", "-z")
     digest = hashlib.sha256(f"nofx setup v{KEY_VERSION}\0{SETUP_DIR_VARIABLE}\0{ctx.sandbox.isolation}\0".encode())
+    changed = await ctx.workspace.git("diff", "--name-only", "-z", ctx.workspace.base_sha, "--")
+    if changed or await ctx.workspace.git("ls-files", "--others", "-z"):
+        digest.update(f"run {ctx.run.id}\0".encode())
     for command in ctx.config.setup:
         digest.update(command.encode() + b"\0")
     for entry in sorted(e for e in listing.split("\0") if e):
