@@ -144,6 +144,8 @@ class _Timed:
         vectors: list[list[float]] = self.inner.embed(texts)
         self.seconds += time.perf_counter() - started
         self.texts += len(texts)
+        if len(texts) > 1:  # a batch of the index, not a query: a long cold index shows its rate as it goes
+            print(f"  embedded {self.texts:,} chunks, {self.texts / self.seconds:.1f}/s", file=sys.stderr, flush=True)
         return vectors
 
     def reset(self) -> None:

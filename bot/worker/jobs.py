@@ -12,6 +12,7 @@ from bot.events import router as events
 from bot.models import DeliveryStatus, ReviewPass
 from bot.review import passes
 from bot.runs import queries, report, search_texts
+from bot.runs.artifacts import ArtifactError
 from bot.runs.memory import ThreadKey
 from bot.settings import Settings
 from bot.worker.runtime import Runtime
@@ -109,8 +110,13 @@ def index_artifacts(step_id: str) -> None:
     artifacts = runtime.engine.artifacts
     if step is None or run is None or artifacts is None:
         return
+    try:
+        found = search_texts.step_artifacts(artifacts, run, step)
+    except (ArtifactError, ValueError) as exc:  # gone from the store, or not what the step writes: nothing to add
+        log.warning("artifacts of step %s not indexed: %s", step.id, exc)
+        return
     index = runtime.search_index()
-    for name, text in search_texts.step_artifacts(artifacts, run, step):
+    for name, text in found:
         text = runtime.redactor.redact(text)
         index.add_artifact(run.installation_id, run.repository, run.id, name, text, repository_id=run.repository_id)
 

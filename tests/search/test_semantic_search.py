@@ -19,6 +19,8 @@ from bot.search.code_search import search_repository
 from bot.search.embeddings import LocalEmbeddings
 from bot.search.index import SearchIndex
 from bot.settings import Settings
+from bot.store import Store
+from bot.workspace.local import local_repository
 
 FILES = {
     # The request below shares no identifier, path or word with this file.
@@ -197,6 +199,37 @@ def test_nofx_search_prints_semantic_and_regex_results(
     assert cli.main(["search", "--repo", str(repo), "--limit", "2", REQUEST]) == 0
 
     assert capsys.readouterr().out.splitlines()[0].startswith("vault/kdf.py:1-")
+
+
+def test_nofx_search_finds_the_runs_of_nofx_run_and_refuses_a_repository_this_server_does_not_serve(
+    tmp_path: Path,
+    repo: Path,
+    embedder: LocalEmbeddings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'nofx.db'}", redis_url=None)
+    Store(settings.database_url).create_all()
+    index = SearchIndex.open(settings, embedder)
+    index.add_run(
+        0, local_repository(repo), "r1", "hash the passwords", "generate (codegen)", "succeeded", repository_id=None
+    )
+    monkeypatch.setenv("NOFX_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("NOFX_EMBEDDINGS_MODEL", "local:all-minilm-l6-v2")
+
+    assert cli.main(["search", "--repo", str(repo), "--kind", "runs", "password storage"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "run r1 (similarity " + _score(index) + ")",
+        "    request: hash the passwords",
+    ]
+    assert cli.main(["search", "--repo", "someone/else", "--kind", "runs", "passwords"]) == 2
+    assert "does not serve someone/else" in capsys.readouterr().err
+
+
+def _score(index: SearchIndex) -> str:
+    [hit] = index.search(0, "password storage", kind="runs", repo="local/toolbox")
+    return f"{hit.score:.2f}"
 
 
 def _free_port() -> int:
