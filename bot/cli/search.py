@@ -31,6 +31,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     local = Path(args.repo)
     if local.is_dir() and args.kind == "code":
         return _local_code(local.resolve(), args, settings)
+    repository_id: int | None = None  # runs and artifacts of a served repository: by GitHub's id of it
     if local.is_dir():
         installation_id, repo = LOCAL_INSTALLATION, local_repository(local.resolve())
     elif re.fullmatch(REPO_PATTERN, args.repo):
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if served is None:
             print(f"nofx: this server does not serve {args.repo}", file=sys.stderr)
             return 2
-        installation_id, repo = served
+        installation_id, repo, repository_id = served.installation_id, served.full_name, served.repository_id
     else:
         print(f"nofx: --repo {args.repo}: neither a directory nor owner/name", file=sys.stderr)
         return 2
@@ -54,7 +55,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.kind == "code":
         lines = semantic_lines(index.search_files(installation_id, args.query, repo=repo, limit=args.limit))
     else:
-        lines = _described(index.search(installation_id, args.query, kind=args.kind, repo=repo, limit=args.limit))
+        hits = index.search(
+            installation_id, args.query, kind=args.kind, repo=repo, limit=args.limit, repository_id=repository_id
+        )
+        lines = _described(hits)
     print("\n".join(lines) if lines else f"nothing found for {args.query!r}")
     return 0
 

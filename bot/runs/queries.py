@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func
@@ -108,12 +109,21 @@ def waiting_steps(store: Store, tool: str, repository: str | None = None) -> lis
         return [(run, step) for run, step in session.exec(statement)]
 
 
-def served_repository(store: Store, repo: str) -> tuple[int, str] | None:
-    """The installation serving `repo` and the repository's name as GitHub spells it (names ignore case)."""
+@dataclass(frozen=True)
+class ServedRepository:
+    """A repository an installation of this server serves: its name as GitHub spells it and GitHub's id of it."""
+
+    installation_id: int
+    full_name: str
+    repository_id: int
+
+
+def served_repository(store: Store, repo: str) -> ServedRepository | None:
+    """The repository `repo` names among those served (names ignore case), or None."""
     with store.session() as session:
         row = session.exec(
-            select(Repository.installation_id, Repository.full_name).where(
+            select(Repository.installation_id, Repository.full_name, Repository.id).where(
                 func.lower(Repository.full_name) == repo.lower(), col(Repository.removed).is_(False)
             )
         ).first()
-    return (int(row[0]), str(row[1])) if row is not None else None
+    return ServedRepository(int(row[0]), str(row[1]), int(row[2])) if row is not None else None

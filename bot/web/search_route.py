@@ -66,17 +66,26 @@ def hit_json(hit: Hit) -> dict[str, Any]:
 
 
 def _search(state: Any, query: str, repo: str, kind: str, limit: int) -> list[Hit] | None:
-    found = queries.served_repository(state.store, repo)
-    if found is None:
+    served = queries.served_repository(state.store, repo)
+    if served is None:
         return None
-    installation_id, repo = found  # GitHub's spelling, as the index recorded it
     index = getattr(state, "search_index", None)
     if index is None:
         settings: Settings = state.settings
         index = state.search_index = SearchIndex.open(settings, embedder_for(settings))
+    # GitHub's spelling of the name, as the index recorded it; runs and artifacts by GitHub's id of the repository
+    # (a name may have been another repository's).
+    installation_id, name, repository_id = served.installation_id, served.full_name, served.repository_id
     if kind == "code":
-        return index.search_files(installation_id, query, repo=repo, limit=limit)
-    return index.search(installation_id, query, kind=kind, repo=repo, limit=limit)  # type: ignore[arg-type]
+        return index.search_files(installation_id, query, repo=name, limit=limit)
+    return index.search(
+        installation_id,
+        query,
+        kind=kind,  # type: ignore[arg-type]
+        repo=name,
+        limit=limit,
+        repository_id=repository_id,
+    )
 
 
 def _error(status: int, message: str) -> JSONResponse:

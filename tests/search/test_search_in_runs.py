@@ -126,7 +126,10 @@ def test_runs_index_code_runs_and_artifacts_and_the_next_run_plans_and_searches_
     [run_hit] = index.search(INSTALLATION, "where release notes live", kind="runs", repo=SLUG, limit=5)
     assert run_hit.run_id == first.id and "succeeded" in run_hit.text
 
-    # The artifacts: the generated edits and the pull request, through the API and the command line.
+    # The artifacts: the generated edits and the pull request, through the API and the command line; not those of
+    # the repository that had this name before (another GitHub id).
+    earlier_id = PAYLOAD["repository"]["id"] + 1
+    index.add_artifact(INSTALLATION, SLUG, "same-name", "generate/edits.json", FIRST, repository_id=earlier_id)
     found = client.get(
         "/search", params={"q": "changelog documentation", "repo": SLUG, "kind": "artifacts"}, headers=AUTH
     )
