@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import _free_port, _spawn, _wait_ready
+from bench.load import _start_nofx, _stop
 from bot.queue import start_embedded_valkey
 from tests.runs.test_setup_flow import GREET, TEST_GREET, wheel
 from tests.support.git_server import GitServer
@@ -97,28 +96,10 @@ def main() -> None:
 
         github.handler("POST", "/repos/{owner}/{repo}/pulls", record_pull)  # None: the double answers as usual
         payload = _repository(github, git)
-        secret = secrets.token_hex(16)
-        port = _free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "NOFX_", "ANTHROPIC_", "OPENAI_"))},
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "GITHUB_APP_ID": "4242",
-            "GITHUB_PRIVATE_KEY": key.private_pem,
-            "GITHUB_WEBHOOK_SECRET": secret,
-            "GITHUB_API_URL": github.base_url,
-            "ANTHROPIC_API_KEY": llm.api_key,
-            "ANTHROPIC_BASE_URL": llm.base_url,
-            "PORT": str(port),
-        }
+        base, secret = _start_nofx(
+            processes, root, 1, database_url=database_url, redis_url=redis_url, key=key, github=github, llm=llm
+        )
         logs = root / "logs"
-        logs.mkdir()
-        command = [sys.executable, "-m", "bot.cli"]
-        processes.append(_spawn([*command, "web"], {**env, "NOFX_DATA_DIR": str(root / "web")}, logs / "web.log"))
-        processes.append(_spawn([*command, "worker"], {**env, "NOFX_DATA_DIR": str(root / "worker")}, logs / "w.log"))
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, redis_url, workers=2)  # the worker's work lane and dispatch lane
-        time.sleep(2)  # the worker's start-up tasks (installation sync, recovery)
         engine = create_engine(database_url)
 
         def one(number: int, kind: str) -> dict[str, float]:
@@ -141,13 +122,7 @@ def main() -> None:
         engine.dispose()
         _report(first, runs, elapsed, len(llm.requests), len(github.calls()), logs)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(processes)
         git.stop()
         github.stop()
         llm.stop()

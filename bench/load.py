@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.queue import start_embedded_valkey
 from tests.support.git_server import GitServer
-from tests.support.github_double import GitHubDouble, app_key
+from tests.support.github_double import AppKey, GitHubDouble, app_key
 from tests.support.github_resources import Call
 from tests.support.llm_double import AnthropicDouble
 from tests.support.payloads import load_payload, webhook_headers
@@ -83,30 +83,17 @@ def main() -> None:
                 [("write_file", {"path": "cart.py", "content": CART}), ("finish", {"summary": "Adds a cart."})]
             )
 
-        secret = secrets.token_hex(16)
-        port = _free_port()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "NOFX_", "ANTHROPIC_", "OPENAI_"))},
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "GITHUB_APP_ID": "4242",
-            "GITHUB_PRIVATE_KEY": key.private_pem,
-            "GITHUB_WEBHOOK_SECRET": secret,
-            "GITHUB_API_URL": github.base_url,
-            "ANTHROPIC_API_KEY": llm.api_key,
-            "ANTHROPIC_BASE_URL": llm.base_url,
-            "PORT": str(port),
-        }
+        base, secret = _start_nofx(
+            processes,
+            root,
+            args.workers,
+            database_url=database_url,
+            redis_url=redis_url,
+            key=key,
+            github=github,
+            llm=llm,
+        )
         logs = root / "logs"
-        logs.mkdir()
-        command = [sys.executable, "-m", "bot.cli"]
-        processes.append(_spawn([*command, "web"], {**env, "NOFX_DATA_DIR": str(root / "web")}, logs / "web.log"))
-        for n in range(args.workers):
-            data = {**env, "NOFX_DATA_DIR": str(root / f"worker-{n}")}
-            processes.append(_spawn([*command, "worker"], data, logs / f"worker-{n}.log"))
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, redis_url, workers=args.workers * 2)  # each worker: a work lane and a dispatch lane
-        time.sleep(2)  # the workers' start-up tasks (installation sync, recovery)
 
         posted: dict[int, float] = {}
         started = time.monotonic()
@@ -147,13 +134,7 @@ def main() -> None:
               f"status comments {sum(comments.values())} (duplicates {sum(n - 1 for n in comments.values())})")  # fmt: skip
         print(f"model calls {len(llm.requests)}, GitHub calls {len(github.calls())}, logs in {logs}")
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(processes)
         drop()
         git.stop()
         github.stop()
@@ -223,6 +204,57 @@ def _wait_for_runs(engine: Any, expected: int, timeout_s: float) -> tuple[float,
             return time.monotonic(), statuses
         time.sleep(0.25)
     raise SystemExit(f"not all runs finished within {timeout_s} s: {dict(statuses)}")
+
+
+def _start_nofx(
+    processes: list[subprocess.Popen[bytes]],
+    root: Path,
+    workers: int,
+    *,
+    database_url: str,
+    redis_url: str,
+    key: AppKey,
+    github: GitHubDouble,
+    llm: AnthropicDouble,
+) -> tuple[str, str]:
+    """`nofx web` and `workers` x `nofx worker` as processes (added to `processes`, for the caller to `_stop`), on the
+    doubles and with none of the caller's GitHub, NOFX or model variables; logs in `root/logs`. Once all are ready
+    and past their start-up tasks: the web's base URL and the webhook secret."""
+    secret = secrets.token_hex(16)
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "NOFX_", "ANTHROPIC_", "OPENAI_"))},
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "GITHUB_APP_ID": "4242",
+        "GITHUB_PRIVATE_KEY": key.private_pem,
+        "GITHUB_WEBHOOK_SECRET": secret,
+        "GITHUB_API_URL": github.base_url,
+        "ANTHROPIC_API_KEY": llm.api_key,
+        "ANTHROPIC_BASE_URL": llm.base_url,
+        "PORT": str(port),
+    }
+    logs = root / "logs"
+    logs.mkdir()
+    command = [sys.executable, "-m", "bot.cli"]
+    processes.append(_spawn([*command, "web"], {**env, "NOFX_DATA_DIR": str(root / "web")}, logs / "web.log"))
+    for n in range(workers):
+        data = {**env, "NOFX_DATA_DIR": str(root / f"worker-{n}")}
+        processes.append(_spawn([*command, "worker"], data, logs / f"worker-{n}.log"))
+    base = f"http://127.0.0.1:{port}"
+    _wait_ready(base, redis_url, workers=workers * 2)  # each worker: a work lane and a dispatch lane
+    time.sleep(2)  # the workers' start-up tasks (installation sync, recovery)
+    return base, secret
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
