@@ -159,13 +159,14 @@ class WorkQueue:
         """A publish started: changes from now on ask for another one."""
         self.redis.delete(f"nofx:report:pending:{run_id}")
 
-    def report_sent(self, run_id: str, at: float) -> None:
-        """When the run was last shown on GitHub (kept a minute: only the rate limit needs it)."""
-        self.redis.set(f"nofx:report:sent:{run_id}", f"{at:.3f}", ex=60)
+    def report_sent(self, run_id: str, next_at: float) -> None:
+        """The run was shown on GitHub; the next showing waits until `next_at` (kept a minute: only the rate limit
+        needs it, and NOFX_REPORT_INTERVAL_MS is at most that)."""
+        self.redis.set(f"nofx:report:next:{run_id}", f"{next_at:.3f}", ex=60)
 
-    def last_report(self, run_id: str) -> float | None:
-        last = self.redis.get(f"nofx:report:sent:{run_id}")
-        return None if last is None else float(last)
+    def next_report_at(self, run_id: str) -> float | None:
+        next_at = self.redis.get(f"nofx:report:next:{run_id}")
+        return None if next_at is None else float(next_at)
 
     def enqueue_report(self, run_id: str, delay_s: float = 0) -> None:
         """Queue publishing a run to GitHub; callers coalesce through `bot.runs.report.request_publish`."""

@@ -65,6 +65,7 @@ class Settings:
     sandbox_paths: tuple[Path, ...] = ()  # NOFX_SANDBOX_PATHS: more toolchain directories, read-only in the sandbox
     chroma_url: str | None = None  # CHROMA_URL: a Chroma server; else an embedded one under the data dir
     embeddings_model: str | None = None  # NOFX_EMBEDDINGS_MODEL: openai:<model> or local:all-minilm-l6-v2
+    report_interval_s: float = 1.0  # NOFX_REPORT_INTERVAL_MS: the least time between two edits of a run's comment
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
@@ -98,6 +99,7 @@ class Settings:
             artifact_store=env.get("NOFX_ARTIFACT_STORE") or None,
             chroma_url=(env.get("CHROMA_URL") or "").rstrip("/") or None,
             embeddings_model=env.get("NOFX_EMBEDDINGS_MODEL") or None,
+            report_interval_s=_report_interval_ms(env.get("NOFX_REPORT_INTERVAL_MS") or "1000") / 1000,
             run_limits=RunLimits(
                 per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),
                 total=_count("NOFX_MAX_ACTIVE_RUNS", env, RunLimits.total),
@@ -189,6 +191,17 @@ def _ttl_days(value: str) -> int:
     if not 1 <= days <= 3650:
         raise SettingsError(f"NOFX_MEMORY_TTL_DAYS must be between 1 and 3650, got {days}")
     return days
+
+
+def _report_interval_ms(value: str) -> int:
+    """At most a minute: the queue keeps when a run may next be shown for that long."""
+    try:
+        interval = int(value)
+    except ValueError:
+        raise SettingsError(f"NOFX_REPORT_INTERVAL_MS must be a number of milliseconds, got {value!r}") from None
+    if not 0 <= interval <= 60_000:
+        raise SettingsError(f"NOFX_REPORT_INTERVAL_MS must be between 0 and 60000, got {interval}")
+    return interval
 
 
 def _sandbox(value: str) -> str:

@@ -161,7 +161,20 @@ def github(app_key: tuple[str, str]) -> Iterator[GitHubDouble]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, app_key: tuple[str, str], github: GitHubDouble, redis_url: str, store: Store) -> Settings:
+def report_interval_s() -> float:
+    """No pause between two edits of a run's comment: a test of the pause parametrizes this (it costs a second)."""
+    return 0.0
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path,
+    app_key: tuple[str, str],
+    github: GitHubDouble,
+    redis_url: str,
+    store: Store,
+    report_interval_s: float,
+) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=store.url,
@@ -170,6 +183,7 @@ def settings(tmp_path: Path, app_key: tuple[str, str], github: GitHubDouble, red
         app_id=APP_ID,
         private_key=app_key[0],
         webhook_secret="whsec-" + secrets.token_hex(16),
+        report_interval_s=report_interval_s,
     )
 
 

@@ -23,7 +23,6 @@ from bot.settings import Settings
 from bot.store import Store
 
 log = logging.getLogger(__name__)
-MIN_INTERVAL_S = 1.0
 CHECK_NAME = "nofx"
 
 
@@ -49,7 +48,7 @@ async def publish(store: Store, queue: WorkQueue, settings: Settings, gh: GitHub
     await _publish_comment(store, gh, run, steps, behind, run_url)
     if run.head_sha:
         await _publish_check_run(store, gh, run, steps, run_url or run.thread_url)
-    queue.report_sent(run_id, time.time())
+    queue.report_sent(run_id, time.time() + settings.report_interval_s)
 
 
 async def _publish_comment(
@@ -145,7 +144,5 @@ def _prefix(run: Run) -> str:
 
 
 def _wait_before_next(queue: WorkQueue, run_id: str) -> float:
-    last = queue.last_report(run_id)
-    if last is None:
-        return 0.0
-    return max(0.0, last + MIN_INTERVAL_S - time.time())
+    next_at = queue.next_report_at(run_id)
+    return 0.0 if next_at is None else max(0.0, next_at - time.time())

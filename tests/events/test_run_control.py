@@ -23,7 +23,7 @@ from sqlmodel import select
 
 from bot.models import Run, RunStatus, StepStatus
 from bot.runs import queries
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.store import Store
 from bot.worker.loop import reap
 from bot.worker.runtime import Runtime
@@ -494,6 +494,16 @@ def test_a_resumed_run_gets_a_new_check_run_when_github_will_not_reopen_the_old_
     assert github.check_runs[run.check_run_id]["conclusion"] == "success"
 
 
+def test_the_pause_between_edits_comes_from_the_environment(tmp_path: Path) -> None:
+    none = tmp_path / "no.env"
+    assert Settings.from_env({}, env_file=none).report_interval_s == 1.0
+    assert Settings.from_env({"NOFX_REPORT_INTERVAL_MS": "250"}, env_file=none).report_interval_s == 0.25
+    for bad in ("-1", "60001", "1s"):
+        with pytest.raises(SettingsError, match="NOFX_REPORT_INTERVAL_MS"):
+            Settings.from_env({"NOFX_REPORT_INTERVAL_MS": bad}, env_file=none)
+
+
+@pytest.mark.parametrize("report_interval_s", [1.0])  # NOFX_REPORT_INTERVAL_MS's default
 def test_each_surface_gets_at_most_one_edit_per_second(
     deliver: Deliverer,
     work: Callable[..., None],
