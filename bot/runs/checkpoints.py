@@ -107,9 +107,12 @@ async def create(store: Store, worktree: Worktree, run: Run, step: Step, *, outc
     branch = (await _git_in(worktree, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)).strip() or None
     message = f"nofx checkpoint after {step.name} ({step.tool}, {outcome})\n\nRun {run.id}, step {step.id}.\n"
     for _attempt in range(20):
-        in_mirror, parent = await _latest(worktree, run.id)
         # Numbers also continue after recorded ones: a mirror cloned anew (evicted meanwhile) has lost the refs.
-        n = max(in_mirror, _highest_recorded(store, run.id)) + 1
+        # The records are read first: a ref is made before its record, so the mirror read next is never behind
+        # them (read after, a record made meanwhile gave a number whose parent the older listing did not have).
+        recorded = _highest_recorded(store, run.id)
+        in_mirror, parent = await _latest(worktree, run.id)
+        n = max(in_mirror, recorded) + 1
         parent = parent or start_point(store, run.id) or worktree.start_sha
         commit = (
             await _git_in(worktree, "commit-tree", tree, "-p", parent, "-F", "-", env=_IDENTITY, input=message)
