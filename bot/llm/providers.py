@@ -16,10 +16,11 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import anthropic
-import openai
+if TYPE_CHECKING:  # the SDKs are imported on first use: a dispatch lane or web process never pays their second
+    import anthropic
+    import openai
 
 # Statuses worth another try: timeouts, lock conflicts, rate limits, server errors, Anthropic's 529 "overloaded".
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -173,6 +174,8 @@ class AnthropicProvider(_SDKProvider):
     name = "anthropic"
 
     def _new_client(self) -> anthropic.AsyncAnthropic:
+        import anthropic
+
         # max_retries=0: the router retries, with the fallback model and the budget in view.
         return anthropic.AsyncAnthropic(
             api_key=self._api_key, base_url=self._base_url, max_retries=0, timeout=self._timeout_s
@@ -191,6 +194,8 @@ class AnthropicProvider(_SDKProvider):
                 {"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in request.tools
             ]
             kwargs["tool_choice"] = {"type": "any" if request.require_tool else "auto"}
+        import anthropic
+
         try:
             message = await self._client().messages.create(**kwargs)
         # `from None`: the SDK's exception holds the request, auth header included; keep it out of tracebacks.
@@ -228,6 +233,8 @@ class OpenAIProvider(_SDKProvider):
     name = "openai"
 
     def _new_client(self) -> openai.AsyncOpenAI:
+        import openai
+
         return openai.AsyncOpenAI(
             api_key=self._api_key, base_url=self._base_url, max_retries=0, timeout=self._timeout_s
         )
@@ -247,6 +254,8 @@ class OpenAIProvider(_SDKProvider):
                 for t in request.tools
             ]
             kwargs["tool_choice"] = "required" if request.require_tool else "auto"
+        import openai
+
         try:
             completion = await self._client().chat.completions.create(**kwargs)
         except openai.APIStatusError as exc:
