@@ -104,7 +104,9 @@ class Result:
 
     @property
     def lost(self) -> int | None:
-        return None if self.recorded is None else self.accepted - self.recorded
+        """Answered 202 but not recorded. More recorded than accepted is not a loss: requests still in flight
+        when wrk stopped counting were recorded after."""
+        return None if self.recorded is None else max(self.accepted - self.recorded, 0)
 
 
 def main() -> None:
