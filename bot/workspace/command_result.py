@@ -49,7 +49,7 @@ class CommandResult:
         if self.timed_out:
             how = f"timed out after {timeout_s:g} s"
         elif self.over_disk:
-            how = "was stopped for using more disk in the worktree than the sandbox allows"
+            how = "was stopped for writing more to disk (bytes or files) than the sandbox allows"
         elif self.exit_code is not None and self.exit_code < 0:
             how = f"was killed by {_signal_name(-self.exit_code)}"
         else:

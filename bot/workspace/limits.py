@@ -33,6 +33,7 @@ class Limits:
     file_bytes: int = 1 * 2**30
     processes: int = 512
     disk_bytes: int = 2 * 2**30  # growth of the worktree (and of setup's directory, for setup) during the command
+    files: int = 1_000_000  # files and directories added there: empty ones use no blocks, yet fill the inode table
     tmp_bytes: int = 512 * 2**20  # the sandbox's /tmp (memory-backed)
 
 
@@ -113,9 +114,15 @@ def _pids_parents() -> list[Path]:
 
 def disk_usage(path: Path) -> int:
     """Bytes allocated under `path`, not following symlinks (what the worktree costs the disk)."""
-    total = 0
-    for directory, _, files in os.walk(path):
+    return usage(path)[0]
+
+
+def usage(path: Path) -> tuple[int, int]:
+    """Bytes allocated under `path` and the files and directories in it, not following symlinks."""
+    total = count = 0
+    for directory, subdirectories, files in os.walk(path):
+        count += len(subdirectories) + len(files)
         for name in files:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-    return total
+    return total, count

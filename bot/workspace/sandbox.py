@@ -43,7 +43,7 @@ from bot.workspace.isolation import (
     git_fingerprint,
     probe,
 )
-from bot.workspace.limits import Limits, apply_rlimits, disk_usage, make_pids_cgroup, remove_cgroup
+from bot.workspace.limits import Limits, apply_rlimits, make_pids_cgroup, remove_cgroup, usage
 from bot.workspace.toolchains import Toolchains
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ async def _execute(
     max_output_bytes: int,
     isolation: str,
 ) -> CommandResult:
-    disk = await _DiskWatch.start(grows, limits.disk_bytes)
+    disk = await _DiskWatch.start(grows, limits)
     # Our own pipe rather than asyncio's: asyncio's Process.wait() also waits for its pipes to close, so a
     # background child holding stdout would make a finished command look hung until the timeout.
     read_fd, write_fd = os.pipe()
@@ -348,17 +348,18 @@ async def _execute(
 
 class _DiskWatch:
     """How much the directories the command may write (the worktree; setup's directory, kept on the worker's disk
-    afterwards) grew since it started, together, against `limits.disk_bytes`."""
+    afterwards) grew since it started, together, against `limits.disk_bytes` and `limits.files`."""
 
-    def __init__(self, paths: list[Path], limit: int, baseline: int) -> None:
-        self.paths, self.limit, self.baseline = paths, limit, baseline
+    def __init__(self, paths: list[Path], limits: Limits, baseline: tuple[int, int]) -> None:
+        self.paths, self.limits, self.baseline = paths, limits, baseline
 
     @classmethod
-    async def start(cls, paths: list[Path], limit: int) -> _DiskWatch:
-        return cls(paths, limit, await asyncio.to_thread(_used, paths))
+    async def start(cls, paths: list[Path], limits: Limits) -> _DiskWatch:
+        return cls(paths, limits, await asyncio.to_thread(_used, paths))
 
     async def over(self) -> bool:
-        return await asyncio.to_thread(_used, self.paths) - self.baseline > self.limit
+        used, files = await asyncio.to_thread(_used, self.paths)
+        return used - self.baseline[0] > self.limits.disk_bytes or files - self.baseline[1] > self.limits.files
 
     async def exceeded(self) -> None:
         """Return (only) once the limit is exceeded."""
@@ -368,8 +369,9 @@ class _DiskWatch:
             await asyncio.sleep(DISK_POLL_S)
 
 
-def _used(paths: list[Path]) -> int:
-    return sum(disk_usage(path) for path in paths)
+def _used(paths: list[Path]) -> tuple[int, int]:
+    found = [usage(path) for path in paths]
+    return sum(used for used, _ in found), sum(files for _, files in found)
 
 
 async def _stop_group(proc: asyncio.subprocess.Process) -> None:

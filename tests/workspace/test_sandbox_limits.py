@@ -125,6 +125,20 @@ async def test_disk_limit_counts_what_setup_writes_into_its_directory(
     assert limits_module.disk_usage(setup) < 8 * 2**20
 
 
+async def test_disk_limit_counts_files_that_use_no_blocks(isolation: str, worktree: Path) -> None:
+    """Empty files cost the disk no bytes, yet enough of them exhaust its inodes."""
+    result = await run_command(
+        "seq 3000 | xargs touch && echo finished",
+        cwd=worktree,
+        timeout_s=20,
+        limits=Limits(files=1000),
+        isolation=isolation,
+    )
+
+    assert result.over_disk and not result.ok and result.exit_code is None
+    assert "bytes or files" in result.describe_failure("seq 3000 | xargs touch", 20)
+
+
 async def test_disk_growth_found_after_a_quick_command_also_fails_it(isolation: str, worktree: Path) -> None:
     result = await run_command(
         "head -c 2097152 /dev/zero > big.bin",
