@@ -53,9 +53,12 @@ async def tracked_blobs(repo: Path, commit: str) -> dict[str, str]:
     return blobs
 
 
-async def changed_paths(repo: Path, old: str, new: str) -> list[FileChange]:
-    """What changed between two commits, renames as a deletion and an addition."""
+async def changed_paths(repo: Path, old: str, new: str) -> list[FileChange] | None:
+    """What changed between two commits, renames as a deletion and an addition; None when `old` is not in `repo`
+    (its history was rewritten, or the name it was indexed under belonged to another repository then)."""
     diff = await run_git(["diff", "--name-status", "--no-renames", "-z", old, new], env=_env(repo), cwd=repo)
+    if diff.returncode != 0:
+        return None
     fields = [f for f in diff.stdout.split("\0") if f]
     return [FileChange(path, status == "D") for status, path in zip(fields[::2], fields[1::2], strict=True)]
 

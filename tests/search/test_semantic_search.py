@@ -127,6 +127,24 @@ async def test_a_push_is_indexed_incrementally_and_a_deleted_file_is_gone(index:
     assert index.indexed_commit(7, "o/toolbox") == _head(repo)
 
 
+async def test_a_repository_that_lacks_the_indexed_commit_is_indexed_afresh(
+    index: SearchIndex, repo: Path, tmp_path: Path
+) -> None:
+    """The name was another repository's when it was indexed (renamed, then made again; say the first was private),
+    or its history was rewritten: the diff against that commit fails, and an empty diff kept the other's code."""
+    await index.index_code(7, "o/toolbox", repo, _head(repo))
+    since = tmp_path / "since"
+    (since / "shop").mkdir(parents=True)
+    (since / "shop" / "till.py").write_text("def change(paid: float, due: float) -> float:\n    return paid - due\n")
+    _git(since, "init", "-q", "-b", "main")
+    _commit(since, "another repository")
+
+    again = await index.index_code(7, "o/toolbox", since, _head(since))
+
+    assert again.full
+    assert {hit.path for hit in index.search(7, REQUEST, repo="o/toolbox", limit=20)} == {"shop/till.py"}
+
+
 async def test_another_embeddings_model_rebuilds_the_collection(index: SearchIndex, repo: Path) -> None:
     await index.index_code(7, "o/toolbox", repo, _head(repo))
 
