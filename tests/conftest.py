@@ -262,6 +262,13 @@ def installed(store: Store) -> Callable[[dict[str, Any]], None]:
 
 
 @pytest.fixture
+def example_installation(installed: Callable[[dict[str, Any]], None]) -> None:
+    """The installation of the example `issue_comment.created` payload, which most end-to-end tests deliver (a module
+    uses it with `pytestmark = pytest.mark.usefixtures("example_installation")`)."""
+    installed(load_payload("issue_comment.created"))
+
+
+@pytest.fixture
 def llm() -> Iterator[AnthropicDouble]:
     """A local server speaking Anthropic's wire format; tests script its answers."""
     with AnthropicDouble() as double:

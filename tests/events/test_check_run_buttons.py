@@ -31,9 +31,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return with_model(settings, llm)
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def all_runs(store: Store) -> list[Run]:

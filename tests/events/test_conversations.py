@@ -23,9 +23,7 @@ def comment(body: str, **overrides: Any) -> dict[str, Any]:
     return load_payload("issue_comment.created", comment__body=body, **overrides)
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def _posted(github: GitHubDouble) -> list[str]:

@@ -11,15 +11,12 @@ import pytest
 from tests.conftest import OWNER, REPO, Deliverer, ask
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
-from tests.support.payloads import load_payload
 
 REACTIONS = "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"
 COMMENTS = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def from_outsider(git: GitServer, body: str, number: int = 1) -> dict[str, Any]:

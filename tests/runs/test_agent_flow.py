@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,6 @@ from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble, Request
-from tests.support.payloads import load_payload
 
 CONFIG = ".github/nofx.yml"
 GATES = "gates:\n  test: python3 -m unittest -q\n"
@@ -35,9 +33,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return replace(with_model(settings, llm))
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def the_run(store: Store) -> Run:

@@ -30,9 +30,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return replace(with_model(settings, llm), memory_keys=(Fernet.generate_key().decode(),))
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def ask_in(git: GitServer, body: str, repository_id: int) -> dict[str, Any]:

@@ -117,9 +117,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return with_model(settings, llm)
 
 
-@pytest.fixture(autouse=True)
-def _setup(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def _only_run(store: Store) -> Run:

@@ -40,9 +40,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return replace(with_model(settings, llm), memory_keys=(Fernet.generate_key().decode(),))
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def runs_in(store: Store) -> list[Run]:

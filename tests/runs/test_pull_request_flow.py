@@ -25,7 +25,6 @@ from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer, run_git
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
-from tests.support.payloads import load_payload
 
 CONFIG = ".github/nofx.yml"
 MULTIPLY = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n"
@@ -42,9 +41,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return replace(with_model(settings, llm), memory_keys=(Fernet.generate_key().decode(),))
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def script_multiply(llm: AnthropicDouble) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -19,7 +18,6 @@ from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
-from tests.support.payloads import load_payload
 
 CONFIG = ".github/nofx.yml"
 
@@ -29,9 +27,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return with_model(settings, llm)
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def test_a_setup_that_leaves_its_marker_as_a_symlink_to_a_host_file_never_gets_it_written(

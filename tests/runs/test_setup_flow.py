@@ -8,7 +8,6 @@ import hashlib
 import io
 import zipfile
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,7 +21,6 @@ from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
-from tests.support.payloads import load_payload
 
 CONFIG = ".github/nofx.yml"
 GREET = "from greeting import hello\n\n\ndef greet(name):\n    return hello(name)\n"
@@ -46,9 +44,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return with_model(settings, llm)
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def wheel() -> bytes:

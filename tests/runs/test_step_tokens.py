@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -27,9 +26,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return with_model(settings, llm)
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def test_step_tokens_cover_one_repository_and_only_what_the_step_needs_and_are_revoked(

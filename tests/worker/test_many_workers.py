@@ -36,7 +36,6 @@ from tests.runs.test_setup_flow import script_greet, wheel
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
-from tests.support.payloads import load_payload
 
 # A venv with a script that names its interpreter by absolute path, as pip's console scripts do.
 SETUP_VENV = """\
@@ -69,9 +68,7 @@ def settings(settings: Settings, llm: AnthropicDouble, tmp_path: Path) -> Settin
     return replace(with_model(settings, llm), data_dir=tmp_path / "worker-a" / "data")
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, Any]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 @pytest.fixture

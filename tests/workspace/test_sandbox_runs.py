@@ -26,7 +26,6 @@ from tests.conftest import OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
-from tests.support.payloads import load_payload
 
 CONFIG = ".github/nofx.yml"
 TWO_GATES = (
@@ -53,9 +52,7 @@ def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
     return with_model(settings, llm)
 
 
-@pytest.fixture(autouse=True)
-def _installed(installed: Callable[[dict[str, object]], None]) -> None:
-    installed(load_payload("issue_comment.created"))
+pytestmark = pytest.mark.usefixtures("example_installation")
 
 
 def the_run(store: Store) -> Run:
