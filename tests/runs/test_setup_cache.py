@@ -104,6 +104,8 @@ async def test_a_later_setup_on_another_worker_unpacks_the_result_instead_of_set
     async def install(directory: Path) -> dict[str, object]:
         (directory / "bin").mkdir()
         (directory / "bin" / "python").symlink_to("/usr/bin/python3")  # a venv's, by absolute path
+        (directory / "bin" / "tool").write_text("#!/bin/sh\n")
+        os.link(directory / "bin" / "tool", directory / "bin" / "tool-1")  # as uv links from its cache
         return {"duration_s": 2.5}
 
     async def never(directory: Path) -> dict[str, object]:
@@ -115,6 +117,7 @@ async def test_a_later_setup_on_another_worker_unpacks_the_result_instead_of_set
     assert (made, reused) == ({"duration_s": 2.5}, False)
     assert await second.reuse_or_make("k0", never) == ({"duration_s": 2.5}, True)
     assert os.readlink(second.path("k0") / "bin" / "python") == "/usr/bin/python3"
+    assert os.stat(second.path("k0") / "bin" / "tool-1").st_ino == os.stat(second.path("k0") / "bin" / "tool").st_ino
 
 
 async def test_an_archive_nofx_did_not_make_is_not_unpacked(any_store: Store, tmp_path: Path) -> None:
