@@ -30,9 +30,9 @@ from bot.web.group_commit import GroupCommit
 MAX_BODY_BYTES = 25 * 1024 * 1024
 # GitHub sends a UUID. Each id becomes an RQ job id (`dispatch-<id>`), which RQ refuses unless it is letters, digits,
 # `_` and `-`: one it refused would fail the whole batch a worker took from the intake list with it.
-_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 # GitHub's event names: lower case, digits and underscores (`projects_v2_item`, `sub_issues`).
-_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 # Group commits written at once, by database: PostgreSQL takes another batch while one waits for its WAL flush
 # (and flushes concurrent commits together); SQLite has a single writer.
 CONCURRENT_WRITES = {"postgresql": 4}
@@ -77,7 +77,7 @@ class Intake:
         headers = _headers(scope["headers"])
         event = headers.get(b"x-github-event", "")
         delivery_id = headers.get(b"x-github-delivery", "")
-        with logs.bound(delivery_id=delivery_id or None, event=event or None):
+        with logs.bound(delivery_id=_well_formed(_DELIVERY_ID, delivery_id), event=_well_formed(_EVENT_NAME, event)):
             try:
                 status, body, outcome = await self._receive(headers, receive, event, delivery_id)
             except Refusal as refusal:
@@ -102,9 +102,9 @@ class Intake:
             raise Refusal(401, "GITHUB_WEBHOOK_SECRET is not configured; every delivery is refused", "unsigned")
         raw = await _read_capped(headers.get(b"content-length"), receive)
         _verify_signature(raw, headers.get(b"x-hub-signature-256"), secret)
-        if not _EVENT_NAME.match(event):
+        if not _EVENT_NAME.fullmatch(event):
             raise Refusal(400, "missing or invalid X-GitHub-Event header", "malformed")
-        if not _DELIVERY_ID.match(delivery_id):
+        if not _DELIVERY_ID.fullmatch(delivery_id):
             raise Refusal(400, "missing or invalid X-GitHub-Delivery header", "malformed")
         payload, text = _parse(raw, headers.get(b"content-type", ""))
 
@@ -205,6 +205,11 @@ def _parse(raw: bytes, content_type: str) -> tuple[dict[str, Any], str]:
     return payload, source if isinstance(source, str) else source.decode()
 
 
+def _well_formed(pattern: re.Pattern[str], value: str) -> str | None:
+    """`value` when all of it matches: an unsigned request's headers are anyone's text, not fields for the log."""
+    return value if pattern.fullmatch(value) else None
+
+
 def _metric_event(event: str) -> str:
     # Bound the label's cardinality: a sender could invent event names.
-    return event if _EVENT_NAME.match(event) and len(event) <= 40 else "invalid"
+    return event if _EVENT_NAME.fullmatch(event) and len(event) <= 40 else "invalid"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bot import deliveries
+from bot.logs import JsonFormatter, Redactor
 from bot.models import DeliveryStatus
 from bot.queue import WorkQueue
 from bot.settings import Settings
@@ -295,3 +297,20 @@ def test_a_signed_delivery_whose_id_cannot_be_a_job_id_is_refused_before_it_is_s
     assert response.status_code == 400 and "X-GitHub-Delivery" in response.json()["error"]
     assert deliveries.get(store, delivery_id) is None
     assert queue.intake_waiting() == []
+
+
+def test_an_unsigned_request_puts_none_of_its_headers_in_the_log(client: TestClient) -> None:
+    """Refused before its signature is known: its delivery id and event name are anyone's text, not log fields."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter(Redactor()))
+    logger = logging.getLogger("bot.web.intake")
+    logger.addHandler(handler)
+    forged = {"X-GitHub-Event": "forged-event " * 40, "X-GitHub-Delivery": "forged/id " * 40}
+    try:
+        response = client.post("/webhooks", content=b"{}", headers={**forged, "X-Hub-Signature-256": "sha256=00"})
+    finally:
+        logger.removeHandler(handler)
+
+    assert response.status_code == 401
+    assert "webhook refused" in buffer.getvalue() and "forged" not in buffer.getvalue()
