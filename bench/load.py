@@ -6,8 +6,9 @@ the model is a scripted local server (one code-generation answer per run), the g
 PostgreSQL when one answers (`--postgres-url`, a schema of its own), else SQLite; the queue is `--redis-url`,
 else an embedded Valkey.
 
-Prints the 👀 latency (delivery posted → reaction created on GitHub) p50/p95/max, runs per minute, and checks
-that every run completed with exactly one pull request and one status comment per issue.
+Prints the 👀 latency (delivery posted → reaction created on GitHub) p50/p95/max, runs per minute and the load
+average (the numbers mean little on a busy machine), and checks that every run completed with exactly one pull
+request and one status comment per issue.
 
     .venv/bin/python bench/load.py [--installations 50] [--commands 4] [--workers 2]
 """
@@ -96,6 +97,7 @@ def main() -> None:
         logs = root / "logs"
 
         posted: dict[int, float] = {}
+        load_before = os.getloadavg()[0]
         started = time.monotonic()
         with httpx.Client(base_url=base, timeout=30) as client, ThreadPoolExecutor(32) as pool:
 
@@ -126,6 +128,8 @@ def main() -> None:
             f"installations {args.installations} x commands {args.commands} = {len(payloads)} runs, {args.workers} workers"
         )
         print(f"database {make_url(database_url).get_backend_name()}, deliveries posted in {sent:.2f} s")
+        print(f"load average (1 min) {load_before:.1f} when posting, {os.getloadavg()[0]:.1f} at the end, "
+              f"on {os.cpu_count()} CPUs: numbers from a busy machine are not nofx's")  # fmt: skip
         print(f"runs by status: {dict(statuses)}")
         print(f"👀 acknowledged {len(latencies)}/{len(payloads)}: p50 {_pct(latencies, 50):.3f} s, "
               f"p95 {_pct(latencies, 95):.3f} s, max {latencies[-1] if latencies else float('nan'):.3f} s")  # fmt: skip
