@@ -27,7 +27,8 @@ STEPS_QUEUE = "nofx-steps"  # run steps and workspace cleanup, seconds to minute
 REVIEWS_QUEUE = "nofx-reviews"  # pull request reviews, many LLM calls each
 # The dispatch lane of every worker serves only these, so a delivery finds a free worker however busy the rest is.
 DISPATCH_LANE = (QUEUE_NAME, REPORTS_QUEUE)
-WORK_LANE = (QUEUE_NAME, REPORTS_QUEUE, STEPS_QUEUE, REVIEWS_QUEUE)
+# The work lane takes the dispatch lane's queues last: a run's next step never waits for its report.
+WORK_LANE = (STEPS_QUEUE, REVIEWS_QUEUE, QUEUE_NAME, REPORTS_QUEUE)
 DISPATCH_JOB = "bot.worker.jobs.dispatch"
 INTAKE_LIST = "nofx:intake"  # ids of deliveries the web recorded, for a worker to turn into dispatch jobs
 INTAKE_TAKE = 500  # ids one worker takes from the intake list at a time

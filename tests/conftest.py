@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bot.models import Installation
-from bot.queue import WorkQueue, start_embedded_valkey
+from bot.queue import DISPATCH_LANE, WorkQueue, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
@@ -230,13 +230,21 @@ def deliver(client: TestClient, settings: Settings) -> Deliverer:
 
 @pytest.fixture
 def work(runtime: Runtime) -> Callable[..., None]:
-    """Run a real RQ worker over the test queue until it and the scheduled jobs (retries, reports) are done."""
+    """Run real RQ workers over the test queue until they and the scheduled jobs (retries, reports) are done.
+
+    Both lanes, as every `nofx worker` has them: before each job of the work lane (steps, reviews), the dispatch
+    lane serves the deliveries and reports waiting, as it does beside it while the step runs."""
 
     def drain(timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         queue = runtime.queue
+        maintenance = True  # in burst mode: the App's identity and the intake list's deliveries
         while True:
-            run_worker(runtime, burst=True)
+            run_worker(runtime, burst=True, lane=DISPATCH_LANE, maintenance=maintenance)
+            maintenance = False
+            if queue.steps.count or queue.reviews.count:
+                run_worker(runtime, burst=True, max_jobs=1, maintenance=False)
+                continue
             scheduled = sum(q.scheduled_job_registry.count for q in queue.all)  # delayed jobs not yet due
             if scheduled == 0 and sum(queue.depths().values()) == 0:
                 return
@@ -244,6 +252,7 @@ def work(runtime: Runtime) -> Callable[..., None]:
                 raise AssertionError(f"jobs still waiting after {timeout_s} s: {queue.depths()}")
             time.sleep(0.1)
             runtime.queue.enqueue_due()  # what the worker's scheduler thread does
+            maintenance = True
 
     return drain
 

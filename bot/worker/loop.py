@@ -37,16 +37,18 @@ LOST_JOB_AFTER = timedelta(seconds=60)
 
 
 class Worker(SimpleWorker):
-    """RQ's in-process worker: deliveries and reports first, then steps and reviews in turn (a long review queue
-    does not starve steps, nor steps reviews); records how long each job waited in its queue (`/metrics`)."""
+    """RQ's in-process worker: steps and reviews in turn (a long review queue does not starve steps, nor steps
+    reviews), deliveries and reports only when neither waits; records how long each job waited in its queue
+    (`/metrics`). A run's status moves on while its steps keep this lane busy: the dispatch lane beside every
+    work lane publishes it."""
 
     def reorder_queues(self, reference_queue: Queue) -> None:
-        urgent = [q for q in self._ordered_queues if q.name in DISPATCH_LANE]
-        rest = [q for q in self._ordered_queues if q.name not in DISPATCH_LANE]
-        if reference_queue in rest:
-            position = rest.index(reference_queue)
-            rest = rest[position + 1 :] + rest[: position + 1]
-        self._ordered_queues = urgent + rest
+        work = [q for q in self._ordered_queues if q.name not in DISPATCH_LANE]
+        dispatch = [q for q in self._ordered_queues if q.name in DISPATCH_LANE]
+        if reference_queue in work:
+            position = work.index(reference_queue)
+            work = work[position + 1 :] + work[: position + 1]
+        self._ordered_queues = work + dispatch
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.enqueued_at is not None:
@@ -67,8 +69,8 @@ def run_worker(
 ) -> None:
     """Serve the lane's queues until stopped. Jobs run in this process so token caches and the loop stay warm.
 
-    The work lane takes steps and reviews in turn (round robin), and deliveries when nothing else waits; the
-    dispatch lane (`serve_dispatch_lane`) takes only deliveries and reports. `maintenance` runs the start-up
+    The work lane takes steps and reviews in turn (round robin), and deliveries and reports when neither waits;
+    the dispatch lane takes only deliveries and reports. `maintenance` runs the start-up
     sync, the sweeper and the scheduler beside it (one lane per worker needs them).
     """
     jobs.use_runtime(runtime)

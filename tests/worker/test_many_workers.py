@@ -196,15 +196,22 @@ def test_a_busy_worker_still_acknowledges_a_second_installation_at_once(
         assert _wait_for(lambda: Worker.count(connection=lanes) >= 2, timeout_s=60), "the dispatch lane never started"
         deliver("issue_comment", other)
         acknowledged = _wait_for(lambda: _eyes_on(github, other["comment"]["id"]), timeout_s=45)
+        shown = _wait_for(lambda: "· running" in _status_comment(github), timeout_s=45)
         still_busy = step_named(store, only_run(store), "slow").status == StepStatus.running
 
     assert acknowledged, "the second installation's comment got no 👀 while the worker was busy"
-    assert still_busy  # 👀 came from the dispatch lane, not after the gate
+    assert shown, "the status comment never showed the gate running while the worker was in it"
+    assert still_busy  # 👀 and the status came from the dispatch lane, not after the gate
 
 
 def _eyes_on(github: GitHubDouble, comment_id: int) -> bool:
     calls = github.calls("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions")
     return any(call.path_params["comment_id"] == comment_id and call.status == 201 for call in calls)
+
+
+def _status_comment(github: GitHubDouble) -> str:
+    comments = github.issue_comments.get((OWNER, REPO, 1), [])
+    return comments[-1]["body"] if comments else ""
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
