@@ -295,10 +295,12 @@ class Engine:
         return context
 
     async def _setup_kept(self, run: Run, handler: Awaitable[StepResult], blobs: Blobs | None) -> StepResult:
-        """The setup step, then its result shared with the other workers and the oldest results evicted."""
+        """The setup step, then its result shared with the other workers and the oldest results evicted (not those
+        unfinished runs use: their later steps may run on any worker)."""
         assert self.setup_cache is not None
         result = await handler
-        await setup_cache.keep(blobs, self.setup_cache, run, result.output, self.setup_limits)
+        used = setup_cache.in_use(self.setup_cache, queries.setup_steps_in_use(self.store))
+        await setup_cache.keep(blobs, self.setup_cache, run, result.output, self.setup_limits, used)
         return result
 
     async def _with_heartbeat(self, step: Step, work: Awaitable[StepResult]) -> StepResult:

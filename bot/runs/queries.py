@@ -109,6 +109,17 @@ def waiting_steps(store: Store, tool: str, repository: str | None = None) -> lis
         return [(run, step) for run, step in session.exec(statement)]
 
 
+def setup_steps_in_use(store: Store) -> list[tuple[Run, Step]]:
+    """The `setup` steps of unfinished runs, with their run: the results eviction must keep for their later steps."""
+    with store.session() as session:
+        statement = (
+            select(Run, Step)
+            .join(Step, col(Step.run_id) == col(Run.id))
+            .where(Step.tool == "setup", col(Run.status).in_(ACTIVE_RUN))
+        )
+        return [(run, step) for run, step in session.exec(statement)]
+
+
 @dataclass(frozen=True)
 class ServedRepository:
     """A repository an installation of this server serves: its name as GitHub spells it and GitHub's id of it."""

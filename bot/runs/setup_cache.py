@@ -8,7 +8,7 @@ NOFX_SANDBOX=none they see its real path: such scripts then work only where the 
 After a setup runs, its directory goes to the blob store as a gzipped tar (`setup/<installation>/~id/<repository
 id>/<key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
 of the run needs it, or when a later run's setup has the same key, unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
-most `total_bytes` in all; the oldest go first.
+most `total_bytes` in all; the oldest go first, but never a result that an unfinished run uses (`in_use`).
 
 The directory is the repository's code's work: nofx on the host never follows a link in it (the marker is read
 and written without following one), packing stops at the limits, and unpacking admits only what packing makes.
@@ -31,7 +31,7 @@ import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -139,6 +139,13 @@ def run_setup_key(earlier: Mapping[str, Step]) -> str | None:
     return None
 
 
+def in_use(root: Path, setups: Iterable[tuple[Run, Step]]) -> set[Path]:
+    """The result directories that the `setup` steps of unfinished runs made or reused (`queries.setup_steps_in_use`):
+    those runs' later steps, on any worker, need them."""
+    keys = ((run, run_setup_key({step.name: step})) for run, step in setups)
+    return {repository_dir(root, run) / key for run, key in keys if key is not None}
+
+
 def done(directory: Path) -> dict[str, object] | None:
     """The record of a finished setup in `directory`, or None when there is none (or it is unreadable). Read
     without following a symlink: the directory is the repository's, and its marker could name a host file."""
@@ -212,9 +219,17 @@ def missing(key: str) -> str:
     )
 
 
-async def keep(blobs: Blobs | None, root: Path, run: Run, output: dict[str, object], limits: SetupCacheLimits) -> None:
+async def keep(
+    blobs: Blobs | None,
+    root: Path,
+    run: Run,
+    output: dict[str, object],
+    limits: SetupCacheLimits,
+    used: Collection[Path] = (),
+) -> None:
     """After a setup step: share a result just made (or one reused here that the store lacks), then evict the
-    oldest. Notes in `output["shared"]` whether the other workers can have it."""
+    oldest but those `used` by unfinished runs (`in_use`). Notes in `output["shared"]` whether the other workers
+    can have it."""
     key = output.get("key")
     if not isinstance(key, str):
         return
@@ -228,42 +243,52 @@ async def keep(blobs: Blobs | None, root: Path, run: Run, output: dict[str, obje
         output["shared"] = "not shared: the shared store refused it"
     if made:
         try:
-            await evict(blobs, root, directory, limits)
+            await evict(blobs, root, directory, limits, used)
         except OSError as exc:  # another process removed a result meanwhile: trimmed after the next setup
             log.warning("setup cache: eviction stopped: %s", exc)
 
 
-async def evict(blobs: Blobs | None, root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
-    """Drop the oldest results beyond `limits`, never `current` (the result the run uses): the repository's keys
-    past `keep`, then whatever is over `total_bytes`, on this worker's disk and in the shared store. Returns what
-    went, for the log."""
-    gone = await asyncio.to_thread(_evict_disk, root, current, limits)
+async def evict(
+    blobs: Blobs | None, root: Path, current: Path, limits: SetupCacheLimits, used: Collection[Path] = ()
+) -> list[str]:
+    """Drop the oldest results beyond `limits`, never `current` (the result the run uses) nor those `used` by
+    unfinished runs: the repository's keys past `keep`, then whatever is over `total_bytes`, on this worker's disk
+    and in the shared store. Returns what went, for the log."""
+    kept = {current, *used}
+    gone = await asyncio.to_thread(_evict_disk, root, current, kept, limits)
     if blobs is not None:
-        gone += await asyncio.to_thread(_evict_shared, blobs, f"{PREFIX}{current.relative_to(root).as_posix()}", limits)
+        names = [_blob_name(root, directory) for directory in (current, *used)]
+        gone += await asyncio.to_thread(_evict_shared, blobs, names, limits)
     if gone:
         log.info("setup cache: evicted %s", ", ".join(gone))
     return gone
 
 
-def _evict_disk(root: Path, current: Path, limits: SetupCacheLimits) -> list[str]:
+def _blob_name(root: Path, directory: Path) -> str:
+    return f"{PREFIX}{directory.relative_to(root).as_posix()}.tar.gz"
+
+
+def _evict_disk(root: Path, current: Path, kept: set[Path], limits: SetupCacheLimits) -> list[str]:
     markers = [m for m in root.glob(f"*/*/*/*/{DONE_MARKER}") if UNPACKING not in m.parent.name]
-    found = sorted(((m.lstat().st_mtime, m.parent) for m in markers), reverse=True)
-    entries = [(current, disk_usage(current))] + [(d, disk_usage(d)) for _, d in found if d != current]
-    doomed = _beyond(entries, lambda d: d.parent == current.parent, limits)
+    found = [d for _, d in sorted(((m.lstat().st_mtime, m.parent) for m in markers), reverse=True) if d != current]
+    ordered = [current] + [d for d in found if d in kept] + [d for d in found if d not in kept]
+    entries = [(d, disk_usage(d)) for d in ordered]
+    doomed = _beyond(entries, lambda d: d.parent == current.parent, kept.__contains__, limits)
     for directory in doomed:
         shutil.rmtree(directory, ignore_errors=True)
         directory.with_name(directory.name + ".lock").unlink(missing_ok=True)
     return [f"{d.relative_to(root)} (disk)" for d in doomed]
 
 
-def _evict_shared(blobs: Blobs, current: str, limits: SetupCacheLimits) -> list[str]:
-    """`current` is the result's key without `.tar.gz`: an archive over `share_bytes` was never stored."""
+def _evict_shared(blobs: Blobs, kept: list[str], limits: SetupCacheLimits) -> list[str]:
+    """`kept[0]` is the archive of the result in use, the rest those of unfinished runs (an archive over
+    `share_bytes` was never stored)."""
     try:
         listed = sorted(blobs.list(PREFIX), key=lambda entry: entry[2], reverse=True)
-        named = f"{current}.tar.gz"
-        entries = [(n, size) for n, size, _ in listed if n == named] + [(n, s) for n, s, _ in listed if n != named]
-        repository = current.rsplit("/", 1)[0] + "/"
-        doomed = _beyond(entries, lambda name: name.startswith(repository), limits)
+        entries = [(n, s) for n, s, _ in listed if n in kept] + [(n, s) for n, s, _ in listed if n not in kept]
+        entries.sort(key=lambda entry: entry[0] != kept[0])  # stable: the result in use first
+        repository = kept[0].rsplit("/", 1)[0] + "/"
+        doomed = _beyond(entries, lambda name: name.startswith(repository), set(kept).__contains__, limits)
         for name in doomed:
             blobs.delete(name)
     except BlobError as exc:  # the cache is an aid: a store that refuses now is trimmed after the next setup
@@ -272,14 +297,16 @@ def _evict_shared(blobs: Blobs, current: str, limits: SetupCacheLimits) -> list[
     return [f"{name} (shared)" for name in doomed]
 
 
-def _beyond(entries: list[tuple[T, int]], ours: Callable[[T], bool], limits: SetupCacheLimits) -> list[T]:
-    """Of (entry, size) pairs, most recent first and the one in use first of all: those past the repository's
-    `keep` (entries `ours` accepts), then those past `total_bytes` counted in that order."""
+def _beyond(
+    entries: list[tuple[T, int]], ours: Callable[[T], bool], kept: Callable[[T], bool], limits: SetupCacheLimits
+) -> list[T]:
+    """Of (entry, size) pairs, those `kept` first, then the most recent first: those past the repository's `keep`
+    (entries `ours` accepts), then those past `total_bytes` counted in that order; never one `kept`."""
     doomed: list[T] = []
     total = mine = 0
-    for position, (entry, size) in enumerate(entries):
+    for entry, size in entries:
         mine += ours(entry)
-        if position > 0 and ((ours(entry) and mine > limits.keep) or total + size > limits.total_bytes):
+        if not kept(entry) and ((ours(entry) and mine > limits.keep) or total + size > limits.total_bytes):
             doomed.append(entry)
         else:
             total += size

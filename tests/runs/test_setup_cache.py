@@ -9,8 +9,8 @@ import tarfile
 from pathlib import Path
 
 from bot.blobs import DatabaseBlobs
-from bot.models import Run
-from bot.runs import setup_cache
+from bot.models import Run, RunStatus, Step, StepStatus
+from bot.runs import queries, records, setup_cache
 from bot.settings import SetupCacheLimits
 from bot.store import Store
 
@@ -77,6 +77,54 @@ async def test_over_the_total_size_the_oldest_go_but_never_the_result_in_use(any
 
     assert on_disk(root) == {"big", "k2"}  # about 200 KB + 40 KB; k1 would pass 270 KB
     assert shared(blobs) == {"big", "k2"}
+
+
+def setup_run(store: Store, run_id: str, key: str, status: RunStatus) -> Run:
+    """A run of octo/shop whose `setup` step made or reused `key`."""
+    run = Run(
+        id=run_id, installation_id=1, repository="octo/shop", thread_number=1, thread_kind="issue", request="r",
+        requester="octocat", trigger="comment", plan={}, config={}, status=status,
+    )  # fmt: skip
+    step = Step(
+        id=f"{run_id}-setup", run_id=run_id, position=0, name="setup", tool="setup", inputs={}, depends_on=[],
+        policy={}, idempotency_key=f"{run_id}:setup", status=StepStatus.succeeded, output={"key": key},
+    )  # fmt: skip
+    with store.session() as session:
+        session.add(run)
+        session.commit()
+        session.add(step)
+        session.commit()
+        session.refresh(run)
+        session.expunge(run)
+    return run
+
+
+async def test_a_result_an_unfinished_run_uses_stays_until_it_ends_and_its_steps_find_it_on_another_worker(
+    any_store: Store, tmp_path: Path
+) -> None:
+    blobs, root, elsewhere = DatabaseBlobs(any_store), tmp_path / "a" / "setup", tmp_path / "b" / "setup"
+    limits = SetupCacheLimits(keep=3)
+    running = setup_run(any_store, "r1", "aa0", RunStatus.running)  # its gates come later, on any worker
+    setup_run(any_store, "r2", "aa1", RunStatus.succeeded)
+    for key in ("aa0", "aa1"):
+        await setup_cache.share(blobs, SHOP, made(root, SHOP, key, used_at=1_000), limits)
+
+    for n in range(3):  # three newer keys, each evicting after it is made
+        newest = made(root, SHOP, f"bb{n}", used_at=2_000 + n)
+        await setup_cache.share(blobs, SHOP, newest, limits)
+        used = setup_cache.in_use(root, queries.setup_steps_in_use(any_store))
+        await setup_cache.evict(blobs, root, newest, limits, used)
+
+    # The three most recent of the repository, the one in use counted: aa1's run is over, and bb0 the oldest after it.
+    assert on_disk(root) == shared(blobs) == {"aa0", "bb1", "bb2"}
+    other = setup_cache.RepositorySetups(setup_cache.repository_dir(elsewhere, running), running, blobs)
+    assert await other.ensure("aa0")
+    assert setup_cache.done(other.path("aa0")) == {"duration_s": 1.0}
+
+    records.cancel(any_store, running.id, by="octocat")
+    later = made(root, SHOP, "bb3", used_at=3_000)
+    await setup_cache.evict(blobs, root, later, limits, setup_cache.in_use(root, queries.setup_steps_in_use(any_store)))
+    assert on_disk(root) == {"bb1", "bb2", "bb3"}  # then it goes like any other
 
 
 async def test_a_result_over_the_share_limit_stays_on_its_worker_and_another_says_so(
