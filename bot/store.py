@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from bot import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -20,6 +20,7 @@ from bot.settings import RunLimits
 
 log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x6E6F6678  # "nofx": the key of the PostgreSQL advisory lock `serialized` takes
+SCHEMA_LOCK = ADMISSION_LOCK + 1  # the one `create_all` takes
 
 
 class Store:
@@ -45,10 +46,15 @@ class Store:
     def create_all(self) -> None:
         """Create missing tables, and add the nullable columns a newer nofx added to an existing table.
 
-        Only additive, nullable columns are migrated in place; anything else would need a real migration.
+        Only additive, nullable columns are migrated in place; anything else would need a real migration. On
+        PostgreSQL the processes starting together (web, workers) take turns: two `CREATE TYPE`s of the same enum
+        at once fail one of them (a unique violation in the catalog).
         """
-        SQLModel.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            SQLModel.metadata.create_all(conn)
+            _add_missing_columns(conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -96,16 +102,15 @@ class Store:
                 log.exception("WAL checkpoint failed; trying again")
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    existing = inspect(engine)
-    with engine.begin() as conn:
-        for table in SQLModel.metadata.sorted_tables:
-            have = {column["name"] for column in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have or not column.nullable:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+def _add_missing_columns(conn: Connection) -> None:
+    existing = inspect(conn)
+    for table in SQLModel.metadata.sorted_tables:
+        have = {column["name"] for column in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 def upsert(
