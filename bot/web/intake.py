@@ -12,7 +12,8 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,6 +29,10 @@ from bot.store import Store
 from bot.web.group_commit import GroupCommit
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
+# Body bytes held at once across requests until their signature is checked: one body at the cap, plus room for
+# the ordinary deliveries (a few KB to a few MB) arriving meanwhile. Over it a request is answered 503 at once.
+IN_FLIGHT_BODY_BYTES = 48 * 1024 * 1024
+RETRY_AFTER_S = 5
 # GitHub sends a UUID. Each id becomes an RQ job id (`dispatch-<id>`), which RQ refuses unless it is letters, digits,
 # `_` and `-`: one it refused would fail the whole batch a worker took from the intake list with it.
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -47,11 +52,50 @@ log = logging.getLogger(__name__)
 class Refusal(Exception):
     """A delivery we will not accept; carries the HTTP status and a message for the sender."""
 
-    def __init__(self, status: int, message: str, outcome: str) -> None:
+    def __init__(self, status: int, message: str, outcome: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.outcome = outcome
+        self.headers = headers
+
+
+class BodyBudget:
+    """Bounds the body bytes buffered at once before their HMAC is checked, across all requests.
+
+    Anyone can send unsigned bodies of up to 25 MB, and the signature can only be checked once the whole body is
+    in memory: without a bound, a handful of them at once would push the web past its memory. Over the bound a
+    request is refused with 503 and Retry-After before its body is read (GitHub's redelivery brings it back).
+    Only the event loop thread uses it, so no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @contextmanager
+    def holding(self) -> Iterator[Callable[[int], None]]:
+        """A function that grows this request's share to a total byte count (or refuses it); freed on exit."""
+        held = 0
+
+        def hold(total: int) -> None:
+            nonlocal held
+            if total <= held:
+                return
+            if self.used + total - held > self.limit:
+                raise Refusal(
+                    503,
+                    "too many large deliveries in flight; retry later",
+                    "busy",
+                    ((b"retry-after", b"%d" % RETRY_AFTER_S),),
+                )
+            self.used += total - held
+            held = total
+
+        try:
+            yield hold
+        finally:
+            self.used -= held
 
 
 @dataclass
@@ -64,6 +108,7 @@ class Intake:
     secret: Callable[[], str | None]
     # Decides whether nofx acts on a delivery: returns None to route it, or why it is ignored.
     ignore_reason: Callable[[deliveries.Incoming], str | None]
+    body_budget: BodyBudget = field(default_factory=lambda: BodyBudget(IN_FLIGHT_BODY_BYTES))
     group: GroupCommit[deliveries.Incoming, deliveries.Recorded] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,12 +122,14 @@ class Intake:
         headers = _headers(scope["headers"])
         event = headers.get(b"x-github-event", "")
         delivery_id = headers.get(b"x-github-delivery", "")
+        answer_headers: tuple[tuple[bytes, bytes], ...] = ()
         with logs.bound(delivery_id=_well_formed(_DELIVERY_ID, delivery_id), event=_well_formed(_EVENT_NAME, event)):
             try:
                 status, body, outcome = await self._receive(headers, receive, event, delivery_id)
             except Refusal as refusal:
                 log.warning("webhook refused: %s", refusal.message, extra=logs.fields(status=refusal.status))
                 status, body, outcome = refusal.status, {"error": refusal.message}, refusal.outcome
+                answer_headers = refusal.headers
             except Exception:
                 log.exception("webhook intake failed")
                 status, body, outcome = (
@@ -92,7 +139,7 @@ class Intake:
                 )
         self.metrics.deliveries.labels(event=_metric_event(event), outcome=outcome).inc()
         self.metrics.intake_seconds.observe(time.perf_counter() - started)
-        await _answer(send, status, body)
+        await _answer(send, status, body, answer_headers)
 
     async def _receive(
         self, headers: dict[bytes, str], receive: Receive, event: str, delivery_id: str
@@ -100,8 +147,9 @@ class Intake:
         secret = self.secret()
         if not secret:
             raise Refusal(401, "GITHUB_WEBHOOK_SECRET is not configured; every delivery is refused", "unsigned")
-        raw = await _read_capped(headers.get(b"content-length"), receive)
-        _verify_signature(raw, headers.get(b"x-hub-signature-256"), secret)
+        with self.body_budget.holding() as hold:
+            raw = await _read_capped(headers.get(b"content-length"), receive, hold)
+            _verify_signature(raw, headers.get(b"x-hub-signature-256"), secret)
         if not _EVENT_NAME.fullmatch(event):
             raise Refusal(400, "missing or invalid X-GitHub-Event header", "malformed")
         if not _DELIVERY_ID.fullmatch(delivery_id):
@@ -154,9 +202,12 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
     return found
 
 
-async def _read_capped(declared: str | None, receive: Receive) -> bytes:
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
+async def _read_capped(declared: str | None, receive: Receive, hold: Callable[[int], None]) -> bytes:
+    """The body, at most `MAX_BODY_BYTES`; `hold` is told the bytes it will take (the declared length up front)."""
+    if declared is not None and declared.isdigit():
+        if int(declared) > MAX_BODY_BYTES:
+            raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
+        hold(int(declared))
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -167,6 +218,7 @@ async def _read_capped(declared: str | None, receive: Receive) -> bytes:
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise Refusal(413, f"payload larger than {MAX_BODY_BYTES} bytes", "too_large")
+        hold(size)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from bot.queue import WorkQueue
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
+from bot.web.intake import MAX_BODY_BYTES
 from tests.support.payloads import load_payload, webhook_headers
 
 
@@ -119,6 +121,57 @@ def test_a_202_survives_kill_9_of_the_web_process_right_after_the_answer(
     with store.session() as session:
         assert session.exec(select(func.count()).select_from(Delivery)).one() == 1
     store.dispose()
+
+
+def test_unsigned_bodies_in_flight_are_bounded_and_signed_deliveries_still_get_in(
+    tmp_path: Path, settings: Settings, redis_url: str
+) -> None:
+    """Before its HMAC is checked, a body is anyone's: two unsigned 25 MB bodies at once exceed the budget of body
+    bytes in flight, so the second is answered 503 with Retry-After before its body is read; a signed delivery
+    of ordinary size still fits beside the first, and the budget is free again once the first is answered."""
+    database = tmp_path / "budget.db"
+    Store(f"sqlite:///{database}").create_all()
+    unsigned = (
+        b"POST /webhooks HTTP/1.1\r\nHost: nofx\r\nContent-Type: application/json\r\n"
+        b"X-GitHub-Event: ping\r\nX-GitHub-Delivery: flood\r\nX-Hub-Signature-256: sha256=00\r\n"
+        b"Content-Length: %d\r\n\r\n" % MAX_BODY_BYTES
+    )
+    first_part = b" " * (1024 * 1024)
+    with _web(tmp_path, settings, redis_url, database) as (base, _process):
+        port = int(base.rsplit(":", 1)[1])
+        holders = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        try:
+            for holder in holders:
+                holder.sendall(unsigned + first_part)
+            # Whichever the web read second is over the budget: it is answered with 24 MB of its body unsent.
+            with selectors.DefaultSelector() as selector:
+                for holder in holders:
+                    selector.register(holder, selectors.EVENT_READ)
+                ready = [key.fileobj for key, _ in selector.select(timeout=30)]
+            assert len(ready) == 1 and isinstance(ready[0], socket.socket)
+            refused = ready[0].recv(65536)
+            assert refused.startswith(b"HTTP/1.1 503 ")
+            assert b"\r\nretry-after: " in refused.lower()
+            reading = holders[1 - holders.index(ready[0])]
+
+            ping = json.dumps(load_payload("ping")).encode()
+            signed = httpx.post(
+                f"{base}/webhooks",
+                content=ping,
+                headers=webhook_headers("ping", ping, settings.webhook_secret or ""),
+                timeout=30,
+            )
+            assert signed.status_code == 202
+
+            reading.sendall(b" " * (MAX_BODY_BYTES - len(first_part)))
+            assert reading.recv(65536).startswith(b"HTTP/1.1 401 ")
+        finally:
+            for holder in holders:
+                holder.close()
+        whole = httpx.post(
+            f"{base}/webhooks", content=b" " * MAX_BODY_BYTES, headers={"X-GitHub-Event": "ping"}, timeout=30
+        )
+        assert whole.status_code == 401  # the first body's share was given back
 
 
 @contextlib.contextmanager
