@@ -294,6 +294,15 @@ class Engine:
                 context.review = functools.partial(self.review, context.llm, workspace, config)
         return context
 
+    def trim_setups(self) -> list[str]:
+        """Evict old setup results on this worker's disk and in the shared store, but not those unfinished runs use
+        (the sweeper's timer: without a new setup, nothing else would)."""
+        if self.setup_cache is None:
+            return []
+        used = setup_cache.in_use(self.setup_cache, queries.setup_steps_in_use(self.store))
+        blobs = self.artifacts.blobs if self.artifacts else None
+        return setup_cache.trim(blobs, self.setup_cache, self.setup_limits, used)
+
     async def _setup_kept(self, run: Run, handler: Awaitable[StepResult], blobs: Blobs | None) -> StepResult:
         """The setup step, then its result shared with the other workers and the oldest results evicted (not those
         unfinished runs use: their later steps may run on any worker)."""

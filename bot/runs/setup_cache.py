@@ -8,7 +8,8 @@ NOFX_SANDBOX=none they see its real path: such scripts then work only where the 
 After a setup runs, its directory goes to the blob store as a gzipped tar (`setup/<installation>/~id/<repository
 id>/<key>.tar.gz`) unless the archive is over `share_bytes`; a worker whose disk lacks the directory when a later step
 of the run needs it, or when a later run's setup has the same key, unpacks it from there. Both places keep a repository's `keep` most recently used keys and at
-most `total_bytes` in all; the oldest go first, but never a result that an unfinished run uses (`in_use`).
+most `total_bytes` in all; the oldest go first (after each new setup, and on the workers' sweeper timer), but never
+a result that an unfinished run uses (`in_use`).
 
 The directory is the repository's code's work: nofx on the host never follows a link in it (the marker is read
 and written without following one), packing stops at the limits, and unpacking admits only what packing makes.
@@ -31,6 +32,7 @@ import stat
 import tarfile
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,62 +253,57 @@ async def keep(
 async def evict(
     blobs: Blobs | None, root: Path, current: Path, limits: SetupCacheLimits, used: Collection[Path] = ()
 ) -> list[str]:
-    """Drop the oldest results beyond `limits`, never `current` (the result the run uses) nor those `used` by
-    unfinished runs: the repository's keys past `keep`, then whatever is over `total_bytes`, on this worker's disk
-    and in the shared store. Returns what went, for the log."""
-    kept = {current, *used}
-    gone = await asyncio.to_thread(_evict_disk, root, current, kept, limits)
+    """`trim` after a setup step, keeping `current` (the result the run uses) and those `used` by unfinished runs."""
+    return await asyncio.to_thread(trim, blobs, root, limits, {current, *used})
+
+
+def trim(blobs: Blobs | None, root: Path, limits: SetupCacheLimits, kept: Collection[Path]) -> list[str]:
+    """Drop the oldest results beyond `limits`, never one `kept`: each repository's keys past `keep`, then whatever
+    is over `total_bytes`, on this worker's disk and in the shared store. Returns what went, for the log."""
+    gone = _evict_disk(root, set(kept), limits)
     if blobs is not None:
-        names = [_blob_name(root, directory) for directory in (current, *used)]
-        gone += await asyncio.to_thread(_evict_shared, blobs, names, limits)
+        gone += _evict_shared(blobs, {f"{PREFIX}{d.relative_to(root).as_posix()}.tar.gz" for d in kept}, limits)
     if gone:
         log.info("setup cache: evicted %s", ", ".join(gone))
     return gone
 
 
-def _blob_name(root: Path, directory: Path) -> str:
-    return f"{PREFIX}{directory.relative_to(root).as_posix()}.tar.gz"
-
-
-def _evict_disk(root: Path, current: Path, kept: set[Path], limits: SetupCacheLimits) -> list[str]:
+def _evict_disk(root: Path, kept: set[Path], limits: SetupCacheLimits) -> list[str]:
     markers = [m for m in root.glob(f"*/*/*/*/{DONE_MARKER}") if UNPACKING not in m.parent.name]
-    found = [d for _, d in sorted(((m.lstat().st_mtime, m.parent) for m in markers), reverse=True) if d != current]
-    ordered = [current] + [d for d in found if d in kept] + [d for d in found if d not in kept]
-    entries = [(d, disk_usage(d)) for d in ordered]
-    doomed = _beyond(entries, lambda d: d.parent == current.parent, kept.__contains__, limits)
+    found = [d for _, d in sorted(((m.lstat().st_mtime, m.parent) for m in markers), reverse=True)]
+    ordered = [d for d in found if d in kept] + [d for d in found if d not in kept]
+    doomed = _beyond([(d, disk_usage(d)) for d in ordered], lambda d: d.parent, kept.__contains__, limits)
     for directory in doomed:
         shutil.rmtree(directory, ignore_errors=True)
         directory.with_name(directory.name + ".lock").unlink(missing_ok=True)
     return [f"{d.relative_to(root)} (disk)" for d in doomed]
 
 
-def _evict_shared(blobs: Blobs, kept: list[str], limits: SetupCacheLimits) -> list[str]:
-    """`kept[0]` is the archive of the result in use, the rest those of unfinished runs (an archive over
-    `share_bytes` was never stored)."""
+def _evict_shared(blobs: Blobs, kept: set[str], limits: SetupCacheLimits) -> list[str]:
+    """By when each archive was stored, newest first (an archive over `share_bytes` never was)."""
     try:
         listed = sorted(blobs.list(PREFIX), key=lambda entry: entry[2], reverse=True)
         entries = [(n, s) for n, s, _ in listed if n in kept] + [(n, s) for n, s, _ in listed if n not in kept]
-        entries.sort(key=lambda entry: entry[0] != kept[0])  # stable: the result in use first
-        repository = kept[0].rsplit("/", 1)[0] + "/"
-        doomed = _beyond(entries, lambda name: name.startswith(repository), set(kept).__contains__, limits)
+        doomed = _beyond(entries, lambda name: name.rsplit("/", 1)[0], kept.__contains__, limits)
         for name in doomed:
             blobs.delete(name)
-    except BlobError as exc:  # the cache is an aid: a store that refuses now is trimmed after the next setup
+    except BlobError as exc:  # the cache is an aid: a store that refuses now is trimmed the next time
         log.warning("setup cache: the shared store could not be trimmed: %s", exc)
         return []
     return [f"{name} (shared)" for name in doomed]
 
 
 def _beyond(
-    entries: list[tuple[T, int]], ours: Callable[[T], bool], kept: Callable[[T], bool], limits: SetupCacheLimits
+    entries: list[tuple[T, int]], repository: Callable[[T], object], kept: Callable[[T], bool], limits: SetupCacheLimits
 ) -> list[T]:
-    """Of (entry, size) pairs, those `kept` first, then the most recent first: those past the repository's `keep`
-    (entries `ours` accepts), then those past `total_bytes` counted in that order; never one `kept`."""
+    """Of (entry, size) pairs, those `kept` first, then the most recent first: those past their repository's
+    `keep`, then those past `total_bytes` counted in that order; never one `kept`."""
     doomed: list[T] = []
-    total = mine = 0
+    total = 0
+    seen: Counter[object] = Counter()
     for entry, size in entries:
-        mine += ours(entry)
-        if not kept(entry) and ((ours(entry) and mine > limits.keep) or total + size > limits.total_bytes):
+        seen[repository(entry)] += 1
+        if not kept(entry) and (seen[repository(entry)] > limits.keep or total + size > limits.total_bytes):
             doomed.append(entry)
         else:
             total += size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from rq import Queue, SimpleWorker
@@ -23,6 +24,7 @@ from bot.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 10.0
+TRIM_SETUPS_EVERY_S = 600.0  # setup results are trimmed after each new setup; this catches the rest (a disk walk)
 INTAKE_WAIT_S = 1.0  # how long one wait for intake ids blocks (under the queue client's 5 s socket timeout)
 SCHEDULE_EVERY_S = 0.25  # delayed jobs (report coalescing, retry backoff) start at most this late
 STALE_AFTER = timedelta(seconds=30)
@@ -191,9 +193,18 @@ def _report_usage(runtime: Runtime) -> None:
     worker_metrics.report_usage(runtime.queue.shared)
 
 
+def _trim_setups(runtime: Runtime) -> None:
+    runtime.engine.trim_setups()
+
+
 def _sweep_forever(runtime: Runtime, stop: threading.Event) -> None:
+    trimmed = time.monotonic()
     while not stop.wait(SWEEP_EVERY_S):
-        for task in (sweep, reap, poll_ci, _report_usage):
+        tasks = [sweep, reap, poll_ci, _report_usage]
+        if time.monotonic() - trimmed >= TRIM_SETUPS_EVERY_S:
+            trimmed = time.monotonic()
+            tasks.append(_trim_setups)
+        for task in tasks:
             try:
                 task(runtime)
             except Exception:  # maintenance must outlive a database or queue hiccup
