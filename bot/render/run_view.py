@@ -118,9 +118,26 @@ def checklist(view: RunView) -> str:
         tick = "x" if step.status in _DONE else " "
         lines.append(f"- [{tick}] {view.ref(step)} · {view.what(step)} · {view.state(step)}")
         lines += _repair_lines(step, names_git=view.words.names_git)
-        if step.tool == "setup" and isinstance(step.output, dict) and step.output.get("cached") is True:
-            lines.append("  - reused from an earlier run: the `setup_cache_key` files did not change")
+        if step.tool == "setup" and isinstance(step.output, dict):
+            lines += _setup_lines(step.output)
     return "\n".join(lines)
+
+
+def _setup_lines(output: dict[str, Any]) -> list[str]:
+    """Whether setup was reused, and which of the run's `setup_cache_key` files it did not install: setup runs on
+    the base commit only, so the gates see the base's dependencies."""
+    lines = []
+    if output.get("cached") is True:
+        lines.append("  - reused from an earlier run: the `setup_cache_key` files did not change")
+    changed = [clean_text(f) for f in output.get("changed_key_files") or [] if isinstance(f, str)]
+    if changed:
+        names = ", ".join(code_span(shorten(f, MAX_NAME_CHARS)) for f in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        lines.append(
+            f"  - this run changes {names}{more}; setup installed the base commit's instead, because it runs only "
+            "the base's files (it has network): the checks run against those"
+        )
+    return lines
 
 
 def _repair_lines(step: Step, *, names_git: bool) -> list[str]:

@@ -80,7 +80,7 @@ def gate_timeout(deadline: float) -> float:
 
 @dataclass(frozen=True)
 class GateRun:
-    """A gate command's result with the time limit it ran under, for the failure message."""
+    """A gate's (or setup command's) result with the time limit it ran under, for the failure message."""
 
     command: str
     result: CommandResult
@@ -109,8 +109,12 @@ class RepoCommands(Protocol):
         with `gate_timeout(deadline)`; the first failure, or None."""
         ...
 
-    async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:
-        """A `setup` command, with network, writing its result into `directory` (`$NOFX_SETUP_DIR`)."""
+    async def setup(self, commands: Sequence[str], directory: Path, *, deadline: float) -> GateRun | None:
+        """The `setup` commands in order, with network, writing their result into `directory` (`$NOFX_SETUP_DIR`),
+        each with what is left until `deadline` (time.monotonic()); the first failure, or None.
+
+        They run in a checkout of the run's base commit, never in the run's worktree: code the model wrote (a
+        follow-up run's branch, a resumed run's checkpoint) must not run with network."""
         ...
 
 

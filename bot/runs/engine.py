@@ -287,7 +287,10 @@ class Engine:
             if workspace is not None and key is not None:  # made on another worker, maybe
                 await results.ensure(key)
         context.checkpoint = lambda outcome: checkpoints.record(self.store, context, outcome=outcome)
-        context.commands = StepCommands(context)
+        base_checkout = None
+        if workspace is not None and self.workspaces is not None:
+            base_checkout = functools.partial(self.workspaces.base_checkout, workspace)
+        context.commands = StepCommands(context, base_checkout)
         if context.llm is not None:
             context.model = agent.StepModel(context)
             if self.review is not None and workspace is not None:

@@ -6,21 +6,29 @@ code the same way. Handlers reach it through their context (`StepContext.command
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.runs import setup_cache
-from bot.runs.contract import SETUP_DIR_VARIABLE, GateRun, StepContext, StepFailed, gate_timeout
+from bot.runs.contract import SETUP_DIR_VARIABLE, GateRun, RetryableError, StepContext, StepFailed, gate_timeout
 from bot.workspace.command_result import CommandResult
+from bot.workspace.git import GitError
 from bot.workspace.sandbox import SandboxUnavailable, WorkspaceTampered
+from bot.workspace.worktrees import Worktree
 
 
 @dataclass(frozen=True)
 class StepCommands:
-    """`StepContext.commands` for one step: its repository commands in its worktree and sandbox."""
+    """`StepContext.commands` for one step: its repository commands in its worktree and sandbox.
+
+    `base_checkout` makes a checkout of the run's base commit (`RunWorkspaces.base_checkout`), where setup runs.
+    """
 
     ctx: StepContext
+    base_checkout: Callable[[], AbstractAsyncContextManager[Worktree]] | None = None
 
     async def gate(self, command: str, *, timeout_s: float) -> CommandResult:
         return await run_gate_command(self.ctx, command, timeout_s=timeout_s)
@@ -34,11 +42,22 @@ class StepCommands:
                 return run
         return None
 
-    async def setup(self, command: str, directory: Path, *, timeout_s: float) -> CommandResult:
+    async def setup(self, commands: Sequence[str], directory: Path, *, deadline: float) -> GateRun | None:
+        if self.base_checkout is None:
+            raise StepFailed("setup runs only on the run's base commit, and this step has no checkout of it")
         env = _setup_env(self.ctx, directory)
-        return await _sandboxed(
-            self.ctx, command, timeout_s=timeout_s, network=True, setup=directory, setup_writable=True, env=env
-        )
+        try:
+            async with self.base_checkout() as base:
+                for command in commands:
+                    timeout_s = max(1.0, deadline - time.monotonic())
+                    result = await _sandboxed(
+                        self.ctx, command, timeout_s=timeout_s, env=env, setup=directory, base=base
+                    )
+                    if not result.ok:
+                        return GateRun(command, result, timeout_s)
+        except GitError as exc:
+            raise RetryableError(f"checking out the base commit for setup failed: {exc}") from None
+        return None
 
 
 async def run_gate_command(ctx: StepContext, command: str, *, timeout_s: float) -> CommandResult:
@@ -74,24 +93,26 @@ async def _sandboxed(
     command: str,
     *,
     timeout_s: float,
-    network: bool = False,
     env: Mapping[str, str] | None = None,
     setup: Path | None = None,
-    setup_writable: bool = False,
+    base: Worktree | None = None,
 ) -> CommandResult:
-    """A repository command in the run's worktree and sandbox; a sandbox that cannot run it fails the step."""
-    if ctx.workspace is None:
+    """A repository command in the run's worktree and sandbox, without network; a sandbox that cannot run it fails
+    the step. A setup command runs in the `base` checkout instead, the one place with network (and `setup`
+    writable): only the base's files ever run with network."""
+    workspace = base or ctx.workspace
+    if workspace is None:
         raise StepFailed("this step needs a workspace")
     try:
         return await ctx.sandbox.run(
             command,
-            ctx.workspace,
+            workspace,
             env_allowed=ctx.config.policy.env_allowed,
             timeout_s=timeout_s,
-            network=network,
+            network=base is not None,
             env=env,
             setup=setup,
-            setup_writable=setup_writable,
+            setup_writable=base is not None,
         )
     except (SandboxUnavailable, WorkspaceTampered) as exc:  # the message names the cause and what to do
         raise StepFailed(f"`{command}`: {exc}") from None

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.workspace.git import GitError, git
-from bot.workspace.worktrees import Checkout, Worktree, create_worktree, find_worktree, resolve_ref
+from bot.workspace.worktrees import (
+    BASE_CHECKOUTS,
+    Checkout,
+    Worktree,
+    add_base_checkout,
+    create_worktree,
+    find_worktree,
+    resolve_ref,
+)
 
 
 def local_repository(repo: Path) -> str:
@@ -43,6 +53,16 @@ class LocalWorkspaces:
     async def remove(self, worktree: Worktree) -> None:
         """Delete the checkout but keep its branch: the branch is the local run's result."""
         await git("worktree", "remove", "--force", str(worktree.path), cwd=self.repo)
+
+    @asynccontextmanager
+    async def base_checkout(self, worktree: Worktree) -> AsyncIterator[Worktree]:
+        """The run's base commit, detached (`add_base_checkout`); removed on exit."""
+        path = self.worktrees.with_name(BASE_CHECKOUTS) / worktree.run_id
+        base = await add_base_checkout(worktree, path)
+        try:
+            yield base
+        finally:
+            await git("worktree", "remove", "--force", "--force", str(path), cwd=self.repo, check=False)
 
     async def discard(self, run_id: str, branch: str) -> None:
         """A failed local run leaves nothing behind: no checkout, no branch."""

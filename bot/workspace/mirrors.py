@@ -6,6 +6,7 @@ Layout under `<data>/workspaces` (the `root`):
     <installation>/<owner>/<repo>/mirror.lock  flock held around everything that writes the mirror's refs or admin dir
     <installation>/<owner>/<repo>/last-used    mtime = when a run last prepared from it (LRU eviction)
     ../worktrees/<run_id>                      one run's checkout on `nofx/<issue>-<slug>`
+    ../base-checkouts/<run_id>                 the run's base commit, detached, while its `setup` runs
 
 Why a bare repository with `+refs/heads/*:refs/remotes/origin/*` and not `git clone --mirror`: a mirror maps
 upstream branches onto its own `refs/heads/*`, so a fetch would try to move (or, with --prune, delete) the branch a
@@ -25,13 +26,16 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.workspace.git import GitError, git, git_or_none, http_origin
 from bot.workspace.limits import disk_usage
 from bot.workspace.worktrees import (
+    BASE_CHECKOUTS,
     Checkout,
     Worktree,
+    add_base_checkout,
     create_worktree,
     drop_worktree,
     find_worktree,
@@ -63,6 +67,7 @@ class Workspaces:
         # Resolved, because git reports worktree paths with symlinks resolved and we compare against them.
         self.root = Path(root).resolve()
         self.worktrees = Path(worktrees).resolve() if worktrees else self.root.parent / "worktrees"
+        self.base_checkouts = self.worktrees.with_name(BASE_CHECKOUTS)
         self.disk_budget_bytes = disk_budget_bytes
         self.clock = clock
 
@@ -136,8 +141,21 @@ class Workspaces:
         async with _locked(worktree.mirror.parent):
             await drop_worktree(worktree.mirror, worktree.path, worktree.branch)
 
+    @asynccontextmanager
+    async def base_checkout(self, worktree: Worktree) -> AsyncIterator[Worktree]:
+        """The run's base commit, detached, from its mirror (`add_base_checkout`); removed on exit."""
+        path = self.base_checkouts / worktree.run_id
+        async with _locked(worktree.mirror.parent):
+            base = await add_base_checkout(worktree, path)
+        try:
+            yield base
+        finally:
+            async with _locked(worktree.mirror.parent):
+                await drop_worktree(worktree.mirror, path, None)
+
     async def reap(self, active_run_ids: set[str]) -> list[Path]:
-        """Remove every worktree whose run is not active (include runs being prepared!), and interrupted clones."""
+        """Remove every worktree (and base checkout) whose run is not active (include runs being prepared!), and
+        interrupted clones."""
         removed: list[Path] = []
         for repo_dir in self._repo_dirs():
             mirror = repo_dir / "mirror.git"
@@ -148,12 +166,12 @@ class Workspaces:
                     continue
                 await git("worktree", "prune", cwd=mirror)
                 for path, branch in await list_worktrees(mirror):
-                    if path.parent == self.worktrees and path.name in active_run_ids:
+                    if path.parent in (self.worktrees, self.base_checkouts) and path.name in active_run_ids:
                         continue
                     await drop_worktree(mirror, path, branch)
                     removed.append(path)
-        if self.worktrees.is_dir():
-            for path in self.worktrees.iterdir():
+        for directory in (self.worktrees, self.base_checkouts):
+            for path in directory.iterdir() if directory.is_dir() else ():
                 if path.name not in active_run_ids and path not in removed:
                     await asyncio.to_thread(remove_path, path)
                     removed.append(path)

@@ -13,6 +13,7 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,7 @@ from bot.workspace.git import GIT_TIMEOUT_S, git, git_or_none
 
 SLUG_MAX = 40
 RUN_META = "nofx-run.json"  # in the worktree's admin dir inside the mirror, out of reach of the checkout
+BASE_CHECKOUTS = "base-checkouts"  # beside the worktrees dir: `<run_id>`, the run's base commit while setup runs
 
 
 def branch_name(issue_number: int, request: str) -> str:
@@ -72,6 +74,10 @@ class RunWorkspaces(Protocol):
 
     async def remove(self, worktree: Worktree) -> None:
         """The run is over with its worktree."""
+        ...
+
+    def base_checkout(self, worktree: Worktree) -> AbstractAsyncContextManager[Worktree]:
+        """A detached checkout of the run's base commit, removed on exit: what `setup` runs on (`add_base_checkout`)."""
         ...
 
     async def fetched_mirror(
@@ -197,6 +203,30 @@ async def create_worktree(
     worktree.git_dir = Path((await git("rev-parse", "--absolute-git-dir", cwd=path)).strip())
     _write_meta(worktree.git_dir, worktree)
     return worktree
+
+
+async def add_base_checkout(worktree: Worktree, path: Path) -> Worktree:
+    """A detached checkout of `worktree`'s base commit at `path`, from the same git dir, for `setup`.
+
+    setup runs with network, so it runs only the base's files, which the repository's maintainers control, never
+    the run's own (a follow-up run's branch, a resumed run's checkpoint): those may hold code the model wrote.
+    """
+    await git("worktree", "remove", "--force", "--force", str(path), cwd=worktree.mirror, check=False)
+    await asyncio.to_thread(remove_path, path)  # leftovers of a crashed attempt (`--force` below: its registration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    add = ["worktree", "add", "--quiet", "--force", "--detach", str(path), worktree.base_sha]
+    await git(*add, cwd=worktree.mirror)
+    return Worktree(
+        path=path,
+        branch="",
+        base_ref=worktree.base_ref,
+        base_sha=worktree.base_sha,
+        mirror=worktree.mirror,
+        run_id=worktree.run_id,
+        clone_url=worktree.clone_url,
+        # Read right after creation, before any code from the repository ran in the checkout.
+        git_dir=Path((await git("rev-parse", "--absolute-git-dir", cwd=path)).strip()),
+    )
 
 
 async def find_worktree(git_dir: Path, path: Path) -> Worktree | None:
