@@ -69,7 +69,10 @@ HEAD_BYTES = 16 * 1024
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL on timeout: time for test runners to print their summary
 DRAIN_S = 1.0  # after the command ends, how long to wait for the pipe's last bytes (a `setsid` escapee holds it)
 DISK_POLL_S = 1.0  # how often the worktree's disk use is measured while a command runs
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$|_URL$")
+# A proxy's URL may carry credentials (`http://user:pass@proxy:3128`), and setup has network to send them on.
+_SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$|^KEY$|_URL$|PROXY"
+)
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def scrubbed_env(env_allowed: Iterable[str], source: Mapping[str, str] | None = 
     """A fresh environment: fixed basics plus the allowed names present in `source` (default: os.environ).
 
     The server's own variables (RESERVED_ENV, NOFX_*) and names that look like secrets (tokens, keys, passwords,
-    URLs that may carry credentials) never pass, whatever the repo config says; HOME is always `home`.
+    URLs and proxies that may carry credentials) never pass, whatever the repo config says; HOME is always `home`.
     """
     source = os.environ if source is None else source
     env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "dumb", "CI": "true"}

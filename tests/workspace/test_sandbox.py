@@ -97,10 +97,11 @@ async def test_command_sees_only_the_scrubbed_environment(
     monkeypatch.setenv("SOME_SECRET_KEY", "also_must_not_leak")
     monkeypatch.setenv("NOFX_DATA_DIR", "/data")
     monkeypatch.setenv("GATE_FLAVOUR", "mint")
+    for proxy in ("HTTPS_PROXY", "http_proxy", "ALL_PROXY"):  # a proxy URL can hold a password
+        monkeypatch.setenv(proxy, "http://user:must_not_leak@proxy.example:3128")
 
-    result = await run_command(
-        "env", cwd=worktree, env_allowed=["GITHUB_TOKEN", "GATE_FLAVOUR"], timeout_s=10, isolation=isolation
-    )
+    allowed = ["GITHUB_TOKEN", "GATE_FLAVOUR", "HTTPS_PROXY", "http_proxy", "ALL_PROXY"]
+    result = await run_command("env", cwd=worktree, env_allowed=allowed, timeout_s=10, isolation=isolation)
 
     assert result.ok
     env = dict(line.split("=", 1) for line in result.output.splitlines())
