@@ -49,9 +49,18 @@ def server(app: Starlette) -> Iterator[str]:
 
 
 def read(
-    base_url: str, path: str, *, last_event_id: int | None = None, stop_after: int | None = None, timeout: float = 10
+    base_url: str,
+    path: str,
+    *,
+    last_event_id: int | None = None,
+    stop_after: int | None = None,
+    timeout: float = 10,
+    opened: threading.Event | None = None,
 ) -> list[Frame]:
-    """Open a stream and collect frames until it ends, or `stop_after` events arrived (then hang up)."""
+    """Open a stream and collect frames until it ends, or `stop_after` events arrived (then hang up).
+
+    `opened` is set at the first frame: the server has fixed where the stream starts by then.
+    """
     headers = dict(AUTH)
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
@@ -64,6 +73,8 @@ def read(
         assert response.headers["content-type"].startswith("text/event-stream")
         deadline = time.monotonic() + timeout
         for frame in frames(response):
+            if opened is not None:
+                opened.set()
             collected.append(frame)
             if stop_after is not None and sum(1 for f in collected if f.id) >= stop_after:
                 break
@@ -148,16 +159,19 @@ def test_the_all_runs_stream_starts_now_or_after_the_given_id(server: str, store
     last_before = queries.events_of(store, before)[-1].id
     assert last_before is not None
 
-    def later() -> None:
-        time.sleep(0.3)
-        records.record_event(store, before, "test.later", {})
-        make_run(store, number=3)
+    opened = threading.Event()
+
+    def later() -> None:  # once the stream has started "now", not before (a loaded machine connects late)
+        if opened.wait(timeout=10):
+            records.record_event(store, before, "test.later", {})
+            make_run(store, number=3)
 
     thread = threading.Thread(target=later)
     thread.start()
     try:
-        fresh = read(server, "/events/stream", stop_after=2)
+        fresh = read(server, "/events/stream", stop_after=2, opened=opened)
     finally:
+        opened.set()
         thread.join()
     assert [frame.json()["type"] for frame in fresh if frame.id] == ["test.later", "run.created"]
 
