@@ -101,6 +101,7 @@ class Result:
     recorded: int | None = None
     rss_mb: float | None = None
     cpu_us: float | None = None  # CPU time of the server process per request (user + system)
+    batch: float | None = None  # deliveries per group commit, on average (nofx's /metrics)
 
     @property
     def lost(self) -> int | None:
@@ -159,9 +160,11 @@ class _Load:
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         rss = _RssSampler(pid)
         cpu_before = _cpu_seconds(pid)
+        batches_before = _batches(url)
         with rss:
             out = self._wrk(url, self.args.duration, self.prefix)
         cpu = _cpu_seconds(pid) - cpu_before
+        batches_after = _batches(url)
         fields = dict(kv.split("=") for kv in re.search(r"RESULT (.*)", out).group(1).split())  # type: ignore[union-attr]
         return Result(
             target=target,
@@ -173,6 +176,7 @@ class _Load:
             errors=int(fields["errors"]),
             rss_mb=rss.max_mb,
             cpu_us=cpu * 1e6 / max(int(fields["requests"]), 1),
+            batch=_mean_batch(batches_before, batches_after),
         )
 
     def _wrk(self, url: str, seconds: int, prefix: str) -> str:
@@ -208,6 +212,21 @@ class _RssSampler:
                 for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         self.max_mb = max(self.max_mb, int(line.split()[1]) / 1024)
+
+
+def _batches(url: str) -> tuple[float, float] | None:
+    """Deliveries and group commits so far, from nofx's /metrics (None for Probot)."""
+    if not url.endswith("/webhooks"):
+        return None
+    text = httpx.get(url.removesuffix("/webhooks") + "/metrics", timeout=10).text
+    found = dict(re.findall(r"^nofx_webhook_intake_batch_deliveries_(sum|count) (\S+)$", text, re.MULTILINE))
+    return float(found.get("sum", 0)), float(found.get("count", 0))
+
+
+def _mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -393,6 +412,7 @@ def _line(r: Result) -> str:
     recorded = "" if r.recorded is None else f"  recorded {r.recorded} of {r.accepted} accepted (lost {r.lost})"
     rss = "" if r.rss_mb is None else f"  RSS max {r.rss_mb:.0f} MB"
     cpu = "" if r.cpu_us is None else f"  CPU {r.cpu_us:.0f} us/delivery"
+    cpu += "" if r.batch is None else f"  {r.batch:.1f} deliveries/commit"
     return (
         f"{r.target:<9} {r.requests_per_s:8,.0f} deliveries/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms"
         f"  refused {r.refused} errors {r.errors}{recorded}{rss}{cpu}"

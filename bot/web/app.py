@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from anyio import to_thread
@@ -94,6 +96,7 @@ def create_app(
     metrics.registry.register(RunMetrics(store))
     metrics.registry.register(WorkerMetrics(queue.shared))
     app = App(
+        lifespan=_lifespan,
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -103,7 +106,7 @@ def create_app(
             *trace_routes.routes(),
             *api.routes(),
             *search_route.routes(),
-        ]
+        ],
     )
     app.state.settings = settings
     app.state.env_file = env_file or Path(ENV_FILE)
@@ -123,6 +126,12 @@ def create_app(
         ignore_reason=handled_events.ignore_reason,
     )
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    app.state.intake.close()
 
 
 async def healthz(_request: Request) -> Response:
