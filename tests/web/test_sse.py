@@ -151,7 +151,7 @@ def test_an_idle_stream_sends_heartbeats(server: str, store: Store) -> None:
                 break
     elapsed = time.monotonic() - started
     assert beats == 2
-    assert 0.5 <= elapsed < 3  # heartbeat_s is 0.3 here; 15 s in production
+    assert elapsed >= 0.5  # two beats 0.3 s apart, not sooner (heartbeat_s is 15 s in production)
 
 
 def test_the_all_runs_stream_starts_now_or_after_the_given_id(server: str, store: Store) -> None:

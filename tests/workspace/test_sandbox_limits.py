@@ -43,12 +43,13 @@ async def test_file_size_limit_stops_a_big_write(isolation: str, worktree: Path)
 
 async def test_cpu_limit_stops_a_busy_loop(isolation: str, worktree: Path) -> None:
     result = await run_command(
-        "while :; do :; done", cwd=worktree, timeout_s=10, limits=Limits(cpu_s=1), isolation=isolation
+        "while :; do :; done", cwd=worktree, timeout_s=60, limits=Limits(cpu_s=1), isolation=isolation
     )
 
+    # Not the wall-clock limit (60 s, far more than a loaded machine needs for 1 CPU-second): the kernel's signal
+    # at the CPU limit, SIGXCPU or SIGKILL at the hard limit (bwrap reports 128 + the signal).
     assert not result.ok and not result.timed_out
-    assert result.exit_code not in (0, None)  # killed at the limit (bwrap reports 128 + the signal)
-    assert result.duration_s < 5
+    assert result.exit_code in (-9, -24, 128 + 9, 128 + 24), result.exit_code
 
 
 async def test_memory_limit_stops_a_big_allocation(isolation: str, worktree: Path) -> None:
