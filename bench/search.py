@@ -139,6 +139,14 @@ class _Timed:
         self.inner, self.name = inner, inner.name
         self.seconds, self.texts = 0.0, 0
 
+    @property
+    def window(self) -> int:
+        return int(self.inner.window)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        counts: list[int] = self.inner.count_tokens(texts)
+        return counts
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         started = time.perf_counter()
         vectors: list[list[float]] = self.inner.embed(texts)

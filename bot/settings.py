@@ -65,6 +65,7 @@ class Settings:
     sandbox_paths: tuple[Path, ...] = ()  # NOFX_SANDBOX_PATHS: more toolchain directories, read-only in the sandbox
     chroma_url: str | None = None  # CHROMA_URL: a Chroma server; else an embedded one under the data dir
     embeddings_model: str | None = None  # NOFX_EMBEDDINGS_MODEL: openai:<model> or local:all-minilm-l6-v2
+    embeddings_window: int | None = None  # NOFX_EMBEDDINGS_WINDOW: tokens an openai:<model> reads of one text
     report_interval_s: float = 1.0  # NOFX_REPORT_INTERVAL_MS: the least time between two edits of a run's comment
 
     @classmethod
@@ -99,6 +100,7 @@ class Settings:
             artifact_store=env.get("NOFX_ARTIFACT_STORE") or None,
             chroma_url=(env.get("CHROMA_URL") or "").rstrip("/") or None,
             embeddings_model=env.get("NOFX_EMBEDDINGS_MODEL") or None,
+            embeddings_window=_count("NOFX_EMBEDDINGS_WINDOW", env, 0) or None,
             report_interval_s=_report_interval_ms(env.get("NOFX_REPORT_INTERVAL_MS") or "1000") / 1000,
             run_limits=RunLimits(
                 per_installation=_count("NOFX_MAX_ACTIVE_RUNS_PER_INSTALLATION", env, RunLimits.per_installation),

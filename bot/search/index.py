@@ -3,7 +3,8 @@
 Embedded (`PersistentClient` under `<data>/chroma`) unless `CHROMA_URL` names a Chroma server. Each collection
 records the embeddings model that made its vectors; opening it with another model empties it, so vectors of two
 models are never compared. A repository's code is indexed at one commit, recorded in the collection's metadata
-(`commit:<owner/repo>`); the next index reads only the paths that changed since.
+(`commit:<owner/repo>`) with the chunker that cut it for the model's window (`chunker:<owner/repo>`); the next
+index reads only the paths that changed since, or all of them again when the chunker differs.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class SearchIndex:
     async def index_code(self, installation_id: int, repo: str, git_dir: Path, commit: str) -> IndexReport:
         """Bring the repository's code chunks to `commit`: only changed paths when an earlier commit is indexed."""
         collection = self._collection(installation_id, "code")
-        key = f"commit:{repo}"
-        previous = (collection.metadata or {}).get(key)
+        key, chunker_key = f"commit:{repo}", f"chunker:{repo}"
+        recorded = collection.metadata or {}
+        chunker = chunks.chunker_of(self.embedder)
+        previous = recorded.get(key) if recorded.get(chunker_key) == chunker else None
         if previous == commit:
             return IndexReport(commit, 0, 0, full=False)
         blobs = await chunks.tracked_blobs(git_dir, commit)
@@ -101,14 +104,14 @@ class SearchIndex:
             for start in range(0, len(gone), ADD_BATCH):
                 collection.delete(where={"$and": [{"repo": repo}, {"path": {"$in": gone[start : start + ADD_BATCH]}}]})
             wanted = {c.path: blobs[c.path] for c in changes if not c.deleted and c.path in blobs}
-        found = await chunks.read_chunks(git_dir, wanted)
+        found = await chunks.read_chunks(git_dir, wanted, self.embedder)
         self._add(
             collection,
             ids=[f"{repo}:{chunk.id}" for chunk in found],
             texts=[chunk.text for chunk in found],
             metadatas=[{"repo": repo, "path": c.path, "start": c.start, "end": c.end} for c in found],
         )
-        collection.modify(metadata={**_user_metadata(collection), key: commit})
+        collection.modify(metadata={**_user_metadata(collection), key: commit, chunker_key: chunker})
         log.info("indexed %s at %s: %d files, %d chunks", repo, commit[:12], len(wanted), len(found))
         return IndexReport(commit, len(wanted), len(found), full=changes is None)
 

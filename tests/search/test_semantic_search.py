@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli
+from bot.search.chunks import chunker_of
 from bot.search.code_search import search_repository
 from bot.search.embeddings import LocalEmbeddings
 from bot.search.index import SearchIndex
@@ -157,6 +158,18 @@ async def test_another_embeddings_model_rebuilds_the_collection(index: SearchInd
     other = SearchIndex(index.client, Other())
     assert other.indexed_commit(7, "o/toolbox") is None  # the old vectors are gone with their model
     assert other.search(7, "anything", repo="o/toolbox") == []
+
+
+async def test_another_chunker_reindexes_the_repository(index: SearchIndex, repo: Path) -> None:
+    await index.index_code(7, "o/toolbox", repo, _head(repo))
+    collection = index.client.get_collection("i7-code")
+    kept = {k: v for k, v in collection.metadata.items() if not k.startswith("hnsw:")}
+    collection.modify(metadata={**kept, "chunker:o/toolbox": "lines-40"})  # as it was before chunks fit the window
+
+    again = await index.index_code(7, "o/toolbox", repo, _head(repo))
+
+    assert again.full and again.files == len(FILES)
+    assert (index.client.get_collection("i7-code").metadata or {})["chunker:o/toolbox"] == chunker_of(index.embedder)
 
 
 async def test_search_repository_merges_regex_matches_with_semantic_hits(index: SearchIndex, repo: Path) -> None:
