@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.search.chunks import chunk_text
-from bot.search.embeddings import LocalEmbeddings
+from bot.search.embeddings import CHARS_PER_TOKEN, LocalEmbeddings, embedder_for
+from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_FILES = ("bot/search/index.py", "bot/runs/engine.py", "README.md")
@@ -35,3 +36,18 @@ def test_a_line_longer_than_the_window_is_a_chunk_alone() -> None:
     found = list(chunk_text("data.py", text, LocalEmbeddings()))
 
     assert [(c.start, c.end) for c in found] == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_an_openai_compatible_models_window_is_configurable_and_chunks_fit_its_estimate() -> None:
+    settings = Settings.from_env(
+        {"OPENAI_API_KEY": "sk-test", "NOFX_EMBEDDINGS_MODEL": "openai:small", "NOFX_EMBEDDINGS_WINDOW": "100"},
+        env_file=Path("/nonexistent"),
+    )
+    embedder = embedder_for(settings)
+    text = (ROOT / "bot/search/index.py").read_text()
+
+    found = list(chunk_text("bot/search/index.py", text, embedder))
+
+    assert embedder.window == 100
+    assert all(len(chunk.text) // CHARS_PER_TOKEN <= 100 or chunk.start == chunk.end for chunk in found)
+    assert len(found) > len(text.splitlines()) / 40  # cut smaller than 40 lines to fit
