@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", type=int, default=3, help="runs whose setup runs (a new cache key each)")
     parser.add_argument("--warm", type=int, default=7, help="runs that reuse the setup")
-    parser.add_argument("--redis-url", default=os.environ.get("NOFX_TEST_REDIS_URL"))
+    parser.add_argument("--redis-url", help="a Redis URL shared by the processes (default: an embedded Valkey)")
     parser.add_argument("--timeout", type=float, default=60, help="seconds one run may take")
     args = parser.parse_args()
 

@@ -56,7 +56,7 @@ def main() -> None:
         "--postgres-url",
         default=os.environ.get("NOFX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     )
-    parser.add_argument("--redis-url", default=os.environ.get("NOFX_TEST_REDIS_URL"))
+    parser.add_argument("--redis-url", help="a Redis URL shared by the processes (default: an embedded Valkey)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
 
