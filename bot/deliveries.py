@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Text, bindparam, cast, update
+from sqlalchemy import JSON, Table, Text, Update, bindparam, cast, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +18,7 @@ from bot.queue import WorkQueue
 from bot.store import Store
 
 MAX_REASON = 4000
+_DELIVERY: Table = Delivery.__table__  # type: ignore[attr-defined]
 
 
 def describe(delivery_id: str, event: str, payload: dict[str, Any]) -> Delivery:
@@ -171,15 +172,17 @@ def stale_queued(store: Store, older_than: timedelta) -> list[str]:
 
 
 def claim(store: Store, delivery_id: str) -> Delivery | None:
-    """Atomically take a delivery for routing; None if another job has it or it is finished."""
-    taken = _move(
-        store,
+    """Atomically take a delivery for routing and read it, in one statement; None if another job has it or it is
+    finished."""
+    statement = _move_statement(
         delivery_id,
         DeliveryStatus.processing,
         only_from=[DeliveryStatus.received, DeliveryStatus.queued],
         count_attempt=True,
-    )
-    return get(store, delivery_id) if taken else None
+    ).returning(*_DELIVERY.columns)
+    with store.autocommit() as conn:
+        row = conn.execute(statement).one_or_none()
+    return None if row is None else Delivery(**row._mapping)
 
 
 def finish(store: Store, delivery_id: str, status: DeliveryStatus, reason: str | None = None) -> None:
@@ -265,17 +268,25 @@ def _move(
     reason: str | None = None,
     count_attempt: bool = False,
 ) -> bool:
+    statement = _move_statement(delivery_id, status, only_from=only_from, reason=reason, count_attempt=count_attempt)
+    with store.autocommit() as conn:  # one statement, its own transaction: one round trip
+        return bool(conn.execute(statement).rowcount)
+
+
+def _move_statement(
+    delivery_id: str,
+    status: DeliveryStatus,
+    *,
+    only_from: list[DeliveryStatus],
+    reason: str | None = None,
+    count_attempt: bool = False,
+) -> Update:
     values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
     if reason is not None or status == DeliveryStatus.queued:
         values["reason"] = reason[:MAX_REASON] if reason else None
     if count_attempt:
         values["attempts"] = Delivery.attempts + 1
-    statement = (
-        update(Delivery).where(col(Delivery.id) == delivery_id, col(Delivery.status).in_(only_from)).values(**values)
-    )
-    with store.session() as session:
-        result = session.exec(statement)
-        return bool(result.rowcount)
+    return update(Delivery).where(col(Delivery.id) == delivery_id, col(Delivery.status).in_(only_from)).values(**values)
 
 
 def _int_or_none(value: Any) -> int | None:

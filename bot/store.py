@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 import orjson
 from sqlalchemy import event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, SQLModel, create_engine
 
 from bot import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -21,6 +25,10 @@ from bot.settings import RunLimits
 log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x6E6F6678  # "nofx": the key of the PostgreSQL advisory lock `serialized` takes
 SCHEMA_LOCK = ADMISSION_LOCK + 1  # the one `create_all` takes
+# A pooled server connection idle this long is pinged before use (a restarted server, an idle-connection killer);
+# one handed back a moment ago is not: a burst of deliveries pays no SELECT 1 per session.
+PING_IDLE_AFTER_S = 1.0
+POOL_RECYCLE_S = 1800  # and none is kept longer than this (load balancers and poolers drop old connections)
 
 
 class Store:
@@ -36,6 +44,7 @@ class Store:
         self.url = url
         background = checkpoint_every_s is not None and make_url(url).get_backend_name() == "sqlite"
         self.engine = _engine(url, auto_checkpoint=not background)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.run_limits = run_limits or RunLimits()  # read where runs are admitted (`bot.runs.admission`)
         self._stop = threading.Event()
         if background and checkpoint_every_s is not None:
@@ -66,6 +75,14 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection on which every statement is its own transaction: a one-statement read or write costs one
+        round trip (no BEGIN, no COMMIT). For the hot path of routing a delivery; anything that writes two rows
+        together takes `session()`."""
+        with self._autocommit.connect() as conn:
+            yield conn
 
     @contextmanager
     def serialized(self) -> Iterator[Session]:
@@ -138,7 +155,10 @@ def upsert(
 def _engine(url: str, *, auto_checkpoint: bool = True) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+        engine = create_engine(url, pool_recycle=POOL_RECYCLE_S, json_serializer=_json_text)
+        event.listen(engine.pool, "checkin", _mark_idle)
+        event.listen(engine.pool, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json_text)
@@ -146,6 +166,27 @@ def _engine(url: str, *, auto_checkpoint: bool = True) -> Engine:
     if not auto_checkpoint:
         event.listen(engine, "connect", _no_auto_checkpoint)
     return engine
+
+
+def _mark_idle(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    """`pool_pre_ping`, for connections that sat idle: SQLAlchemy's custom pessimistic ping. A dead one raises
+    DisconnectionError, on which the pool drops it and connects afresh before handing a connection out.
+
+    A connection used within the last PING_IDLE_AFTER_S is not pinged. It fails only if the server dropped it in
+    that moment; SQLAlchemy then invalidates every pooled connection older than the error, so the next ones are
+    new: the same as a server dying under a query, which pinging never prevented.
+    """
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER_S:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DisconnectionError(f"an idle pooled connection is dead: {type(exc).__name__}") from exc
 
 
 def _json_text(value: Any) -> str:

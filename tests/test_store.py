@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import select
 
 from bot import deliveries
+from bot import store as store_module
 from bot.events import installations
 from bot.events.context import EventContext
 from bot.models import AppIdentity, Delivery, DeliveryStatus, Installation, Repository, utcnow
@@ -177,3 +178,26 @@ def test_a_store_that_checkpoints_in_a_thread_leaves_it_out_of_commits(tmp_path:
     assert frames > 1000 and copied == frames
     assert deliveries.get(store, "c-9-34") is not None
     store.dispose()
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
+    postgres_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `pool_pre_ping` on every checkout: a connection idle past PING_IDLE_AFTER_S is pinged, and a dead one is
+    swapped for a new one instead of failing the session that took it."""
+    if postgres_url is None:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (set NOFX_TEST_POSTGRES_URL to require one)")
+    store = Store(postgres_url)
+    try:
+        with store.autocommit() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with Store(postgres_url).engine.connect() as admin:  # the server drops the pooled, idle connection
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar_one()
+        monkeypatch.setattr(store_module, "PING_IDLE_AFTER_S", 0.0)  # it has been idle long enough
+
+        with store.session() as session:
+            second = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+        assert second != first
+    finally:
+        store.dispose()

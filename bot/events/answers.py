@@ -23,6 +23,13 @@ def github_for(ctx: EventContext, thread: Thread) -> GitHubAPI:
     return ctx.github.installation_client(thread.installation_id)
 
 
+def own_app_id(ctx: EventContext) -> int | None:
+    """This App's id, from the settings its credentials come from (the identity row a worker stores from `GET /app`
+    has the same id): no database read on every delivery."""
+    app_id = ctx.settings.app_id
+    return int(app_id) if app_id and app_id.isdigit() else None
+
+
 async def config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *, mentioned: bool) -> RepoConfig | None:
     """The repository's config; an invalid file is reported (only when nofx was addressed) and stops here."""
     try:

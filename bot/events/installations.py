@@ -69,8 +69,9 @@ async def learn(ctx: EventContext, installation_id: int, repository: dict[str, A
     Known and active: nothing to do. Unknown or marked removed: `GET /app/installations/{id}` says whether it
     exists (and is suspended); it is recorded with the delivery's repository.
     """
-    with ctx.store.session() as session:
-        known = session.get(Installation, installation_id)
+    state = select(Installation.suspended, Installation.removed).where(Installation.id == installation_id)
+    with ctx.store.autocommit() as conn:  # one round trip on every delivery's way to 👀
+        known = conn.execute(state).one_or_none()
     if known is not None and not known.removed:
         return f"installation {installation_id} is suspended" if known.suspended else None
     if ctx.github is None:

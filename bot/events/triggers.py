@@ -16,7 +16,7 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot.events import commands, pull_requests
-from bot.events.answers import config_or_report, github_for, reply
+from bot.events.answers import config_or_report, github_for, own_app_id, reply
 from bot.events.commands import Command, Verb
 from bot.events.context import EventContext
 from bot.events.verbs import Source, Turn, carry_out
@@ -162,7 +162,7 @@ async def _handle_command(
 ) -> None:
     if not text or not _MAYBE_COMMAND.search(text):
         return
-    if is_automation(event.data["sender"], identity.current(ctx.store), item):
+    if is_automation(event.data["sender"], own_app_id(ctx), item):
         return
     gh = github_for(ctx, thread)
     config = await config_or_report(gh, thread, ctx, mentioned=commands.parse(text) is not None)
@@ -179,7 +179,7 @@ async def _handle_label(
 ) -> None:
     """A label acts like a command when `command_for` finds one for it under the repository's config."""
     label = (event.data.get("label") or {}).get("name")
-    if not label or is_automation(event.data["sender"], identity.current(ctx.store)):
+    if not label or is_automation(event.data["sender"], own_app_id(ctx)):
         return
     thread = Thread.from_payload(event.data)
     gh = github_for(ctx, thread)

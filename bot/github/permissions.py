@@ -7,7 +7,6 @@ from typing import Any
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
-from bot.models import AppIdentity
 from bot.repo_config import PERMISSION_ORDER
 
 
@@ -27,9 +26,9 @@ async def permission_of(gh: GitHubAPI, owner: str, repo: str, username: str) -> 
     return role if role in PERMISSION_ORDER else data.get("permission") or "none"
 
 
-def is_automation(sender: dict[str, Any], app: AppIdentity | None, item: dict[str, Any] | None = None) -> bool:
-    """True for bots and for the App's own account: their comments never trigger anything."""
+def is_automation(sender: dict[str, Any], app_id: int | None, item: dict[str, Any] | None = None) -> bool:
+    """True for bots and for the App's own account (`app_id`: this App's id): their comments never trigger anything."""
     if sender.get("type") == "Bot":
         return True
     via_app = (item or {}).get("performed_via_github_app") or {}
-    return app is not None and via_app.get("id") == app.id
+    return app_id is not None and via_app.get("id") == app_id
