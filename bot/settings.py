@@ -63,6 +63,8 @@ class Settings:
     artifact_store: str | None = None  # s3://bucket/prefix; None: artifacts and checkpoints live in the database
     sandbox: str = "bwrap"  # NOFX_SANDBOX: "none" only when the operator explicitly turns isolation off
     sandbox_paths: tuple[Path, ...] = ()  # NOFX_SANDBOX_PATHS: more toolchain directories, read-only in the sandbox
+    setup_egress: str = "proxy"  # NOFX_SETUP_EGRESS: how setup reaches out (proxy | host | none)
+    setup_egress_allow: str = ""  # NOFX_SETUP_EGRESS_ALLOW: what the proxy admits beyond public hosts on 80/443
     chroma_url: str | None = None  # CHROMA_URL: a Chroma server; else an embedded one under the data dir
     embeddings_model: str | None = None  # NOFX_EMBEDDINGS_MODEL: openai:<model> or local:all-minilm-l6-v2
     embeddings_window: int | None = None  # NOFX_EMBEDDINGS_WINDOW: tokens an openai:<model> reads of one text
@@ -97,6 +99,8 @@ class Settings:
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
             sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),
             sandbox_paths=tuple(Path(p) for p in (env.get("NOFX_SANDBOX_PATHS") or "").split(":") if p.strip()),
+            setup_egress=_setup_egress(env.get("NOFX_SETUP_EGRESS") or "proxy"),
+            setup_egress_allow=env.get("NOFX_SETUP_EGRESS_ALLOW") or "",
             artifact_store=env.get("NOFX_ARTIFACT_STORE") or None,
             chroma_url=(env.get("CHROMA_URL") or "").rstrip("/") or None,
             embeddings_model=env.get("NOFX_EMBEDDINGS_MODEL") or None,
@@ -210,6 +214,13 @@ def _sandbox(value: str) -> str:
     """NOFX_SANDBOX: `bwrap`, or `none` spelled out; anything else is a typo that must not mean "no isolation"."""
     if value not in ("bwrap", "none"):
         raise SettingsError(f"NOFX_SANDBOX must be `bwrap` (the default) or `none` (no isolation), got {value!r}")
+    return value
+
+
+def _setup_egress(value: str) -> str:
+    """NOFX_SETUP_EGRESS: `proxy` (public hosts only), `host` (the worker's whole network) or `none`."""
+    if value not in ("proxy", "host", "none"):
+        raise SettingsError(f"NOFX_SETUP_EGRESS must be `proxy` (the default), `host` or `none`, got {value!r}")
     return value
 
 

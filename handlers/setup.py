@@ -1,8 +1,9 @@
 """Install what the repository's code needs (`setup` in .github/nofx.yml) before any model is paid.
 
 The commands run from the repository root in a checkout of the run's base commit (never in the run's worktree),
-in the sandbox with network but no secrets, and write their result into one directory, `$NOFX_SETUP_DIR` (a venv,
-`node_modules` via a prefix, a toolchain): its `bin/` comes first on PATH for the gates and the model's `run_gate`,
+in the sandbox with network (public hosts only, through the egress proxy of `bot.workspace.egress`) but no
+secrets, and write their result into one directory, `$NOFX_SETUP_DIR` (a venv, `node_modules` via a prefix, a
+toolchain): its `bin/` comes first on PATH for the gates and the model's `run_gate`,
 which see it read-only and without network. Only the base's files run with network: a follow-up run's branch or a
 resumed run's checkpoint may hold code the model wrote (an install script, a Makefile, a postinstall hook), and
 the model follows text anyone can write. The directory is kept per repository and key (the commands and the base's

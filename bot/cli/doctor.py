@@ -15,6 +15,7 @@ from bot.queue import WorkQueue, embedded_url
 from bot.settings import Settings
 from bot.store import Store
 from bot.workspace import isolation, limits
+from bot.workspace.egress import EgressPolicy
 
 OK, WARN, FAIL = "ok", "warning", "FAIL"
 
@@ -30,7 +31,7 @@ class Finding:
 
 def doctor(settings: Settings, out: TextIO) -> int:
     """Print one line per concern; exit 1 when something would stop runs (no sandbox, no queue, no database)."""
-    checks: list[Callable[[Settings], Finding]] = [_sandbox, _processes, _queue, _database, _models]
+    checks: list[Callable[[Settings], Finding]] = [_sandbox, _setup_network, _processes, _queue, _database, _models]
     findings = [check(settings) for check in checks]
     for finding in findings:
         print(f"{finding.verdict:<7}  {finding.topic}: {finding.text}", file=out)
@@ -52,6 +53,28 @@ def _sandbox(settings: Settings) -> Finding:
         "sandbox",
         f"{_version(probe.bwrap)} ({probe.bwrap}) builds the sandbox here: new user, mount, PID, IPC, UTS and "
         "network namespaces, no capabilities; gates get no network",
+    )
+
+
+def _setup_network(settings: Settings) -> Finding:
+    """What `setup` (the repository's install commands) can reach from this machine."""
+    try:
+        policy = EgressPolicy.from_settings(settings.setup_egress, settings.setup_egress_allow)
+    except ValueError as exc:
+        return Finding(FAIL, "setup network", str(exc))
+    if settings.sandbox == "none" or policy.mode == "host":
+        why = "NOFX_SANDBOX=none" if settings.sandbox == "none" else "NOFX_SETUP_EGRESS=host"
+        return Finding(
+            WARN,
+            "setup network",
+            f"{why}: setup reaches whatever this machine reaches, loopback included (Redis, the database, "
+            "169.254.169.254)",
+        )
+    if policy.mode == "none":
+        return Finding(OK, "setup network", "NOFX_SETUP_EGRESS=none: setup has no network")
+    allowed = f"; NOFX_SETUP_EGRESS_ALLOW adds {settings.setup_egress_allow.strip()}" if policy.allow else ""
+    return Finding(
+        OK, "setup network", f"only through nofx's egress proxy: public addresses, ports 80 and 443{allowed}"
     )
 
 

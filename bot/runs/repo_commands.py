@@ -53,6 +53,10 @@ class StepCommands:
                     result = await _sandboxed(
                         self.ctx, command, timeout_s=timeout_s, env=env, setup=directory, base=base
                     )
+                    if result.reached or result.refused:  # the audit trail: where setup went, as host:port
+                        self.ctx.emit(
+                            "setup.egress", {"reached": list(result.reached), "refused": list(result.refused)}
+                        )
                     if not result.ok:
                         return GateRun(command, result, timeout_s)
         except GitError as exc:
@@ -98,8 +102,8 @@ async def _sandboxed(
     base: Worktree | None = None,
 ) -> CommandResult:
     """A repository command in the run's worktree and sandbox, without network; a sandbox that cannot run it fails
-    the step. A setup command runs in the `base` checkout instead, the one place with network (and `setup`
-    writable): only the base's files ever run with network."""
+    the step. A setup command runs in the `base` checkout instead, the one place with network (through the egress
+    proxy, `bot.workspace.egress`; and `setup` writable): only the base's files ever run with network."""
     workspace = base or ctx.workspace
     if workspace is None:
         raise StepFailed("this step needs a workspace")

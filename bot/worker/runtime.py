@@ -28,6 +28,7 @@ from bot.search.index import SearchIndex
 from bot.settings import ENV_FILE, Settings
 from bot.store import Store
 from bot.workspace import toolchains
+from bot.workspace.egress import EgressPolicy
 from bot.workspace.mirrors import Workspaces
 from bot.workspace.sandbox import Sandbox
 from bot.workspace.worktrees import RunWorkspaces
@@ -71,6 +72,7 @@ class Runtime:
                 isolation=settings.sandbox,
                 hidden=_own_paths(settings),
                 toolchains=toolchains.find(os.environ.get("PATH", ""), settings.sandbox_paths),
+                egress=EgressPolicy.from_settings(settings.setup_egress, settings.setup_egress_allow),
             ),
             setup_cache=settings.data_dir / "setup",
             setup_limits=settings.setup_cache,

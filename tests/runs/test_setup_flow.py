@@ -1,5 +1,6 @@
 """`setup` installs what a repository's tests import, with network, before any model is paid; a later run with the
-same manifests reuses it. End to end through real parts: the wheel is built here and installed with --no-index."""
+same manifests reuses it. End to end through real parts: the wheel is built here, served by a package index on
+127.0.0.1 that the operator's NOFX_SETUP_EGRESS_ALLOW names, and pip fetches it through setup's egress proxy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import base64
 import hashlib
 import io
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +24,7 @@ from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
+from tests.support.package_index import Index
 
 CONFIG = ".github/nofx.yml"
 GREET = "from greeting import hello\n\n\ndef greet(name):\n    return hello(name)\n"
@@ -30,18 +34,29 @@ TEST_GREET = (
 )
 SETUP = """\
 setup:
-  - python3 -c "import socket; socket.create_connection(('127.0.0.1', {port}), 5)"
   - python3 -m venv --without-pip "$NOFX_SETUP_DIR"
-  - /usr/bin/python3 -m pip --python "$NOFX_SETUP_DIR/bin/python" install -q --no-index --find-links wheels greeting
+  - /usr/bin/python3 -m pip --python "$NOFX_SETUP_DIR/bin/python" install -q --index-url {index}/simple/ \
+--trusted-host {host} greeting
 setup_cache_key: [requirements.txt]
 gates:
   test: python3 -m unittest -q
 """
 
 
+WHEEL = "greeting-1.0-py3-none-any.whl"
+
+
 @pytest.fixture
-def settings(settings: Settings, llm: AnthropicDouble) -> Settings:
-    return with_model(settings, llm)
+def index(tmp_path: Path) -> Iterator[Index]:
+    """A package index (PEP 503) on 127.0.0.1 serving the wheel: what `pip install` reaches through the proxy."""
+    page = f'<a href="../../files/{WHEEL}">{WHEEL}</a>\n'.encode()
+    with Index.serving(tmp_path / "index", {"simple/greeting/index.html": page, f"files/{WHEEL}": wheel()}) as served:
+        yield served
+
+
+@pytest.fixture
+def settings(settings: Settings, llm: AnthropicDouble, index: Index) -> Settings:
+    return replace(with_model(settings, llm), setup_egress_allow=f"127.0.0.1:{index.port}")
 
 
 pytestmark = pytest.mark.usefixtures("example_installation")
@@ -87,14 +102,10 @@ def test_setup_installs_a_dependency_once_and_a_warm_run_reuses_it(
     git: GitServer,
     llm: AnthropicDouble,
     store: Store,
+    index: Index,
 ) -> None:
-    config = SETUP.format(port=urlsplit(git.base_url).port)  # setup has network; it reaches this server
-    sha = git.commit_many(
-        OWNER,
-        REPO,
-        {"wheels/greeting-1.0-py3-none-any.whl": wheel(), "requirements.txt": "greeting\n", CONFIG: config},
-        branch=BASE,
-    )
+    config = SETUP.format(index=index.url, host=urlsplit(index.url).netloc)
+    sha = git.commit_many(OWNER, REPO, {"requirements.txt": "greeting\n", CONFIG: config}, branch=BASE)
     github.branches[(OWNER, REPO, BASE)] = sha
     github.files[(OWNER, REPO, CONFIG, None)] = config
     script_greet(llm, "greet")
@@ -107,6 +118,9 @@ def test_setup_installs_a_dependency_once_and_a_warm_run_reuses_it(
     steps = {s.name: s for s in queries.steps_of(store, cold.id)}
     assert list(steps)[:2] == ["setup", "generate"]  # before any model call
     assert steps["setup"].output["cached"] is False
+    assert index.paths == ["/simple/greeting/", f"/files/{WHEEL}"]  # through the proxy: the sandbox has no network
+    egress = [e.payload for e in queries.events_of(store, cold.id) if e.type == "setup.egress"]
+    assert egress == [{"step": "setup", "reached": [f"127.0.0.1:{index.port}"], "refused": []}]
     assert "Ran 2 tests" in steps["test"].output["output_tail"]  # test_greet imported the installed package
     comment = github.issue_comments[(OWNER, REPO, 1)][-1]["body"]
     assert "install the dependencies" in comment

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.workspace import isolation as layouts
+from bot.workspace.egress import EgressPolicy
 from bot.workspace.sandbox import GitLayout, Sandbox, WorkspaceTampered, run_command
 from bot.workspace.worktrees import Worktree
 
@@ -151,14 +152,18 @@ def listener() -> Iterator[int]:
 
 
 async def test_network_only_when_asked_for(bwrap: None, tmp_path: Path, listener: int) -> None:
-    """Gates get no network; the setup step (network=True) shares the host's."""
+    """Gates get no network; setup (network=True) reaches out only through its egress proxy, unless the operator's
+    NOFX_SETUP_EGRESS=host shares the host's network (`none`: as a gate)."""
     command = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {listener}), 2)' && echo connected"
 
     offline = await run_command(command, cwd=tmp_path, timeout_s=10)
-    online = await run_command(command, cwd=tmp_path, timeout_s=10, network=True)
+    proxied = await run_command(command, cwd=tmp_path, timeout_s=10, network=True)
+    cut_off = await run_command(command, cwd=tmp_path, timeout_s=10, network=True, egress=EgressPolicy("none"))
+    shared = await run_command(command, cwd=tmp_path, timeout_s=10, network=True, egress=EgressPolicy("host"))
 
-    assert not offline.ok and "connected" not in offline.output
-    assert online.ok and online.output == "connected\n"
+    for result in (offline, proxied, cut_off):
+        assert not result.ok and "connected" not in result.output and "Connection refused" in result.output
+    assert shared.ok and shared.output == "connected\n"
 
 
 async def test_tool_directories_are_visible_read_only(bwrap: None, tmp_path: Path) -> None:
