@@ -10,7 +10,9 @@ process: `--connections` connections for `--duration` seconds after a `--warmup`
 - `serve`: `nofx serve` (web, two workers and the embedded Valkey on this machine).
 
 For nofx it also checks that every delivery answered 202 was recorded (`lost` must be 0) and samples the
-web process's RSS. Usage: .venv/bin/python bench/intake.py [--targets probot,sqlite,postgres,serve]
+web processes' memory (`--web-processes` of them, NOFX_WEB_PROCESSES): the largest sum of their RSS, which counts
+the pages forked processes share once per process, and of their PSS, which splits those between them. CPU per
+delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted). Usage: .venv/bin/python bench/intake.py [--targets probot,sqlite,postgres,serve]
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ class Result:
     refused: int
     errors: int
     recorded: int | None = None
-    rss_mb: float | None = None
+    rss_mb: float | None = None  # the web processes' resident sets added up (shared pages counted in each)
+    pss_mb: float | None = None  # their proportional set sizes added up (shared pages split between them)
+    processes: int = 1
     cpu_us: float | None = None  # CPU time of the server process per request (user + system)
     batch: float | None = None  # deliveries per group commit, on average (nofx's /metrics)
 
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--web-processes", type=int, default=os.cpu_count() or 1, help="NOFX_WEB_PROCESSES")
     parser.add_argument("--redis-url", default=os.environ.get("NOFX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument(
         "--postgres-url",
@@ -158,13 +163,15 @@ class _Load:
     def run(self, target: str, url: str, pid: int) -> Result:
         self._wrk(url, self.args.warmup, f"warm-{uuid.uuid4().hex[:8]}")
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        rss = _RssSampler(pid)
-        cpu_before = _cpu_seconds(pid)
-        batches_before = _batches(url)
+        pids = _web_processes(pid)
+        rss = _MemorySampler(pids)
+        cpu_before = sum(_cpu_seconds(p) for p in pids)
+        # /metrics counts the process that answers it: deliveries per commit only when that is all of them
+        batches_before = _batches(url) if len(pids) == 1 else None
         with rss:
             out = self._wrk(url, self.args.duration, self.prefix)
-        cpu = _cpu_seconds(pid) - cpu_before
-        batches_after = _batches(url)
+        cpu = sum(_cpu_seconds(p) for p in pids) - cpu_before
+        batches_after = _batches(url) if len(pids) == 1 else None
         fields = dict(kv.split("=") for kv in re.search(r"RESULT (.*)", out).group(1).split())  # type: ignore[union-attr]
         return Result(
             target=target,
@@ -174,7 +181,9 @@ class _Load:
             accepted=int(fields["accepted"]),
             refused=int(fields["refused"]),
             errors=int(fields["errors"]),
-            rss_mb=rss.max_mb,
+            rss_mb=rss.max_rss_mb,
+            pss_mb=rss.max_pss_mb,
+            processes=len(pids),
             cpu_us=cpu * 1e6 / max(int(fields["requests"]), 1),
             batch=_mean_batch(batches_before, batches_after),
         )
@@ -189,16 +198,17 @@ class _Load:
         return subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
 
 
-class _RssSampler:
-    """The largest resident set of the web process while the load runs (sampled every 100 ms)."""
+class _MemorySampler:
+    """The largest sums of the web processes' RSS and PSS while the load runs (sampled every 100 ms)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.max_mb = 0.0
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.max_rss_mb = 0.0
+        self.max_pss_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> _RssSampler:
+    def __enter__(self) -> _MemorySampler:
         self._thread.start()
         return self
 
@@ -209,9 +219,24 @@ class _RssSampler:
     def _sample(self) -> None:
         while not self._stop.wait(0.1):
             with contextlib.suppress(OSError, ValueError):
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        self.max_mb = max(self.max_mb, int(line.split()[1]) / 1024)
+                rss = pss = 0
+                for pid in self.pids:
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        name, _, value = line.partition(":")
+                        if name == "Rss":
+                            rss += int(value.split()[0])
+                        elif name == "Pss":
+                            pss += int(value.split()[0])
+                self.max_rss_mb = max(self.max_rss_mb, rss / 1024)
+                self.max_pss_mb = max(self.max_pss_mb, pss / 1024)
+
+
+def _web_processes(pid: int) -> list[int]:
+    """The process and its children forked to serve the same port (same command line): not `serve`'s workers or
+    Valkey, nor Probot's."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid] + [int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes() == command]
 
 
 def _batches(url: str) -> tuple[float, float] | None:
@@ -240,16 +265,12 @@ def _probot(_target: str, workdir: Path, secret: str, _args: argparse.Namespace)
     _install_probot()
     workdir.mkdir(parents=True)
     port = _free_port()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(workdir),
         "NODE_ENV": "production",
         "APP_ID": "1",
-        "PRIVATE_KEY": pem,
+        "PRIVATE_KEY": _private_key(),
         "WEBHOOK_SECRET": secret,
         "PORT": str(port),
         "HOST": "127.0.0.1",
@@ -272,7 +293,7 @@ def _nofx_web(target: str, workdir: Path, secret: str, args: argparse.Namespace)
             database_url = f"sqlite:///{workdir}/nofx.db"
         redis_url = stack.enter_context(_redis(args.redis_url, workdir))
         _seed_installation(database_url)
-        env = {**_nofx_env(workdir, secret, port), "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        env = {**_nofx_env(workdir, secret, port, args), "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         process = stack.enter_context(
             _process([sys.executable, "-m", "bot.cli", "web"], env=env, cwd=workdir, log=workdir / "web.log")
         )
@@ -282,28 +303,37 @@ def _nofx_web(target: str, workdir: Path, secret: str, args: argparse.Namespace)
 
 @contextlib.contextmanager
 def _nofx_serve(
-    _target: str, workdir: Path, secret: str, _args: argparse.Namespace
+    _target: str, workdir: Path, secret: str, args: argparse.Namespace
 ) -> Iterator[tuple[str, int, object]]:
     workdir.mkdir(parents=True)
     port = _free_port()
     database_url = f"sqlite:///{workdir}/data/nofx.db"
     _seed_installation(database_url)
-    env = _nofx_env(workdir, secret, port)
+    env = _nofx_env(workdir, secret, port, args)
     command = [sys.executable, "-m", "bot.cli", "serve", "--workers", "2"]
     with _process(command, env=env, cwd=workdir, log=workdir / "serve.log") as process:
         _wait_http(f"http://127.0.0.1:{port}/readyz")
         yield f"http://127.0.0.1:{port}/webhooks", process.pid, lambda prefix: _count(database_url, prefix)
 
 
-def _nofx_env(workdir: Path, secret: str, port: int) -> dict[str, str]:
+def _nofx_env(workdir: Path, secret: str, port: int, args: argparse.Namespace) -> dict[str, str]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL")
     return {
         **{k: v for k, v in os.environ.items() if k in keep},
         "NOFX_DATA_DIR": str(workdir / "data"),
         "GITHUB_WEBHOOK_SECRET": secret,
         "GITHUB_APP_ID": "1",
+        "GITHUB_PRIVATE_KEY": _private_key(),  # a registered App: several web processes serve only then
+        "NOFX_WEB_PROCESSES": str(args.web_processes),
         "PORT": str(port),
     }
+
+
+def _private_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def _seed_installation(database_url: str) -> None:
@@ -411,6 +441,7 @@ def _free_port() -> int:
 def _line(r: Result) -> str:
     recorded = "" if r.recorded is None else f"  recorded {r.recorded} of {r.accepted} accepted (lost {r.lost})"
     rss = "" if r.rss_mb is None else f"  RSS max {r.rss_mb:.0f} MB"
+    rss += "" if r.pss_mb is None else f" (PSS {r.pss_mb:.0f} MB, {r.processes} process(es))"
     cpu = "" if r.cpu_us is None else f"  CPU {r.cpu_us:.0f} us/delivery"
     cpu += "" if r.batch is None else f"  {r.batch:.1f} deliveries/commit"
     return (

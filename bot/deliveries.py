@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Table, Text, Update, bindparam, cast, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, Update, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -85,50 +82,6 @@ class Recorded:
     status: DeliveryStatus
     reason: str | None
     new: bool
-
-
-def record_all(store: Store, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
-    """Insert deliveries in one transaction, skipping ids already recorded; one answer per delivery, in order.
-
-    Intake's group commit: one round trip to the database for every delivery that arrived meanwhile. Each is
-    recorded as queued (saving a second write; the caller enqueues them next), or as ignored with its reason. A
-    redelivery (an id recorded earlier, or twice in the batch) is reported with its stored status, not new.
-    """
-    now = utcnow()
-    rows: dict[str, dict[str, Any]] = {}
-    for delivery, reason in zip(batch, ignore_reasons, strict=True):
-        if delivery.id not in rows:
-            rows[delivery.id] = {
-                "id": delivery.id,
-                "event": delivery.event,
-                "action": delivery.action,
-                "installation_id": delivery.installation_id,
-                "repository": delivery.repository,
-                "payload": delivery.body,
-                "status": DeliveryStatus.ignored if reason is not None else DeliveryStatus.queued,
-                "reason": reason,
-                "attempts": 0,
-                "received_at": now,
-                "updated_at": now,
-            }
-    with store.engine.begin() as conn:
-        inserted = set(conn.execute(_batch_insert(store.engine.dialect.name), list(rows.values())).scalars())
-        known = [delivery_id for delivery_id in rows if delivery_id not in inserted]
-        stored: dict[str, tuple[Any, str | None]] = {}
-        if known:
-            query = select(Delivery.id, Delivery.status, Delivery.reason).where(col(Delivery.id).in_(known))
-            stored = {row[0]: (row[1], row[2]) for row in conn.execute(query)}
-    answers: list[Recorded] = []
-    claimed: set[str] = set()
-    for delivery in batch:
-        row = rows[delivery.id]
-        if delivery.id in inserted and delivery.id not in claimed:  # the first copy in the batch is the new one
-            claimed.add(delivery.id)
-            answers.append(Recorded(row["status"], row["reason"], new=True))
-        else:
-            status, reason = stored.get(delivery.id, (row["status"], row["reason"]))
-            answers.append(Recorded(DeliveryStatus(status), reason, new=False))
-    return answers
 
 
 def record_or_ignore(store: Store, delivery: Delivery, ignore_reason: str | None) -> tuple[Delivery, bool]:
@@ -242,21 +195,6 @@ def mark_all_received(store: Store, delivery_ids: list[str]) -> None:
     )
     with store.engine.begin() as conn:
         conn.execute(statement)
-
-
-@functools.cache
-def _batch_insert(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id, in the store's dialect (SQLite or PostgreSQL).
-
-    The payload is bound as the JSON text it arrived as (PostgreSQL casts it to its JSON type), not as a dict
-    for the column type to serialise again.
-    """
-    table = Delivery.__table__  # type: ignore[attr-defined]
-    values: dict[str, Any] = {column.name: bindparam(column.name, type_=column.type) for column in table.columns}
-    body = bindparam("payload", type_=Text)
-    values["payload"] = cast(body, JSON) if dialect == "postgresql" else body
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    return insert(table).values(values).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
 
 
 def _move(

@@ -56,6 +56,7 @@ class Settings:
     public_url: str | None = None
     webhook_proxy_url: str | None = None  # a smee.io-style channel `serve` relays deliveries from
     port: int = 3000
+    web_processes: int = 1  # NOFX_WEB_PROCESSES: processes serving the web port (0: one per core)
     memory_keys: tuple[str, ...] = field(default=(), repr=False)  # Fernet keys; the first encrypts, all decrypt
     memory_ttl_days: int = 30  # the longest any thread memory is kept; a repository may ask for less
     run_limits: RunLimits = RunLimits()
@@ -95,6 +96,7 @@ class Settings:
             public_url=(env.get("NOFX_PUBLIC_URL") or "").rstrip("/") or None,
             webhook_proxy_url=env.get("WEBHOOK_PROXY_URL") or None,
             port=_port(env.get("PORT") or "3000"),
+            web_processes=_count("NOFX_WEB_PROCESSES", env, 1) or os.cpu_count() or 1,
             memory_keys=_memory_keys(env.get("NOFX_MEMORY_KEYS") or ""),
             memory_ttl_days=_ttl_days(env.get("NOFX_MEMORY_TTL_DAYS") or "30"),
             sandbox=_sandbox(env.get("NOFX_SANDBOX") or "bwrap"),

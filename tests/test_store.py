@@ -22,6 +22,7 @@ from bot.queue import WorkQueue
 from bot.runs.engine import Engine
 from bot.settings import Settings
 from bot.store import Store, upsert
+from bot.web.sqlite_intake import SqliteRecorder
 from tests.support.payloads import load_payload
 
 
@@ -169,9 +170,11 @@ def test_a_store_that_checkpoints_in_a_thread_leaves_it_out_of_commits(tmp_path:
     store.create_all()
     payload = load_payload("issue_comment.created")
     body = json.dumps(payload)
+    record = SqliteRecorder(store)  # the intake's writer, on a connection from the store's pool
     for batch in range(10):  # ~5 MB: SQLite's own checkpoint would have run at 1,000 pages (4 MB)
         rows = [deliveries.incoming(f"c-{batch}-{n}", "issue_comment", payload, body) for n in range(35)]
-        deliveries.record_all(store, rows, [None] * len(rows))
+        record(rows, [None] * len(rows))
+    record.close()
 
     frames, copied = store.checkpoint()
 

@@ -145,25 +145,14 @@ def _serve(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor
 
 
 def _web(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:
-    import uvicorn
-
     from bot.cli.serve import announce_setup_code
-    from bot.web.app import create_app
-    from bot.web.corked_http import CorkedHttpToolsProtocol
+    from bot.cli.web_server import WebProcesses
 
-    settings = _with_queue(settings)
-    app = create_app(settings)
-    announce_setup_code(app, settings, args.host)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,  # the app writes it (`bot.web.app.App`)
-        http=CorkedHttpToolsProtocol,
-        proxy_headers=True,
-    )
-    return 0
+    web = WebProcesses(_with_queue(settings), args.host)
+    web.start()
+    app = web.app()
+    announce_setup_code(app, web.settings, args.host)
+    return web.serve(app)
 
 
 def _worker(args: argparse.Namespace, settings: Settings, redactor: logs.Redactor) -> int:

@@ -11,14 +11,12 @@ import threading
 import time
 from dataclasses import replace
 
-import uvicorn
 from starlette.applications import Starlette
 
+from bot.cli.web_server import WebProcesses
 from bot.queue import die_with_parent, start_embedded_valkey
 from bot.settings import Settings
 from bot.store import Store
-from bot.web.app import create_app
-from bot.web.corked_http import CorkedHttpToolsProtocol
 from bot.web.guards import setup_url
 from bot.web.webhook_proxy import ChannelRelay, relay_target
 
@@ -34,12 +32,16 @@ WORKER_NICENESS = 10
 def serve(settings: Settings, *, host: str, workers: int) -> int:
     """Run until SIGINT/SIGTERM; a worker that dies is restarted with backoff."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    Store(settings.database_url).create_all()
+    store = Store(settings.database_url)
+    store.create_all()
+    store.dispose()  # the web processes fork next: they hold no connection of ours
     valkey = None
     if not settings.redis_url:
         valkey = start_embedded_valkey(settings.data_dir)
         settings = replace(settings, redis_url=valkey.url)
         log.info("embedded Valkey started on %s (password in %s)", valkey.socket, valkey.socket.parent / "password")
+    web = WebProcesses(settings, host)
+    web.start()  # forks the other web processes before this one starts threads
     pool = WorkerPool(settings, size=max(workers, 0))
     pool.start()
     relay = None
@@ -48,30 +50,21 @@ def serve(settings: Settings, *, host: str, workers: int) -> int:
         relay.start()
         log.info("relaying deliveries from the webhook proxy channel (WEBHOOK_PROXY_URL)")
     try:
-        app = create_app(settings)
+        app = web.app()
         announce_setup_code(app, settings, host)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,  # the app writes it (`bot.web.app.App`)
-            http=CorkedHttpToolsProtocol,
-            proxy_headers=True,
-        )
         log.info("serving on http://%s:%s", host, settings.port)
         # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler
         # underneath lets that happen without killing us before the workers and Valkey stop.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda _sig, _frame: None)
-        uvicorn.Server(config).run()
+        code = web.serve(app)
     finally:
         if relay is not None:
             relay.stop.set()
         pool.stop()
         if valkey is not None:
             valkey.stop()
-    return 0
+    return code
 
 
 def announce_setup_code(app: Starlette, settings: Settings, host: str) -> None:

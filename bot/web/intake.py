@@ -28,6 +28,7 @@ from bot.queue import WorkQueue
 from bot.store import Store
 from bot.web.group_commit import GroupCommit
 from bot.web.postgres_intake import PostgresRecorder
+from bot.web.sqlite_intake import SqliteRecorder
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
 # Body bytes held at once across requests until their signature is checked: one body at the cap, plus room for
@@ -112,18 +113,17 @@ class Intake:
     ignore_reason: Callable[[deliveries.Incoming], str | None]
     body_budget: BodyBudget = field(default_factory=lambda: BodyBudget(IN_FLIGHT_BODY_BYTES))
     group: GroupCommit[deliveries.Incoming, deliveries.Recorded] = field(init=False)
-    # PostgreSQL's batches go through connections of their own with one fixed statement; SQLite's through the store.
-    postgres: PostgresRecorder | None = field(init=False)
+    # Batches go through connections of the intake's own, past the ORM (bot.web.sqlite_intake, postgres_intake).
+    recorder: PostgresRecorder | SqliteRecorder = field(init=False)
 
     def __post_init__(self) -> None:
         dialect = self.store.engine.dialect.name
         self.group = GroupCommit(self._write, writers=CONCURRENT_WRITES.get(dialect, 1))
-        self.postgres = PostgresRecorder(self.store) if dialect == "postgresql" else None
+        self.recorder = PostgresRecorder(self.store) if dialect == "postgresql" else SqliteRecorder(self.store)
 
     def close(self) -> None:
         """Close the intake's own database connections (at the app's shutdown)."""
-        if self.postgres is not None:
-            self.postgres.close()
+        self.recorder.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -188,10 +188,7 @@ class Intake:
         two steps loses nothing.
         """
         reasons = [self.ignore_reason(delivery) for delivery in batch]
-        if self.postgres is not None:
-            answers = self.postgres(batch, reasons)
-        else:
-            answers = deliveries.record_all(self.store, batch, reasons)
+        answers = self.recorder(batch, reasons)
         self.metrics.intake_batch.observe(len(batch))
         new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
         # Recorded earlier but never enqueued (the queue was down then): enqueue now.

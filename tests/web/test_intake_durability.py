@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,11 @@ async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_swee
         assert row is not None and row.status == DeliveryStatus.received  # the sweeper enqueues these
 
 
-def test_a_202_survives_kill_9_of_the_web_process_right_after_the_answer(
-    tmp_path: Path, settings: Settings, redis_url: str
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_202_survives_kill_9_of_the_web_processes_right_after_the_answer(
+    tmp_path: Path, settings: Settings, redis_url: str, queue: WorkQueue, processes: int
 ) -> None:
+    """With NOFX_WEB_PROCESSES=2 any of the processes may answer: all are killed at once after the 202."""
     database = tmp_path / "durable.db"
     store = Store(f"sqlite:///{database}")
     store.create_all()
@@ -105,22 +108,71 @@ def test_a_202_survives_kill_9_of_the_web_process_right_after_the_answer(
     body = json.dumps(payload).encode()
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="survivor")
 
-    with _web(tmp_path, settings, redis_url, database) as (base, process):
+    with _web(tmp_path, settings, redis_url, database, processes=processes) as (base, process):
+        web = _web_processes(process.pid)
+        assert len(web) == processes
         answer = httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10)
-        os.kill(process.pid, signal.SIGKILL)
+        for pid in web:
+            os.kill(pid, signal.SIGKILL)
         assert answer.status_code == 202 and answer.json()["status"] == "queued"
     process.wait(timeout=10)
 
     row = deliveries.get(store, "survivor")
     assert row is not None and row.status == DeliveryStatus.queued and row.payload == payload
-    assert WorkQueue.from_url(redis_url).intake_waiting() == ["survivor"]
+    assert queue.intake_waiting() == ["survivor"]
 
-    with _web(tmp_path, settings, redis_url, database) as (base, _process):
-        again = httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10)
-    assert again.status_code == 202 and again.json()["status"] == "duplicate"
+    with _web(tmp_path, settings, redis_url, database, processes=processes) as (base, _process):
+        again = [httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10) for _ in range(4)]
+    assert [a.status_code for a in again] == [202] * 4
+    assert {a.json()["status"] for a in again} == {"duplicate"}
     with store.session() as session:
         assert session.exec(select(func.count()).select_from(Delivery)).one() == 1
     store.dispose()
+
+
+def test_web_processes_record_each_delivery_once_whichever_answers(
+    tmp_path: Path, settings: Settings, redis_url: str, queue: WorkQueue
+) -> None:
+    """Two web processes, each with its own group commit writer on one SQLite file: deliveries and their
+    redeliveries sent at once on separate connections are each recorded and enqueued once."""
+    database = tmp_path / "shared.db"
+    store = Store(f"sqlite:///{database}")
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    with store.session() as session:
+        session.add(Installation(id=payload["installation"]["id"], account_login="Codertocat"))
+    body = json.dumps(payload).encode()
+    ids = [f"shared-{n}" for n in range(40)]
+    sent = ids * 3  # every delivery three times, on different connections
+
+    def post(delivery_id: str) -> httpx.Response:
+        headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id=delivery_id)
+        with httpx.Client(base_url=base) as client:  # a connection of its own: the kernel picks the process
+            return client.post("/webhooks", content=body, headers=headers, timeout=30)
+
+    with _web(tmp_path, settings, redis_url, database, processes=2) as (base, process):
+        assert len(_web_processes(process.pid)) == 2
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, sent))
+
+    assert [a.status_code for a in answers] == [202] * len(sent)
+    statuses = [a.json()["status"] for a in answers]
+    assert statuses.count("queued") == len(ids) and statuses.count("duplicate") == 2 * len(ids)
+    with store.session() as session:
+        assert session.exec(select(func.count()).select_from(Delivery)).one() == len(ids)
+    assert sorted(queue.intake_waiting()) == sorted(ids)
+    store.dispose()
+
+
+def test_the_web_stops_when_one_of_its_processes_dies(tmp_path: Path, settings: Settings, redis_url: str) -> None:
+    """A process lost is a web serving with less than it was told: it stops, as one process would, for its
+    supervisor to start it again."""
+    database = tmp_path / "lost.db"
+    Store(f"sqlite:///{database}").create_all()
+    with _web(tmp_path, settings, redis_url, database, processes=2) as (_base, process):
+        child = next(pid for pid in _web_processes(process.pid) if pid != process.pid)
+        os.kill(child, signal.SIGKILL)
+        assert process.wait(timeout=30) == 1
 
 
 def test_unsigned_bodies_in_flight_are_bounded_and_signed_deliveries_still_get_in(
@@ -176,9 +228,9 @@ def test_unsigned_bodies_in_flight_are_bounded_and_signed_deliveries_still_get_i
 
 @contextlib.contextmanager
 def _web(
-    tmp_path: Path, settings: Settings, redis_url: str, database: Path
+    tmp_path: Path, settings: Settings, redis_url: str, database: Path, *, processes: int = 1
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`nofx web` as a real process on SQLite and the test's queue server."""
+    """`nofx web` as a real process (and its `processes - 1` forked ones) on SQLite and the test's queue server."""
     port = _free_port()
     env = {
         **os.environ,
@@ -186,6 +238,9 @@ def _web(
         "DATABASE_URL": f"sqlite:///{database}",
         "REDIS_URL": redis_url,
         "GITHUB_WEBHOOK_SECRET": settings.webhook_secret or "",
+        "GITHUB_APP_ID": settings.app_id or "",
+        "GITHUB_PRIVATE_KEY": settings.private_key or "",
+        "NOFX_WEB_PROCESSES": str(processes),
         "PORT": str(port),
     }
     with (tmp_path / "web.log").open("ab") as log:
@@ -197,7 +252,8 @@ def _web(
             deadline = time.monotonic() + 30
             while True:
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    answered = httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+                    if answered and len(_web_processes(process.pid)) == processes:
                         break
                 if time.monotonic() > deadline or process.poll() is not None:
                     pytest.fail(f"nofx web did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
@@ -206,7 +262,14 @@ def _web(
         finally:
             if process.poll() is None:
                 process.terminate()
-                process.wait(timeout=15)
+                process.wait(timeout=30)
+
+
+def _web_processes(pid: int) -> list[int]:
+    """The web process and the processes it forked to serve the same port."""
+    with contextlib.suppress(OSError):
+        return [pid] + [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
 
 
 def _free_port() -> int:

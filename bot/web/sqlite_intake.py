@@ -1,0 +1,100 @@
+"""Intake's group commit on SQLite: one multi-row INSERT per batch, straight on a sqlite3 connection of its own.
+
+Through SQLAlchemy's executemany a batch of eight 14 KB deliveries cost ~170 µs of CPU per delivery,
+two thirds of it building, compiling and binding the statement; SQLite's own work is the rest. Here the statement
+is one fixed text per batch size (sqlite3 caches it prepared) bound with plain tuples, on one connection the
+intake keeps (from the store's pool, so with the store's pragmas: WAL, busy timeout, no automatic checkpoint in
+the web). The transaction starts with `BEGIN IMMEDIATE`: with several web processes, a writer waits for the write
+lock on the busy timeout, where a deferred transaction upgrading to a write could fail at once as busy.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from typing import Any
+
+from bot.deliveries import Incoming, Recorded
+from bot.models import DeliveryStatus, utcnow
+from bot.store import Store
+
+_COLUMNS = "id, event, action, installation_id, repository, payload, status, reason, attempts, received_at, updated_at"
+# How SQLAlchemy's SQLite DateTime stores a time (naive UTC text), so the ORM reads these rows like its own.
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class SqliteRecorder:
+    """Records a group commit's batch: a row per new id, and one answer per delivery, in order.
+
+    Used by one group commit writer at a time (SQLite has a single writer), from whichever thread runs it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pooled: Any = None  # the pool's wrapper around the connection, given back at `close`
+
+    def __call__(self, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
+        if self._pooled is None:
+            self._pooled = self._store.engine.raw_connection()
+        conn: sqlite3.Connection = self._pooled.driver_connection
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            answers = _record(conn, batch, ignore_reasons)
+            conn.commit()
+        except BaseException:
+            self._discard()
+            raise
+        return answers
+
+    def close(self) -> None:
+        if self._pooled is not None:
+            self._pooled.close()
+            self._pooled = None
+
+    def _discard(self) -> None:
+        """After a failed batch: roll back, and drop the connection whose state is unknown."""
+        pooled, self._pooled = self._pooled, None
+        try:
+            pooled.driver_connection.rollback()
+        finally:
+            pooled.invalidate()
+
+
+def _record(conn: sqlite3.Connection, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
+    first: dict[str, tuple[Incoming, str | None]] = {}
+    for delivery, reason in zip(batch, ignore_reasons, strict=True):
+        first.setdefault(delivery.id, (delivery, reason))
+    now = utcnow().strftime(_TIME_FORMAT)
+    values: list[Any] = []
+    for delivery, reason in first.values():
+        status = DeliveryStatus.queued if reason is None else DeliveryStatus.ignored
+        values += (delivery.id, delivery.event, delivery.action, delivery.installation_id, delivery.repository)
+        values += (delivery.body, status.value, reason, 0, now, now)
+    inserted = {row[0] for row in conn.execute(_insert(len(first)), values)}
+    known = [delivery_id for delivery_id in first if delivery_id not in inserted]
+    stored: dict[str, tuple[str, str | None]] = {}
+    if known:
+        query = f"SELECT id, status, reason FROM delivery WHERE id IN ({', '.join('?' * len(known))})"  # noqa: S608 (placeholders only)
+        stored = {row[0]: (row[1], row[2]) for row in conn.execute(query, known)}
+    answers: list[Recorded] = []
+    claimed: set[str] = set()
+    for delivery in batch:
+        reason = first[delivery.id][1]
+        own = (DeliveryStatus.queued if reason is None else DeliveryStatus.ignored).value, reason
+        if delivery.id in inserted and delivery.id not in claimed:  # the first copy in the batch is the new one
+            claimed.add(delivery.id)
+            answers.append(Recorded(DeliveryStatus(own[0]), reason, new=True))
+        else:
+            status, stored_reason = stored.get(delivery.id, own)
+            answers.append(Recorded(DeliveryStatus(status), stored_reason, new=False))
+    return answers
+
+
+@functools.cache
+def _insert(rows: int) -> str:
+    """The batch's INSERT for `rows` rows: one text per batch size, so sqlite3's statement cache keeps it."""
+    row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    return (
+        f"INSERT INTO delivery ({_COLUMNS}) VALUES {', '.join([row] * rows)} "  # noqa: S608 (placeholders only)
+        "ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
