@@ -32,6 +32,9 @@ WORK_LANE = (STEPS_QUEUE, REVIEWS_QUEUE, QUEUE_NAME, REPORTS_QUEUE)
 DISPATCH_JOB = "bot.worker.jobs.dispatch"
 INTAKE_LIST = "nofx:intake"  # ids of deliveries the web recorded, for a worker to turn into dispatch jobs
 INTAKE_TAKE = 500  # ids one worker takes from the intake list at a time
+INTAKE_TAKEN = "nofx:intake:taken:"  # + a dispatch lane's id: the intake ids it is routing, removed when done
+LANE_ALIVE = "nofx:lane:alive:"  # + a dispatch lane's id: refreshed while it lives; its taken ids stay its own
+LANE_ALIVE_TTL_S = 20
 DISPATCH_TIMEOUT_S = 300
 STEP_JOB = "bot.worker.jobs.run_step"
 REPORT_JOB = "bot.worker.jobs.publish_run"
@@ -117,6 +120,40 @@ class WorkQueue:
     def intake_waiting(self) -> list[str]:
         """Delivery ids on the intake list, not turned into dispatch jobs yet, oldest first."""
         return [_text(raw) for raw in self.redis.lrange(INTAKE_LIST, 0, -1)]
+
+    def take_delivery(self, lane_id: str, wait_s: int) -> str | None:
+        """The oldest intake id, moved onto the lane's taken list in one step (BLMOVE), so a lane that dies
+        holding it leaves it where the sweeper finds it; None when none came within `wait_s`."""
+        raw = self.redis.blmove(INTAKE_LIST, INTAKE_TAKEN + lane_id, wait_s, "LEFT", "RIGHT")
+        return None if raw is None else _text(raw)
+
+    def drop_taken(self, lane_id: str, delivery_id: str) -> None:
+        """The lane is done with a delivery it took (routed, or left to the database's status for the sweeper)."""
+        self.redis.lrem(INTAKE_TAKEN + lane_id, 1, delivery_id)
+
+    def keep_lane_alive(self, lane_id: str) -> None:
+        self.redis.set(LANE_ALIVE + lane_id, "1", ex=LANE_ALIVE_TTL_S)
+
+    def end_lane(self, lane_id: str) -> None:
+        """A lane that stopped cleanly: what it still holds (nothing, normally) goes back at the next sweep."""
+        self.redis.delete(LANE_ALIVE + lane_id)
+
+    def intake_taken(self) -> list[str]:
+        """Delivery ids the dispatch lanes have taken and not finished."""
+        keys = list(self.redis.scan_iter(f"{INTAKE_TAKEN}*", count=100))
+        return [_text(raw) for key in keys for raw in self.redis.lrange(key, 0, -1)]
+
+    def reclaim_taken(self) -> list[str]:
+        """Put the ids held by dispatch lanes that stopped (killed: their heartbeat expired) back at the head of the
+        intake list, oldest first; returns them. Several sweepers may do this at once: LMOVE moves each id once."""
+        reclaimed: list[str] = []
+        for key in self.redis.scan_iter(f"{INTAKE_TAKEN}*", count=100):
+            lane_id = _text(key).removeprefix(INTAKE_TAKEN)
+            if self.redis.exists(LANE_ALIVE + lane_id):
+                continue
+            while (raw := self.redis.lmove(key, INTAKE_LIST, "RIGHT", "LEFT")) is not None:
+                reclaimed.insert(0, _text(raw))
+        return reclaimed
 
     def enqueue_dispatches(self, delivery_ids: list[str]) -> None:
         """Queue the routing of each recorded delivery, in one round trip."""

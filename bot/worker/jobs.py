@@ -9,6 +9,7 @@ from rq import get_current_job
 
 from bot import deliveries, logs
 from bot.events import router as events
+from bot.events.context import EventContext
 from bot.models import DeliveryStatus, ReviewPass
 from bot.review import passes
 from bot.runs import queries, report, search_texts
@@ -133,8 +134,9 @@ def clean_up_workspaces() -> None:
     log.info("workspaces cleaned", extra=logs.fields(removed=len(removed), evicted=len(evicted)))
 
 
-async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus | None:
-    """Claim, dispatch and record the outcome; failures are recorded on the delivery for replay."""
+async def route_delivery(runtime: Runtime, delivery_id: str, ctx: EventContext | None = None) -> DeliveryStatus | None:
+    """Claim, dispatch and record the outcome; failures are recorded on the delivery for replay. `ctx`: the
+    routers' dependencies for the running loop (a dispatch lane's routing thread), else the runtime's."""
     delivery = deliveries.claim(runtime.store, delivery_id)
     if delivery is None:
         log.info("delivery not claimable (unknown, taken or finished)", extra=logs.fields(delivery_id=delivery_id))
@@ -146,7 +148,7 @@ async def route_delivery(runtime: Runtime, delivery_id: str) -> DeliveryStatus |
         repo=delivery.repository,
     ):
         try:
-            ignored = await events.dispatch(delivery, runtime.context())
+            ignored = await events.dispatch(delivery, ctx or runtime.context())
         except Exception as exc:
             reason = runtime.redactor.redact(f"{type(exc).__name__}: {exc}")
             log.exception("delivery failed; `nofx replay %s` routes it again", delivery.id)

@@ -1,7 +1,9 @@
-"""The dispatch lane: a process of its own beside each worker, so deliveries never wait behind steps or reviews."""
+"""The dispatch lane: a process of its own beside each worker, so deliveries never wait behind steps or reviews, and
+at a higher CPU priority than them."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import sys
 from bot.queue import die_with_parent
 
 STOP_GRACE_S = 10
+WORK_LANE_NICENESS = 5  # below its dispatch lane; `nofx serve` nices both below the web already
 
 
 class LaneProcess:
@@ -29,6 +32,11 @@ class LaneProcess:
 
 
 def dispatch_lane_process() -> LaneProcess:
-    """Start the dispatch lane with this process's environment (REDIS_URL, DATABASE_URL, …)."""
+    """Start the dispatch lane with this process's environment (REDIS_URL, DATABASE_URL, …), then yield the CPU
+    to it: this process, the work lane (steps, reviews and the commands they run), runs niced from now on, so
+    under a burst routing deliveries wins the CPU. Call it before starting threads (Linux nices per thread; new
+    threads and child processes inherit)."""
     command = [sys.executable, "-m", "bot.cli", "worker", "--lane", "dispatch"]
-    return LaneProcess(subprocess.Popen(command, preexec_fn=die_with_parent))
+    lane = LaneProcess(subprocess.Popen(command, preexec_fn=die_with_parent))
+    os.nice(WORK_LANE_NICENESS)
+    return lane

@@ -20,6 +20,7 @@ from bot.review.pass_records import restart_abandoned
 from bot.runs import ci_wait, memory, queries, records
 from bot.runs.transitions import TransitionError
 from bot.worker import jobs, startup
+from bot.worker.routing import RoutingThreads
 from bot.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,15 @@ def run_worker(
     max_jobs: int | None = None,
     lane: tuple[str, ...] = WORK_LANE,
     maintenance: bool = True,
+    fan_out: bool = True,
 ) -> None:
     """Serve the lane's queues until stopped. Jobs run in this process so token caches and the loop stay warm.
 
     The work lane takes steps and reviews in turn (round robin), and deliveries and reports when neither waits;
-    the dispatch lane takes only deliveries and reports. `maintenance` runs the start-up
-    sync, the sweeper and the scheduler beside it (one lane per worker needs them).
+    the dispatch lane takes only deliveries and reports, and (unless in burst mode) routes the intake list's
+    deliveries on threads of its own, many at once (`bot.worker.routing`). `maintenance` runs the start-up
+    sync, the sweeper and the scheduler beside it (one lane per worker needs them), and with `fan_out` the
+    intake thread that turns intake ids into dispatch jobs: for a work lane with no dispatch lane beside it.
     """
     jobs.use_runtime(runtime)
     runtime.store.create_all()
@@ -84,9 +88,13 @@ def run_worker(
         startup.start_in_background(runtime)
         threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
         threading.Thread(target=_schedule_forever, args=(runtime, stop), name="scheduler", daemon=True).start()
-        threading.Thread(target=_fan_out_forever, args=(runtime, stop), name="intake", daemon=True).start()
+        if fan_out:
+            threading.Thread(target=_fan_out_forever, args=(runtime, stop), name="intake", daemon=True).start()
     elif maintenance:
         runtime.queue.fan_out_intake()  # a burst serves what is waiting, deliveries the web recorded included
+    routing = RoutingThreads(runtime) if lane == DISPATCH_LANE and not burst else None
+    if routing is not None:
+        routing.start()
     worker = Worker(runtime.queue.lane(lane), connection=runtime.queue.redis)
     try:
         # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
@@ -100,11 +108,19 @@ def run_worker(
         )
     finally:
         stop.set()
+        if routing is not None:
+            routing.stop()  # after RQ's warm shutdown (SIGTERM): the deliveries being routed are finished
 
 
 def sweep(runtime: Runtime) -> list[str]:
-    """Enqueue deliveries that were recorded while the queue was down; returns their ids."""
+    """Enqueue deliveries that were recorded while the queue was down; returns their ids. Intake ids a killed
+    dispatch lane held go back on the intake list first."""
     memory.purge_expired(runtime.store)
+    for delivery_id in runtime.queue.reclaim_taken():
+        log.warning(
+            "delivery taken by a dispatch lane that stopped; back on the intake list",
+            extra=logs.fields(delivery_id=delivery_id),
+        )
     for delivery_id in deliveries.fail_abandoned(runtime.store, ABANDONED_AFTER):
         log.warning("delivery abandoned by its worker; marked failed", extra=logs.fields(delivery_id=delivery_id))
     for pass_id in restart_abandoned(runtime.store, runtime.queue, ABANDONED_REVIEW_AFTER):
@@ -114,8 +130,8 @@ def sweep(runtime: Runtime) -> list[str]:
         for delivery_id in deliveries.stale_queued(runtime.store, LOST_JOB_AFTER)
         if not runtime.queue.job_exists(dispatch_job_id(delivery_id))
     ]
-    if lost:  # still on the intake list (its workers are slow or down) is not lost
-        waiting = set(runtime.queue.intake_waiting())
+    if lost:  # still on the intake list (its workers are slow or down) or being routed is not lost
+        waiting = set(runtime.queue.intake_waiting()) | set(runtime.queue.intake_taken())
         lost = [delivery_id for delivery_id in lost if delivery_id not in waiting]
     stale = deliveries.stale_received(runtime.store, STALE_AFTER) + lost
     for delivery_id in stale:

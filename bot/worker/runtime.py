@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,16 +49,7 @@ class Runtime:
         self.redactor = redactor or Redactor(settings.secrets)
         self.store = Store(settings.database_url, run_limits=settings.run_limits)
         self.queue = WorkQueue.from_url(settings.redis_url)
-        self.github = (
-            GitHubApp.from_settings(
-                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.shared)
-            )
-            if settings.app_configured
-            else None
-        )
-        self.llm = LLM.from_settings(
-            settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact
-        )
+        self.github, self.llm = self.loop_clients()
         self.engine = Engine(
             self.store,
             self.queue,
@@ -83,12 +75,28 @@ class Runtime:
         )
         self._runner = asyncio.Runner()
         self._search_index: SearchIndex | None = None
+        self._opening_index = threading.Lock()  # the dispatch lane's routing threads plan at once
+
+    def loop_clients(self) -> tuple[GitHubApp | None, LLM | None]:
+        """A GitHub App client and a model client for one event loop (their connection pools and locks belong
+        to the loop that first uses them): the runtime's own, and one per routing thread of a dispatch lane."""
+        settings = self.settings
+        github = (
+            GitHubApp.from_settings(
+                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.shared)
+            )
+            if settings.app_configured
+            else None
+        )
+        llm = LLM.from_settings(settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact)
+        return github, llm
 
     def search_index(self) -> SearchIndex:
         """The semantic index, opened (and its model loaded) by the first job that needs it."""
-        if self._search_index is None:
-            self._search_index = SearchIndex.open(self.settings, embedder_for(self.settings))
-        return self._search_index
+        with self._opening_index:
+            if self._search_index is None:
+                self._search_index = SearchIndex.open(self.settings, embedder_for(self.settings))
+            return self._search_index
 
     def semantic_search_of(self, run: Run) -> SemanticSearch:
         """Code generation's view of the semantic index: the run's repository only, as `path:start-end` lines."""

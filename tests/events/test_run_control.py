@@ -332,9 +332,9 @@ def test_a_worker_killed_mid_step_leaves_no_run_stuck(
 
 
 class background_worker:
-    """A real `nofx worker` process on the test's queue and database."""
+    """A real `nofx worker` process on the test's queue and database (`--lane dispatch`: only a dispatch lane)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "NOFX_", "ANTHROPIC_", "OPENAI_"))}
         env.update(
             {
@@ -350,7 +350,7 @@ class background_worker:
         )
         self.log = (settings.data_dir.parent / "worker.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "worker"],
+            [sys.executable, "-m", "bot.cli", "worker", *args],
             env=env,
             cwd=settings.data_dir.parent,
             stdout=self.log,
@@ -361,10 +361,25 @@ class background_worker:
         return self.proc
 
     def __exit__(self, *_: object) -> None:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        lanes = [Path(f"/proc/{pid}") for pid in (children.read_text().split() if children.exists() else [])]
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        # Its dispatch lane stops with it (SIGTERM on the parent's death), finishing what it routes: the next
+        # test's deliveries on the same queue must not reach it.
+        deadline = time.monotonic() + 30
+        while any(_running(lane) for lane in lanes) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.log.close()
+
+
+def _running(process: Path) -> bool:
+    """The process exists and is not a zombie (an orphan's reaper may be slow, or not reap at all)."""
+    try:
+        return (process / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def wait_for_running(store: Store, name: str) -> Run:

@@ -189,6 +189,7 @@ class GitHubDouble(CiResources):
         self._calls: list[Call] = []
         self._canned: dict[tuple[str, str], list[_Canned]] = {}
         self._handlers: dict[tuple[str, str], Handler] = {}
+        self._gates: dict[tuple[str, str], Callable[[], None]] = {}
 
         self.violations: list[Violation] = []
         self._init_resources()
@@ -256,6 +257,12 @@ class GitHubDouble(CiResources):
         with self._lock:
             self._handlers[self._key(method, template)] = fn
 
+    def gate(self, method: str, template: str, wait: Callable[[], None]) -> None:
+        """Call `wait` before answering each request of an operation, outside the double's lock (which answers one
+        request at a time), so it may block: concurrency tests hold requests until enough are in flight."""
+        with self._lock:
+            self._gates[self._key(method, template)] = wait
+
     # ------------------------------------------------------------ inspecting it
 
     def calls(self, method: str | None = None, template: str | None = None) -> list[Call]:
@@ -285,6 +292,7 @@ class GitHubDouble(CiResources):
 
     def dispatch(self, method: str, target: str, headers: dict[str, str], raw_body: bytes) -> Reply:
         """Answer one HTTP request (the server thread calls this; tests rarely need to)."""
+        self._pass_gate(method.upper(), target)
         with self._lock:
             try:
                 reply, call = self._dispatch(method.upper(), target, headers, raw_body)
@@ -293,6 +301,15 @@ class GitHubDouble(CiResources):
                 return Reply(500, error_body(500))
             call.status, call.response = reply.status, reply.json
             return reply
+
+    def _pass_gate(self, method: str, target: str) -> None:
+        with self._lock:
+            gates = dict(self._gates)
+        matched = self.spec.match(method, urlsplit(target).path.removeprefix(self.path_prefix)) if gates else None
+        if matched is not None:
+            wait = gates.get((matched[0].method, openapi.normalize_template(matched[0].template)))
+            if wait is not None:
+                wait()
 
     def _dispatch(self, method: str, target: str, headers: dict[str, str], raw_body: bytes) -> tuple[Reply, Call]:
         split = urlsplit(target)

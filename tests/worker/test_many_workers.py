@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,13 +22,16 @@ from rq import Worker
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from bot.models import RunStatus, StepStatus
+from bot import deliveries
+from bot.models import DeliveryStatus, RunStatus, StepStatus
 from bot.queue import DISPATCH_LANE, STEPS_QUEUE
 from bot.runs import queries
 from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
+from bot.worker.lanes import WORK_LANE_NICENESS
 from bot.worker.loop import reap, run_worker
+from bot.worker.routing import RoutingThreads
 from bot.worker.runtime import Runtime
 from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
 from tests.events.test_run_control import background_worker, gate, only_run, plan, step_named, use_gates
@@ -37,6 +41,7 @@ from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 
+REACTIONS = "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"
 # A venv with a script that names its interpreter by absolute path, as pip's console scripts do.
 SETUP_VENV = """\
 setup:
@@ -250,3 +255,124 @@ def test_a_gate_on_another_worker_gets_the_setup_made_on_the_first_from_the_shar
     assert list((other.settings.data_dir / "setup").glob(f"*/*/*/{setup.output['key']}/.nofx-setup.json"))
     output = step_named(store, run, "test").output["output_tail"]
     assert "hello from the venv" in output and "Ran 2 tests" in output
+
+
+class HeldReactions:
+    """The GitHub double's 👀 call, held until `release` (or 120 s): counts how many deliveries are routed at once."""
+
+    def __init__(self, github: GitHubDouble) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.held = 0
+        github.gate("POST", REACTIONS, self._hold)
+
+    def _hold(self) -> None:
+        with self._lock:
+            self.held += 1
+        self.release.wait(timeout=120)
+
+
+def _help_requests(deliver: Deliverer, git: GitServer, count: int) -> dict[str, int]:
+    """`count` `/nofx help` comments on as many issues, delivered through the web's intake: comment id by delivery."""
+    sent = {}
+    for n in range(1, count + 1):
+        payload = ask(git, "/nofx help", number=n)
+        payload["comment"]["id"] += n
+        deliver("issue_comment", payload, delivery_id=f"burst-{n}")
+        sent[f"burst-{n}"] = payload["comment"]["id"]
+    return sent
+
+
+def _status(store: Store, delivery_id: str) -> DeliveryStatus | None:
+    row = deliveries.get(store, delivery_id)
+    return row.status if row else None
+
+
+def test_a_dispatch_lane_routes_a_burst_of_deliveries_at_once(
+    deliver: Deliverer, github: GitHubDouble, git: GitServer, store: Store, runtime: Runtime
+) -> None:
+    at_once = threading.Barrier(4, timeout=120)  # broken (and the 👀 refused) unless 4 are in flight together
+    github.gate("POST", REACTIONS, at_once.wait)
+    sent = _help_requests(deliver, git, 4)
+
+    routing = RoutingThreads(runtime, threads=4)
+    routing.start()
+    try:
+        acknowledged = _wait_for(lambda: all(_eyes_on(github, c) for c in sent.values()), timeout_s=150)
+    finally:
+        routing.stop()
+
+    assert acknowledged and not at_once.broken
+    assert {_status(store, d) for d in sent} == {DeliveryStatus.done}
+    assert runtime.queue.intake_waiting() == [] and runtime.queue.intake_taken() == []
+
+
+def test_a_dispatch_lane_stopped_mid_burst_finishes_what_it_is_routing(
+    deliver: Deliverer, github: GitHubDouble, git: GitServer, store: Store, settings: Settings
+) -> None:
+    reactions = HeldReactions(github)
+    sent = _help_requests(deliver, git, 3)
+
+    settings.data_dir.mkdir(parents=True)
+    with background_worker(settings, "--lane", "dispatch") as lane:
+        assert _wait_for(lambda: reactions.held == 3, timeout_s=90), "the lane did not route 3 deliveries at once"
+        lane.send_signal(signal.SIGTERM)
+        reactions.release.set()
+        assert lane.wait(timeout=60) == 0
+
+    assert {_status(store, d) for d in sent} == {DeliveryStatus.done}
+    assert all(_eyes_on(github, c) for c in sent.values())
+
+
+def test_what_a_killed_dispatch_lane_held_goes_back_and_nothing_is_routed_twice(
+    deliver: Deliverer, github: GitHubDouble, git: GitServer, store: Store, settings: Settings, runtime: Runtime
+) -> None:
+    reactions = HeldReactions(github)
+    in_flight = _help_requests(deliver, git, 3)
+
+    settings.data_dir.mkdir(parents=True)
+    with background_worker(settings, "--lane", "dispatch") as lane:
+        assert _wait_for(lambda: reactions.held == 3, timeout_s=90), "the lane did not route 3 deliveries at once"
+        os.kill(lane.pid, signal.SIGKILL)
+        lane.wait()
+    reactions.release.set()
+    later = {"later-1": ask(git, "/nofx help", number=9)}
+    later["later-1"]["comment"]["id"] += 9
+    deliver("issue_comment", later["later-1"], delivery_id="later-1")
+    runtime.queue.take_delivery("killed-before-claiming", 1)  # it took one and died before claiming it
+
+    reclaimed: list[str] = []  # the killed lane's heartbeat expires LANE_ALIVE_TTL_S after its last beat
+    deadline = time.monotonic() + 90
+    while len(reclaimed) < 4 and time.monotonic() < deadline:
+        reclaimed += runtime.queue.reclaim_taken()  # what the sweeper does
+        time.sleep(0.5)
+    assert sorted(reclaimed) == sorted([*in_flight, "later-1"])
+    run_worker(runtime, burst=True, lane=DISPATCH_LANE)  # another lane takes them: claimed once
+
+    assert _status(store, "later-1") == DeliveryStatus.done and _eyes_on(github, later["later-1"]["comment"]["id"])
+    # Claimed by the killed lane: not routed again (the sweeper fails them after ABANDONED_AFTER, for replay).
+    assert {_status(store, d) for d in in_flight} == {DeliveryStatus.processing}
+    assert all(deliveries.get(store, d).attempts == 1 for d in in_flight)  # type: ignore[union-attr]
+    assert runtime.queue.intake_waiting() == [] and runtime.queue.intake_taken() == []
+
+
+def test_a_workers_work_lane_yields_the_cpu_to_its_dispatch_lane(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True)
+    with background_worker(settings) as worker:
+        children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
+        assert _wait_for(lambda: bool(children.read_text().split()), timeout_s=60), "no dispatch lane started"
+        lane = int(children.read_text().split()[0])
+        assert _wait_for(lambda: Worker.count(connection=Redis.from_url(settings.redis_url or "")) >= 2, 60)
+        work_threads = [_nice(task) for task in Path(f"/proc/{worker.pid}/task").iterdir()]
+
+    # Every thread of the work lane (its job thread, the sweeper, …) and what it starts runs below the lane.
+    assert min(work_threads) >= os.getpriority(os.PRIO_PROCESS, os.getpid()) + WORK_LANE_NICENESS
+    assert _nice_of_pid(lane) == os.getpriority(os.PRIO_PROCESS, os.getpid())
+
+
+def _nice(task: Path) -> int:
+    return int((task / "stat").read_text().rpartition(")")[2].split()[16])  # field 19: nice
+
+
+def _nice_of_pid(pid: int) -> int:
+    return _nice(Path(f"/proc/{pid}"))
