@@ -87,11 +87,10 @@ class WorkQueue:
         """Hand the deliveries the web just recorded to the workers: one RPUSH onto the intake list.
 
         An RQ job costs ~80 µs of Python (its Job, pickling, a dozen fields to write) and two round trips, per
-        delivery or even per group commit more than the rest of the intake. A worker's intake thread
-        (`fan_out_intake`) turns the ids into one dispatch job per delivery, so retries, failures and the
-        sweeper's check that a queued delivery's job still exists stay per delivery. Ids lost on the way (a
-        worker killed between taking and enqueueing them, Redis restarted) are found by that sweeper check: a
-        delivery queued for a while with no dispatch job and not on this list.
+        delivery or even per group commit more than the rest of the intake. Dispatch lanes take the ids one by
+        one (`take_delivery`); a work lane alone turns them into dispatch jobs (`fan_out_intake`). Ids lost on
+        the way (Redis restarted, a worker killed between taking and enqueueing them) are found by the sweeper:
+        a delivery queued for a while with no dispatch job, not on this list and not taken by a live lane.
         """
         if delivery_ids:
             self.redis.rpush(INTAKE_LIST, *delivery_ids)

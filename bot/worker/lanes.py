@@ -23,7 +23,7 @@ class LaneProcess:
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)  # RQ finishes the current job, then exits
+        self.process.send_signal(signal.SIGTERM)  # its current job and the deliveries being routed finish first
         try:
             self.process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
