@@ -293,3 +293,13 @@ def ask(git: GitServer, body: str, number: int = 1) -> dict[str, Any]:
     payload["repository"]["clone_url"] = git.url_for(OWNER, REPO)
     payload["issue"]["number"] = number
     return payload
+
+
+def expire_routing_caches(queue: WorkQueue) -> None:
+    """What HEAD_CACHE_TTL_S and PERMISSION_CACHE_TTL_S passing does to what a worker remembers while routing: the
+    default branch's head and senders' permissions are asked of GitHub again (a test changing either, then acting,
+    stands for one acting a minute later). The config texts, kept by commit, stay."""
+    for pattern in ("nofx:head:*", "nofx:permission:*"):
+        keys = list(queue.redis.scan_iter(pattern))
+        if keys:
+            queue.redis.delete(*keys)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from bot.config_inheritance import MAX_LEVELS, ConfigFile, resolve
+from bot.queue import WorkQueue
 from bot.repo_config import ConfigError, RepoConfig
-from tests.conftest import Deliverer
+from tests.conftest import Deliverer, expire_routing_caches
 from tests.support.github_double import GitHubDouble
 from tests.support.payloads import load_payload
 
@@ -130,6 +131,7 @@ def test_a_burst_of_comments_reads_each_config_file_once(
     work: Callable[..., None],
     github: GitHubDouble,
     installed: Callable[[dict[str, Any]], None],
+    queue: WorkQueue,
 ) -> None:
     installed(load_payload("issue_comment.created"))
     github.branches[(OWNER, REPO, "master")] = "a" * 40  # the payload's default branch
@@ -147,12 +149,13 @@ def test_a_burst_of_comments_reads_each_config_file_once(
         ("Hello-World", ".github/nofx.yml"),
         ("defaults", ".github/nofx.yml"),
     ]
-    # Each comment still looks up the default-branch head of each repository in the chain (that is what keys the cache).
-    assert len(github.calls("GET", "/repos/{owner}/{repo}/branches/{branch}")) == 15
-    assert len(github.calls("GET", "/repos/{owner}/{repo}")) == 10  # the default branch of each base, per comment
-    # A new commit on the default branch is read afresh.
+    # The default-branch head of each repository in the chain (what keys the text cache) is looked up once a minute.
+    assert len(github.calls("GET", "/repos/{owner}/{repo}/branches/{branch}")) == 3
+    assert len(github.calls("GET", "/repos/{owner}/{repo}")) == 2  # the default branch of each base
+    # A new commit on the default branch is read afresh, once the remembered heads expire.
     github.branches[(OWNER, "defaults", "main")] = "f" * 40
     github.files[(OWNER, "defaults", ".github/nofx.yml", None)] = "git_mode: hidden\n"
+    expire_routing_caches(queue)
     deliver("issue_comment", load_payload("issue_comment.created", comment__body="/bot help", comment__id=999))
     work()
     assert len(github.calls("GET", CONTENTS)) == 4

@@ -21,7 +21,7 @@ from bot.events.commands import Command, Verb
 from bot.events.context import EventContext
 from bot.events.verbs import Source, Turn, carry_out
 from bot.github import identity
-from bot.github.permissions import is_automation, permission_of
+from bot.github.permissions import is_automation, sender_permission
 from bot.github.threads import Thread
 from bot.models import ReviewPass, Run
 from bot.render.replies import (
@@ -205,7 +205,7 @@ async def _authorised_command(
 ) -> None:
     """Carry out `command` if its sender has the permission; 👀 (`react`) only then, so outsiders cost no reaction."""
     sender = event.data["sender"]["login"]
-    permission = await permission_of(gh, thread.owner, thread.repo, sender)
+    permission = await sender_permission(gh, thread, event.data["sender"], ctx.queue.shared)
     if not permission_reaches(permission, config.trigger.min_permission):
         log.info("refused %s from %s (%s)", command.verb.value, sender, permission)
         if command.verb in (Verb.approve, Verb.reject):

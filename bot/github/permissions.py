@@ -7,7 +7,27 @@ from typing import Any
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
+from bot.github.repos import TextCache
+from bot.github.threads import Thread
 from bot.repo_config import PERMISSION_ORDER
+
+# How long a sender's permission is taken as known: a revoked collaborator can still command nofx this much later.
+# nofx receives no `member` events (they need the organization's Members permission): expiry is the only bound.
+PERMISSION_CACHE_TTL_S = 60
+
+
+async def sender_permission(gh: GitHubAPI, thread: Thread, sender: dict[str, Any], cache: TextCache) -> str:
+    """`permission_of` the event's sender, remembered for PERMISSION_CACHE_TTL_S, so a burst of commands in a
+    repository asks GitHub once. Keyed by installation and by GitHub's ids of the repository and the user where the
+    payload has them, and by login (a renamed login or repository, or a name taken over, never inherits an entry)."""
+    login = str(sender["login"])
+    repository = thread.repository_id or thread.full_name.lower()
+    key = f"nofx:permission:{thread.installation_id}:{repository}:{sender.get('id')}:{login.lower()}"
+    if (hit := cache.text(key)) is not None:
+        return hit
+    permission = await permission_of(gh, thread.owner, thread.repo, login)
+    cache.keep_text(key, permission, PERMISSION_CACHE_TTL_S)
+    return permission
 
 
 async def permission_of(gh: GitHubAPI, owner: str, repo: str, username: str) -> str:

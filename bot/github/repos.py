@@ -16,13 +16,17 @@ from bot.github.threads import Thread
 from bot.repo_config import MAX_CONFIG_BYTES, ConfigError, RepoConfig
 
 CONFIG_CACHE_TTL_S = 24 * 3600
+# How long the default branch's head is taken as known: a config pushed to it applies to commands this much later
+# at most. Kept per installation: one installation's answer (or access) never serves another's.
+HEAD_CACHE_TTL_S = 60
 
 
 async def load_config(gh: GitHubAPI, thread: Thread, cache: TextCache | None = None) -> RepoConfig:
     """The effective `.github/nofx.yml` (own, else the organization's, with `_extends` bases). Raises ConfigError.
 
-    Each file is read at its repository's default-branch head; with a `cache` (the queue's server) a file is read once per
-    commit, so a burst of comments costs one small branch lookup per repository each, not a file read.
+    Each file is read at its repository's default-branch head; with a `cache` (the queue's server) a file is read once
+    per commit, and the head is looked up once per HEAD_CACHE_TTL_S per installation, so a burst of comments in a
+    repository costs no GitHub call at all after the first.
     """
     reader = _ConfigReader(gh, thread, cache)
     return await config_inheritance.resolve(reader.read, thread.owner, thread.repo)
@@ -58,7 +62,19 @@ class _ConfigReader:
         return text
 
     async def _head(self, owner: str, repo: str) -> str | None:
-        """The default branch's head commit, or None when the repository cannot be read or is empty."""
+        """The default branch's head commit, or None when the repository cannot be read or is empty; remembered for
+        HEAD_CACHE_TTL_S under the installation (and the branch the event names, for the event's own repository)."""
+        branch = f"@{self.thread.default_branch}" if self._is_own(owner, repo) else ""
+        key = f"nofx:head:{self.thread.installation_id}:{owner.lower()}/{repo.lower()}{branch}"
+        if self.cache is not None and (hit := self.cache.text(key)) is not None:
+            cached: str | None = json.loads(hit)["sha"]
+            return cached
+        head = await self._head_from_github(owner, repo)
+        if self.cache is not None:
+            self.cache.keep_text(key, json.dumps({"sha": head}), HEAD_CACHE_TTL_S)
+        return head
+
+    async def _head_from_github(self, owner: str, repo: str) -> str | None:
         try:
             if self._is_own(owner, repo):
                 branch = self.thread.default_branch

@@ -13,10 +13,11 @@ import pytest
 from sqlmodel import select
 
 from bot.models import Run, RunStatus, StepStatus
+from bot.queue import WorkQueue
 from bot.runs import checkpoints, queries
 from bot.settings import Settings
 from bot.store import Store
-from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, with_model
+from tests.conftest import BASE, OWNER, REPO, Deliverer, ask, expire_routing_caches, with_model
 from tests.support.git_server import GitServer
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
@@ -39,10 +40,12 @@ def all_runs(store: Store) -> list[Run]:
         return list(session.exec(select(Run).order_by(Run.created_at)).all())  # type: ignore[arg-type]
 
 
-def change_config(github: GitHubDouble, git: GitServer, text: str) -> None:
-    """A config change is a commit on the default branch (config reads are cached per commit)."""
+def change_config(github: GitHubDouble, git: GitServer, queue: WorkQueue, text: str) -> None:
+    """A config change is a commit on the default branch (config reads are cached per commit), seen once the head
+    nofx remembers expires (a minute later)."""
     github.files[(OWNER, REPO, CONFIG, None)] = text
     github.branches[(OWNER, REPO, BASE)] = git.commit(OWNER, REPO, {CONFIG: text}, branch=BASE)
+    expire_routing_caches(queue)
 
 
 def press(github: GitHubDouble, run: Run, action: str, *, sender: str, identifier: str = "") -> dict[str, Any]:
@@ -96,10 +99,11 @@ def test_a_button_judges_the_presser_by_the_config_as_it_is_now(
     git: GitServer,
     llm: AnthropicDouble,
     store: Store,
+    queue: WorkQueue,
 ) -> None:
-    change_config(github, git, LLM_PLANNER)  # min_permission: write (the default), stored with the run
+    change_config(github, git, queue, LLM_PLANNER)  # min_permission: write (the default), stored with the run
     wait_for_approval(llm, deliver, git, work)
-    change_config(github, git, LLM_PLANNER + "trigger:\n  min_permission: admin\n")
+    change_config(github, git, queue, LLM_PLANNER + "trigger:\n  min_permission: admin\n")
     github.permissions[(OWNER, REPO, "wendy")] = "write"
 
     deliver("check_run", press(github, all_runs(store)[0], "requested_action", sender="wendy", identifier="approve"))
@@ -117,8 +121,11 @@ def test_retry_from_a_checkpoint_runs_under_the_current_policy(
     git: GitServer,
     llm: AnthropicDouble,
     store: Store,
+    queue: WorkQueue,
 ) -> None:
-    change_config(github, git, "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n")
+    change_config(
+        github, git, queue, "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: []\n"
+    )
     llm.tool_calls([("write_file", {"path": "notes.txt", "content": "hi\n"}), ("finish", {"summary": "Notes."})])
     deliver("issue_comment", ask(git, "/nofx add notes"))
     work()
@@ -127,7 +134,7 @@ def test_retry_from_a_checkpoint_runs_under_the_current_policy(
     listed = {c.step_name: c.n for c in checkpoints.list_for_run(store, source.id)}
 
     approving = "gates:\n  test: python3 -m unittest -q\npolicy:\n  require_approval_before: [git_pr]\n"
-    change_config(github, git, approving)  # the policy now wants a person's approval before the pull request
+    change_config(github, git, queue, approving)  # the policy now wants a person's approval before the pull request
     deliver("issue_comment", ask(git, f"/nofx retry --from {listed['apply']}"))
     work()
 

@@ -18,10 +18,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bot.models import Run, RunStatus, StepStatus
+from bot.queue import WorkQueue
 from bot.runs import queries
 from bot.settings import Settings
 from bot.store import Store
-from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, with_model
+from tests.conftest import BASE, CALC, OWNER, REPO, Deliverer, ask, expire_routing_caches, with_model
 from tests.support.git_server import GitServer, run_git
 from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
@@ -419,6 +420,7 @@ def test_changing_ci_workflows_needs_an_approval_step(
     git: GitServer,
     llm: AnthropicDouble,
     store: Store,
+    queue: WorkQueue,
 ) -> None:
     github.files[(OWNER, REPO, CONFIG, None)] = NO_APPROVAL
     edit = [("write_file", {"path": ".github/workflows/ci.yml", "content": WORKFLOW}), ("finish", {"summary": "CI"})]
@@ -432,6 +434,7 @@ def test_changing_ci_workflows_needs_an_approval_step(
     approving = NO_APPROVAL + "policy:\n  require_approval_before: [workspace:write]\n"
     github.files[(OWNER, REPO, CONFIG, None)] = approving  # a config change is a commit: the cache is per commit
     github.branches[(OWNER, REPO, BASE)] = git.commit(OWNER, REPO, {CONFIG: approving}, branch=BASE)
+    expire_routing_caches(queue)  # seen once the head nofx remembers expires (a minute later)
     llm.tool_calls(edit)
     deliver("issue_comment", ask(git, "/nofx add a CI workflow", number=2))
     work()
