@@ -42,8 +42,10 @@ _STORED: LiteralString = (
 )
 # pglz took ~250 µs of the server's CPU per 14 KB delivery, lz4 ~130 µs (PostgreSQL 15, bench/intake.py's payload).
 _LZ4: LiteralString = "SET default_toast_compression = 'lz4'"
-# Seconds to wait for a connection: a server that does not answer gets the batch a 503, not a hung request.
-CONNECT_TIMEOUT_S = 5
+# Seconds to wait for a connection, and for a batch's statement: a server that does not answer, or a row lock
+# held elsewhere, gets the batch a 503 well inside GitHub's 10 s, not a hung request.
+CONNECT_TIMEOUT_S = 3
+_STATEMENT_TIMEOUT: LiteralString = "SET statement_timeout = '3s'"
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,13 @@ class DatabaseUnavailable(Exception):
 
 
 class PostgresRecorder:
-    """`deliveries.record_all` for PostgreSQL: same rows and answers, fewer round trips.
+    """Records a group commit's deliveries on PostgreSQL, one statement per batch, on connections of its own.
 
     Dedup is the primary key's: a redelivery racing its first copy in another batch waits for that batch's
     commit and is then skipped by ON CONFLICT, and it is reported with the stored status, not as new.
 
     A connection kept idle between batches may have been closed by the server meanwhile (a restart, a failover,
-    an idle timeout): a batch that fails on one is written again once on a new connection. If the first attempt
+    an idle timeout): a batch that finds it broken is written again once on a new connection. If the first attempt
     did commit before the connection broke, its rows are recognised by their received_at and still reported as
     new, so they are enqueued once, not taken for redeliveries.
     """
@@ -81,12 +83,14 @@ class PostgresRecorder:
         try:
             answers = _record(conn, batch, ignore_reasons, now)
         except psycopg.OperationalError as exc:
-            conn.close()
-            log.info("a kept PostgreSQL connection failed (%s); writing the batch on a new one", type(exc).__name__)
+            conn.close()  # its state is unknown (statement cancelled, server gone): the next batch connects anew
+            if not conn.broken:  # the server answered, with an error (a timeout): writing again would wait again
+                raise DatabaseUnavailable(f"PostgreSQL failed the write: {type(exc).__name__}") from exc
+            log.info("a kept PostgreSQL connection broke (%s); writing the batch on a new one", type(exc).__name__)
             self.close()  # the others were opened as long ago, likely to the same server: let them go too
             return self._on_new_connection(batch, ignore_reasons, now)
         except BaseException:
-            conn.close()  # its state is unknown (statement cancelled, a bug): the next batch connects anew
+            conn.close()
             raise
         self._idle.put(conn)
         return answers
@@ -120,6 +124,7 @@ class PostgresRecorder:
 def _connect(args: tuple[Any, ...], kwargs: dict[str, Any]) -> psycopg.Connection[Any]:
     conn = psycopg.connect(*args, **kwargs)
     try:
+        conn.execute(_STATEMENT_TIMEOUT)
         conn.execute(_LZ4)
     except (psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue):
         # PostgreSQL before 14 has no such setting; a server built without lz4 refuses the value. pglz it is.

@@ -165,6 +165,27 @@ def test_a_batch_written_again_after_its_commit_is_still_new(recorder: PostgresR
     assert _count(pg_store) == 2
 
 
+def test_a_row_lock_held_elsewhere_fails_the_batch_in_seconds_not_a_hang(
+    recorder: PostgresRecorder, pg_store: Store
+) -> None:
+    """A transaction that inserted the same id and neither commits nor rolls back makes the insert wait on it:
+    the statement timeout ends the wait, the batch fails as unavailable, and once the lock is gone it goes in."""
+    with pg_store.engine.connect() as holder:
+        holder.execute(
+            text(
+                "INSERT INTO delivery (id, event, payload, status, attempts, received_at, updated_at) "
+                "VALUES ('held', 'ping', '{}', 'received', 0, now(), now())"
+            )
+        )
+        with pytest.raises(DatabaseUnavailable):
+            recorder([_incoming("held"), _incoming("free")], [None, None])
+        holder.rollback()
+
+    answers = recorder([_incoming("held"), _incoming("free")], [None, None])
+    assert [a.new for a in answers] == [True, True]
+    assert _count(pg_store) == 2
+
+
 class _Proxy:
     """A TCP relay to PostgreSQL that a test can cut (every connection closed, new ones refused) and restore."""
 
