@@ -151,3 +151,54 @@ def _worker_pids(workdir: Path) -> list[int]:
         if b"worker" in cmdline and b"bot.cli" in cmdline and cwd == str(workdir):
             pids.append(int(entry.name))
     return pids
+
+
+def test_serve_with_two_web_processes_records_deliveries_and_stops_them_all(app_key: tuple[str, str]) -> None:
+    """NOFX_WEB_PROCESSES=2 with a registered App: a forked web process beside serve's own, on the same port."""
+    workdir = Path(tempfile.mkdtemp(prefix="nofx-serve-"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "DATABASE_URL", "GITHUB_", "NOFX_"))}
+    env.update(
+        {
+            "GITHUB_WEBHOOK_SECRET": SECRET,
+            "GITHUB_APP_ID": "1",
+            "GITHUB_PRIVATE_KEY": app_key[0],
+            "GITHUB_API_URL": "http://127.0.0.1:1",  # nothing here calls GitHub; never the real one
+            "NOFX_WEB_PROCESSES": "2",
+            "PORT": str(port),
+        }
+    )
+    base = f"http://127.0.0.1:{port}"
+    with (workdir / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "serve", "--workers", "0"], cwd=workdir, env=env, stdout=log, stderr=log
+        )
+        try:
+            _wait_ready(base, proc, workdir / "serve.log")
+            web = _web_children(proc.pid)
+            assert len(web) == 1, "serve forked no second web process"
+            payload = load_payload("ping")
+            body = json.dumps(payload).encode()
+            for n in range(20):  # new connections: the kernel hands them to either process
+                headers = webhook_headers("ping", body, SECRET, delivery_id=f"two-{n}")
+                assert httpx.post(f"{base}/webhooks", content=body, headers=headers).status_code == 202
+            with sqlite3.connect(workdir / ".nofx" / "nofx.db") as conn:
+                assert conn.execute("SELECT count(*) FROM delivery WHERE id LIKE 'two-%'").fetchone()[0] == 20
+
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in web)), (
+                "a web process outlived serve"
+            )
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _web_children(pid: int) -> list[int]:
+    """serve's children forked to serve the web port: its own command line, unlike the workers' and Valkey's."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if Path(f"/proc/{c}/cmdline").read_bytes() == command]
