@@ -42,6 +42,8 @@ FORWARDER_NAME = "forward.py"
 HEAD_LIMIT = 64 * 1024  # a request line and headers; a proxy request needs far less
 HEAD_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 100  # at once, per setup command: each holds two of the worker's file descriptors
+REFUSE_LINGER_S = 5.0  # how long a connection past the cap may take to read its 503
 ALLOW_HINT = "the nofx operator can allow a host with NOFX_SETUP_EGRESS_ALLOW (README, 'Dependencies: setup')"
 _HOST = re.compile(r"[A-Za-z0-9_.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -183,6 +185,11 @@ class EgressProxy:
         assert task is not None
         self._connections.add(task)
         try:
+            if len(self._connections) > MAX_CONNECTIONS:  # the worker's descriptors are not setup's to exhaust
+                await _answer(writer, 503, f"nofx egress proxy: more than {MAX_CONNECTIONS} connections at once")
+                writer.write_eof()  # then let the client read it: closing on its unread request would reset
+                await asyncio.wait_for(_discard(reader), REFUSE_LINGER_S)
+                return
             await self._handle(reader, writer)
         except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass  # the client went away or sent garbage: nothing to answer
@@ -201,9 +208,9 @@ class EgressProxy:
         if request is None:
             await _answer(writer, 400, "nofx egress proxy: expected CONNECT host:port or an absolute http:// URL")
             return
-        target = f"[{request.host}]" if ":" in request.host else request.host
-        target = f"{target}:{request.port}"
-        opened = await self._open(request.host, request.port, target)
+        host = request.host.lower().rstrip(".")  # as the allow list and the records spell it
+        target = f"[{host}]:{request.port}" if ":" in host else f"{host}:{request.port}"
+        opened = await self._open(host, request.port, target)
         if isinstance(opened, _Refusal):
             await _answer(writer, opened.status, f"nofx egress proxy: {opened.text}")
             return
@@ -225,7 +232,7 @@ class EgressProxy:
             addresses = await asyncio.wait_for(self.resolve(host, port), CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, UnicodeError):
             return _Refusal(502, f"cannot resolve {target}")
-        reasons = [(address, self.policy.refusal(host.lower().rstrip("."), address, port)) for address in addresses]
+        reasons = [(address, self.policy.refusal(host, address, port)) for address in addresses]
         admitted = [address for address, why in reasons if why is None]
         if not admitted:
             why = next((why for _, why in reasons if why), f"{target} has no address")
@@ -289,8 +296,13 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
 
 
+async def _discard(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
 async def _answer(writer: asyncio.StreamWriter, status: int, text: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}[status]
     body = f"{text}\n".encode()
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
@@ -314,8 +326,14 @@ async def system_resolve(host: str, port: int) -> list[IPAddress]:
 
 
 def interpreter() -> Path:
-    """The worker's own Python, resolved past a venv's symlink: the sandbox sees its prefix (`interpreter_prefix`)."""
-    return Path(sys.executable).resolve()
+    """The worker's own Python inside its installation (`interpreter_prefix`, which the sandbox sees): past a venv's
+    symlink, or the installation's own binary when the venv holds a copy."""
+    prefix = interpreter_prefix()
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (Path(sys.executable).resolve(), prefix / "bin" / version, prefix / "bin" / "python3"):
+        if candidate.is_relative_to(prefix) and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no Python interpreter under {prefix} to run setup's egress forwarder")
 
 
 def interpreter_prefix() -> Path:

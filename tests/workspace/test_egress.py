@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import Settings, SettingsError
+from bot.workspace import egress
 from bot.workspace import isolation as layouts
 from bot.workspace.egress import (
     SOCKET_NAME,
@@ -209,3 +210,16 @@ async def test_setup_tools_go_through_the_proxy_and_see_its_refusal(bwrap: None,
     assert "hello" not in refused.output and "CONNECT tunnel failed, response 403" in refused.output
     assert f"nofx egress proxy: refused 127.0.0.1:{index.port}: 127.0.0.1 is loopback" in refused.output
     assert index.paths == ["/greeting.txt", "/greeting.txt"]
+
+
+async def test_past_the_connection_cap_the_proxy_answers_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup may not exhaust the worker's file descriptors: each connection beyond the cap is answered and closed."""
+    monkeypatch.setattr(egress, "MAX_CONNECTIONS", 3)
+    async with egress_proxy(EgressPolicy()) as proxy:
+        idle = [await asyncio.open_unix_connection(str(proxy.directory / SOCKET_NAME)) for _ in range(3)]
+        answer = await ask(proxy, b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+        for _, writer in idle:
+            writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"more than 3 connections at once" in answer
+    assert proxy.log.reached == {} and proxy.log.refused == {}
