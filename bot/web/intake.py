@@ -27,7 +27,7 @@ from bot.models import DeliveryStatus
 from bot.queue import WorkQueue
 from bot.store import Store
 from bot.web.group_commit import GroupCommit
-from bot.web.postgres_intake import PostgresRecorder
+from bot.web.postgres_intake import DatabaseUnavailable, PostgresRecorder
 from bot.web.sqlite_intake import SqliteRecorder
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
@@ -169,7 +169,12 @@ class Intake:
 
         delivery = deliveries.incoming(delivery_id, event, payload, text)
         with logs.bound(installation=delivery.installation_id, repo=delivery.repository):
-            recorded = await self.group.submit(delivery)
+            try:
+                recorded = await self.group.submit(delivery)
+            except DatabaseUnavailable as exc:  # nothing was answered as recorded; GitHub may redeliver it
+                raise Refusal(
+                    503, f"{exc}; retry later", "unavailable", ((b"retry-after", b"%d" % RETRY_AFTER_S),)
+                ) from exc
             if recorded.status == DeliveryStatus.ignored:
                 log.info("delivery ignored: %s", recorded.reason)
                 return 202, {"delivery": delivery_id, "status": "ignored", "reason": recorded.reason}, "ignored"

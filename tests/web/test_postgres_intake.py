@@ -28,6 +28,7 @@ from bot.models import Delivery, DeliveryStatus, Installation, utcnow
 from bot.queue import WorkQueue
 from bot.settings import Settings
 from bot.store import Store
+from bot.web.app import create_app
 from bot.web.postgres_intake import DatabaseUnavailable, PostgresRecorder, _record
 from tests.support.payloads import load_payload, webhook_headers
 
@@ -267,6 +268,39 @@ def test_postgresql_briefly_down_fails_batches_at_once_and_loses_nothing(pg_stor
     assert [a.new for a in answers] == [True, True]
     with pg_store.session() as session:
         assert sorted(session.exec(select(Delivery.id))) == ["down-1", "up-1", "up-2"]
+
+
+async def test_the_webhook_answers_503_while_postgresql_is_down_and_202_once_it_is_back(
+    pg_store: Store, settings: Settings, queue: WorkQueue, tmp_path: Path
+) -> None:
+    url = make_url(pg_store.url)
+    proxy = _Proxy(url.host or "127.0.0.1", url.port or 5432)
+    through = Store(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    app = create_app(settings, store=through, queue=queue, env_file=tmp_path / ".env")
+    body = json.dumps(load_payload("ping")).encode()
+    secret = settings.webhook_secret or ""
+
+    async def post(delivery_id: str) -> httpx.Response:
+        headers = webhook_headers("ping", body, secret, delivery_id=delivery_id)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx") as http:
+            return await http.post("/webhooks", content=body, headers=headers)
+
+    try:
+        assert (await post("before")).status_code == 202
+        proxy.cut()
+        down = await post("during")
+        proxy.restore()
+        again = await post("during")  # GitHub's redelivery
+    finally:
+        app.state.intake.close()
+        proxy.cut()
+        through.dispose()
+
+    assert down.status_code == 503 and "retry-after" in down.headers
+    assert "PostgreSQL is unavailable" in down.json()["error"]
+    assert again.status_code == 202 and again.json()["status"] == "ignored"  # a ping: recorded, not routed
+    with pg_store.session() as session:
+        assert sorted(session.exec(select(Delivery.id))) == ["before", "during"]
 
 
 def test_a_202_on_postgresql_survives_kill_9_of_the_web_process(
