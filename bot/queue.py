@@ -35,6 +35,7 @@ INTAKE_TAKE = 500  # ids one worker takes from the intake list at a time
 INTAKE_TAKEN = "nofx:intake:taken:"  # + a dispatch lane's id: the intake ids it is routing, removed when done
 LANE_ALIVE = "nofx:lane:alive:"  # + a dispatch lane's id: refreshed while it lives; its taken ids stay its own
 LANE_ALIVE_TTL_S = 20
+DISPATCH_LANES_ALIVE = "nofx:lanes:alive"  # refreshed by every dispatch lane: while none is up, work lanes fan out
 DISPATCH_TIMEOUT_S = 300
 STEP_JOB = "bot.worker.jobs.run_step"
 REPORT_JOB = "bot.worker.jobs.publish_run"
@@ -88,7 +89,7 @@ class WorkQueue:
 
         An RQ job costs ~80 µs of Python (its Job, pickling, a dozen fields to write) and two round trips, per
         delivery or even per group commit more than the rest of the intake. Dispatch lanes take the ids one by
-        one (`take_delivery`); a work lane alone turns them into dispatch jobs (`fan_out_intake`). Ids lost on
+        one (`take_delivery`); while none is up, the work lanes turn them into dispatch jobs (`fan_out_intake`). Ids lost on
         the way (Redis restarted, a worker killed between taking and enqueueing them) are found by the sweeper:
         a delivery queued for a while with no dispatch job, not on this list and not taken by a live lane.
         """
@@ -131,7 +132,14 @@ class WorkQueue:
         self.redis.lrem(INTAKE_TAKEN + lane_id, 1, delivery_id)
 
     def keep_lane_alive(self, lane_id: str) -> None:
-        self.redis.set(LANE_ALIVE + lane_id, "1", ex=LANE_ALIVE_TTL_S)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(LANE_ALIVE + lane_id, "1", ex=LANE_ALIVE_TTL_S)
+            pipe.set(DISPATCH_LANES_ALIVE, "1", ex=LANE_ALIVE_TTL_S)
+            pipe.execute()
+
+    def dispatch_lanes_alive(self) -> bool:
+        """Whether any dispatch lane is taking intake ids (its heartbeat is fresh)."""
+        return bool(self.redis.exists(DISPATCH_LANES_ALIVE))
 
     def end_lane(self, lane_id: str) -> None:
         """A lane that stopped cleanly: what it still holds (nothing, normally) goes back at the next sweep."""

@@ -169,7 +169,7 @@ def _worker(args: argparse.Namespace, settings: Settings, redactor: logs.Redacto
         if args.lane == "dispatch":
             run_worker(runtime, burst=args.burst, lane=DISPATCH_LANE, maintenance=False)
         else:
-            run_worker(runtime, burst=args.burst, fan_out=helper is None)  # else the dispatch lane takes intake
+            run_worker(runtime, burst=args.burst)
     finally:
         runtime.close()
         if helper is not None:

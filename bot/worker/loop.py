@@ -69,15 +69,14 @@ def run_worker(
     max_jobs: int | None = None,
     lane: tuple[str, ...] = WORK_LANE,
     maintenance: bool = True,
-    fan_out: bool = True,
 ) -> None:
     """Serve the lane's queues until stopped. Jobs run in this process so token caches and the loop stay warm.
 
     The work lane takes steps and reviews in turn (round robin), and deliveries and reports when neither waits;
     the dispatch lane takes only deliveries and reports, and (unless in burst mode) routes the intake list's
     deliveries on threads of its own, many at once (`bot.worker.routing`). `maintenance` runs the start-up
-    sync, the sweeper and the scheduler beside it (one lane per worker needs them), and with `fan_out` the
-    intake thread that turns intake ids into dispatch jobs: for a work lane with no dispatch lane beside it.
+    sync, the sweeper and the scheduler beside it (one lane per worker needs them), and the intake thread that
+    turns intake ids into dispatch jobs while no dispatch lane is up to take them.
     """
     jobs.use_runtime(runtime)
     runtime.store.create_all()
@@ -88,8 +87,7 @@ def run_worker(
         startup.start_in_background(runtime)
         threading.Thread(target=_sweep_forever, args=(runtime, stop), name="sweeper", daemon=True).start()
         threading.Thread(target=_schedule_forever, args=(runtime, stop), name="scheduler", daemon=True).start()
-        if fan_out:
-            threading.Thread(target=_fan_out_forever, args=(runtime, stop), name="intake", daemon=True).start()
+        threading.Thread(target=_fan_out_forever, args=(runtime, stop), name="intake", daemon=True).start()
     elif maintenance:
         runtime.queue.fan_out_intake()  # a burst serves what is waiting, deliveries the web recorded included
     routing = RoutingThreads(runtime) if lane == DISPATCH_LANE and not burst else None
@@ -196,9 +194,13 @@ def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
 
 
 def _fan_out_forever(runtime: Runtime, stop: threading.Event) -> None:
-    """Turn the ids the web puts on the intake list into dispatch jobs as they come (`WorkQueue.enqueue_intake`)."""
+    """Turn the ids the web puts on the intake list into dispatch jobs as they come (`WorkQueue.enqueue_intake`),
+    while no dispatch lane is up to take them itself (one starting, or crashed, or a work lane run alone)."""
     while not stop.is_set():
         try:
+            if runtime.queue.dispatch_lanes_alive():
+                stop.wait(INTAKE_WAIT_S)
+                continue
             runtime.queue.fan_out_intake(wait_s=INTAKE_WAIT_S)
         except Exception:  # must outlive a queue hiccup; the sweeper finds whatever this lost
             log.exception("turning intake ids into dispatch jobs failed; trying again")
