@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bot.workspace.forwarder import pipe
 from bot.workspace.isolation import EGRESS_MOUNT
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -219,7 +220,7 @@ class EgressProxy:
         try:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n" if request.forward is None else b"")
             up_writer.write(request.forward or b"")
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             up_writer.close()
 
@@ -284,16 +285,6 @@ def _parse(head: bytes) -> _Request | None:
     kept = [h for h in headers.split(b"\r\n") if h and h.split(b":", 1)[0].strip().lower() not in _HOP_HEADERS]
     forward = b"\r\n".join([f"{method} {path} {version}".encode(), *kept, b"Connection: close", b"", b""])
     return _Request(host, port, forward)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until end of stream, then pass the half close on (a CONNECT tunnel's TLS needs both directions)."""
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:

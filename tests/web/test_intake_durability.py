@@ -10,8 +10,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +28,7 @@ from bot.store import Store
 from bot.web.app import create_app
 from bot.web.intake import MAX_BODY_BYTES
 from tests.support.payloads import load_payload, webhook_headers
+from tests.support.web_process import nofx_web, web_processes
 
 
 async def test_a_burst_shares_transactions_and_each_delivery_is_recorded_and_enqueued_once(
@@ -109,7 +108,7 @@ def test_a_202_survives_kill_9_of_the_web_processes_right_after_the_answer(
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="survivor")
 
     with _web(tmp_path, settings, redis_url, database, processes=processes) as (base, process):
-        web = _web_processes(process.pid)
+        web = web_processes(process.pid)
         assert len(web) == processes
         answer = httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10)
         for pid in web:
@@ -151,7 +150,7 @@ def test_web_processes_record_each_delivery_once_whichever_answers(
             return client.post("/webhooks", content=body, headers=headers, timeout=30)
 
     with _web(tmp_path, settings, redis_url, database, processes=2) as (base, process):
-        assert len(_web_processes(process.pid)) == 2
+        assert len(web_processes(process.pid)) == 2
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(post, sent))
 
@@ -170,7 +169,7 @@ def test_the_web_stops_when_one_of_its_processes_dies(tmp_path: Path, settings: 
     database = tmp_path / "lost.db"
     Store(f"sqlite:///{database}").create_all()
     with _web(tmp_path, settings, redis_url, database, processes=2) as (_base, process):
-        child = next(pid for pid in _web_processes(process.pid) if pid != process.pid)
+        child = next(pid for pid in web_processes(process.pid) if pid != process.pid)
         os.kill(child, signal.SIGKILL)
         assert process.wait(timeout=30) == 1
 
@@ -231,48 +230,12 @@ def _web(
     tmp_path: Path, settings: Settings, redis_url: str, database: Path, *, processes: int = 1
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`nofx web` as a real process (and its `processes - 1` forked ones) on SQLite and the test's queue server."""
-    port = _free_port()
     env = {
-        **os.environ,
-        "NOFX_DATA_DIR": str(tmp_path / "data"),
         "DATABASE_URL": f"sqlite:///{database}",
         "REDIS_URL": redis_url,
         "GITHUB_WEBHOOK_SECRET": settings.webhook_secret or "",
         "GITHUB_APP_ID": settings.app_id or "",
         "GITHUB_PRIVATE_KEY": settings.private_key or "",
-        "NOFX_WEB_PROCESSES": str(processes),
-        "PORT": str(port),
     }
-    with (tmp_path / "web.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "web"], env=env, cwd=tmp_path, stdout=log, stderr=log
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    answered = httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-                    if answered and len(_web_processes(process.pid)) == processes:
-                        break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"nofx web did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield base, process
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-
-
-def _web_processes(pid: int) -> list[int]:
-    """The web process and the processes it forked to serve the same port."""
-    with contextlib.suppress(OSError):
-        return [pid] + [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    with nofx_web(tmp_path, env, processes=processes) as started:
+        yield started

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from bot.store import Store
 from bot.web.app import create_app
 from bot.web.postgres_intake import DatabaseUnavailable, PostgresRecorder, _record
 from tests.support.payloads import load_payload, webhook_headers
+from tests.support.web_process import nofx_web
 
 
 @pytest.fixture
@@ -350,33 +350,6 @@ def _web(
     tmp_path: Path, database_url: str, redis_url: str, secret: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`nofx web` as a real process on the test's PostgreSQL schema and queue server."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    env = {
-        **os.environ,
-        "NOFX_DATA_DIR": str(tmp_path / "data"),
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "GITHUB_WEBHOOK_SECRET": secret,
-        "PORT": str(port),
-    }
-    with (tmp_path / "web.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "web"], env=env, cwd=tmp_path, stdout=log, stderr=log
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"nofx web did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield base, process
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=15)
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "GITHUB_WEBHOOK_SECRET": secret}
+    with nofx_web(tmp_path, env) as started:
+        yield started
