@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import FrameType
 
 from rq import Queue, SimpleWorker
 from rq.job import Job
@@ -43,7 +45,15 @@ class Worker(SimpleWorker):
     """RQ's in-process worker: steps and reviews in turn (a long review queue does not starve steps, nor steps
     reviews), deliveries and reports only when neither waits; records how long each job waited in its queue
     (`/metrics`). A run's status moves on while its steps keep this lane busy: the dispatch lane beside every
-    work lane publishes it."""
+    work lane publishes it. `on_stop` is told at once when a stop is asked for (SIGTERM, SIGINT), before RQ
+    waits for its current job: the routing threads stop taking deliveries meanwhile."""
+
+    on_stop: Callable[[], None] | None = None
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.on_stop is not None:
+            self.on_stop()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def reorder_queues(self, reference_queue: Queue) -> None:
         work = [q for q in self._ordered_queues if q.name not in DISPATCH_LANE]
@@ -94,6 +104,7 @@ def run_worker(
     if routing is not None:
         routing.start()
     worker = Worker(runtime.queue.lane(lane), connection=runtime.queue.redis)
+    worker.on_stop = routing.stop_taking if routing is not None else None
     try:
         # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
         # is killed, so the server goes on handing jobs to a dead reader. A thread moves due jobs instead.

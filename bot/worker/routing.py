@@ -45,8 +45,12 @@ class RoutingThreads:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
+    def stop_taking(self) -> None:
+        """No more deliveries: each thread finishes the one it routes (safe in a signal handler, never blocks)."""
         self._stopping.set()
+
+    def stop(self) -> None:
+        self.stop_taking()
         for thread in self._threads:
             thread.join()
         self.runtime.queue.end_lane(self.lane_id)

@@ -6,6 +6,7 @@ chooses its own steps; everything else is the real app, queue, worker, git serve
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -348,7 +349,8 @@ class background_worker:
                 "ANTHROPIC_BASE_URL": settings.anthropic_base_url or "",
             }
         )
-        self.log = (settings.data_dir.parent / "worker.log").open("wb")
+        self.cwd = settings.data_dir.parent
+        self.log = (self.cwd / "worker.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", "worker", *args],
             env=env,
@@ -361,8 +363,7 @@ class background_worker:
         return self.proc
 
     def __exit__(self, *_: object) -> None:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        lanes = [Path(f"/proc/{pid}") for pid in (children.read_text().split() if children.exists() else [])]
+        lanes = _processes_in(self.cwd)  # its dispatch lane, orphaned too if the test killed the worker
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -372,6 +373,16 @@ class background_worker:
         while any(_running(lane) for lane in lanes) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.log.close()
+
+
+def _processes_in(cwd: Path) -> list[Path]:
+    """This user's processes working in `cwd` (a worker's directory: the worker and the lanes it started)."""
+    found = []
+    for process in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if process.name.isdigit() and (process / "cwd").resolve() == cwd.resolve():
+                found.append(process)
+    return found
 
 
 def _running(process: Path) -> bool:

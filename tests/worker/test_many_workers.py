@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from redis import Redis
 from rq import Worker
+from rq.worker import WorkerStatus
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
@@ -30,6 +31,7 @@ from bot.runs import records as runs
 from bot.settings import Settings
 from bot.store import Store
 from bot.worker.lanes import WORK_LANE_NICENESS
+from bot.worker.loop import Worker as LaneWorker
 from bot.worker.loop import reap, run_worker
 from bot.worker.routing import RoutingThreads
 from bot.worker.runtime import Runtime
@@ -322,6 +324,28 @@ def test_a_dispatch_lane_stopped_mid_burst_finishes_what_it_is_routing(
 
     assert {_status(store, d) for d in sent} == {DeliveryStatus.done}
     assert all(_eyes_on(github, c) for c in sent.values())
+
+
+def test_a_stop_request_stops_the_routing_threads_taking_while_rq_finishes_its_job(runtime: Runtime) -> None:
+    """SIGTERM while the lane's RQ worker runs a report job: RQ waits for the job, the routing threads stop taking
+    deliveries at once (an orphaned lane would otherwise go on taking them until the job ends)."""
+    routing = RoutingThreads(runtime, threads=2)
+    routing.start()
+    worker = LaneWorker(runtime.queue.lane(DISPATCH_LANE), connection=runtime.queue.redis)
+    worker.on_stop = routing.stop_taking
+    worker.set_state(WorkerStatus.BUSY)  # as if in a job: RQ itself only notes the request
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.request_stop(signal.SIGTERM, None)
+
+        def routing_threads() -> list[threading.Thread]:
+            return [thread for thread in threading.enumerate() if thread.name.startswith("route-")]
+
+        assert _wait_for(lambda: not routing_threads(), timeout_s=60), "the routing threads went on taking"
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        routing.stop()
 
 
 def test_what_a_killed_dispatch_lane_held_goes_back_and_nothing_is_routed_twice(
