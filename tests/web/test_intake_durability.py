@@ -99,11 +99,7 @@ def test_a_202_survives_kill_9_of_the_web_processes_right_after_the_answer(
 ) -> None:
     """With NOFX_WEB_PROCESSES=2 any of the processes may answer: all are killed at once after the 202."""
     database = tmp_path / "durable.db"
-    store = Store(f"sqlite:///{database}")
-    store.create_all()
-    payload = load_payload("issue_comment.created")
-    with store.session() as session:
-        session.add(Installation(id=payload["installation"]["id"], account_login="Codertocat"))
+    store, payload = _store_knowing_the_installation(database)
     body = json.dumps(payload).encode()
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="survivor")
 
@@ -135,11 +131,7 @@ def test_web_processes_record_each_delivery_once_whichever_answers(
     """Two web processes, each with its own group commit writer on one SQLite file: deliveries and their
     redeliveries sent at once on separate connections are each recorded and enqueued once."""
     database = tmp_path / "shared.db"
-    store = Store(f"sqlite:///{database}")
-    store.create_all()
-    payload = load_payload("issue_comment.created")
-    with store.session() as session:
-        session.add(Installation(id=payload["installation"]["id"], account_login="Codertocat"))
+    store, payload = _store_knowing_the_installation(database)
     body = json.dumps(payload).encode()
     ids = [f"shared-{n}" for n in range(40)]
     sent = ids * 3  # every delivery three times, on different connections
@@ -223,6 +215,16 @@ def test_unsigned_bodies_in_flight_are_bounded_and_signed_deliveries_still_get_i
             f"{base}/webhooks", content=b" " * MAX_BODY_BYTES, headers={"X-GitHub-Event": "ping"}, timeout=30
         )
         assert whole.status_code == 401  # the first body's share was given back
+
+
+def _store_knowing_the_installation(database: Path) -> tuple[Store, dict[str, Any]]:
+    """A SQLite store that knows the installation of the `issue_comment` example payload; and that payload."""
+    store = Store(f"sqlite:///{database}")
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    with store.session() as session:
+        session.add(Installation(id=payload["installation"]["id"], account_login="Codertocat"))
+    return store, payload
 
 
 @contextlib.contextmanager
