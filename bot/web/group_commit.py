@@ -38,12 +38,20 @@ class GroupCommit(Generic[Item, Answer]):
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if len(self._writers) < self._max_writers:
-            writer = asyncio.create_task(self._drain())
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
+            self._writers.add(asyncio.create_task(self._drain()))
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
+        try:
+            await self._write_pending()
+        finally:
+            # In the same step as the last look at `_pending`: a done callback would run a turn later, and an item
+            # submitted in between would find this writer still counted, start none, and wait for ever.
+            task = asyncio.current_task()
+            if task is not None:
+                self._writers.discard(task)
+
+    async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
