@@ -144,12 +144,16 @@ class Listener:
         return self.received
 
 
-@pytest.fixture
-def listener() -> Iterator[Listener]:
-    server = Listener()
+def _serving(server: Listener) -> Iterator[Listener]:
+    """The fixture's life of a listener: closed afterwards unless the test closed it already."""
     yield server
     if server.socket.fileno() != -1:
         server.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    yield from _serving(Listener())
 
 
 def test_a_follow_up_run_never_runs_an_install_script_its_branch_changed_with_network(
@@ -207,10 +211,7 @@ def test_a_follow_up_run_never_runs_an_install_script_its_branch_changed_with_ne
 def redis_like() -> Iterator[Listener]:
     """A service on the worker's loopback that hands anyone who connects a secret, as an unauthenticated Redis
     does its data (and runs the RQ jobs they forge)."""
-    server = Listener(greeting=SECRET)
-    yield server
-    if server.socket.fileno() != -1:
-        server.close()
+    yield from _serving(Listener(greeting=SECRET))
 
 
 def test_setup_reaches_no_service_on_the_workers_loopback_nor_the_metadata_endpoint(
