@@ -9,10 +9,13 @@ one retry policy for GitHub's 5xx answers, rate limits and dropped connections.
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -213,14 +216,26 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
         return min(self._retry.max_wait_s, delay)
 
 
+class Credentials:
+    """The App's JWT and installation tokens, shared by the `GitHubApp`s of one process (one per event loop), so
+    a token is minted once per installation however many threads use it. Thread-safe: a token being minted is a
+    future the other threads wait on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jwt: _Token | None = None
+        self.tokens: dict[int, _Token] = {}
+        self.minting: dict[int, Future[str]] = {}
+
+
 class GitHubApp:
     """The one place GitHub credentials live and GitHub clients are made.
 
     `on_secret` receives every JWT and installation token the moment it is minted, so the
     log redactor knows it before it can leak; `on_response` sees (method, status, headers)
     of every HTTP answer, retried ones included, for metrics. Both run inline and must not
-    raise. One instance per event loop: the HTTP connection pool and the per-installation
-    locks belong to the loop that first uses them.
+    raise. One instance per event loop (its HTTP connection pool belongs to the loop that first
+    uses it); instances made by `for_another_loop` share the tokens (`Credentials`).
     """
 
     def __init__(
@@ -235,6 +250,7 @@ class GitHubApp:
         retry: RetryPolicy | None = None,
         on_secret: SecretHook | None = None,
         on_response: ResponseHook | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if not app_id:
             raise GitHubAppNotConfigured("GITHUB_APP_ID is not set")
@@ -248,9 +264,7 @@ class GitHubApp:
         self._retry = retry or RetryPolicy()
         self._on_secret = on_secret
         self._on_response = on_response
-        self._jwt: _Token | None = None
-        self._tokens: dict[int, _Token] = {}
-        self._token_locks: dict[int, asyncio.Lock] = {}
+        self._credentials = credentials or Credentials()
 
     def __repr__(self) -> str:
         return f"GitHubApp(app_id={self.app_id!r}, api_url={self.api_url!r})"
@@ -289,16 +303,24 @@ class GitHubApp:
             on_response=on_response,
         )
 
+    def for_another_loop(self) -> GitHubApp:
+        """A GitHubApp for another thread's event loop: HTTP connections of its own, this one's credentials."""
+        other = copy.copy(self)
+        other._http, other._owns_http = http_client(), True
+        return other
+
     def jwt(self) -> str:
         """The App's JWT (RS256, iat 60 s back, exp 8 min ahead), reissued 2 minutes before it expires."""
-        now = self._clock()
-        if self._jwt is None or now >= self._jwt.expires_at - JWT_REFRESH_MARGIN_S:
-            issued_at = int(now) - JWT_BACKDATE_S
-            expires_at = issued_at + JWT_LIFETIME_S
-            claims = {"iat": issued_at, "exp": expires_at, "iss": self.app_id}
-            self._jwt = _Token(pyjwt.encode(claims, self._key, algorithm="RS256"), expires_at)
-            self._register_secret(self._jwt.value)
-        return self._jwt.value
+        credentials = self._credentials
+        with credentials.lock:
+            now = self._clock()
+            if credentials.jwt is None or now >= credentials.jwt.expires_at - JWT_REFRESH_MARGIN_S:
+                issued_at = int(now) - JWT_BACKDATE_S
+                expires_at = issued_at + JWT_LIFETIME_S
+                claims = {"iat": issued_at, "exp": expires_at, "iss": self.app_id}
+                credentials.jwt = _Token(pyjwt.encode(claims, self._key, algorithm="RS256"), expires_at)
+                self._register_secret(credentials.jwt.value)
+            return credentials.jwt.value
 
     def app_client(self) -> NofxGitHubAPI:
         """A client authenticated as the App itself (installations, manifests, app metadata)."""
@@ -317,16 +339,19 @@ class GitHubApp:
         return self._client(authorization)
 
     async def installation_token(self, installation_id: int) -> str:
-        """An installation token valid for at least 5 more minutes, fetched once for concurrent callers."""
-        token = self._fresh_token(installation_id)
-        if token is not None:
-            return token
-        lock = self._token_locks.setdefault(installation_id, asyncio.Lock())
-        async with lock:
-            # Whoever held the lock before us has probably just fetched it.
+        """An installation token valid for at least 5 more minutes, fetched once for concurrent callers (of
+        every event loop sharing these credentials)."""
+        credentials = self._credentials
+        with credentials.lock:
             token = self._fresh_token(installation_id)
             if token is not None:
                 return token
+            pending = credentials.minting.get(installation_id)
+            if pending is None:
+                mine = credentials.minting[installation_id] = Future()
+        if pending is not None:
+            return await asyncio.wrap_future(pending)
+        try:
             data = await self.app_client().post(
                 "/app/installations/{installation_id}/access_tokens",
                 {"installation_id": installation_id},
@@ -334,8 +359,16 @@ class GitHubApp:
             )
             issued = _parse_token_response(data, installation_id)
             self._register_secret(issued.value)
-            self._tokens[installation_id] = issued
+            with credentials.lock:
+                credentials.tokens[installation_id] = issued
+            mine.set_result(issued.value)
             return issued.value
+        except BaseException as exc:
+            mine.set_exception(exc)  # the callers waiting on this mint fail with it; the next call mints again
+            raise
+        finally:
+            with credentials.lock:
+                del credentials.minting[installation_id]
 
     async def repository_token(
         self, installation_id: int, repository: str, repository_id: int | None, permissions: Mapping[str, str]
@@ -393,7 +426,7 @@ class GitHubApp:
         )
 
     def _fresh_token(self, installation_id: int) -> str | None:
-        token = self._tokens.get(installation_id)
+        token = self._credentials.tokens.get(installation_id)
         if token is None or self._clock() >= token.expires_at - TOKEN_REFRESH_MARGIN_S:
             return None
         return token.value

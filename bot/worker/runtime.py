@@ -49,7 +49,7 @@ class Runtime:
         self.redactor = redactor or Redactor(settings.secrets)
         self.store = Store(settings.database_url, run_limits=settings.run_limits)
         self.queue = WorkQueue.from_url(settings.redis_url)
-        self.github, self.llm = self.loop_clients()
+        self.github, self.llm = self._github_client(), self._llm_client()
         self.engine = Engine(
             self.store,
             self.queue,
@@ -78,18 +78,20 @@ class Runtime:
         self._opening_index = threading.Lock()  # the dispatch lane's routing threads plan at once
 
     def loop_clients(self) -> tuple[GitHubApp | None, LLM | None]:
-        """A GitHub App client and a model client for one event loop (their connection pools and locks belong
-        to the loop that first uses them): the runtime's own, and one per routing thread of a dispatch lane."""
+        """A GitHub App client and a model client for another event loop (a dispatch lane's routing thread): their
+        connection pools belong to the loop that first uses them; the installation tokens are the runtime's."""
+        github = self.github.for_another_loop() if self.github is not None else None
+        return github, self._llm_client()
+
+    def _github_client(self) -> GitHubApp | None:
+        if not self.settings.app_configured:
+            return None
+        recorder = GitHubCallRecorder(self.queue.shared)
+        return GitHubApp.from_settings(self.settings, on_secret=self.redactor.add, on_response=recorder)
+
+    def _llm_client(self) -> LLM | None:
         settings = self.settings
-        github = (
-            GitHubApp.from_settings(
-                settings, on_secret=self.redactor.add, on_response=GitHubCallRecorder(self.queue.shared)
-            )
-            if settings.app_configured
-            else None
-        )
-        llm = LLM.from_settings(settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact)
-        return github, llm
+        return LLM.from_settings(settings, cache=FileCache.in_data_dir(settings.data_dir), redact=self.redactor.redact)
 
     def search_index(self) -> SearchIndex:
         """The semantic index, opened (and its model loaded) by the first job that needs it."""

@@ -9,8 +9,10 @@ so those few tests put an httpx `MockTransport` at the I/O seam instead.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,45 @@ async def test_concurrent_callers_share_one_token_request(gh_app: GitHubApp, dou
         INSTALLATION,
         INSTALLATION + 1,
     ]
+
+
+def test_event_loops_of_other_threads_share_one_token_request(gh_app: GitHubApp, double: GitHubDouble) -> None:
+    """A dispatch lane's routing threads each run a loop of their own: a burst for one installation mints once."""
+    in_flight = threading.Barrier(4, timeout=10)
+    double.gate("POST", TOKENS, lambda: time.sleep(0.2))  # the first mint is still on its way when all ask
+
+    def token_on_a_loop_of_its_own() -> str:
+        other = gh_app.for_another_loop()
+
+        async def ask() -> str:
+            in_flight.wait()
+            try:
+                return await other.installation_token(INSTALLATION)
+            finally:
+                await other.aclose()
+
+        return asyncio.run(ask())
+
+    with ThreadPoolExecutor(4) as pool:
+        tokens = list(pool.map(lambda _: token_on_a_loop_of_its_own(), range(4)))
+
+    assert len(set(tokens)) == 1
+    assert double.tokens_issued == 1
+
+
+async def test_a_failed_token_request_fails_its_waiters_and_the_next_call_asks_again(
+    gh_app: GitHubApp, double: GitHubDouble
+) -> None:
+    double.respond("POST", TOKENS, 404)
+
+    outcomes = await asyncio.gather(
+        *(gh_app.installation_token(INSTALLATION) for _ in range(3)), return_exceptions=True
+    )
+
+    assert all(isinstance(outcome, gidgethub.BadRequest) for outcome in outcomes)
+    assert len(double.calls("POST", TOKENS)) == 1
+    assert await gh_app.installation_token(INSTALLATION)
+    assert double.tokens_issued == 1
 
 
 async def test_installation_client_sends_token_version_and_user_agent(gh_app: GitHubApp, double: GitHubDouble) -> None:
