@@ -4,7 +4,7 @@ One Python process answers about 2,000 deliveries/s with a core to itself (some 
 ASGI call, HMAC, JSON, the group commit's write and RPUSH), so a burst wants the machine's other cores as well
 (`NOFX_WEB_PROCESSES`). The processes are forked once the code is imported (its pages stay shared) and before any
 thread, connection or app exists: each builds its own app, so each has its own database connections and group
-commit writer (SQLite takes their commits in turn, a writer waiting on its busy timeout; PostgreSQL side by side)
+commit writer (on SQLite they take turns on a lock file, see `bot.web.sqlite_intake`; on PostgreSQL side by side)
 and its own Redis connection. The kernel gives each new connection to whichever process accepts it first.
 
 Several only once the App is registered: the setup flow changes the settings of the one process that serves it.
