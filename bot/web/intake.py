@@ -122,7 +122,8 @@ class Intake:
         self.recorder = PostgresRecorder(self.store) if dialect == "postgresql" else SqliteRecorder(self.store)
 
     def close(self) -> None:
-        """Close the intake's own database connections (at the app's shutdown)."""
+        """Close the intake's writer threads and its own database connections (at the app's shutdown)."""
+        self.group.close()
         self.recorder.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
