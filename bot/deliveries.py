@@ -124,6 +124,17 @@ def stale_queued(store: Store, older_than: timedelta) -> list[str]:
         return list(rows)
 
 
+def unclaimed(store: Store, delivery_id: str) -> Delivery | None:
+    """A delivery no job has taken for routing yet (received or queued), read in one round trip; else None."""
+    statement = select(*_DELIVERY.columns).where(
+        col(Delivery.id) == delivery_id,
+        col(Delivery.status).in_((DeliveryStatus.received, DeliveryStatus.queued)),
+    )
+    with store.autocommit() as conn:
+        row = conn.execute(statement).one_or_none()
+    return None if row is None else Delivery(**row._mapping)
+
+
 def claim(store: Store, delivery_id: str) -> Delivery | None:
     """Atomically take a delivery for routing and read it, in one statement; None if another job has it or it is
     finished."""

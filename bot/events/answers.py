@@ -31,12 +31,13 @@ def own_app_id(ctx: EventContext) -> int | None:
 
 
 async def config_or_report(gh: GitHubAPI, thread: Thread, ctx: EventContext, *, mentioned: bool) -> RepoConfig | None:
-    """The repository's config; an invalid file is reported (only when nofx was addressed) and stops here."""
+    """The repository's config; an invalid file is reported (only when nofx was addressed, and not by the 👀 pass:
+    routing the delivery reports it) and stops here."""
     try:
         return await repos.load_config(gh, thread, ctx.queue.shared)
     except ConfigError as exc:
         log.info("invalid repository config: %s", exc)
-        if mentioned:
+        if mentioned and not ctx.acknowledging:
             await reply(gh, thread, config_error(str(exc)))
         return None
 

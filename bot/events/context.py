@@ -32,3 +32,5 @@ class EventContext:
     memory: ThreadMemoryConfig = field(default_factory=ThreadMemoryConfig)
     # `(installation, repository)` -> the planner's search of that repository's earlier runs; None: no semantic index
     similar_runs: Callable[[int, str, int | None], SimilarRuns] | None = None
+    # The 👀 pass (`bot.events.router.acknowledge`): react to a command its sender may give, and do nothing else
+    acknowledging: bool = False

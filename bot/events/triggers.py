@@ -1,7 +1,8 @@
 """The events that carry a command: comments, issue bodies, labels and check-run buttons, each checked the same way.
 
 One small router function per trigger; they share `_handle_command`, which checks the sender, reads the
-repository's config, acknowledges with 👀 and hands the command to `bot.events.verbs`.
+repository's config, acknowledges with 👀 and hands the command to `bot.events.verbs`. The triggers that react are
+also on `acknowledging`, the router of the 👀 pass (`bot.events.router.acknowledge`), which stops after the reaction.
 """
 
 from __future__ import annotations
@@ -32,24 +33,29 @@ from bot.repo_config import RepoConfig, permission_reaches
 from bot.runs import planner, queries
 
 router = routing.Router()
+acknowledging = routing.Router()
 log = logging.getLogger(__name__)
 REFUSAL_EVERY_S = 24 * 3600
+REACTED_KEEP_S = 24 * 3600  # how long a delivery's 👀 is remembered: routing it later does not react again
 # A line that could hold a command under any configured prefix: cheap to test before reading the config.
 _MAYBE_COMMAND = re.compile(r"^ {0,3}/\S", re.MULTILINE)
 
 
+@acknowledging.register("issue_comment", action="created")
 @router.register("issue_comment", action="created")
 async def start_run_from_comment(event: sansio.Event, ctx: EventContext) -> None:
     """A `/nofx` command in a new issue or pull request conversation comment (edits never re-trigger)."""
     await _handle_comment(ctx, event, "comment", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions")
 
 
+@acknowledging.register("pull_request_review_comment", action="created")
 @router.register("pull_request_review_comment", action="created")
 async def start_run_from_review_comment(event: sansio.Event, ctx: EventContext) -> None:
     """A `/nofx` command in a line comment of a pull request review."""
     await _handle_comment(ctx, event, "review_comment", "/repos/{owner}/{repo}/pulls/comments/{comment_id}/reactions")
 
 
+@acknowledging.register("issues", action="opened")
 @router.register("issues", action="opened")
 async def start_run_from_issue_body(event: sansio.Event, ctx: EventContext) -> None:
     """A new issue whose body holds a `/nofx` command."""
@@ -58,6 +64,7 @@ async def start_run_from_issue_body(event: sansio.Event, ctx: EventContext) -> N
     await _handle_command(ctx, event, thread, issue.get("body"), issue, _issue_source(thread, "issue_body"))
 
 
+@acknowledging.register("issues", action="labeled")
 @router.register("issues", action="labeled")
 async def start_run_from_label(event: sansio.Event, ctx: EventContext) -> None:
     """The run label on an issue: its title and body are the request."""
@@ -74,6 +81,7 @@ async def start_run_from_label(event: sansio.Event, ctx: EventContext) -> None:
     await _handle_label(ctx, event, run_label)
 
 
+@acknowledging.register("pull_request", action="labeled")
 @router.register("pull_request", action="labeled")
 async def request_review_from_label(event: sansio.Event, ctx: EventContext) -> None:
     """The review label on a pull request asks for a review (with the same permission check as a command)."""
@@ -203,10 +211,13 @@ async def _authorised_command(
     target: Run | None = None,
     react: bool = False,
 ) -> None:
-    """Carry out `command` if its sender has the permission; 👀 (`react`) only then, so outsiders cost no reaction."""
+    """Carry out `command` if its sender has the permission; 👀 (`react`) only then, so outsiders cost no reaction.
+    The 👀 pass stops after the reaction, and refuses nobody (routing the delivery does)."""
     sender = event.data["sender"]["login"]
     permission = await sender_permission(gh, thread, event.data["sender"], ctx.queue.shared)
     if not permission_reaches(permission, config.trigger.min_permission):
+        if ctx.acknowledging:
+            return
         log.info("refused %s from %s (%s)", command.verb.value, sender, permission)
         if command.verb in (Verb.approve, Verb.reject):
             body = not_allowed(sender, command.verb.value)
@@ -215,7 +226,9 @@ async def _authorised_command(
         await _refuse_once_a_day(ctx, gh, thread, body)
         return
     if react:
-        await _react(gh, source)
+        await _react(ctx, gh, source, event.delivery_id)
+    if ctx.acknowledging:
+        return
     await carry_out(Turn(ctx, event, gh, thread, config, source, sender, target), command)
 
 
@@ -228,9 +241,15 @@ async def _refuse_once_a_day(ctx: EventContext, gh: GitHubAPI, thread: Thread, b
         log.info("refusal not posted: this thread already got one today")
 
 
-async def _react(gh: GitHubAPI, source: Source) -> None:
-    """👀 at once: people see nofx picked the request up before any slow work starts."""
+async def _react(ctx: EventContext, gh: GitHubAPI, source: Source, delivery_id: str | None) -> None:
+    """👀 at once: people see nofx picked the request up before any slow work starts. Once per delivery: the 👀 pass
+    reacts, and routing the delivery then finds it done (GitHub keeps one 👀 per user anyway)."""
+    key = f"nofx:reacted:{delivery_id}"
+    if delivery_id and ctx.queue.shared.text(key) is not None:
+        return
     await gh.post(source.reaction_path, url_vars=source.reaction_vars, data={"content": "eyes"})
+    if delivery_id:
+        ctx.queue.shared.keep_text(key, "eyes", REACTED_KEEP_S)
 
 
 def _issue_source(thread: Thread, trigger: str) -> Source:

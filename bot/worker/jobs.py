@@ -134,6 +134,16 @@ def clean_up_workspaces() -> None:
     log.info("workspaces cleaned", extra=logs.fields(removed=len(removed), evicted=len(evicted)))
 
 
+async def acknowledge_delivery(runtime: Runtime, delivery_id: str, ctx: EventContext) -> None:
+    """👀 on the command a delivery carries, before it is routed (`events.acknowledge`); a delivery already taken
+    for routing is left alone."""
+    delivery = deliveries.unclaimed(runtime.store, delivery_id)
+    if delivery is None:
+        return
+    with logs.bound(delivery_id=delivery.id, event=delivery.event, installation=delivery.installation_id):
+        await events.acknowledge(delivery, ctx)
+
+
 async def route_delivery(runtime: Runtime, delivery_id: str, ctx: EventContext | None = None) -> DeliveryStatus | None:
     """Claim, dispatch and record the outcome; failures are recorded on the delivery for replay. `ctx`: the
     routers' dependencies for the running loop (a dispatch lane's routing thread), else the runtime's."""

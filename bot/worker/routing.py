@@ -1,10 +1,15 @@
-"""A dispatch lane's routing threads: each takes one delivery id at a time straight from the intake list and routes
-it on an event loop of its own, so a burst is routed many at once rather than one RQ job after another.
+"""A dispatch lane's threads: acknowledging threads take one delivery id at a time straight from the intake list and
+put 👀 on the command it carries; routing threads then route it. Both run an event loop of their own each, so a
+burst is acknowledged and routed many at once rather than one RQ job after another.
 
-Routing a delivery mostly waits (database round trips, GitHub calls); threads overlap those waits. Each id is
-moved atomically onto the lane's taken list and removed once routed; a lane killed meanwhile stops refreshing its
-heartbeat, and the sweeper puts what it held back on the intake list (`WorkQueue.reclaim_taken`). A delivery is
-still routed once: `deliveries.claim` decides, whoever takes its id.
+Acknowledging comes first: a routing thread waits (up to ACKS_FIRST_MAX_WAIT_S) while any delivery is being
+acknowledged in this lane, so under a burst the CPU goes to putting 👀 on every command before it goes to planning
+and starting runs. Routing mostly waits too (database round trips, GitHub calls); threads overlap those waits.
+
+Each id is moved atomically onto the lane's taken list and removed once routed; a lane killed meanwhile stops
+refreshing its heartbeat, and the sweeper puts what it held back on the intake list (`WorkQueue.reclaim_taken`). A
+delivery is still routed once: `deliveries.claim` decides, whoever takes its id; and reacted to once (the 👀 pass
+leaves a mark that routing reads).
 """
 
 from __future__ import annotations
@@ -12,77 +17,134 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import secrets
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from bot import logs
+from bot.events.context import EventContext
 from bot.queue import LANE_ALIVE_TTL_S
-from bot.worker.jobs import route_delivery
+from bot.worker.jobs import acknowledge_delivery, route_delivery
 from bot.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+ACKNOWLEDGING_THREADS = 8  # deliveries one dispatch lane acknowledges at once
 ROUTING_THREADS = 8  # deliveries one dispatch lane routes at once; each holds a database connection meanwhile
+ACKS_FIRST_MAX_WAIT_S = 2.0  # a routing thread waits at most this long for the lane's acknowledgements
 TAKE_WAIT_S = 1  # seconds, one wait for an intake id (under the queue client's 5 s socket timeout)
 BEAT_EVERY_S = LANE_ALIVE_TTL_S / 5
 
 
 class RoutingThreads:
-    """`threads` routing threads and the lane's heartbeat; `stop` lets each finish the delivery it is routing."""
+    """The lane's acknowledging and routing threads and its heartbeat; `stop` lets each finish what it holds."""
 
-    def __init__(self, runtime: Runtime, threads: int = ROUTING_THREADS) -> None:
+    def __init__(
+        self, runtime: Runtime, threads: int = ROUTING_THREADS, acknowledging: int = ACKNOWLEDGING_THREADS
+    ) -> None:
         self.runtime = runtime
         self.lane_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stopping = threading.Event()
-        self._threads = [
+        self._acknowledged: queue.Queue[str] = queue.Queue()  # taken and acknowledged, not yet routed
+        self._acknowledging = 0  # deliveries being acknowledged now
+        self._acks_done = threading.Condition()
+        self._takers = [
+            threading.Thread(target=self._acknowledge_forever, name=f"ack-{n}", daemon=True)
+            for n in range(acknowledging)
+        ]
+        self._routers = [
             threading.Thread(target=self._route_forever, name=f"route-{n}", daemon=True) for n in range(threads)
         ]
-        self._threads.append(threading.Thread(target=self._beat_forever, name="lane-heartbeat", daemon=True))
+        self._beat = threading.Thread(target=self._beat_forever, name="lane-heartbeat", daemon=True)
 
     def start(self) -> None:
         self.runtime.queue.keep_lane_alive(self.lane_id)
-        for thread in self._threads:
+        for thread in (*self._takers, *self._routers, self._beat):
             thread.start()
 
     def stop_taking(self) -> None:
-        """No more deliveries: each thread finishes the one it routes (safe in a signal handler, never blocks)."""
+        """No more deliveries: what was taken is still routed (safe in a signal handler, never blocks)."""
         self._stopping.set()
 
     def stop(self) -> None:
         self.stop_taking()
-        for thread in self._threads:
+        for thread in (*self._takers, *self._routers, self._beat):
             thread.join()
         self.runtime.queue.end_lane(self.lane_id)
 
+    def _acknowledge_forever(self) -> None:
+        def take_and_acknowledge(ctx: EventContext, runner: asyncio.Runner) -> None:
+            delivery_id = self._take()
+            if delivery_id is None:
+                return
+            with self._acks_done:
+                self._acknowledging += 1
+            try:
+                runner.run(acknowledge_delivery(self.runtime, delivery_id, ctx))
+            except Exception:  # routing it reacts instead
+                log.exception("acknowledging failed; routing goes on", extra=logs.fields(delivery_id=delivery_id))
+            finally:
+                self._acknowledged.put(delivery_id)
+                with self._acks_done:
+                    self._acknowledging -= 1
+                    if not self._acknowledging:
+                        self._acks_done.notify_all()
+
+        self._on_own_loop(take_and_acknowledge, until=self._stopping.is_set)
+
     def _route_forever(self) -> None:
-        runtime, queue = self.runtime, self.runtime.queue
+        def route_next(ctx: EventContext, runner: asyncio.Runner) -> None:
+            try:
+                delivery_id = self._acknowledged.get(timeout=TAKE_WAIT_S)
+            except queue.Empty:
+                return
+            self._wait_for_acknowledgements()
+            try:
+                runner.run(route_delivery(self.runtime, delivery_id, ctx))
+            except Exception:  # the database failed before the outcome was recorded: still queued
+                log.exception("routing failed; the sweeper queues it again", extra=logs.fields(delivery_id=delivery_id))
+            finally:
+                self._drop(delivery_id)
+
+        self._on_own_loop(route_next, until=self._drained)
+
+    def _on_own_loop(self, step: Callable[[EventContext, asyncio.Runner], None], until: Callable[[], bool]) -> None:
+        """Call `step` until `until()`, on an event loop and with GitHub and model clients of this thread's own."""
+        runtime = self.runtime
         github, llm = runtime.loop_clients()
         ctx = replace(runtime.context(), github=github, llm=llm)
         with asyncio.Runner() as runner:
             try:
-                while not self._stopping.is_set():
-                    try:
-                        delivery_id = queue.take_delivery(self.lane_id, TAKE_WAIT_S)
-                    except Exception:  # must outlive a queue hiccup
-                        log.exception("taking an intake id failed; trying again")
-                        self._stopping.wait(TAKE_WAIT_S)
-                        continue
-                    if delivery_id is None:
-                        continue
-                    try:
-                        runner.run(route_delivery(runtime, delivery_id, ctx))
-                    except Exception:  # the database failed before the outcome was recorded: still queued
-                        log.exception(
-                            "routing failed; the sweeper queues it again", extra=logs.fields(delivery_id=delivery_id)
-                        )
-                    finally:
-                        self._drop(delivery_id)
+                while not until():
+                    step(ctx, runner)
             finally:
                 if github is not None:
                     runner.run(github.aclose())
                 if llm is not None:
                     runner.run(llm.aclose())
+
+    def _take(self) -> str | None:
+        try:
+            return self.runtime.queue.take_delivery(self.lane_id, TAKE_WAIT_S)
+        except Exception:  # must outlive a queue hiccup
+            log.exception("taking an intake id failed; trying again")
+            self._stopping.wait(TAKE_WAIT_S)
+            return None
+
+    def _wait_for_acknowledgements(self) -> None:
+        """Acknowledging first: wait while this lane acknowledges deliveries, but not for ever under a steady
+        stream."""
+        deadline = time.monotonic() + ACKS_FIRST_MAX_WAIT_S
+        with self._acks_done:
+            while self._acknowledging and (left := deadline - time.monotonic()) > 0:
+                self._acks_done.wait(left)
+
+    def _drained(self) -> bool:
+        """Stopping, and every delivery this lane took is routed (or being routed)."""
+        return self._stopping.is_set() and self._acknowledged.empty() and not any(t.is_alive() for t in self._takers)
 
     def _drop(self, delivery_id: str) -> None:
         try:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gidgethub import sansio
 from sqlmodel import select
 
-from bot.events import triggers
+from bot import deliveries
+from bot.events import router, triggers
 from bot.models import Run
 from bot.queue import WorkQueue
 from bot.store import Store
@@ -76,3 +78,53 @@ def test_a_plan_command_posts_the_plan_and_runs_nothing(
     assert plan.endswith("Nothing has run. Reply `/nofx add a cart` to run it.")
     assert runs(store) == []
     assert set(queue.depths().values()) == {0}  # no job on any queue
+
+
+def acknowledge(runtime: Runtime, body: str) -> sansio.Event:
+    """The dispatch lane's 👀 pass over a comment holding `body`: the event it read, for routing it afterwards."""
+    payload = load_payload("issue_comment.created", comment__body=body)
+    event = signed_event("issue_comment", payload)
+    delivery = deliveries.describe(event.delivery_id, event.event, event.data)
+    runtime.run(router.acknowledge(delivery, runtime.context()))
+    return event
+
+
+def test_the_acknowledging_pass_reacts_only_and_routing_does_not_react_again(
+    runtime: Runtime, github: GitHubDouble, store: Store, queue: WorkQueue
+) -> None:
+    event = acknowledge(runtime, "/nofx plan add a cart")
+
+    [eyes] = github.calls("POST", REACTIONS)
+    assert (eyes.path_params["comment_id"], eyes.json) == (event.data["comment"]["id"], {"content": "eyes"})
+    assert replies(github) == [] and runs(store) == []
+    assert set(queue.depths().values()) == {0}
+
+    runtime.run(triggers.router.dispatch(event, runtime.context()))
+
+    assert len(github.calls("POST", REACTIONS)) == 1
+    [plan] = replies(github)
+    assert plan.startswith("### 📋 nofx plan")
+
+
+def test_the_acknowledging_pass_refuses_nobody(runtime: Runtime, github: GitHubDouble, store: Store) -> None:
+    github.permissions[(OWNER, REPO, READER)] = "read"
+    event = acknowledge(runtime, "/nofx add a cart")
+
+    assert github.calls("POST", REACTIONS) == [] and replies(github) == []
+    runtime.run(triggers.router.dispatch(event, runtime.context()))  # routing refuses, once
+    [refusal] = replies(github)
+    assert refusal.startswith(f"@{READER}, only people with *write* access")
+    assert github.calls("POST", REACTIONS) == [] and runs(store) == []
+
+
+def test_the_acknowledging_pass_leaves_a_broken_config_to_routing(
+    runtime: Runtime, github: GitHubDouble, store: Store
+) -> None:
+    github.files[(OWNER, REPO, ".github/nofx.yml", None)] = "gates: [unclosed\n"
+    event = acknowledge(runtime, "/nofx add a cart")
+
+    assert github.calls("POST", REACTIONS) == [] and replies(github) == []
+    runtime.run(triggers.router.dispatch(event, runtime.context()))
+    [report] = replies(github)
+    assert ".github/nofx.yml" in report
+    assert github.calls("POST", REACTIONS) == [] and runs(store) == []

@@ -44,6 +44,7 @@ from tests.support.github_double import GitHubDouble
 from tests.support.llm_double import AnthropicDouble
 
 REACTIONS = "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"
+REPLIES = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
 # A venv with a script that names its interpreter by absolute path, as pip's console scripts do.
 SETUP_VENV = """\
 setup:
@@ -259,17 +260,22 @@ def test_a_gate_on_another_worker_gets_the_setup_made_on_the_first_from_the_shar
     assert "hello from the venv" in output and "Ran 2 tests" in output
 
 
-class HeldReactions:
-    """The GitHub double's 👀 call, held until `release` (or 120 s): counts how many deliveries are routed at once."""
+class HeldCalls:
+    """Calls to one GitHub operation after the first `passing`, held until `release` (or 120 s): counts how many
+    deliveries are at that point at once. Replies are made while routing, 👀 while acknowledging."""
 
-    def __init__(self, github: GitHubDouble) -> None:
+    def __init__(self, github: GitHubDouble, template: str, passing: int = 0) -> None:
         self.release = threading.Event()
         self._lock = threading.Lock()
+        self._passing = passing
         self.held = 0
-        github.gate("POST", REACTIONS, self._hold)
+        github.gate("POST", template, self._hold)
 
     def _hold(self) -> None:
         with self._lock:
+            if self._passing:
+                self._passing -= 1
+                return
             self.held += 1
         self.release.wait(timeout=120)
 
@@ -293,8 +299,8 @@ def _status(store: Store, delivery_id: str) -> DeliveryStatus | None:
 def test_a_dispatch_lane_routes_a_burst_of_deliveries_at_once(
     deliver: Deliverer, github: GitHubDouble, git: GitServer, store: Store, runtime: Runtime
 ) -> None:
-    at_once = threading.Barrier(4, timeout=120)  # broken (and the 👀 refused) unless 4 are in flight together
-    github.gate("POST", REACTIONS, at_once.wait)
+    at_once = threading.Barrier(4, timeout=120)  # broken (and the reply refused) unless 4 are in flight together
+    github.gate("POST", REPLIES, at_once.wait)
     sent = _help_requests(deliver, git, 4)
 
     routing = RoutingThreads(runtime, threads=4)
@@ -312,14 +318,14 @@ def test_a_dispatch_lane_routes_a_burst_of_deliveries_at_once(
 def test_a_dispatch_lane_stopped_mid_burst_finishes_what_it_is_routing(
     deliver: Deliverer, github: GitHubDouble, git: GitServer, store: Store, settings: Settings
 ) -> None:
-    reactions = HeldReactions(github)
+    replies = HeldCalls(github, REPLIES)
     sent = _help_requests(deliver, git, 3)
 
     settings.data_dir.mkdir(parents=True)
     with background_worker(settings, "--lane", "dispatch") as lane:
-        assert _wait_for(lambda: reactions.held == 3, timeout_s=90), "the lane did not route 3 deliveries at once"
+        assert _wait_for(lambda: replies.held == 3, timeout_s=90), "the lane did not route 3 deliveries at once"
         lane.send_signal(signal.SIGTERM)
-        reactions.release.set()
+        replies.release.set()
         assert lane.wait(timeout=60) == 0
 
     assert {_status(store, d) for d in sent} == {DeliveryStatus.done}
@@ -351,14 +357,20 @@ def test_a_stop_request_stops_the_routing_threads_taking_while_rq_finishes_its_j
 def test_what_a_killed_dispatch_lane_held_goes_back_and_nothing_is_routed_twice(
     deliver: Deliverer, github: GitHubDouble, git: GitServer, store: Store, settings: Settings, runtime: Runtime
 ) -> None:
-    reactions = HeldReactions(github)
+    replies = HeldCalls(github, REPLIES)
     in_flight = _help_requests(deliver, git, 3)
+    reactions = HeldCalls(github, REACTIONS, passing=3)  # the three above react; the next is held at its 👀
 
     settings.data_dir.mkdir(parents=True)
     with background_worker(settings, "--lane", "dispatch") as lane:
-        assert _wait_for(lambda: reactions.held == 3, timeout_s=90), "the lane did not route 3 deliveries at once"
+        assert _wait_for(lambda: replies.held == 3, timeout_s=90), "the lane did not route 3 deliveries at once"
+        acknowledging = {"acknowledging": ask(git, "/nofx help", number=8)}
+        acknowledging["acknowledging"]["comment"]["id"] += 8
+        deliver("issue_comment", acknowledging["acknowledging"], delivery_id="acknowledging")
+        assert _wait_for(lambda: reactions.held == 1, timeout_s=90), "the lane did not acknowledge while routing"
         os.kill(lane.pid, signal.SIGKILL)
         lane.wait()
+    replies.release.set()
     reactions.release.set()
     later = {"later-1": ask(git, "/nofx help", number=9)}
     later["later-1"]["comment"]["id"] += 9
@@ -367,13 +379,16 @@ def test_what_a_killed_dispatch_lane_held_goes_back_and_nothing_is_routed_twice(
 
     reclaimed: list[str] = []  # the killed lane's heartbeat expires LANE_ALIVE_TTL_S after its last beat
     deadline = time.monotonic() + 90
-    while len(reclaimed) < 4 and time.monotonic() < deadline:
+    while len(reclaimed) < 5 and time.monotonic() < deadline:
         reclaimed += runtime.queue.reclaim_taken()  # what the sweeper does
         time.sleep(0.5)
-    assert sorted(reclaimed) == sorted([*in_flight, "later-1"])
+    assert sorted(reclaimed) == sorted([*in_flight, "acknowledging", "later-1"])
     run_worker(runtime, burst=True, lane=DISPATCH_LANE)  # another lane takes them: claimed once
 
-    assert _status(store, "later-1") == DeliveryStatus.done and _eyes_on(github, later["later-1"]["comment"]["id"])
+    # Taken but not claimed (later-1; "acknowledging" was held at its 👀): routed by the other lane, once.
+    for delivery_id, payload in (*later.items(), *acknowledging.items()):
+        assert _status(store, delivery_id) == DeliveryStatus.done and _eyes_on(github, payload["comment"]["id"])
+        assert deliveries.get(store, delivery_id).attempts == 1  # type: ignore[union-attr]
     # Claimed by the killed lane: not routed again (the sweeper fails them after ABANDONED_AFTER, for replay).
     assert {_status(store, d) for d in in_flight} == {DeliveryStatus.processing}
     assert all(deliveries.get(store, d).attempts == 1 for d in in_flight)  # type: ignore[union-attr]
