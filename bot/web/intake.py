@@ -40,10 +40,11 @@ RETRY_AFTER_S = 5
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 # GitHub's event names: lower case, digits and underscores (`projects_v2_item`, `sub_issues`).
 _EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
-# Group commits written at once, by database: PostgreSQL takes another batch while one waits for its WAL flush
-# (and flushes concurrent commits together; 8 gave more deliveries/s than 4 in bench/intake.py); SQLite has a single
-# writer.
-CONCURRENT_WRITES = {"postgresql": 8}
+# Group commits written at once per web process, by database: PostgreSQL takes another batch while one waits for its
+# WAL flush; SQLite has a single writer. Each batch costs the same Python around it however small, so more writers
+# than that mean smaller batches and more CPU per delivery: in bench/intake.py (two web processes, 16 connections)
+# 2 gave 2,176-3,876 deliveries/s at 243-318 us of CPU each, 8 gave 2,218-2,293 at 369-387 us (one busy machine).
+CONCURRENT_WRITES = {"postgresql": 2}
 # The request headers the intake reads (ASGI gives header names lower-cased).
 _HEADERS = frozenset(
     {b"content-length", b"content-type", b"x-github-delivery", b"x-github-event", b"x-hub-signature-256"}
