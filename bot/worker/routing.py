@@ -48,6 +48,7 @@ class RoutingThreads:
         self.runtime = runtime
         self.lane_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stopping = threading.Event()
+        self._stop_asked = False
         self._acknowledged: queue.Queue[str] = queue.Queue()  # taken and acknowledged, not yet routed
         self._acknowledging = 0  # deliveries being acknowledged now
         self._acks_done = threading.Condition()
@@ -66,7 +67,12 @@ class RoutingThreads:
             thread.start()
 
     def stop_taking(self) -> None:
-        """No more deliveries: what was taken is still routed (safe in a signal handler, never blocks)."""
+        """No more deliveries: what was taken is still routed. Called from signal handlers: a second signal arriving
+        while the first one's `set` holds the event's lock must not wait for that lock (it would wait for ever, on
+        the thread that holds it), so only the first call sets."""
+        if self._stop_asked:
+            return
+        self._stop_asked = True
         self._stopping.set()
 
     def stop(self) -> None:

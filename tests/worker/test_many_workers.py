@@ -332,6 +332,20 @@ def test_a_dispatch_lane_stopped_mid_burst_finishes_what_it_is_routing(
     assert all(_eyes_on(github, c) for c in sent.values())
 
 
+def test_a_second_stop_signal_during_the_first_ones_handler_returns_at_once(runtime: Runtime) -> None:
+    """Two SIGTERMs close together (the parent's death signal and a supervisor's): the second handler runs on the
+    main thread while the first one's `Event.set` holds the event's lock; waiting for that lock hung the lane for
+    ever (seen as orphaned lanes after tests)."""
+    routing = RoutingThreads(runtime, threads=1, acknowledging=1)
+    routing.start()
+    try:
+        routing.stop_taking()
+        with routing._stopping._cond:  # type: ignore[attr-defined]  # held as by the interrupted first handler
+            routing.stop_taking()
+    finally:
+        routing.stop()
+
+
 def test_a_stop_request_stops_the_routing_threads_taking_while_rq_finishes_its_job(runtime: Runtime) -> None:
     """SIGTERM while the lane's RQ worker runs a report job: RQ waits for the job, the routing threads stop taking
     deliveries at once (an orphaned lane would otherwise go on taking them until the job ends)."""
