@@ -7,7 +7,9 @@ live in one table, `_SCHEMA`, that mirrors them key for key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -245,7 +247,7 @@ def load_mapping(text: str | None, *, file: str = CONFIG_PATH) -> dict[str, Any]
         if size > MAX_CONFIG_BYTES:
             raise ConfigError("(file)", f"is {size} bytes", f"at most {MAX_CONFIG_BYTES} bytes (64 KB)")
         try:
-            data = load_yaml(text)
+            data = copy.deepcopy(_parsed(text))  # the caller may change its copy (`_extends` is popped)
         except YamlRefused as exc:
             raise ConfigError(exc.key, exc.problem, exc.allowed, line=exc.line) from None
         if data is None:
@@ -255,6 +257,12 @@ def load_mapping(text: str | None, *, file: str = CONFIG_PATH) -> dict[str, Any]
         return data
     except ConfigError as exc:
         raise exc.in_file(file) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> object:
+    """A config text parsed once per process: a burst of commands in a repository reads the same text each time."""
+    return load_yaml(text)
 
 
 def from_mapping(data: Mapping[str, Any]) -> RepoConfig:

@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from gidgethub import sansio
 
 from bot.github.checks import LogUnavailable
+from bot.single_flight import SingleFlight
 
 if TYPE_CHECKING:
     import httpx2 as httpx  # what gidgethub.httpx is typed against
@@ -219,13 +219,13 @@ class NofxGitHubAPI(gh_httpx.GitHubAPI):
 class Credentials:
     """The App's JWT and installation tokens, shared by the `GitHubApp`s of one process (one per event loop), so
     a token is minted once per installation however many threads use it. Thread-safe: a token being minted is a
-    future the other threads wait on."""
+    call the other threads wait on."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.jwt: _Token | None = None
         self.tokens: dict[int, _Token] = {}
-        self.minting: dict[int, Future[str]] = {}
+        self.minting: SingleFlight[str] = SingleFlight()
 
 
 class GitHubApp:
@@ -341,34 +341,25 @@ class GitHubApp:
     async def installation_token(self, installation_id: int) -> str:
         """An installation token valid for at least 5 more minutes, fetched once for concurrent callers (of
         every event loop sharing these credentials)."""
-        credentials = self._credentials
-        with credentials.lock:
-            token = self._fresh_token(installation_id)
-            if token is not None:
-                return token
-            pending = credentials.minting.get(installation_id)
-            if pending is None:
-                mine = credentials.minting[installation_id] = Future()
-        if pending is not None:
-            return await asyncio.wrap_future(pending)
-        try:
-            data = await self.app_client().post(
-                "/app/installations/{installation_id}/access_tokens",
-                {"installation_id": installation_id},
-                data=b"",
-            )
-            issued = _parse_token_response(data, installation_id)
-            self._register_secret(issued.value)
-            with credentials.lock:
-                credentials.tokens[installation_id] = issued
-            mine.set_result(issued.value)
-            return issued.value
-        except BaseException as exc:
-            mine.set_exception(exc)  # the callers waiting on this mint fail with it; the next call mints again
-            raise
-        finally:
-            with credentials.lock:
-                del credentials.minting[installation_id]
+        token = self._fresh_token(installation_id)
+        if token is not None:
+            return token
+        return await self._credentials.minting.do(str(installation_id), lambda: self._mint(installation_id))
+
+    async def _mint(self, installation_id: int) -> str:
+        token = self._fresh_token(installation_id)  # minted by the call that was under way when we looked
+        if token is not None:
+            return token
+        data = await self.app_client().post(
+            "/app/installations/{installation_id}/access_tokens",
+            {"installation_id": installation_id},
+            data=b"",
+        )
+        issued = _parse_token_response(data, installation_id)
+        self._register_secret(issued.value)
+        with self._credentials.lock:
+            self._credentials.tokens[installation_id] = issued
+        return issued.value
 
     async def repository_token(
         self, installation_id: int, repository: str, repository_id: int | None, permissions: Mapping[str, str]

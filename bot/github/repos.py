@@ -14,11 +14,13 @@ from bot import config_inheritance
 from bot.config_inheritance import ConfigFile
 from bot.github.threads import Thread
 from bot.repo_config import MAX_CONFIG_BYTES, ConfigError, RepoConfig
+from bot.single_flight import SingleFlight
 
 CONFIG_CACHE_TTL_S = 24 * 3600
 # How long the default branch's head is taken as known: a config pushed to it applies to commands this much later
 # at most. Kept per installation: one installation's answer (or access) never serves another's.
 HEAD_CACHE_TTL_S = 60
+_HEADS: SingleFlight[str | None] = SingleFlight()  # a burst in one repository asks GitHub for its head once
 
 
 async def load_config(gh: GitHubAPI, thread: Thread, cache: TextCache | None = None) -> RepoConfig:
@@ -69,6 +71,9 @@ class _ConfigReader:
         if self.cache is not None and (hit := self.cache.text(key)) is not None:
             cached: str | None = json.loads(hit)["sha"]
             return cached
+        return await _HEADS.do(key, lambda: self._head_to_cache(key, owner, repo))
+
+    async def _head_to_cache(self, key: str, owner: str, repo: str) -> str | None:
         head = await self._head_from_github(owner, repo)
         if self.cache is not None:
             self.cache.keep_text(key, json.dumps({"sha": head}), HEAD_CACHE_TTL_S)
