@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from redis.lock import Lock
 from rq import Queue, Worker
@@ -47,6 +48,9 @@ INDEX_ARTIFACTS_JOB = "bot.worker.jobs.index_artifacts"
 REVIEW_JOB_TIMEOUT_S = 1800  # a 3,000-file pull request takes many LLM calls
 # RQ's own limit is a backstop; the runner enforces each step's timeout_s itself.
 STEP_JOB_SLACK_S = 120
+# Seconds to connect to Redis and to wait for an answer: a Redis that went away fails a request in seconds, not never.
+CONNECT_TIMEOUT_S = 2
+ANSWER_TIMEOUT_S = 5
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 PR_SET_PDEATHSIG = 1
 
@@ -54,8 +58,9 @@ PR_SET_PDEATHSIG = 1
 class WorkQueue:
     """Enqueue jobs by id on the queue of their kind; everything a job needs it rebuilds from the database."""
 
-    def __init__(self, redis: Redis, name: str = QUEUE_NAME) -> None:
+    def __init__(self, redis: Redis, name: str = QUEUE_NAME, url: str | None = None) -> None:
         self.redis = redis
+        self.url = url  # the server's, for clients of other kinds (`intake_pusher`)
         self.queue = Queue(name, connection=redis)  # deliveries
         self.reports = Queue(REPORTS_QUEUE, connection=redis)
         self.steps = Queue(STEPS_QUEUE, connection=redis)
@@ -64,7 +69,9 @@ class WorkQueue:
 
     @classmethod
     def from_url(cls, url: str, name: str = QUEUE_NAME) -> WorkQueue:
-        return cls(Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5), name)
+        return cls(
+            Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=ANSWER_TIMEOUT_S), name, url
+        )
 
     @property
     def all(self) -> list[Queue]:
@@ -95,6 +102,14 @@ class WorkQueue:
         """
         if delivery_ids:
             self.redis.rpush(INTAKE_LIST, *delivery_ids)
+
+    def intake_pusher(self) -> IntakePusher:
+        """`enqueue_intake` for an event loop (the intake's), on a connection of its own to the same server."""
+        if self.url is None:
+            raise RuntimeError("the intake's pusher needs a WorkQueue made by from_url")
+        return IntakePusher(
+            AsyncRedis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=ANSWER_TIMEOUT_S)
+        )
 
     def fan_out_intake(self, wait_s: float = 0) -> int:
         """Turn waiting intake ids into dispatch jobs, waiting up to `wait_s` for one; how many it took.
@@ -513,3 +528,19 @@ def _private_file(path: Path) -> Path:
     path.unlink(missing_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     return path
+
+
+class IntakePusher:
+    """Pushes delivery ids onto the intake list from an event loop, as `WorkQueue.enqueue_intake` does from a thread:
+    the intake's writes on PostgreSQL are coroutines, and a hop to a thread per batch for the RPUSH cost the event
+    loop more than the push itself."""
+
+    def __init__(self, redis: AsyncRedis) -> None:
+        self._redis = redis
+
+    async def push(self, delivery_ids: list[str]) -> None:
+        if delivery_ids:
+            await self._redis.rpush(INTAKE_LIST, *delivery_ids)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -131,7 +131,7 @@ def create_app(
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     yield
-    app.state.intake.close()
+    await app.state.intake.close()
 
 
 async def healthz(_request: Request) -> Response:

@@ -10,8 +10,7 @@ write to be done before it is answered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -19,25 +18,20 @@ Answer = TypeVar("Answer")
 
 
 class GroupCommit(Generic[Item, Answer]):
-    """Batches `submit`ted items for `write`, a blocking function run in a thread: one answer per item, in order.
+    """Batches `submit`ted items for `write`, a coroutine function: one answer per item, in order.
 
     Up to `writers` batches are written at once: a database that syncs each commit to disk (PostgreSQL) takes
-    the next batch while the last one waits for its flush; SQLite has one writer at a time, so one. The writes run
-    on threads of the group commit's own: anyio's `to_thread` (a capacity limiter, a `queue.Queue` and its
-    condition per call) cost the event loop more per batch than handing the batch to an executor.
+    the next batch while the last one waits for its flush; SQLite has one writer at a time, so one.
     """
 
-    def __init__(self, write: Callable[[list[Item]], list[Answer]], *, max_batch: int = 256, writers: int = 1) -> None:
+    def __init__(
+        self, write: Callable[[list[Item]], Awaitable[list[Answer]]], *, max_batch: int = 256, writers: int = 1
+    ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._max_writers = writers
         self._pending: list[tuple[Item, asyncio.Future[Answer]]] = []
         self._writers: set[asyncio.Task[None]] = set()
-        self._threads = ThreadPoolExecutor(writers, thread_name_prefix="group-commit")
-
-    def close(self) -> None:
-        """Let the writer threads go (once no request waits on a write)."""
-        self._threads.shutdown()
 
     async def submit(self, item: Item) -> Answer:
         """Wait until the batch holding `item` is written; its answer, or the write's exception."""
@@ -61,8 +55,7 @@ class GroupCommit(Generic[Item, Answer]):
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             try:
-                items = [item for item, _ in batch]
-                answers = await asyncio.get_running_loop().run_in_executor(self._threads, self._write, items)
+                answers = await self._write([item for item, _ in batch])
             except Exception as exc:  # every request of the batch gets the failure; the next batch tries again
                 for _, future in batch:
                     if not future.done():

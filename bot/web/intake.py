@@ -7,15 +7,17 @@ routing, no middleware, no Request object per delivery.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import orjson
@@ -24,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from bot import deliveries, logs
 from bot.metrics.web import Metrics
 from bot.models import DeliveryStatus
-from bot.queue import WorkQueue
+from bot.queue import IntakePusher, WorkQueue
 from bot.store import Store
 from bot.web.group_commit import GroupCommit
 from bot.web.postgres_intake import DatabaseUnavailable, PostgresRecorder
@@ -51,6 +53,7 @@ _HEADERS = frozenset(
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Refusal(Exception):
@@ -116,16 +119,26 @@ class Intake:
     group: GroupCommit[deliveries.Incoming, deliveries.Recorded] = field(init=False)
     # Batches go through connections of the intake's own, past the ORM (bot.web.sqlite_intake, postgres_intake).
     recorder: PostgresRecorder | SqliteRecorder = field(init=False)
+    # The intake list from the event loop (the writes on PostgreSQL).
+    pusher: IntakePusher = field(init=False)
+    # SQLite's batches, and the store updates after a push the queue refused, are blocking calls: they run here.
+    _thread: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         dialect = self.store.engine.dialect.name
         self.group = GroupCommit(self._write, writers=CONCURRENT_WRITES.get(dialect, 1))
         self.recorder = PostgresRecorder(self.store) if dialect == "postgresql" else SqliteRecorder(self.store)
+        self.pusher = self.queue.intake_pusher()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="intake")
 
-    def close(self) -> None:
-        """Close the intake's writer threads and its own database connections (at the app's shutdown)."""
-        self.group.close()
-        self.recorder.close()
+    async def close(self) -> None:
+        """Close the intake's thread and its own database and Redis connections (at the app's shutdown)."""
+        self._thread.shutdown()
+        if isinstance(self.recorder, PostgresRecorder):
+            await self.recorder.close()
+        else:
+            self.recorder.close()
+        await self.pusher.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -186,30 +199,65 @@ class Intake:
             log.debug("delivery queued")
             return 202, {"delivery": delivery_id, "status": "queued"}, "queued"
 
-    def _write(self, batch: list[deliveries.Incoming]) -> list[deliveries.Recorded]:
-        """Record a batch as queued in one transaction, then enqueue what needs routing as one job.
+    async def _write(self, batch: list[deliveries.Incoming]) -> list[deliveries.Recorded]:
+        """Record a batch as queued in one transaction, then push what needs routing onto the intake list.
 
         Recorded as queued in the same write, saving a second one per delivery; if the queue refuses,
         they go back to received and the request fails (500, GitHub may redeliver), and the sweeper
         re-enqueues received deliveries and queued ones whose job is missing, so a crash between the
         two steps loses nothing.
+
+        On PostgreSQL all of it runs on the event loop (psycopg's and redis's asyncio clients): a hop to a thread
+        and back per batch cost the loop more than the batch's own statement. SQLite's calls block, so its whole
+        batch runs on the intake's thread, RPUSH included (from the loop it cost SQLite's batches more, not less).
         """
         reasons = [self.ignore_reason(delivery) for delivery in batch]
-        answers = self.recorder(batch, reasons)
-        self.metrics.intake_batch.observe(len(batch))
-        new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
-        # Recorded earlier but never enqueued (the queue was down then): enqueue now.
-        stranded = [
-            d.id for d, a in zip(batch, answers, strict=True) if not a.new and a.status == DeliveryStatus.received
-        ]
+        if isinstance(self.recorder, SqliteRecorder):
+            return await self._in_thread(self._write_blocking, self.recorder, batch, reasons)
+        answers = await self.recorder(batch, reasons)
+        new, stranded = self._to_enqueue(batch, answers)
+        try:
+            await self.pusher.push(new + stranded)
+        except Exception:
+            await self._in_thread(deliveries.mark_all_received, self.store, new)
+            raise
+        if stranded:
+            await self._in_thread(_mark_queued, self.store, stranded)
+        return answers
+
+    def _write_blocking(
+        self, recorder: SqliteRecorder, batch: list[deliveries.Incoming], reasons: list[str | None]
+    ) -> list[deliveries.Recorded]:
+        """`_write` on SQLite, in the intake's thread."""
+        answers = recorder(batch, reasons)
+        new, stranded = self._to_enqueue(batch, answers)
         try:
             self.queue.enqueue_intake(new + stranded)
         except Exception:
             deliveries.mark_all_received(self.store, new)
             raise
-        for delivery_id in stranded:
-            deliveries.mark_queued(self.store, delivery_id)
+        _mark_queued(self.store, stranded)
         return answers
+
+    def _to_enqueue(
+        self, batch: list[deliveries.Incoming], answers: list[deliveries.Recorded]
+    ) -> tuple[list[str], list[str]]:
+        """The batch's new deliveries to route, and those recorded earlier but never enqueued (the queue was down
+        then)."""
+        self.metrics.intake_batch.observe(len(batch))
+        new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
+        stranded = [
+            d.id for d, a in zip(batch, answers, strict=True) if not a.new and a.status == DeliveryStatus.received
+        ]
+        return new, stranded
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+
+
+def _mark_queued(store: Store, delivery_ids: list[str]) -> None:
+    for delivery_id in delivery_ids:
+        deliveries.mark_queued(store, delivery_id)
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:

@@ -13,12 +13,13 @@ async def test_an_item_submitted_while_the_last_writer_finishes_is_still_written
     loop = asyncio.get_running_loop()
     late: list[asyncio.Task[str]] = []
 
-    def submit_late() -> None:  # two turns later: queued behind the writer's wake-up, ahead of its end
-        loop.call_soon(lambda: late.append(asyncio.ensure_future(group.submit("late"))))
+    def submit_late() -> None:  # its task's first step comes right behind the writer's last one
+        late.append(asyncio.ensure_future(group.submit("late")))
 
-    def write(items: list[str]) -> list[str]:
-        if items == ["first"]:  # from the writer's thread, while the loop waits for this batch
-            loop.call_soon_threadsafe(submit_late)
+    async def write(items: list[str]) -> list[str]:
+        if items == ["first"]:
+            loop.call_soon(submit_late)
+            await asyncio.sleep(0)  # the write takes a turn of the loop, as a database's round trip does
         return [f"written {item}" for item in items]
 
     group: GroupCommit[str, str] = GroupCommit(write)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -48,10 +49,10 @@ def pg_store(postgres_url: str | None) -> Iterator[Store]:
 
 
 @pytest.fixture
-def recorder(pg_store: Store) -> Iterator[PostgresRecorder]:
+async def recorder(pg_store: Store) -> AsyncIterator[PostgresRecorder]:
     writer = PostgresRecorder(pg_store)
     yield writer
-    writer.close()
+    await writer.close()
 
 
 def _incoming(delivery_id: str) -> Incoming:
@@ -64,9 +65,9 @@ def _count(store: Store) -> int:
         return int(session.exec(select(func.count()).select_from(Delivery)).one())
 
 
-def test_a_redelivery_in_the_same_batch_is_recorded_once(recorder: PostgresRecorder, pg_store: Store) -> None:
+async def test_a_redelivery_in_the_same_batch_is_recorded_once(recorder: PostgresRecorder, pg_store: Store) -> None:
     batch = [_incoming("a"), _incoming("b"), _incoming("a")]
-    answers = recorder(batch, [None, "not a command", None])
+    answers = await recorder(batch, [None, "not a command", None])
 
     assert [(a.status, a.new) for a in answers] == [
         (DeliveryStatus.queued, True),
@@ -81,9 +82,11 @@ def test_a_redelivery_in_the_same_batch_is_recorded_once(recorder: PostgresRecor
     assert ignored is not None and ignored.status == DeliveryStatus.ignored and ignored.reason == "not a command"
 
 
-def test_a_redelivery_in_a_later_batch_gets_the_stored_status(recorder: PostgresRecorder, pg_store: Store) -> None:
-    recorder([_incoming("a"), _incoming("b")], [None, "not a command"])
-    answers = recorder([_incoming("b"), _incoming("c"), _incoming("a")], [None, None, None])
+async def test_a_redelivery_in_a_later_batch_gets_the_stored_status(
+    recorder: PostgresRecorder, pg_store: Store
+) -> None:
+    await recorder([_incoming("a"), _incoming("b")], [None, "not a command"])
+    answers = await recorder([_incoming("b"), _incoming("c"), _incoming("a")], [None, None, None])
 
     assert [(a.status, a.reason, a.new) for a in answers] == [
         (DeliveryStatus.ignored, "not a command", False),  # as stored, not as this copy would have been recorded
@@ -93,72 +96,63 @@ def test_a_redelivery_in_a_later_batch_gets_the_stored_status(recorder: Postgres
     assert _count(pg_store) == 3
 
 
-def test_batches_racing_on_the_same_ids_record_each_once(recorder: PostgresRecorder, pg_store: Store) -> None:
+async def test_batches_racing_on_the_same_ids_record_each_once(recorder: PostgresRecorder, pg_store: Store) -> None:
     """Several writers at once, as intake runs them, the ids in different orders: each is new in exactly one
     batch, and no two batches deadlock on each other's rows."""
     ids = [f"race-{round_}-{n}" for round_ in range(5) for n in range(40)]
     news: list[str] = []
-    failures: list[BaseException] = []
-    lock = threading.Lock()
 
-    def write(order: list[str]) -> None:
-        try:
-            answers = recorder([_incoming(i) for i in order], [None] * len(order))
-        except BaseException as exc:  # a deadlock between the batches lands here
-            failures.append(exc)
-            return
-        with lock:
-            news.extend(i for i, a in zip(order, answers, strict=True) if a.new)
+    async def write(order: list[str]) -> None:
+        answers = await recorder([_incoming(i) for i in order], [None] * len(order))
+        news.extend(i for i, a in zip(order, answers, strict=True) if a.new)
 
     for round_ in range(5):
         mine = ids[round_ * 40 : (round_ + 1) * 40]
-        writers = [threading.Thread(target=write, args=(mine[n:] + mine[:n],)) for n in range(0, 40, 5)]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join()
+        # a deadlock between the batches fails one of them, and so the gather
+        await asyncio.gather(*(write(mine[n:] + mine[:n]) for n in range(0, 40, 5)))
 
-    assert failures == []
     assert sorted(news) == sorted(ids)
     assert _count(pg_store) == 200
 
 
-def test_payloads_are_stored_with_lz4(recorder: PostgresRecorder, pg_store: Store) -> None:
+async def test_payloads_are_stored_with_lz4(recorder: PostgresRecorder, pg_store: Store) -> None:
     with pg_store.engine.connect() as conn:
         try:
             conn.execute(text("SET default_toast_compression = 'lz4'"))
         except DBAPIError:  # PostgreSQL < 14 or built without lz4: the recorder keeps pglz
             pytest.skip("this PostgreSQL has no lz4 for TOAST")
-    recorder([_incoming("big")], [None])
+    await recorder([_incoming("big")], [None])
     with pg_store.engine.connect() as conn:
         method = conn.execute(text("SELECT pg_column_compression(payload) FROM delivery WHERE id = 'big'")).scalar()
     assert method == "lz4"
 
 
-def test_a_kept_connection_the_server_closed_costs_no_delivery(recorder: PostgresRecorder, pg_store: Store) -> None:
-    recorder([_incoming("before")], [None])
+async def test_a_kept_connection_the_server_closed_costs_no_delivery(
+    recorder: PostgresRecorder, pg_store: Store
+) -> None:
+    await recorder([_incoming("before")], [None])
     with pg_store.engine.connect() as conn:  # as a restart or an idle timeout would
         conn.execute(
             text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO delivery%'")
         )
         conn.commit()
 
-    answers = recorder([_incoming("after")], [None])
+    answers = await recorder([_incoming("after")], [None])
 
     assert answers[0].new and answers[0].status == DeliveryStatus.queued
     assert deliveries.get(pg_store, "after") is not None
 
 
-def test_a_batch_written_again_after_its_commit_is_still_new(recorder: PostgresRecorder, pg_store: Store) -> None:
+async def test_a_batch_written_again_after_its_commit_is_still_new(recorder: PostgresRecorder, pg_store: Store) -> None:
     """A connection can break after the server committed but before the answer arrived: the batch written again
     finds its own rows (same received_at) and reports them new, so they are enqueued, not taken as redeliveries."""
     now = utcnow()
     url = make_url(pg_store.url)
     params = pg_store.engine.dialect.create_connect_args(url)[1]
-    with psycopg.connect(**params, autocommit=True) as conn:
-        first = _record(conn, [_incoming("ambiguous")], [None], now)
-        again = _record(conn, [_incoming("ambiguous"), _incoming("other")], [None, None], now)
-        later = _record(conn, [_incoming("ambiguous")], [None], utcnow())
+    async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
+        first = await _record(conn, [_incoming("ambiguous")], [None], now)
+        again = await _record(conn, [_incoming("ambiguous"), _incoming("other")], [None, None], now)
+        later = await _record(conn, [_incoming("ambiguous")], [None], utcnow())
 
     assert [a.new for a in first] == [True]
     assert [a.new for a in again] == [True, True]
@@ -166,7 +160,7 @@ def test_a_batch_written_again_after_its_commit_is_still_new(recorder: PostgresR
     assert _count(pg_store) == 2
 
 
-def test_a_row_lock_held_elsewhere_fails_the_batch_in_seconds_not_a_hang(
+async def test_a_row_lock_held_elsewhere_fails_the_batch_in_seconds_not_a_hang(
     recorder: PostgresRecorder, pg_store: Store
 ) -> None:
     """A transaction that inserted the same id and neither commits nor rolls back makes the insert wait on it:
@@ -179,10 +173,10 @@ def test_a_row_lock_held_elsewhere_fails_the_batch_in_seconds_not_a_hang(
             )
         )
         with pytest.raises(DatabaseUnavailable):
-            recorder([_incoming("held"), _incoming("free")], [None, None])
+            await recorder([_incoming("held"), _incoming("free")], [None, None])
         holder.rollback()
 
-    answers = recorder([_incoming("held"), _incoming("free")], [None, None])
+    answers = await recorder([_incoming("held"), _incoming("free")], [None, None])
     assert [a.new for a in answers] == [True, True]
     assert _count(pg_store) == 2
 
@@ -242,26 +236,28 @@ class _Proxy:
             sink.shutdown(socket.SHUT_WR)
 
 
-def test_postgresql_briefly_down_fails_batches_at_once_and_loses_nothing(pg_store: Store) -> None:
+async def test_postgresql_briefly_down_fails_batches_at_once_and_loses_nothing(pg_store: Store) -> None:
     url = make_url(pg_store.url)
     proxy = _Proxy(url.host or "127.0.0.1", url.port or 5432)
     through = Store(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
     recorder = PostgresRecorder(through)
     try:
-        assert recorder([_incoming("up-1")], [None])[0].new
+        assert (await recorder([_incoming("up-1")], [None]))[0].new
         proxy.cut()
 
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable):
-            recorder([_incoming("down-1")], [None])
+            await recorder([_incoming("down-1")], [None])
         with pytest.raises(DatabaseUnavailable):
-            recorder([_incoming("down-2")], [None])
+            await recorder([_incoming("down-2")], [None])
         assert time.monotonic() - started < 30  # refused, not hung (no timing bound beyond "it returned")
 
         proxy.restore()
-        answers = recorder([_incoming("down-1"), _incoming("up-2")], [None, None])  # GitHub's redelivery, a new one
+        answers = await recorder(
+            [_incoming("down-1"), _incoming("up-2")], [None, None]
+        )  # GitHub's redelivery, a new one
     finally:
-        recorder.close()
+        await recorder.close()
         proxy.cut()
         through.dispose()
 
@@ -292,7 +288,7 @@ async def test_the_webhook_answers_503_while_postgresql_is_down_and_202_once_it_
         proxy.restore()
         again = await post("during")  # GitHub's redelivery
     finally:
-        app.state.intake.close()
+        await app.state.intake.close()
         proxy.cut()
         through.dispose()
 
