@@ -1,7 +1,7 @@
 """The processes that serve the web port: one, or several forked after the imports, sharing one listening socket.
 
-One Python process answers about 2,000 deliveries/s with a core to itself (some 500 µs of CPU each: uvicorn, the
-ASGI call, HMAC, JSON, the group commit's write and RPUSH), so a burst wants the machine's other cores as well
+One Python process answers about 3,000 deliveries/s with a core to itself (some 250-350 µs of CPU each: uvicorn,
+the ASGI call, HMAC, JSON, the group commit's write and RPUSH), so a burst wants the machine's other cores as well
 (`NOFX_WEB_PROCESSES`). The processes are forked once the code is imported (its pages stay shared) and before any
 thread, connection or app exists: each builds its own app, so each has its own database connections and group
 commit writer (on SQLite they take turns on a lock file, see `bot.web.sqlite_intake`; on PostgreSQL side by side)

@@ -215,7 +215,8 @@ class Intake:
         if isinstance(self.recorder, SqliteRecorder):
             return await self._in_thread(self._write_blocking, self.recorder, batch, reasons)
         answers = await self.recorder(batch, reasons)
-        new, stranded = self._to_enqueue(batch, answers)
+        self.metrics.intake_batch.observe(len(batch))
+        new, stranded = _to_enqueue(batch, answers)
         try:
             await self.pusher.push(new + stranded)
         except Exception:
@@ -230,7 +231,8 @@ class Intake:
     ) -> list[deliveries.Recorded]:
         """`_write` on SQLite, in the intake's thread."""
         answers = recorder(batch, reasons)
-        new, stranded = self._to_enqueue(batch, answers)
+        self.metrics.intake_batch.observe(len(batch))
+        new, stranded = _to_enqueue(batch, answers)
         try:
             self.queue.enqueue_intake(new + stranded)
         except Exception:
@@ -239,20 +241,16 @@ class Intake:
         _mark_queued(self.store, stranded)
         return answers
 
-    def _to_enqueue(
-        self, batch: list[deliveries.Incoming], answers: list[deliveries.Recorded]
-    ) -> tuple[list[str], list[str]]:
-        """The batch's new deliveries to route, and those recorded earlier but never enqueued (the queue was down
-        then)."""
-        self.metrics.intake_batch.observe(len(batch))
-        new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
-        stranded = [
-            d.id for d, a in zip(batch, answers, strict=True) if not a.new and a.status == DeliveryStatus.received
-        ]
-        return new, stranded
-
     async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        """A blocking call on the intake's thread, so the event loop goes on answering meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
+
+
+def _to_enqueue(batch: list[deliveries.Incoming], answers: list[deliveries.Recorded]) -> tuple[list[str], list[str]]:
+    """The batch's new deliveries to route, and those recorded earlier but never enqueued (the queue was down then)."""
+    new = [d.id for d, a in zip(batch, answers, strict=True) if a.new and a.status == DeliveryStatus.queued]
+    stranded = [d.id for d, a in zip(batch, answers, strict=True) if not a.new and a.status == DeliveryStatus.received]
+    return new, stranded
 
 
 def _mark_queued(store: Store, delivery_ids: list[str]) -> None:
