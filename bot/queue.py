@@ -136,6 +136,10 @@ class WorkQueue:
         """Delivery ids on the intake list, not turned into dispatch jobs yet, oldest first."""
         return [_text(raw) for raw in self.redis.lrange(INTAKE_LIST, 0, -1)]
 
+    def intake_length(self) -> int:
+        """How many delivery ids wait on the intake list (one LLEN)."""
+        return int(self.redis.llen(INTAKE_LIST))
+
     def take_delivery(self, lane_id: str, wait_s: int) -> str | None:
         """The oldest intake id, moved onto the lane's taken list in one step (BLMOVE), so a lane that dies
         holding it leaves it where the sweeper finds it; None when none came within `wait_s`."""

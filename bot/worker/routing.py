@@ -2,9 +2,9 @@
 put 👀 on the command it carries; routing threads then route it. Both run an event loop of their own each, so a
 burst is acknowledged and routed many at once rather than one RQ job after another.
 
-Acknowledging comes first: a routing thread waits (up to ACKS_FIRST_MAX_WAIT_S) while any delivery is being
-acknowledged in this lane, so under a burst the CPU goes to putting 👀 on every command before it goes to planning
-and starting runs. Routing mostly waits too (database round trips, GitHub calls); threads overlap those waits.
+Acknowledging comes first: a routing thread waits (up to ACKS_FIRST_MAX_WAIT_S) while a delivery is being
+acknowledged in this lane or more wait on the intake list, so under a burst the CPU goes to putting 👀 on every
+command before it goes to planning and starting runs. Routing mostly waits too (database round trips, GitHub calls); threads overlap those waits.
 
 Each id is moved atomically onto the lane's taken list and removed once routed; a lane killed meanwhile stops
 refreshing its heartbeat, and the sweeper puts what it held back on the intake list (`WorkQueue.reclaim_taken`). A
@@ -34,7 +34,8 @@ from bot.worker.runtime import Runtime
 log = logging.getLogger(__name__)
 ACKNOWLEDGING_THREADS = 8  # deliveries one dispatch lane acknowledges at once
 ROUTING_THREADS = 8  # deliveries one dispatch lane routes at once; each holds a database connection meanwhile
-ACKS_FIRST_MAX_WAIT_S = 2.0  # a routing thread waits at most this long for the lane's acknowledgements
+ACKS_FIRST_MAX_WAIT_S = 2.0  # a routing thread waits at most this long for acknowledgements
+INTAKE_POLL_S = 0.05  # how often a waiting routing thread looks at the intake list again
 TAKE_WAIT_S = 1  # seconds, one wait for an intake id (under the queue client's 5 s socket timeout)
 BEAT_EVERY_S = LANE_ALIVE_TTL_S / 5
 
@@ -141,12 +142,23 @@ class RoutingThreads:
             return None
 
     def _wait_for_acknowledgements(self) -> None:
-        """Acknowledging first: wait while this lane acknowledges deliveries, but not for ever under a steady
-        stream."""
+        """Acknowledging first: wait while this lane acknowledges deliveries or more wait on the intake list (for
+        some lane to acknowledge), but not for ever under a steady stream."""
         deadline = time.monotonic() + ACKS_FIRST_MAX_WAIT_S
         with self._acks_done:
-            while self._acknowledging and (left := deadline - time.monotonic()) > 0:
-                self._acks_done.wait(left)
+            while (left := deadline - time.monotonic()) > 0:
+                if self._acknowledging:
+                    self._acks_done.wait(left)
+                elif self._intake_waiting():
+                    self._acks_done.wait(min(left, INTAKE_POLL_S))
+                else:
+                    return
+
+    def _intake_waiting(self) -> bool:
+        try:
+            return self.runtime.queue.intake_length() > 0
+        except Exception:  # the queue's hiccup is the taking threads' to report; route meanwhile
+            return False
 
     def _drained(self) -> bool:
         """Stopping, and every delivery this lane took is routed (or being routed)."""
