@@ -34,6 +34,7 @@ DISPATCH_JOB = "bot.worker.jobs.dispatch"
 INTAKE_LIST = "nofx:intake"  # ids of deliveries the web recorded, for a worker to turn into dispatch jobs
 INTAKE_TAKE = 500  # ids one worker takes from the intake list at a time
 INTAKE_TAKEN = "nofx:intake:taken:"  # + a dispatch lane's id: the intake ids it is routing, removed when done
+ACKNOWLEDGED_LIST = "nofx:acknowledged"  # intake ids whose 👀 pass is done, for any dispatch lane to route
 LANE_ALIVE = "nofx:lane:alive:"  # + a dispatch lane's id: refreshed while it lives; its taken ids stay its own
 LANE_ALIVE_TTL_S = 20
 DISPATCH_LANES_ALIVE = "nofx:lanes:alive"  # refreshed by every dispatch lane: while none is up, work lanes fan out
@@ -118,7 +119,7 @@ class WorkQueue:
         """
         ids = self._take_intake()
         if not ids and wait_s > 0:
-            first = self.redis.blpop([INTAKE_LIST], timeout=wait_s)
+            first = self.redis.blpop([ACKNOWLEDGED_LIST, INTAKE_LIST], timeout=wait_s)
             if first is None:
                 return 0
             ids = [_text(first[1]), *self._take_intake()]
@@ -126,15 +127,22 @@ class WorkQueue:
         return len(ids)
 
     def _take_intake(self) -> list[str]:
+        """Up to INTAKE_TAKE ids from each list: acknowledged ones (left by dispatch lanes that stopped) first."""
         with self.redis.pipeline() as pipe:  # MULTI/EXEC: what one worker takes, no other sees
-            pipe.lrange(INTAKE_LIST, 0, INTAKE_TAKE - 1)
-            pipe.ltrim(INTAKE_LIST, INTAKE_TAKE, -1)
-            taken, _trimmed = pipe.execute()
-        return [_text(raw) for raw in taken]
+            for key in (ACKNOWLEDGED_LIST, INTAKE_LIST):
+                pipe.lrange(key, 0, INTAKE_TAKE - 1)
+                pipe.ltrim(key, INTAKE_TAKE, -1)
+            acknowledged, _, taken, _ = pipe.execute()
+        return [_text(raw) for raw in (*acknowledged, *taken)]
 
     def intake_waiting(self) -> list[str]:
-        """Delivery ids on the intake list, not turned into dispatch jobs yet, oldest first."""
-        return [_text(raw) for raw in self.redis.lrange(INTAKE_LIST, 0, -1)]
+        """Delivery ids on the intake list or acknowledged and waiting to be routed, not turned into dispatch jobs
+        yet, oldest first."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(ACKNOWLEDGED_LIST, 0, -1)
+            pipe.lrange(INTAKE_LIST, 0, -1)
+            acknowledged, waiting = pipe.execute()
+        return [_text(raw) for raw in (*acknowledged, *waiting)]
 
     def intake_length(self) -> int:
         """How many delivery ids wait on the intake list (one LLEN)."""
@@ -144,6 +152,20 @@ class WorkQueue:
         """The oldest intake id, moved onto the lane's taken list in one step (BLMOVE), so a lane that dies
         holding it leaves it where the sweeper finds it; None when none came within `wait_s`."""
         raw = self.redis.blmove(INTAKE_LIST, INTAKE_TAKEN + lane_id, wait_s, "LEFT", "RIGHT")
+        return None if raw is None else _text(raw)
+
+    def pass_acknowledged(self, lane_id: str, delivery_id: str) -> None:
+        """The lane's 👀 pass is done with a delivery it took: onto the acknowledged list, for any lane to route, in one
+        step (MULTI/EXEC), so it is never on neither list."""
+        with self.redis.pipeline() as pipe:
+            pipe.lrem(INTAKE_TAKEN + lane_id, 1, delivery_id)
+            pipe.rpush(ACKNOWLEDGED_LIST, delivery_id)
+            pipe.execute()
+
+    def take_acknowledged(self, lane_id: str, wait_s: int) -> str | None:
+        """The oldest acknowledged id, moved onto the lane's taken list (BLMOVE) for routing; None when none came
+        within `wait_s`."""
+        raw = self.redis.blmove(ACKNOWLEDGED_LIST, INTAKE_TAKEN + lane_id, wait_s, "LEFT", "RIGHT")
         return None if raw is None else _text(raw)
 
     def drop_taken(self, lane_id: str, delivery_id: str) -> None:
@@ -301,8 +323,12 @@ class WorkQueue:
         return Job.exists(job_id, connection=self.redis)
 
     def depths(self) -> dict[str, int]:
-        """Waiting jobs per queue, and the intake ids no worker has turned into jobs yet."""
-        return {**{queue.name: queue.count for queue in self.all}, INTAKE_LIST: self.redis.llen(INTAKE_LIST)}
+        """Waiting jobs per queue, the intake ids no worker has taken yet, and the acknowledged ones not yet routed."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(INTAKE_LIST)
+            pipe.llen(ACKNOWLEDGED_LIST)
+            intake, acknowledged = pipe.execute()
+        return {**{queue.name: queue.count for queue in self.all}, INTAKE_LIST: intake, ACKNOWLEDGED_LIST: acknowledged}
 
     def waits(self) -> dict[str, float]:
         """Seconds the oldest waiting job of each queue has waited (0 when the queue is empty)."""

@@ -1,12 +1,14 @@
-"""A dispatch lane's threads: acknowledging threads take one delivery id at a time straight from the intake list and
-put 👀 on the command it carries; routing threads then route it. Both run an event loop of their own each, so a
-burst is acknowledged and routed many at once rather than one RQ job after another.
+"""A dispatch lane's threads: acknowledging threads take one delivery id at a time straight from the intake list,
+put 👀 on the command it carries and pass the id on to the acknowledged list; routing threads (of any lane) take it
+from there and route it. Each runs an event loop of its own, so a burst is acknowledged and routed many at once
+rather than one RQ job after another.
 
 Acknowledging comes first: a routing thread waits (up to ACKS_FIRST_MAX_WAIT_S) while a delivery is being
 acknowledged in this lane or more wait on the intake list, so under a burst the CPU goes to putting 👀 on every
 command before it goes to planning and starting runs. Routing mostly waits too (database round trips, GitHub calls); threads overlap those waits.
 
-Each id is moved atomically onto the lane's taken list and removed once routed; a lane killed meanwhile stops
+An id is moved atomically from list to list: onto the lane's taken list while it is acknowledged, onto the
+acknowledged list, onto a lane's taken list while it is routed, and removed once routed; a lane killed meanwhile stops
 refreshing its heartbeat, and the sweeper puts what it held back on the intake list (`WorkQueue.reclaim_taken`). A
 delivery is still routed once: `deliveries.claim` decides, whoever takes its id; and reacted to once (the 👀 pass
 leaves a mark that routing reads).
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import secrets
 import socket
 import threading
@@ -50,7 +51,6 @@ class RoutingThreads:
         self.lane_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stopping = threading.Event()
         self._stop_asked = False
-        self._acknowledged: queue.Queue[str] = queue.Queue()  # taken and acknowledged, not yet routed
         self._acknowledging = 0  # deliveries being acknowledged now
         self._acks_done = threading.Condition()
         self._takers = [
@@ -68,9 +68,9 @@ class RoutingThreads:
             thread.start()
 
     def stop_taking(self) -> None:
-        """No more deliveries: what was taken is still routed. Called from signal handlers: a second signal arriving
-        while the first one's `set` holds the event's lock must not wait for that lock (it would wait for ever, on
-        the thread that holds it), so only the first call sets."""
+        """No more deliveries: each thread finishes the one it holds. Called from signal handlers: a second signal
+        arriving while the first one's `set` holds the event's lock must not wait for that lock (it would wait for
+        ever, on the thread that holds it), so only the first call sets."""
         if self._stop_asked:
             return
         self._stop_asked = True
@@ -84,7 +84,7 @@ class RoutingThreads:
 
     def _acknowledge_forever(self) -> None:
         def take_and_acknowledge(ctx: EventContext, runner: asyncio.Runner) -> None:
-            delivery_id = self._take()
+            delivery_id = self._take(self.runtime.queue.take_delivery)
             if delivery_id is None:
                 return
             with self._acks_done:
@@ -94,21 +94,20 @@ class RoutingThreads:
             except Exception:  # routing it reacts instead
                 log.exception("acknowledging failed; routing goes on", extra=logs.fields(delivery_id=delivery_id))
             finally:
-                self._acknowledged.put(delivery_id)
+                self._pass_on(delivery_id)
                 with self._acks_done:
                     self._acknowledging -= 1
                     if not self._acknowledging:
                         self._acks_done.notify_all()
 
-        self._on_own_loop(take_and_acknowledge, until=self._stopping.is_set)
+        self._on_own_loop(take_and_acknowledge)
 
     def _route_forever(self) -> None:
         def route_next(ctx: EventContext, runner: asyncio.Runner) -> None:
-            try:
-                delivery_id = self._acknowledged.get(timeout=TAKE_WAIT_S)
-            except queue.Empty:
-                return
             self._wait_for_acknowledgements()
+            delivery_id = self._take(self.runtime.queue.take_acknowledged)
+            if delivery_id is None:
+                return
             try:
                 runner.run(route_delivery(self.runtime, delivery_id, ctx))
             except Exception:  # the database failed before the outcome was recorded: still queued
@@ -116,16 +115,16 @@ class RoutingThreads:
             finally:
                 self._drop(delivery_id)
 
-        self._on_own_loop(route_next, until=self._drained)
+        self._on_own_loop(route_next)
 
-    def _on_own_loop(self, step: Callable[[EventContext, asyncio.Runner], None], until: Callable[[], bool]) -> None:
-        """Call `step` until `until()`, on an event loop and with GitHub and model clients of this thread's own."""
+    def _on_own_loop(self, step: Callable[[EventContext, asyncio.Runner], None]) -> None:
+        """Call `step` until stopped, on an event loop and with GitHub and model clients of this thread's own."""
         runtime = self.runtime
         github, llm = runtime.loop_clients()
         ctx = replace(runtime.context(), github=github, llm=llm)
         with asyncio.Runner() as runner:
             try:
-                while not until():
+                while not self._stopping.is_set():
                     step(ctx, runner)
             finally:
                 if github is not None:
@@ -133,13 +132,25 @@ class RoutingThreads:
                 if llm is not None:
                     runner.run(llm.aclose())
 
-    def _take(self) -> str | None:
+    def _take(self, take: Callable[[str, int], str | None]) -> str | None:
         try:
-            return self.runtime.queue.take_delivery(self.lane_id, TAKE_WAIT_S)
+            return take(self.lane_id, TAKE_WAIT_S)
         except Exception:  # must outlive a queue hiccup
-            log.exception("taking an intake id failed; trying again")
+            log.exception("taking a delivery id failed; trying again")
             self._stopping.wait(TAKE_WAIT_S)
             return None
+
+    def _pass_on(self, delivery_id: str) -> None:
+        """Onto the acknowledged list, trying again through a queue hiccup; a lane stopped meanwhile leaves it on its
+        taken list, which the sweeper puts back on the intake list."""
+        while True:
+            try:
+                self.runtime.queue.pass_acknowledged(self.lane_id, delivery_id)
+                return
+            except Exception:
+                log.exception("could not pass an acknowledged delivery on", extra=logs.fields(delivery_id=delivery_id))
+                if self._stopping.wait(TAKE_WAIT_S):
+                    return
 
     def _wait_for_acknowledgements(self) -> None:
         """Acknowledging first: wait while this lane acknowledges deliveries or more wait on the intake list (for
@@ -159,10 +170,6 @@ class RoutingThreads:
             return self.runtime.queue.intake_length() > 0
         except Exception:  # the queue's hiccup is the taking threads' to report; route meanwhile
             return False
-
-    def _drained(self) -> bool:
-        """Stopping, and every delivery this lane took is routed (or being routed)."""
-        return self._stopping.is_set() and self._acknowledged.empty() and not any(t.is_alive() for t in self._takers)
 
     def _drop(self, delivery_id: str) -> None:
         try:

@@ -131,6 +131,20 @@ def test_intake_ids_become_one_dispatch_job_per_delivery_taken_once(queue: WorkQ
     assert queue.queue.job_ids == ["dispatch-fan-1", "dispatch-fan-2", "dispatch-fan-3"]
 
 
+def test_acknowledged_ids_a_stopped_dispatch_lane_left_become_dispatch_jobs_first(queue: WorkQueue) -> None:
+    queue.enqueue_intake(["acked-1", "acked-2", "waiting-1"])
+    for _ in range(2):  # a dispatch lane's 👀 pass took two and passed them on, then every dispatch lane stopped
+        taken = queue.take_delivery("stopped-lane", 1)
+        assert taken is not None
+        queue.pass_acknowledged("stopped-lane", taken)
+    assert queue.intake_taken() == [] and queue.intake_waiting() == ["acked-1", "acked-2", "waiting-1"]
+
+    assert queue.fan_out_intake() == 3  # what the work lanes do while no dispatch lane is up
+
+    assert queue.intake_waiting() == []
+    assert queue.queue.job_ids == ["dispatch-acked-1", "dispatch-acked-2", "dispatch-waiting-1"]
+
+
 def test_sweeper_leaves_deliveries_still_on_the_intake_list(runtime: Runtime, store: Store, queue: WorkQueue) -> None:
     waiting = deliveries.describe("held", "installation", load_payload("installation.created"))
     waiting.status = DeliveryStatus.queued
