@@ -562,8 +562,8 @@ def _private_file(path: Path) -> Path:
 
 class IntakePusher:
     """Pushes delivery ids onto the intake list from an event loop, as `WorkQueue.enqueue_intake` does from a thread:
-    the intake's writes on PostgreSQL are coroutines, and a hop to a thread per batch for the RPUSH cost the event
-    loop more than the push itself."""
+    the intake's writes on PostgreSQL run on the loop, with no thread to push from. redis.asyncio's push costs more
+    Python than redis-py's (~40 against ~25 µs), still less than a hop to a thread and back per batch."""
 
     def __init__(self, redis: AsyncRedis) -> None:
         self._redis = redis
