@@ -104,10 +104,10 @@ class RoutingThreads:
 
     def _route_forever(self) -> None:
         def route_next(ctx: EventContext, runner: asyncio.Runner) -> None:
-            self._wait_for_acknowledgements()
             delivery_id = self._take(self.runtime.queue.take_acknowledged)
             if delivery_id is None:
                 return
+            self._wait_for_acknowledgements()  # after taking: a thread waiting to take takes as soon as one comes
             try:
                 runner.run(route_delivery(self.runtime, delivery_id, ctx))
             except Exception:  # the database failed before the outcome was recorded: still queued
