@@ -49,6 +49,7 @@ class Worker(SimpleWorker):
     waits for its current job: the routing threads stop taking deliveries meanwhile."""
 
     on_stop: Callable[[], None] | None = None
+    before_job: Callable[[], None] | None = None  # the dispatch lane: acknowledging deliveries comes first
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         if self.on_stop is not None:
@@ -64,6 +65,8 @@ class Worker(SimpleWorker):
         self._ordered_queues = work + dispatch
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if self.before_job is not None:
+            self.before_job()
         if job.enqueued_at is not None:
             enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
             worker_metrics.record_queue_wait(
@@ -105,6 +108,7 @@ def run_worker(
         routing.start()
     worker = Worker(runtime.queue.lane(lane), connection=runtime.queue.redis)
     worker.on_stop = routing.stop_taking if routing is not None else None
+    worker.before_job = routing.wait_for_acknowledgements if routing is not None else None
     try:
         # Not RQ's scheduler: it forks, and the fork keeps the worker's Redis sockets open after the worker
         # is killed, so the server goes on handing jobs to a dead reader. A thread moves due jobs instead.

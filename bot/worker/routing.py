@@ -107,7 +107,7 @@ class RoutingThreads:
             delivery_id = self._take(self.runtime.queue.take_acknowledged)
             if delivery_id is None:
                 return
-            self._wait_for_acknowledgements()  # after taking: a thread waiting to take takes as soon as one comes
+            self.wait_for_acknowledgements()  # after taking: a thread waiting to take takes as soon as one comes
             try:
                 runner.run(route_delivery(self.runtime, delivery_id, ctx))
             except Exception:  # the database failed before the outcome was recorded: still queued
@@ -152,9 +152,9 @@ class RoutingThreads:
                 if self._stopping.wait(TAKE_WAIT_S):
                     return
 
-    def _wait_for_acknowledgements(self) -> None:
+    def wait_for_acknowledgements(self) -> None:
         """Acknowledging first: wait while this lane acknowledges deliveries or more wait on the intake list (for
-        some lane to acknowledge), but not for ever under a steady stream."""
+        some lane to acknowledge), but not for ever under a steady stream. The lane's RQ jobs (reports) wait too."""
         deadline = time.monotonic() + ACKS_FIRST_MAX_WAIT_S
         with self._acks_done:
             while (left := deadline - time.monotonic()) > 0:
