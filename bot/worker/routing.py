@@ -39,6 +39,7 @@ ACKS_FIRST_MAX_WAIT_S = 2.0  # a routing thread waits at most this long for ackn
 INTAKE_POLL_S = 0.05  # how often a waiting routing thread looks at the intake list again
 TAKE_WAIT_S = 1  # seconds, one wait for an intake id (under the queue client's 5 s socket timeout)
 BEAT_EVERY_S = LANE_ALIVE_TTL_S / 5
+STOP_POLL_S = 0.1  # how soon the heartbeat thread passes a stop asked for in a signal handler on to the others
 
 
 class RoutingThreads:
@@ -68,16 +69,15 @@ class RoutingThreads:
             thread.start()
 
     def stop_taking(self) -> None:
-        """No more deliveries: each thread finishes the one it holds. Called from signal handlers: a second signal
-        arriving while the first one's `set` holds the event's lock must not wait for that lock (it would wait for
-        ever, on the thread that holds it), so only the first call sets."""
-        if self._stop_asked:
-            return
+        """No more deliveries: each thread finishes the one it holds. Called from signal handlers, so it only sets a
+        flag: a handler runs on the main thread between any two bytecodes, and one that took a lock (`Event.set`)
+        while the code it interrupted held it, or was itself interrupted by a handler that raises (RQ's second
+        signal), hung the lane for ever. The heartbeat thread sees the flag within STOP_POLL_S and wakes the rest."""
         self._stop_asked = True
-        self._stopping.set()
 
     def stop(self) -> None:
-        self.stop_taking()
+        self._stop_asked = True
+        self._stopping.set()
         for thread in (*self._takers, *self._routers, self._beat):
             thread.join()
         self.runtime.queue.end_lane(self.lane_id)
@@ -178,8 +178,15 @@ class RoutingThreads:
             log.exception("could not drop a routed delivery from the lane's taken list")
 
     def _beat_forever(self) -> None:
-        while not self._stopping.wait(BEAT_EVERY_S):
+        """Refresh the lane's heartbeat every BEAT_EVERY_S, and wake the other threads once a stop is asked for."""
+        next_beat = time.monotonic() + BEAT_EVERY_S
+        while not self._stop_asked:
+            time.sleep(STOP_POLL_S)
+            if time.monotonic() < next_beat:
+                continue
+            next_beat += BEAT_EVERY_S
             try:
                 self.runtime.queue.keep_lane_alive(self.lane_id)
             except Exception:  # a missed beat or two is harmless; many hand the lane's ids to others (claimed once)
                 log.exception("the dispatch lane's heartbeat failed; trying again")
+        self._stopping.set()
