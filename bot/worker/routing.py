@@ -5,11 +5,12 @@ rather than one RQ job after another.
 
 Acknowledging comes first: a routing thread waits (up to ACKS_FIRST_MAX_WAIT_S) while a delivery is being
 acknowledged in this lane or more wait on the intake list, so under a burst the CPU goes to putting 👀 on every
-command before it goes to planning and starting runs. Routing mostly waits too (database round trips, GitHub calls); threads overlap those waits.
+command before it goes to planning and starting runs. Routing mostly waits too (database round trips, GitHub
+calls); threads overlap those waits.
 
 An id is moved atomically from list to list: onto the lane's taken list while it is acknowledged, onto the
-acknowledged list, onto a lane's taken list while it is routed, and removed once routed; a lane killed meanwhile stops
-refreshing its heartbeat, and the sweeper puts what it held back on the intake list (`WorkQueue.reclaim_taken`). A
+acknowledged list, onto a lane's taken list while it is routed, and removed once routed; a lane killed meanwhile
+stops refreshing its heartbeat, and the sweeper puts what it held back on the intake list (`WorkQueue.reclaim_taken`). A
 delivery is still routed once: `deliveries.claim` decides, whoever takes its id; and reacted to once (the 👀 pass
 leaves a mark that routing reads).
 """
