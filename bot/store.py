@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,23 +33,15 @@ POOL_RECYCLE_S = 1800  # and none is kept longer than this (load balancers and p
 class Store:
     """Owns the engine; hands out short sessions. One per process, built by an entry point."""
 
-    def __init__(
-        self, url: str, *, run_limits: RunLimits | None = None, checkpoint_every_s: float | None = None
-    ) -> None:
-        """`checkpoint_every_s`: on SQLite, checkpoint the WAL from a thread of the store's own at that interval,
-        never in a committing connection (the web process, which writes every delivery: SQLite's automatic
-        checkpoint copies the WAL into the database and syncs it in whichever commit crossed 1,000 pages, tens
-        of milliseconds on a busy disk that the deliveries of that batch would wait for)."""
+    def __init__(self, url: str, *, run_limits: RunLimits | None = None, auto_checkpoint: bool = True) -> None:
+        """`auto_checkpoint=False`: on SQLite, no commit of this process checkpoints the WAL (the web process: its
+        intake checkpoints between batches in the writers' turn, `bot.web.sqlite_intake`; SQLite's automatic
+        checkpoint copies the WAL into the database and syncs it in whichever commit crossed 1,000 pages, tens of
+        milliseconds on a busy disk that the deliveries of that batch would wait for)."""
         self.url = url
-        background = checkpoint_every_s is not None and make_url(url).get_backend_name() == "sqlite"
-        self.engine = _engine(url, auto_checkpoint=not background)
+        self.engine = _engine(url, auto_checkpoint=auto_checkpoint)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.run_limits = run_limits or RunLimits()  # read where runs are admitted (`bot.runs.admission`)
-        self._stop = threading.Event()
-        if background and checkpoint_every_s is not None:
-            threading.Thread(
-                target=self._checkpoint_forever, args=(checkpoint_every_s,), name="wal-checkpoint", daemon=True
-            ).start()
 
     def create_all(self) -> None:
         """Create missing tables, and add the nullable columns a newer nofx added to an existing table.
@@ -101,22 +92,7 @@ class Store:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
-        self._stop.set()
         self.engine.dispose()
-
-    def checkpoint(self) -> tuple[int, int]:
-        """Copy what SQLite's WAL holds into the database, beside readers and writers (PASSIVE); returns the WAL's
-        frames and how many of them are in the database now."""
-        with self.engine.connect() as conn:
-            _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
-        return int(frames), int(copied)
-
-    def _checkpoint_forever(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            try:
-                self.checkpoint()
-            except Exception:  # a locked or vanished database: the next round tries again
-                log.exception("WAL checkpoint failed; trying again")
 
 
 def _add_missing_columns(conn: Connection) -> None:

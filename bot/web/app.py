@@ -35,7 +35,6 @@ access_log = logging.getLogger("nofx.access")
 
 
 WEBHOOK_PATH = "/webhooks"
-WAL_CHECKPOINT_EVERY_S = 0.5  # on SQLite the web checkpoints in a thread, not in a delivery's commit
 
 
 class App(Starlette):
@@ -86,7 +85,7 @@ def create_app(
     prints: only a browser that presents it may register the App (`bot.web.guards`).
     """
     if store is None:
-        store = Store(settings.database_url, run_limits=settings.run_limits, checkpoint_every_s=WAL_CHECKPOINT_EVERY_S)
+        store = Store(settings.database_url, run_limits=settings.run_limits, auto_checkpoint=False)
         store.create_all()
     if queue is None:
         if not settings.redis_url:

@@ -213,7 +213,10 @@ class Intake:
         """
         reasons = [self.ignore_reason(delivery) for delivery in batch]
         if isinstance(self.recorder, SqliteRecorder):
-            return await self._in_thread(self._write_blocking, self.recorder, batch, reasons)
+            answers = await self._in_thread(self._write_blocking, self.recorder, batch, reasons)
+            if self.recorder.checkpoint_due:  # after this batch is answered, before the next one is written
+                self._thread.submit(self.recorder.checkpoint)
+            return answers
         answers = await self.recorder(batch, reasons)
         self.metrics.intake_batch.observe(len(batch))
         new, stranded = _to_enqueue(batch, answers)

@@ -27,6 +27,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
 from bot.web.intake import MAX_BODY_BYTES
+from bot.web.sqlite_intake import CHECKPOINT_EVERY_BYTES
 from tests.support.payloads import load_payload, webhook_headers
 from tests.support.web_process import nofx_web, web_processes
 
@@ -64,6 +65,37 @@ async def test_a_burst_shares_transactions_and_each_delivery_is_recorded_and_enq
     assert sorted(queue.intake_waiting()) == sorted(ids)
     batches = app.state.metrics.registry.get_sample_value("nofx_webhook_intake_batch_deliveries_count")
     assert batches is not None and batches < len(sent)  # requests in flight together shared a transaction
+
+
+async def test_on_sqlite_the_intake_checkpoints_the_wal_into_the_database_as_deliveries_arrive(
+    settings: Settings, queue: WorkQueue, tmp_path: Path
+) -> None:
+    """The web's commits never checkpoint (`auto_checkpoint=False`): its intake does, between batches."""
+    database = tmp_path / "web.db"
+    store = Store(f"sqlite:///{database}", auto_checkpoint=False)
+    store.create_all()
+    app = create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
+    body = json.dumps(load_payload("issue_comment.created")).encode()
+    ids = [f"wal-{n}" for n in range(CHECKPOINT_EVERY_BYTES // len(body) + 20)]  # a checkpoint's worth and more
+    secret = settings.webhook_secret or ""
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://nofx") as http:
+        for chunk in range(0, len(ids), 16):
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        "/webhooks", content=body, headers=webhook_headers("issue_comment", body, secret, delivery_id=d)
+                    )
+                    for d in ids[chunk : chunk + 16]
+                )
+            )
+            assert {a.status_code for a in answers} == {202}
+    await app.state.intake.close()  # its thread finishes the checkpoint it was given
+
+    assert database.stat().st_size > CHECKPOINT_EVERY_BYTES  # the deliveries' pages were copied into the database
+    assert sorted(queue.intake_waiting()) == sorted(ids)
+    store.dispose()
 
 
 async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_sweeper(

@@ -1,4 +1,5 @@
-"""The SQLite intake's writers in several web processes take turns on their lock, not on SQLite's busy polling."""
+"""The SQLite intake's writers in several web processes take turns on their lock, not on SQLite's busy polling, and
+checkpoint the WAL in their turn, so that a burst does not grow it without bound."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from bot import deliveries
 from bot.models import DeliveryStatus
 from bot.store import Store
-from bot.web.sqlite_intake import SqliteRecorder
+from bot.web.sqlite_intake import CHECKPOINT_EVERY_BYTES, SqliteRecorder
 from tests.support.payloads import load_payload
 
 
@@ -29,6 +30,54 @@ def test_a_batch_waits_for_the_writer_holding_the_turn_and_is_written_once_it_le
             [recorded] = writing.result(timeout=30)
         assert recorded == deliveries.Recorded(DeliveryStatus.queued, None, new=True)
         assert deliveries.get(store, "turn-1") is not None
+    finally:
+        other.close()
+        ours.close()
+        store.dispose()
+
+
+def test_checkpoints_in_the_writers_turn_keep_the_wal_at_a_few_mb_through_a_burst(tmp_path: Path) -> None:
+    database = tmp_path / "nofx.db"
+    store = Store(f"sqlite:///{database}", auto_checkpoint=False)  # as the web's store
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    body = json.dumps(payload)
+    writer = SqliteRecorder(store)
+    checkpoints = 0
+    try:
+        for n in range(60):  # ~10 MB of deliveries in a burst of batches
+            rows = [deliveries.incoming(f"w-{n}-{i}", "issue_comment", payload, body) for i in range(12)]
+            writer(rows, [None] * len(rows))
+            if writer.checkpoint_due:  # as the intake does once the batch is answered
+                writer.checkpoint()
+                checkpoints += 1
+        wal_bytes = Path(f"{database}-wal").stat().st_size
+    finally:
+        writer.close()
+    assert checkpoints == 12 * 60 * len(body) // CHECKPOINT_EVERY_BYTES
+    # Each checkpoint copied every frame, so the next batch started the WAL over: the file (which SQLite reuses, never
+    # shrinks) holds one interval's pages, not the burst's.
+    assert wal_bytes < 2 * CHECKPOINT_EVERY_BYTES < 12 * 60 * len(body)
+    assert deliveries.get(store, "w-59-11") is not None
+    store.dispose()
+
+
+def test_a_checkpoint_waits_for_the_writer_holding_the_turn(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'nofx.db'}", auto_checkpoint=False)
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    other, ours = SqliteRecorder(store), SqliteRecorder(store)
+    try:
+        ours([deliveries.incoming("c-1", "issue_comment", payload, json.dumps(payload))], [None])
+        with ThreadPoolExecutor(1) as pool:
+            with other.writers_turn():
+                checkpointing = pool.submit(ours.checkpoint)
+                done, _ = wait([checkpointing], timeout=0.5)
+                assert not done  # a writer of another web process is mid-batch: the checkpoint waits for its turn
+            checkpointing.result(timeout=30)
+        with store.engine.connect() as conn:
+            _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        assert frames == copied  # nothing left for another checkpoint
     finally:
         other.close()
         ours.close()
