@@ -92,20 +92,8 @@ class WorkQueue:
         """Queue the routing of one recorded delivery (the job id makes duplicates visible in RQ)."""
         self.enqueue_dispatches([delivery_id])
 
-    def enqueue_intake(self, delivery_ids: list[str]) -> None:
-        """Hand the deliveries the web just recorded to the workers: one RPUSH onto the intake list.
-
-        An RQ job costs ~80 µs of Python (its Job, pickling, a dozen fields to write) and two round trips, per
-        delivery or even per group commit more than the rest of the intake. Dispatch lanes take the ids one by
-        one (`take_delivery`); while none is up, the work lanes turn them into dispatch jobs (`fan_out_intake`). Ids lost on
-        the way (Redis restarted, a worker killed between taking and enqueueing them) are found by the sweeper:
-        a delivery queued for a while with no dispatch job, not on this list and not taken by a live lane.
-        """
-        if delivery_ids:
-            self.redis.rpush(INTAKE_LIST, *delivery_ids)
-
     def intake_pusher(self) -> IntakePusher:
-        """`enqueue_intake` for an event loop (the intake's), on a connection of its own to the same server."""
+        """What the web's intake pushes delivery ids with, on a connection of its own to the same server."""
         if self.url is None:
             raise RuntimeError("the intake's pusher needs a WorkQueue made by from_url")
         return IntakePusher(
@@ -561,9 +549,15 @@ def _private_file(path: Path) -> Path:
 
 
 class IntakePusher:
-    """Pushes delivery ids onto the intake list from an event loop, as `WorkQueue.enqueue_intake` does from a thread:
-    the intake's writes on PostgreSQL run on the loop, with no thread to push from. redis.asyncio's push costs more
-    Python than redis-py's (~40 against ~25 µs), still less than a hop to a thread and back per batch."""
+    """Hands the deliveries the web just recorded to the workers, from the intake's event loop: one RPUSH onto the
+    intake list per group commit.
+
+    An RQ job costs ~80 µs of Python (its Job, pickling, a dozen fields to write) and two round trips, per
+    delivery or even per group commit more than the rest of the intake. Dispatch lanes take the ids one by
+    one (`take_delivery`); while none is up, the work lanes turn them into dispatch jobs (`fan_out_intake`). Ids lost
+    on the way (Redis restarted, a worker killed between taking and enqueueing them) are found by the sweeper:
+    a delivery queued for a while with no dispatch job, not on this list and not taken by a live lane.
+    """
 
     def __init__(self, redis: AsyncRedis) -> None:
         self._redis = redis

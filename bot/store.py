@@ -27,6 +27,8 @@ SCHEMA_LOCK = ADMISSION_LOCK + 1  # the one `create_all` takes
 # A pooled server connection idle this long is pinged before use (a restarted server, an idle-connection killer);
 # one handed back a moment ago is not: a burst of deliveries pays no SELECT 1 per session.
 PING_IDLE_AFTER_S = 1.0
+# How long a SQLite connection waits for another's write lock before its statement fails as busy.
+SQLITE_BUSY_TIMEOUT_S = 30
 POOL_RECYCLE_S = 1800  # and none is kept longer than this (load balancers and poolers drop old connections)
 
 
@@ -137,7 +139,9 @@ def _engine(url: str, *, auto_checkpoint: bool = True) -> Engine:
         return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json_text)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, json_serializer=_json_text
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
     if not auto_checkpoint:
         event.listen(engine, "connect", _no_auto_checkpoint)
@@ -176,7 +180,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     cursor.close()
 
 

@@ -13,6 +13,10 @@ without a pause: a writer that lost the lock waited tens of milliseconds (two pr
 bench/intake.py). The kernel wakes a writer blocked on `flock` as soon as the lock is let go. The lock dies with its
 process (kill -9 included); SQLite's own locking still guards the database from everyone else (workers, the CLI).
 
+The event loop writes a batch itself when neither lock is held at that instant (`try_now`: no hop to a thread and
+back, and its RPUSH then goes out on the loop); otherwise the intake's thread waits for both (`__call__`), polling
+SQLite's write lock every quarter of a millisecond where SQLite's busy handler would sleep 1, 2, 5, 10 … ms.
+
 The intake also checkpoints the WAL, in the writers' turn, after every 2 MB of payloads its process wrote (`checkpoint`,
 run once the batch that crossed it is answered). A checkpoint beside the writers copies the frames that were in the
 WAL when it began; under a burst they append meanwhile, it never catches up, and SQLite starts the WAL from its
@@ -30,19 +34,22 @@ import functools
 import logging
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from bot.deliveries import Incoming, Recorded
 from bot.models import DeliveryStatus, utcnow
-from bot.store import Store
+from bot.store import SQLITE_BUSY_TIMEOUT_S, Store
 
 _COLUMNS = "id, event, action, installation_id, repository, payload, status, reason, attempts, received_at, updated_at"
 # How SQLAlchemy's SQLite DateTime stores a time (naive UTC text), so the ORM reads these rows like its own.
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Payload bytes written between two checkpoints (SQLite's own automatic checkpoint is at 1,000 pages, 4 MB).
 CHECKPOINT_EVERY_BYTES = 2 * 1024 * 1024
+BUSY_POLL_S = 0.00025
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,8 @@ log = logging.getLogger(__name__)
 class SqliteRecorder:
     """Records a group commit's batch: a row per new id, and one answer per delivery, in order.
 
-    Used by one group commit writer at a time (SQLite has a single writer), from whichever thread runs it.
+    Used by one group commit writer at a time (SQLite has a single writer): `try_now` from the event loop, which never
+    waits and writes the batch only if nobody else is writing; `__call__` from the intake's thread otherwise.
     """
 
     def __init__(self, store: Store) -> None:
@@ -59,24 +67,23 @@ class SqliteRecorder:
         database = store.engine.url.database
         # A file database's writers share a lock file; an in-memory one has a single process.
         self._lock_path = f"{database}-intake-lock" if database and database != ":memory:" else None
-        # Opened by the process that writes (after the web's fork): a flock belongs to one open file.
+        # Opened by the process that writes (after the web's fork): a flock belongs to one open file, so this
+        # process's own turn (the event loop's batch, the thread's batch or checkpoint) is a lock of its own.
         self._lock_fd: int | None = None
+        self._process_turn = threading.Lock()
         self._unchecked_bytes = 0  # payload bytes written since the last checkpoint
 
     def __call__(self, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
-        if self._pooled is None:
-            self._pooled = self._store.engine.raw_connection()
-        conn: sqlite3.Connection = self._pooled.driver_connection
+        """Write the batch, waiting for the writers' turn and for SQLite's write lock."""
         with self.writers_turn():
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                answers = _record(conn, batch, ignore_reasons)
-                conn.commit()
-            except BaseException:
-                self._discard()
-                raise
-        self._unchecked_bytes += sum(len(delivery.body) for delivery in batch)
+            answers = self._write(batch, ignore_reasons, wait=True)
+        assert answers is not None  # it waited for the write lock
         return answers
+
+    def try_now(self, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded] | None:
+        """Write the batch if the writers' turn and SQLite's write lock are free this instant; None otherwise."""
+        with self.writers_turn(wait=False) as ours:
+            return self._write(batch, ignore_reasons, wait=False) if ours else None
 
     @property
     def checkpoint_due(self) -> bool:
@@ -95,6 +102,7 @@ class SqliteRecorder:
 
     def close(self) -> None:
         if self._pooled is not None:
+            self._pooled.driver_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             self._pooled.close()
             self._pooled = None
         if self._lock_fd is not None:
@@ -102,18 +110,45 @@ class SqliteRecorder:
             self._lock_fd = None
 
     @contextmanager
-    def writers_turn(self) -> Iterator[None]:
-        """Hold the web processes' writer lock, waiting until the writer holding it lets go (each batch takes it)."""
-        if self._lock_path is None:
-            yield
+    def writers_turn(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold this process's turn and the web processes' writer lock, waiting until the writer holding either
+        lets go; with `wait=False`, yields False at once instead."""
+        if not self._process_turn.acquire(blocking=wait):
+            yield False
             return
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            yield
+            if self._lock_path is None:
+                yield True
+                return
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._process_turn.release()
+
+    def _write(self, batch: list[Incoming], ignore_reasons: list[str | None], *, wait: bool) -> list[Recorded] | None:
+        if self._pooled is None:
+            self._pooled = self._store.engine.raw_connection()
+            self._pooled.driver_connection.execute("PRAGMA busy_timeout=0")  # `_begin` waits; given back at `close`
+        conn: sqlite3.Connection = self._pooled.driver_connection
+        try:
+            if not _begin(conn, wait=wait):
+                return None
+            answers = _record(conn, batch, ignore_reasons)
+            conn.commit()
+        except BaseException:
+            self._discard()
+            raise
+        self._unchecked_bytes += sum(len(delivery.body) for delivery in batch)
+        return answers
 
     def _discard(self) -> None:
         """After a failed batch: roll back, and drop the connection whose state is unknown."""
@@ -122,6 +157,23 @@ class SqliteRecorder:
             pooled.driver_connection.rollback()
         finally:
             pooled.invalidate()
+
+
+def _begin(conn: sqlite3.Connection, *, wait: bool) -> bool:
+    """`BEGIN IMMEDIATE`: False if another connection (a worker's) holds the write lock and `wait` is False;
+    otherwise retried every `BUSY_POLL_S` for up to the store's busy timeout, where SQLite's busy handler would
+    sleep 1, 2, 5, 10 … ms between its tries while a worker's write takes well under one."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            if not wait:
+                return False
+        time.sleep(BUSY_POLL_S)
 
 
 def _record(conn: sqlite3.Connection, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:

@@ -209,7 +209,7 @@ def _schedule_forever(runtime: Runtime, stop: threading.Event) -> None:
 
 
 def _fan_out_forever(runtime: Runtime, stop: threading.Event) -> None:
-    """Turn the ids the web puts on the intake list into dispatch jobs as they come (`WorkQueue.enqueue_intake`),
+    """Turn the ids the web puts on the intake list into dispatch jobs as they come (`IntakePusher`),
     while no dispatch lane is up to take them itself (one starting, or crashed, or a work lane run alone)."""
     while not stop.is_set():
         try:

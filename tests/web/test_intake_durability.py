@@ -9,6 +9,7 @@ import os
 import selectors
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,35 @@ async def test_on_sqlite_the_intake_checkpoints_the_wal_into_the_database_as_del
 
     assert database.stat().st_size > CHECKPOINT_EVERY_BYTES  # the deliveries' pages were copied into the database
     assert sorted(queue.intake_waiting()) == sorted(ids)
+    store.dispose()
+
+
+async def test_on_sqlite_a_delivery_arriving_while_a_worker_writes_is_answered_once_the_write_is_done(
+    settings: Settings, queue: WorkQueue, tmp_path: Path
+) -> None:
+    """The event loop writes a batch only when nobody else is writing; otherwise the intake's thread waits for it."""
+    database = tmp_path / "web.db"
+    store = Store(f"sqlite:///{database}", auto_checkpoint=False)
+    store.create_all()
+    app = create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
+    body = json.dumps(load_payload("issue_comment.created")).encode()
+    headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="behind-a-worker")
+    worker = sqlite3.connect(database, isolation_level=None)
+    worker.execute("BEGIN IMMEDIATE")  # a worker holds SQLite's write lock
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nofx") as http:
+        answer = asyncio.ensure_future(http.post("/webhooks", content=body, headers=headers))
+        done, _ = await asyncio.wait([answer], timeout=0.5)
+        assert not done
+        assert (await http.get("/readyz")).status_code == 200  # the event loop is not the one waiting
+        worker.execute("COMMIT")
+        worker.close()
+        response = await answer
+
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    assert deliveries.get(store, "behind-a-worker") is not None
+    assert queue.intake_waiting() == ["behind-a-worker"]
+    await app.state.intake.close()
     store.dispose()
 
 

@@ -4,6 +4,8 @@ checkpoint the WAL in their turn, so that a burst does not grow it without bound
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -79,6 +81,43 @@ def test_a_checkpoint_waits_for_the_writer_holding_the_turn(tmp_path: Path) -> N
             _busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
         assert frames == copied  # nothing left for another checkpoint
     finally:
+        other.close()
+        ours.close()
+        store.dispose()
+
+
+def test_the_event_loops_try_never_waits_and_leaves_a_busy_database_to_the_thread(tmp_path: Path) -> None:
+    database = tmp_path / "nofx.db"
+    store = Store(f"sqlite:///{database}")
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    body = json.dumps(payload)
+    other, ours = SqliteRecorder(store), SqliteRecorder(store)
+    worker = sqlite3.connect(database, isolation_level=None)  # a worker's connection, beside the web's
+    try:
+        with other.writers_turn():  # another web process is writing
+            assert ours.try_now([deliveries.incoming("t-1", "issue_comment", payload, body)], [None]) is None
+        worker.execute("BEGIN IMMEDIATE")  # a worker holds SQLite's write lock
+        started = time.monotonic()
+        assert ours.try_now([deliveries.incoming("t-2", "issue_comment", payload, body)], [None]) is None
+        assert time.monotonic() - started < 1  # not the busy timeout's 30 s
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(ours, [deliveries.incoming("t-3", "issue_comment", payload, body)], [None])
+            done, _ = wait([waiting], timeout=0.3)
+            assert not done  # the thread's call waits for the worker's write
+            worker.execute("COMMIT")
+            [recorded] = waiting.result(timeout=30)
+        assert recorded.new
+        [now] = ours.try_now([deliveries.incoming("t-4", "issue_comment", payload, body)], [None]) or []
+        assert now.new  # nobody else writing: written at once
+        assert [deliveries.get(store, i) is not None for i in ("t-1", "t-2", "t-3", "t-4")] == [
+            False,
+            False,
+            True,
+            True,
+        ]
+    finally:
+        worker.close()
         other.close()
         ours.close()
         store.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -120,9 +121,22 @@ def test_sweeper_enqueues_deliveries_the_queue_never_got(runtime: Runtime, store
     assert sweep(runtime) == []
 
 
+def _pushed_by_the_web(queue: WorkQueue, delivery_ids: list[str]) -> None:
+    """What the web's intake does for a group commit, on its event loop."""
+
+    async def push() -> None:
+        pusher = queue.intake_pusher()
+        try:
+            await pusher.push(delivery_ids)
+        finally:
+            await pusher.close()
+
+    asyncio.run(push())
+
+
 def test_intake_ids_become_one_dispatch_job_per_delivery_taken_once(queue: WorkQueue) -> None:
-    queue.enqueue_intake(["fan-1", "fan-2"])  # what the web does for a group commit
-    queue.enqueue_intake(["fan-3"])
+    _pushed_by_the_web(queue, ["fan-1", "fan-2"])
+    _pushed_by_the_web(queue, ["fan-3"])
 
     assert queue.fan_out_intake(wait_s=1) == 3  # what a worker's intake thread does
     assert queue.fan_out_intake() == 0  # taken once: a second worker finds nothing
@@ -132,7 +146,7 @@ def test_intake_ids_become_one_dispatch_job_per_delivery_taken_once(queue: WorkQ
 
 
 def test_acknowledged_ids_a_stopped_dispatch_lane_left_become_dispatch_jobs_first(queue: WorkQueue) -> None:
-    queue.enqueue_intake(["acked-1", "acked-2", "waiting-1"])
+    _pushed_by_the_web(queue, ["acked-1", "acked-2", "waiting-1"])
     for _ in range(2):  # a dispatch lane's 👀 pass took two and passed them on, then every dispatch lane stopped
         taken = queue.take_delivery("stopped-lane", 1)
         assert taken is not None
@@ -150,7 +164,7 @@ def test_sweeper_leaves_deliveries_still_on_the_intake_list(runtime: Runtime, st
     waiting.status = DeliveryStatus.queued
     waiting.updated_at = utcnow() - timedelta(minutes=5)
     deliveries.record(store, waiting)
-    queue.enqueue_intake(["held"])  # no worker has taken it yet (they are busy or down): not lost
+    _pushed_by_the_web(queue, ["held"])  # no worker has taken it yet (they are busy or down): not lost
 
     assert sweep(runtime) == []
     assert queue.intake_waiting() == ["held"] and queue.queue.count == 0
