@@ -181,9 +181,10 @@ class Intake:
             raise Refusal(400, "missing or invalid X-GitHub-Event header", "malformed")
         if not _DELIVERY_ID.fullmatch(delivery_id):
             raise Refusal(400, "missing or invalid X-GitHub-Delivery header", "malformed")
-        payload, text = _parse(raw, headers.get(b"content-type", ""))
-
-        delivery = deliveries.incoming(delivery_id, event, payload, text)
+        try:
+            delivery = deliveries.incoming_json(delivery_id, event, _json_text(raw, headers.get(b"content-type", "")))
+        except deliveries.NotAJsonObject as exc:
+            raise Refusal(400, str(exc), "malformed") from None
         with logs.bound(installation=delivery.installation_id, repo=delivery.repository):
             try:
                 recorded = await self.group.submit(delivery)
@@ -297,22 +298,20 @@ def _verify_signature(raw: bytes, header: str | None, secret: str) -> None:
         raise Refusal(401, "X-Hub-Signature-256 does not match the payload", "bad_signature")
 
 
-def _parse(raw: bytes, content_type: str) -> tuple[dict[str, Any], str]:
-    """The payload and its JSON text. GitHub sends JSON, or a form with a `payload` field when the hook is set
-    to urlencoded."""
-    source: bytes | str = raw
+def _json_text(raw: bytes, content_type: str) -> str:
+    """The payload's JSON text. GitHub sends JSON, or a form with a `payload` field when the hook is set to
+    urlencoded."""
     if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         fields = parse_qs(raw.decode("utf-8", "replace"))
         if "payload" not in fields:
             raise Refusal(400, "form-encoded delivery without a payload field", "malformed")
-        source = fields["payload"][0]
+        return fields["payload"][0]
     try:
-        payload = orjson.loads(source)  # also refuses bytes that are not UTF-8
-    except orjson.JSONDecodeError as exc:
-        raise Refusal(400, f"body is not valid JSON: {exc}", "malformed") from None
-    if not isinstance(payload, dict):
-        raise Refusal(400, "payload must be a JSON object", "malformed")
-    return payload, source if isinstance(source, str) else source.decode()
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise Refusal(
+            400, f"body is not valid JSON: it is not UTF-8 ({exc.reason} at byte {exc.start})", "malformed"
+        ) from None
 
 
 def _well_formed(pattern: re.Pattern[str], value: str) -> str | None:

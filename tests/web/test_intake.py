@@ -148,7 +148,12 @@ def test_streamed_body_over_the_cap_without_length_is_413(client: TestClient, se
 
 @pytest.mark.parametrize(
     ("body", "message"),
-    [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"\xff\xfe", "not valid JSON")],
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b'{"action": "created", "comment": {"body": "\xff"}}', "not UTF-8"),
+    ],
 )
 def test_malformed_json_is_400(client: TestClient, settings: Settings, store: Store, body: bytes, message: str) -> None:
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "")
