@@ -27,6 +27,8 @@ SCHEMA_LOCK = ADMISSION_LOCK + 1  # the one `create_all` takes
 # A pooled server connection idle this long is pinged before use (a restarted server, an idle-connection killer);
 # one handed back a moment ago is not: a burst of deliveries pays no SELECT 1 per session.
 PING_IDLE_AFTER_S = 1.0
+# Indexes an older nofx created that no query uses, dropped by `create_all`: each cost a b-tree write per delivery.
+RETIRED_INDEXES = ("ix_delivery_event", "ix_delivery_installation_id")
 # How long a SQLite connection waits for another's write lock before its statement fails as busy.
 SQLITE_BUSY_TIMEOUT_S = 30
 POOL_RECYCLE_S = 1800  # and none is kept longer than this (load balancers and poolers drop old connections)
@@ -46,7 +48,8 @@ class Store:
         self.run_limits = run_limits or RunLimits()  # read where runs are admitted (`bot.runs.admission`)
 
     def create_all(self) -> None:
-        """Create missing tables, and add the nullable columns a newer nofx added to an existing table.
+        """Create missing tables, add the nullable columns a newer nofx added to an existing table, and drop the
+        indexes it no longer keeps.
 
         Only additive, nullable columns are migrated in place; anything else would need a real migration. On
         PostgreSQL the processes starting together (web, workers) take turns: two `CREATE TYPE`s of the same enum
@@ -57,6 +60,8 @@ class Store:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             SQLModel.metadata.create_all(conn)
             _add_missing_columns(conn)
+            for index in RETIRED_INDEXES:
+                conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from gidgethub import sansio
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import select
 
@@ -205,3 +205,16 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
         assert second != first
     finally:
         store.dispose()
+
+
+def test_create_all_drops_the_delivery_indexes_no_query_uses(any_store: Store) -> None:
+    any_store.create_all()
+    with any_store.engine.begin() as conn:  # as an older nofx created them
+        conn.execute(text("CREATE INDEX ix_delivery_event ON delivery (event)"))
+        conn.execute(text("CREATE INDEX ix_delivery_installation_id ON delivery (installation_id)"))
+
+    any_store.create_all()
+
+    with any_store.engine.connect() as conn:
+        indexes = {index["name"] for index in inspect(conn).get_indexes("delivery")}
+    assert indexes == {"ix_delivery_status", "ix_delivery_received_at"}
