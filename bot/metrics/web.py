@@ -37,6 +37,15 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_QueueDepth(queue_depth, queue_wait))
+        self._delivered: dict[tuple[str, str], Counter] = {}
+
+    def delivered(self, event: str, outcome: str) -> None:
+        """Count one answered delivery; the caller keeps the labels' values few. Each labelled counter is kept:
+        finding it by `labels()` cost more than the count itself, once per delivery."""
+        counter = self._delivered.get((event, outcome))
+        if counter is None:
+            counter = self._delivered[(event, outcome)] = self.deliveries.labels(event=event, outcome=outcome)
+        counter.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

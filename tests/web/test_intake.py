@@ -319,3 +319,14 @@ def test_an_unsigned_request_puts_none_of_its_headers_in_the_log(client: TestCli
 
     assert response.status_code == 401
     assert "webhook refused" in buffer.getvalue() and "forged" not in buffer.getvalue()
+
+
+def test_made_up_event_names_share_one_metric_label(client: TestClient, app: Starlette) -> None:
+    """Anyone can send X-GitHub-Event, signed or not: names nofx does not act on must not grow the metric."""
+    for n in range(3):
+        headers = {"X-GitHub-Event": f"made_up_{n}", "X-GitHub-Delivery": f"m-{n}", "X-Hub-Signature-256": "sha256=00"}
+        assert client.post("/webhooks", content=b"{}", headers=headers).status_code == 401
+
+    samples = app.state.metrics.registry.get_sample_value
+    assert samples("nofx_webhook_deliveries_total", {"event": "other", "outcome": "bad_signature"}) == 3
+    assert samples("nofx_webhook_deliveries_total", {"event": "made_up_0", "outcome": "bad_signature"}) is None
