@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--web-processes", type=int, default=os.cpu_count() or 1, help="NOFX_WEB_PROCESSES")
+    parser.add_argument("--web-processes", type=int, default=1, help="NOFX_WEB_PROCESSES (nofx's default: 1)")
     parser.add_argument("--redis-url", default=os.environ.get("NOFX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument(
         "--postgres-url",
