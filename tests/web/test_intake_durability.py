@@ -26,7 +26,7 @@ from bot.models import Delivery, DeliveryStatus, Installation
 from bot.queue import WorkQueue
 from bot.settings import Settings
 from bot.store import Store
-from bot.web.app import create_app
+from bot.web.app import App, create_app
 from bot.web.intake import MAX_BODY_BYTES
 from bot.web.sqlite_intake import CHECKPOINT_EVERY_BYTES
 from tests.support.payloads import load_payload, webhook_headers
@@ -72,10 +72,7 @@ async def test_on_sqlite_the_intake_checkpoints_the_wal_into_the_database_as_del
     settings: Settings, queue: WorkQueue, tmp_path: Path
 ) -> None:
     """The web's commits never checkpoint (`auto_checkpoint=False`): its intake does, between batches."""
-    database = tmp_path / "web.db"
-    store = Store(f"sqlite:///{database}", auto_checkpoint=False)
-    store.create_all()
-    app = create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
+    database, store, app = _web_on_sqlite(settings, queue, tmp_path)
     body = json.dumps(load_payload("issue_comment.created")).encode()
     ids = [f"wal-{n}" for n in range(CHECKPOINT_EVERY_BYTES // len(body) + 20)]  # a checkpoint's worth and more
     secret = settings.webhook_secret or ""
@@ -103,10 +100,7 @@ async def test_on_sqlite_a_delivery_arriving_while_a_worker_writes_is_answered_o
     settings: Settings, queue: WorkQueue, tmp_path: Path
 ) -> None:
     """The event loop writes a batch only when nobody else is writing; otherwise the intake's thread waits for it."""
-    database = tmp_path / "web.db"
-    store = Store(f"sqlite:///{database}", auto_checkpoint=False)
-    store.create_all()
-    app = create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
+    database, store, app = _web_on_sqlite(settings, queue, tmp_path)
     body = json.dumps(load_payload("issue_comment.created")).encode()
     headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="behind-a-worker")
     worker = sqlite3.connect(database, isolation_level=None)
@@ -291,6 +285,14 @@ def test_unsigned_bodies_in_flight_are_bounded_and_signed_deliveries_still_get_i
             f"{base}/webhooks", content=b" " * MAX_BODY_BYTES, headers={"X-GitHub-Event": "ping"}, timeout=30
         )
         assert whole.status_code == 401  # the first body's share was given back
+
+
+def _web_on_sqlite(settings: Settings, queue: WorkQueue, tmp_path: Path) -> tuple[Path, Store, App]:
+    """The web's app on a SQLite file of its own, with the web's store (no automatic checkpoints)."""
+    database = tmp_path / "web.db"
+    store = Store(f"sqlite:///{database}", auto_checkpoint=False)
+    store.create_all()
+    return database, store, create_app(settings, store=store, queue=queue, env_file=tmp_path / ".env")
 
 
 def _store_knowing_the_installation(database: Path) -> tuple[Store, dict[str, Any]]:
