@@ -119,7 +119,7 @@ class Intake:
     group: GroupCommit[deliveries.Incoming, deliveries.Recorded] = field(init=False)
     # Batches go through connections of the intake's own, past the ORM (bot.web.sqlite_intake, postgres_intake).
     recorder: PostgresRecorder | SqliteRecorder = field(init=False)
-    # The intake list from the event loop (the writes on PostgreSQL).
+    # Pushes onto the intake list from the event loop.
     pusher: IntakePusher = field(init=False)
     # SQLite's batches that must wait for the database, its checkpoints, and the store updates after a push the
     # queue refused: blocking calls that run here.
@@ -220,7 +220,7 @@ class Intake:
             answers = self.recorder.try_now(batch, reasons)
             if answers is None:  # another writer has the database (a web process's, a checkpoint, a worker): wait
                 answers = await self._in_thread(self.recorder, batch, reasons)
-            if self.recorder.checkpoint_due:  # after this batch is answered, before the next one is written
+            if self.recorder.checkpoint_due:  # on the thread while this batch is pushed and answered; the next waits
                 self._thread.submit(self.recorder.checkpoint)
         else:
             answers = await self.recorder(batch, reasons)

@@ -91,14 +91,14 @@ class SqliteRecorder:
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database in the writers' turn, so that the next batch starts the WAL over."""
-        self._unchecked_bytes = 0
-        if self._pooled is None:
-            return
-        try:
-            with self.writers_turn():
+        with self.writers_turn():
+            self._unchecked_bytes = 0
+            if self._pooled is None:  # the connection was dropped after a failed batch: the next one opens another
+                return
+            try:
                 self._pooled.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:  # a reader or another checkpoint in the way: the next one catches up
-            log.warning("WAL checkpoint failed", exc_info=True)
+            except sqlite3.Error:  # a reader or another checkpoint in the way: the next one catches up
+                log.warning("WAL checkpoint failed", exc_info=True)
 
     def close(self) -> None:
         if self._pooled is not None:
@@ -122,9 +122,7 @@ class SqliteRecorder:
                 return
             if self._lock_fd is None:
                 self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flock(self._lock_fd, wait=wait):
                 yield False
                 return
             try:
@@ -157,6 +155,15 @@ class SqliteRecorder:
             pooled.driver_connection.rollback()
         finally:
             pooled.invalidate()
+
+
+def _flock(fd: int, *, wait: bool) -> bool:
+    """Take the exclusive lock on `fd`; False if another holds it and `wait` is False."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _begin(conn: sqlite3.Connection, *, wait: bool) -> bool:
