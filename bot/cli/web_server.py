@@ -1,6 +1,6 @@
 """The processes that serve the web port: one, or several forked after the imports, sharing one listening socket.
 
-One Python process answers 5,500-5,900 deliveries/s (bench/intake.py on 2 cores: 140-160 µs of CPU each for
+One Python process answers 5,300-5,900 deliveries/s (bench/intake.py on 2 cores: 140-170 µs of CPU each for
 uvicorn, the ASGI call, HMAC, JSON, the group commit's write and RPUSH). There a second process added nothing (the
 other core was busy with the load, the database and Redis), but a machine with more cores to spare can use them
 (`NOFX_WEB_PROCESSES`). The processes are forked once the code is imported (its pages stay shared) and before any
