@@ -110,12 +110,8 @@ def test_the_event_loops_try_never_waits_and_leaves_a_busy_database_to_the_threa
         assert recorded.new
         [now] = ours.try_now([deliveries.incoming("t-4", "issue_comment", payload, body)], [None]) or []
         assert now.new  # nobody else writing: written at once
-        assert [deliveries.get(store, i) is not None for i in ("t-1", "t-2", "t-3", "t-4")] == [
-            False,
-            False,
-            True,
-            True,
-        ]
+        written = {i for i in ("t-1", "t-2", "t-3", "t-4") if deliveries.get(store, i) is not None}
+        assert written == {"t-3", "t-4"}
     finally:
         worker.close()
         other.close()
