@@ -13,9 +13,10 @@ without a pause: a writer that lost the lock waited tens of milliseconds (two pr
 bench/intake.py). The kernel wakes a writer blocked on `flock` as soon as the lock is let go. The lock dies with its
 process (kill -9 included); SQLite's own locking still guards the database from everyone else (workers, the CLI).
 
-The event loop writes a batch itself when neither lock is held at that instant (`try_now`: no hop to a thread and
-back, and its RPUSH then goes out on the loop); otherwise the intake's thread waits for both (`__call__`), polling
-SQLite's write lock every quarter of a millisecond where SQLite's busy handler would sleep 1, 2, 5, 10 … ms.
+The event loop writes a batch itself when neither lock is held at that instant and the batch is small (`try_now`: no
+hop to a thread and back, and its RPUSH then goes out on the loop); otherwise the intake's thread writes it, waiting
+for both locks (`__call__`) and polling SQLite's write lock every quarter of a millisecond where SQLite's busy
+handler would sleep 1, 2, 5, 10 … ms.
 
 The intake also checkpoints the WAL, in the writers' turn, after every 2 MB of payloads its process wrote (`checkpoint`,
 run once the batch that crossed it is answered). A checkpoint beside the writers copies the frames that were in the
@@ -50,6 +51,9 @@ _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Payload bytes written between two checkpoints (SQLite's own automatic checkpoint is at 1,000 pages, 4 MB).
 CHECKPOINT_EVERY_BYTES = 2 * 1024 * 1024
 BUSY_POLL_S = 0.00025
+# Payload bytes the event loop writes itself: ~5 ms for 1 MB, where a 25 MB delivery took 138 ms that the loop would
+# not have read, parsed or answered anything.
+LOOP_WRITE_MAX_BYTES = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,10 @@ class SqliteRecorder:
         return answers
 
     def try_now(self, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded] | None:
-        """Write the batch if the writers' turn and SQLite's write lock are free this instant; None otherwise."""
+        """Write the batch if it is quick to: the writers' turn and SQLite's write lock are free this instant, and
+        the batch is under `LOOP_WRITE_MAX_BYTES`; None otherwise."""
+        if sum(len(delivery.body) for delivery in batch) > LOOP_WRITE_MAX_BYTES:
+            return None
         with self.writers_turn(wait=False) as ours:
             return self._write(batch, ignore_reasons, wait=False) if ours else None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from bot import deliveries
 from bot.models import DeliveryStatus
 from bot.store import Store
-from bot.web.sqlite_intake import CHECKPOINT_EVERY_BYTES, SqliteRecorder
+from bot.web.sqlite_intake import CHECKPOINT_EVERY_BYTES, LOOP_WRITE_MAX_BYTES, SqliteRecorder
 from tests.support.payloads import load_payload
 
 
@@ -116,4 +116,19 @@ def test_the_event_loops_try_never_waits_and_leaves_a_busy_database_to_the_threa
         worker.close()
         other.close()
         ours.close()
+        store.dispose()
+
+
+def test_the_event_loop_leaves_a_large_batch_to_the_thread(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'nofx.db'}")
+    store.create_all()
+    payload = {"action": "created", "installation": {"id": 1}, "padding": "x" * LOOP_WRITE_MAX_BYTES}
+    large = [deliveries.incoming("large-1", "issue_comment", payload, json.dumps(payload))]
+    recorder = SqliteRecorder(store)
+    try:
+        assert recorder.try_now(large, [None]) is None  # milliseconds the loop would answer nothing in
+        [recorded] = recorder(large, [None])
+        assert recorded.new and deliveries.get(store, "large-1") is not None
+    finally:
+        recorder.close()
         store.dispose()
