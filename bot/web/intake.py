@@ -121,9 +121,11 @@ class Intake:
     recorder: PostgresRecorder | SqliteRecorder = field(init=False)
     # Pushes onto the intake list from the event loop.
     pusher: IntakePusher = field(init=False)
-    # SQLite's batches that must wait for the database, its checkpoints, and the store updates after a push the
-    # queue refused: blocking calls that run here.
+    # SQLite's batches that must wait for the database, and the store updates after a push the queue refused:
+    # blocking calls that run here.
     _thread: ThreadPoolExecutor = field(init=False)
+    # SQLite's checkpoints, on a thread of their own: most of one runs beside the batches, which must not wait for it.
+    _checkpoints: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         dialect = self.store.engine.dialect.name
@@ -131,10 +133,12 @@ class Intake:
         self.recorder = PostgresRecorder(self.store) if dialect == "postgresql" else SqliteRecorder(self.store)
         self.pusher = self.queue.intake_pusher()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="intake")
+        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="intake-checkpoint")
 
     async def close(self) -> None:
         """Close the intake's thread and its own database and Redis connections (at the app's shutdown)."""
         self._thread.shutdown()
+        self._checkpoints.shutdown()
         if isinstance(self.recorder, PostgresRecorder):
             await self.recorder.close()
         else:
@@ -220,8 +224,8 @@ class Intake:
             answers = self.recorder.try_now(batch, reasons)
             if answers is None:  # another writer has the database (a web process's, a checkpoint, a worker): wait
                 answers = await self._in_thread(self.recorder, batch, reasons)
-            if self.recorder.checkpoint_due:  # on the thread while this batch is pushed and answered; the next waits
-                self._thread.submit(self.recorder.checkpoint)
+            if self.recorder.claim_checkpoint():
+                self._checkpoints.submit(self.recorder.checkpoint)
         else:
             answers = await self.recorder(batch, reasons)
         self.metrics.intake_batch.observe(len(batch))

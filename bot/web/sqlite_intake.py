@@ -18,14 +18,17 @@ hop to a thread and back, and its RPUSH then goes out on the loop); otherwise th
 for both locks (`__call__`) and polling SQLite's write lock every quarter of a millisecond where SQLite's busy
 handler would sleep 1, 2, 5, 10 … ms.
 
-The intake also checkpoints the WAL, in the writers' turn, after every 2 MB of payloads its process wrote (`checkpoint`,
-run once the batch that crossed it is answered). A checkpoint beside the writers copies the frames that were in the
+The intake also checkpoints the WAL after every 2 MB of payloads its process wrote (`checkpoint`, on a thread of its
+own once the batch that crossed it is answered). A checkpoint beside the writers copies the frames that were in the
 WAL when it began; under a burst they append meanwhile, it never catches up, and SQLite starts the WAL from its
 beginning again only once every frame is copied: with a checkpoint thread every 0.5 s the WAL grew to 2 GB in 12 s of
-bench/intake.py, and a sixth of the web's CPU went to the kernel zeroing the new file blocks. Between two batches,
-with the writers' lock held, the checkpoint copies all of it and the next batch writes over the WAL's start. Every
-2 MB rather than 4: the batches waiting behind a checkpoint (it syncs the database) set the p99, 9-14 ms at 1-2 MB,
-19-21 ms at 4 MB, for no measurable gain in deliveries/s.
+bench/intake.py, and a sixth of the web's CPU went to the kernel zeroing the new file blocks. So a checkpoint copies
+in two passes: first beside the writers (the 2 MB, while batches go on being written), then in the writers' turn
+(only the frames they appended meanwhile), after which the next batch writes over the WAL's start. With the whole
+copy in the writers' turn, batches waited behind it a quarter of the time (a 2 MB checkpoint took 8 ms, median, 21 ms
+p90, on one machine, 400 of them in a 13 s burst); the second pass, which syncs the files again, takes 5 ms (median,
+14 ms p90), and the burst's deliveries/s went from 0.66-0.72x Probot's to 0.74-0.88x. Every 2 MB rather than 4 or 8: p99
+16-19, 25-26 and 42-46 ms, for no clear gain in deliveries/s.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class SqliteRecorder:
         self._lock_fd: int | None = None
         self._process_turn = threading.Lock()
         self._unchecked_bytes = 0  # payload bytes written since the last checkpoint
+        self._checkpointing = False  # a checkpoint was claimed and has not ended
+        self._checkpointer: Any = None  # the pool's wrapper around the checkpoints' connection
 
     def __call__(self, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
         """Write the batch, waiting for the writers' turn and for SQLite's write lock."""
@@ -92,26 +97,37 @@ class SqliteRecorder:
         with self.writers_turn(wait=False) as ours:
             return self._write(batch, ignore_reasons, wait=False) if ours else None
 
-    @property
-    def checkpoint_due(self) -> bool:
-        return self._unchecked_bytes >= CHECKPOINT_EVERY_BYTES
+    def claim_checkpoint(self) -> bool:
+        """True once per `CHECKPOINT_EVERY_BYTES` written, for one caller (the event loop) to run `checkpoint`."""
+        if self._checkpointing or self._unchecked_bytes < CHECKPOINT_EVERY_BYTES:
+            return False
+        self._checkpointing = True
+        return True
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database in the writers' turn, so that the next batch starts the WAL over."""
-        with self.writers_turn():
-            self._unchecked_bytes = 0
-            if self._pooled is None:  # the connection was dropped after a failed batch: the next one opens another
-                return
-            try:
-                self._pooled.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error:  # a reader or another checkpoint in the way: the next one catches up
-                log.warning("WAL checkpoint failed", exc_info=True)
+        """Copy the WAL into the database, so that the next batch starts the WAL over: beside the writers what they
+        wrote so far, then in their turn what they appended meanwhile."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = self._store.engine.raw_connection()
+            conn: sqlite3.Connection = self._checkpointer.driver_connection
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self.writers_turn():
+                self._unchecked_bytes = 0
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:  # another checkpoint in the way, say: the next one catches up
+            log.warning("WAL checkpoint failed", exc_info=True)
+        finally:
+            self._checkpointing = False
 
     def close(self) -> None:
         if self._pooled is not None:
             self._pooled.driver_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             self._pooled.close()
             self._pooled = None
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
