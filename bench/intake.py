@@ -12,7 +12,12 @@ process: `--connections` connections for `--duration` seconds after a `--warmup`
 For nofx it also checks that every delivery answered 202 was recorded (`lost` must be 0) and samples the
 web processes' memory (`--web-processes` of them, NOFX_WEB_PROCESSES): the largest sum of their RSS, which counts
 the pages forked processes share once per process, and of their PSS, which splits those between them. CPU per
-delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted). Usage: .venv/bin/python bench/intake.py [--targets probot,sqlite,postgres,serve]
+delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted).
+
+This machine's speed drifts by 10-30% from one minute to the next (Probot alone measured 4,100 to 6,450 deliveries/s
+within an hour): `--rounds N` runs the targets N times in turn and reports the median of each round's ratio.
+
+Usage: .venv/bin/python bench/intake.py [--targets probot,sqlite,postgres,serve] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,6 +128,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--web-processes", type=int, default=1, help="NOFX_WEB_PROCESSES (nofx's default: 1)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the targets this many times, in turn; the summary takes medians"
+    )
     parser.add_argument("--redis-url", default=os.environ.get("NOFX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     parser.add_argument(
         "--postgres-url",
@@ -141,14 +150,17 @@ def main() -> None:
         script = Path(tmp) / "load.lua"
         script.write_text(WRK_SCRIPT)
         load = _Load(args, script, body_file, signature)
-        for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-            starter = {"probot": _probot, "sqlite": _nofx_web, "postgres": _nofx_web, "serve": _nofx_serve}[target]
-            with starter(target, Path(tmp) / target, secret, args) as (url, pid, count_recorded):
-                result = load.run(target, url, pid)
-                if count_recorded is not None:
-                    result.recorded = count_recorded(load.prefix)
-            results.append(result)
-            print(_line(result), flush=True)
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        for round_ in range(args.rounds):
+            for target in targets:
+                starter = {"probot": _probot, "sqlite": _nofx_web, "postgres": _nofx_web, "serve": _nofx_serve}[target]
+                workdir = Path(tmp) / f"{target}-{round_}"
+                with starter(target, workdir, secret, args) as (url, pid, count_recorded):
+                    result = load.run(target, url, pid)
+                    if count_recorded is not None:
+                        result.recorded = count_recorded(load.prefix)
+                results.append(result)
+                print(_line(result), flush=True)
     _summary(results, body, args)
 
 
@@ -455,15 +467,26 @@ def _summary(results: list[Result], body: bytes, args: argparse.Namespace) -> No
         f"\nsame signed issue_comment delivery ({len(body) / 1024:.1f} KB), wrk {args.connections} connections, "
         f"{args.threads} threads, {args.duration} s after a {args.warmup} s warm-up, {os.cpu_count()} cores"
     )
-    peer = next((r for r in results if r.target == "probot"), None)
-    if peer is None:
-        return
-    for r in results:
-        if r is not peer:
-            print(
-                f"{r.target:<9} vs probot: {r.requests_per_s / peer.requests_per_s:.2f}x deliveries/s, "
-                f"p99 {r.p99_ms / peer.p99_ms:.2f}x"
-            )
+    rounds = [results[i : i + len(results) // args.rounds] for i in range(0, len(results), len(results) // args.rounds)]
+    for target in dict.fromkeys(r.target for r in results):
+        if target == "probot" or not any(r.target == "probot" for r in results):
+            continue
+        ratios = [
+            (ours.requests_per_s / peer.requests_per_s, ours.p99_ms / peer.p99_ms)
+            for ours, peer in (_pair(one_round, target) for one_round in rounds)
+        ]
+        each = ", ".join(f"{speed:.2f}x" for speed, _ in ratios)
+        print(
+            f"{target:<9} vs probot: {statistics.median(s for s, _ in ratios):.2f}x deliveries/s, "
+            f"p99 {statistics.median(p for _, p in ratios):.2f}x"
+            + (f" (medians of {len(ratios)} rounds, each round's deliveries/s: {each})" if len(ratios) > 1 else "")
+        )
+
+
+def _pair(one_round: list[Result], target: str) -> tuple[Result, Result]:
+    """The target's result and Probot's, from the same round: the machine's speed drifts between rounds."""
+    by_target = {r.target: r for r in one_round}
+    return by_target[target], by_target["probot"]
 
 
 if __name__ == "__main__":

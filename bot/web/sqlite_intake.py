@@ -22,13 +22,15 @@ The intake also checkpoints the WAL after every 2 MB of payloads its process wro
 own once the batch that crossed it is answered). A checkpoint beside the writers copies the frames that were in the
 WAL when it began; under a burst they append meanwhile, it never catches up, and SQLite starts the WAL from its
 beginning again only once every frame is copied: with a checkpoint thread every 0.5 s the WAL grew to 2 GB in 12 s of
-bench/intake.py, and a sixth of the web's CPU went to the kernel zeroing the new file blocks. So a checkpoint copies
-in two passes: first beside the writers (the 2 MB, while batches go on being written), then in the writers' turn
-(only the frames they appended meanwhile), after which the next batch writes over the WAL's start. With the whole
-copy in the writers' turn, batches waited behind it a quarter of the time (a 2 MB checkpoint took 8 ms, median, 21 ms
-p90, on one machine, 400 of them in a 13 s burst); the second pass, which syncs the files again, takes 5 ms (median,
-14 ms p90), and the burst's deliveries/s went from 0.66-0.72x Probot's to 0.74-0.88x. Every 2 MB rather than 4 or 8: p99
-16-19, 25-26 and 42-46 ms, for no clear gain in deliveries/s.
+bench/intake.py, and a sixth of the web's CPU went to the kernel zeroing the new file blocks. So the checkpoints copy
+beside the writers, and after every 16 MB one more pass runs in the writers' turn: it copies only what they appended
+during the first (and syncs the files), and the next batch writes over the WAL's start.
+
+Measured in bench/intake.py on one machine: with all of every 2 MB checkpoint in the writers' turn, batches waited
+behind checkpoints a quarter of a burst (8 ms each, median, 21 ms p90; 400 in 13 s) and deliveries/s were 0.66-0.72x
+Probot's; copying beside the writers first, 0.74-0.88x (the pass in the turn then took 5 ms, median, two file syncs
+while the disk writes back the burst); starting the WAL over every 16 MB rather than every 2 MB, 4% more
+deliveries/s (three runs each) for the same p99.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ _COLUMNS = "id, event, action, installation_id, repository, payload, status, rea
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Payload bytes written between two checkpoints (SQLite's own automatic checkpoint is at 1,000 pages, 4 MB).
 CHECKPOINT_EVERY_BYTES = 2 * 1024 * 1024
+# Payload bytes between two starts over of the WAL, which need a checkpoint pass in the writers' turn: the file stays
+# at about this size (SQLite reuses it).
+RESTART_EVERY_BYTES = 16 * 1024 * 1024
 BUSY_POLL_S = 0.00025
 # Payload bytes the event loop writes itself: ~5 ms for 1 MB, where a 25 MB delivery took 138 ms that the loop would
 # not have read, parsed or answered anything.
@@ -78,7 +83,11 @@ class SqliteRecorder:
         # process's own turn (the event loop's batch, the thread's batch or checkpoint) is a lock of its own.
         self._lock_fd: int | None = None
         self._process_turn = threading.Lock()
-        self._unchecked_bytes = 0  # payload bytes written since the last checkpoint
+        # Payload bytes this process wrote (counted in the writers' turn), and that count at the last checkpoint's claim
+        # (by the event loop) and at the WAL's last start over (in the writers' turn).
+        self._written = 0
+        self._written_at_checkpoint = 0
+        self._written_at_restart = 0
         self._checkpointing = False  # a checkpoint was claimed and has not ended
         self._checkpointer: Any = None  # the pool's wrapper around the checkpoints' connection
 
@@ -99,22 +108,24 @@ class SqliteRecorder:
 
     def claim_checkpoint(self) -> bool:
         """True once per `CHECKPOINT_EVERY_BYTES` written, for one caller (the event loop) to run `checkpoint`."""
-        if self._checkpointing or self._unchecked_bytes < CHECKPOINT_EVERY_BYTES:
+        if self._checkpointing or self._written - self._written_at_checkpoint < CHECKPOINT_EVERY_BYTES:
             return False
         self._checkpointing = True
+        self._written_at_checkpoint = self._written
         return True
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database, so that the next batch starts the WAL over: beside the writers what they
-        wrote so far, then in their turn what they appended meanwhile."""
+        """Copy the WAL into the database beside the writers; after every `RESTART_EVERY_BYTES`, also what they
+        appended meanwhile, in their turn, so that the next batch starts the WAL over."""
         try:
             if self._checkpointer is None:
                 self._checkpointer = self._store.engine.raw_connection()
             conn: sqlite3.Connection = self._checkpointer.driver_connection
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            with self.writers_turn():
-                self._unchecked_bytes = 0
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self._written - self._written_at_restart >= RESTART_EVERY_BYTES:
+                with self.writers_turn():
+                    self._written_at_restart = self._written
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:  # another checkpoint in the way, say: the next one catches up
             log.warning("WAL checkpoint failed", exc_info=True)
         finally:
@@ -168,7 +179,7 @@ class SqliteRecorder:
         except BaseException:
             self._discard()
             raise
-        self._unchecked_bytes += sum(len(delivery.body) for delivery in batch)
+        self._written += sum(len(delivery.body) for delivery in batch)
         return answers
 
     def _discard(self) -> None:
