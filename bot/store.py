@@ -31,6 +31,11 @@ PING_IDLE_AFTER_S = 1.0
 RETIRED_INDEXES = ("ix_delivery_event", "ix_delivery_installation_id")
 # How long a SQLite connection waits for another's write lock before its statement fails as busy.
 SQLITE_BUSY_TIMEOUT_S = 30
+# The WAL file's size once SQLite starts it over. While a reader keeps a snapshot (`nofx serve`'s workers under a burst
+# of deliveries), checkpoints cannot copy past it and the WAL grows (566 MB in 16 s of bench/intake.py); SQLite then
+# reuses the file, never shrinking it, so that burst's size would stay on disk for good. Over the size the intake's
+# checkpoints keep (`bot.web.sqlite_intake`, ~20 MB), so that those never cut and regrow it.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 POOL_RECYCLE_S = 1800  # and none is kept longer than this (load balancers and poolers drop old connections)
 
 
@@ -39,7 +44,7 @@ class Store:
 
     def __init__(self, url: str, *, run_limits: RunLimits | None = None, auto_checkpoint: bool = True) -> None:
         """`auto_checkpoint=False`: on SQLite, no commit of this process checkpoints the WAL (the web process: its
-        intake checkpoints between batches in the writers' turn, `bot.web.sqlite_intake`; SQLite's automatic
+        intake checkpoints beside its batches, `bot.web.sqlite_intake`; SQLite's automatic
         checkpoint copies the WAL into the database and syncs it in whichever commit crossed 1,000 pages, tens of
         milliseconds on a busy disk that the deliveries of that batch would wait for)."""
         self.url = url
@@ -186,6 +191,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     cursor.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from bot.models import AppIdentity, Delivery, DeliveryStatus, Installation, Repo
 from bot.queue import WorkQueue
 from bot.runs.engine import Engine
 from bot.settings import Settings
-from bot.store import Store, upsert
+from bot.store import WAL_SIZE_LIMIT_BYTES, Store, upsert
 from bot.web.sqlite_intake import SqliteRecorder
 from tests.support.payloads import load_payload
 
@@ -218,3 +219,36 @@ def test_create_all_drops_the_delivery_indexes_no_query_uses(any_store: Store) -
     with any_store.engine.connect() as conn:
         indexes = {index["name"] for index in inspect(conn).get_indexes("delivery")}
     assert indexes == {"ix_delivery_status", "ix_delivery_received_at"}
+
+
+def test_a_wal_a_reader_let_grow_is_cut_back_to_the_limit_once_it_starts_over(tmp_path: Path) -> None:
+    database = tmp_path / "nofx.db"
+    store = Store(f"sqlite:///{database}", auto_checkpoint=False)  # as the web's store
+    store.create_all()
+    payload = load_payload("issue_comment.created")
+    body = json.dumps(payload)
+    record = SqliteRecorder(store)
+    reader = sqlite3.connect(database)  # a worker's read transaction, as under `nofx serve`
+    wal = Path(f"{database}-wal")
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM delivery").fetchone()
+        batches = 1 + WAL_SIZE_LIMIT_BYTES // (50 * len(body))
+        for n in range(batches):
+            record([deliveries.incoming(f"g-{n}-{i}", "issue_comment", payload, body) for i in range(50)], [None] * 50)
+            if record.claim_checkpoint():
+                record.checkpoint()  # copies nothing the reader might still read: the WAL cannot start over
+        assert wal.stat().st_size > WAL_SIZE_LIMIT_BYTES
+        reader.rollback()  # the reader is done: the next checkpoint copies all of it
+        n = batches
+        while not record.claim_checkpoint():
+            n += 1
+            record([deliveries.incoming(f"g-{n}-{i}", "issue_comment", payload, body) for i in range(50)], [None] * 50)
+        record.checkpoint()  # so that the next batch starts the WAL over
+        record([deliveries.incoming("after", "issue_comment", payload, body)], [None])
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES
+    finally:
+        reader.close()
+        record.close()
+    assert deliveries.get(store, "after") is not None
+    store.dispose()
