@@ -24,13 +24,16 @@ WAL when it began; under a burst they append meanwhile, it never catches up, and
 beginning again only once every frame is copied: with a checkpoint thread every 0.5 s the WAL grew to 2 GB in 12 s of
 bench/intake.py, and a sixth of the web's CPU went to the kernel zeroing the new file blocks. So the checkpoints copy
 beside the writers, and after every 16 MB one more pass runs in the writers' turn: it copies only what they appended
-during the first (and syncs the files), and the next batch writes over the WAL's start.
+meanwhile, and the next batch writes over the WAL's start. That pass syncs the database file (SQLite syncs it only
+once a checkpoint has copied every frame), which holds the 16 MB the passes before it copied: the files are synced
+beside the writers first, so that the pass in their turn has only its own pages to sync.
 
-Measured in bench/intake.py on one machine: with all of every 2 MB checkpoint in the writers' turn, batches waited
-behind checkpoints a quarter of a burst (8 ms each, median, 21 ms p90; 400 in 13 s) and deliveries/s were 0.66-0.72x
-Probot's; copying beside the writers first, 0.74-0.88x (the pass in the turn then took 5 ms, median, two file syncs
-while the disk writes back the burst); starting the WAL over every 16 MB rather than every 2 MB, 4% more
-deliveries/s (three runs each) for the same p99.
+Measured in bench/intake.py (SQLite only, three runs each, one machine): with all of every 2 MB checkpoint in the
+writers' turn, batches waited behind checkpoints a quarter of a burst (8 ms each, median, 21 ms p90; 400 in 13 s)
+and deliveries/s were 0.66-0.72x Probot's, 0.74-0.88x once most of the copy ran beside the writers. Then, with a pass
+in the turn every 2 MB: 6,138-6,711 deliveries/s, p99 8-10 ms, the pass 4.4-4.8 ms (median); every 16 MB without
+the syncs beside: 6,125-6,763, p99 16-19 ms, the pass 14-16 ms; every 16 MB with them: 6,678-7,552, p99 8-10 ms,
+the pass 4.2-5.1 ms.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class SqliteRecorder:
         self._pooled: Any = None  # the pool's wrapper around the connection, given back at `close`
         database = store.engine.url.database
         # A file database's writers share a lock file; an in-memory one has a single process.
-        self._lock_path = f"{database}-intake-lock" if database and database != ":memory:" else None
+        self._database = database if database and database != ":memory:" else None
+        self._lock_path = f"{self._database}-intake-lock" if self._database else None
         # Opened by the process that writes (after the web's fork): a flock belongs to one open file, so this
         # process's own turn (the event loop's batch, the thread's batch or checkpoint) is a lock of its own.
         self._lock_fd: int | None = None
@@ -123,10 +127,13 @@ class SqliteRecorder:
             conn: sqlite3.Connection = self._checkpointer.driver_connection
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if self._written - self._written_at_restart >= RESTART_EVERY_BYTES:
+                if self._database is not None:  # the pass in the turn then syncs only what it copies
+                    _sync(self._database)
+                    _sync(f"{self._database}-wal")
                 with self.writers_turn():
                     self._written_at_restart = self._written
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:  # another checkpoint in the way, say: the next one catches up
+        except (sqlite3.Error, OSError):  # another checkpoint in the way, say: the next one catches up
             log.warning("WAL checkpoint failed", exc_info=True)
         finally:
             self._checkpointing = False
@@ -189,6 +196,15 @@ class SqliteRecorder:
             pooled.driver_connection.rollback()
         finally:
             pooled.invalidate()
+
+
+def _sync(path: str) -> None:
+    """Write a file's changed pages to disk (any descriptor of a file syncs all of them)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _flock(fd: int, *, wait: bool) -> bool:
