@@ -47,7 +47,7 @@ def test_checkpoints_beside_a_writer_that_never_pauses_still_keep_the_wal_to_a_f
     store.create_all()
     payload = load_payload("issue_comment.created")
     body = json.dumps(payload)
-    batches = 6 * RESTART_EVERY_BYTES // (12 * len(body))  # a burst of six restart intervals
+    batches = 8 * RESTART_EVERY_BYTES // (12 * len(body))  # a burst of eight restart intervals
     writer = SqliteRecorder(store)
     checkpoints: list[Future[None]] = []
     try:
@@ -60,10 +60,12 @@ def test_checkpoints_beside_a_writer_that_never_pauses_still_keep_the_wal_to_a_f
         wal_bytes = Path(f"{database}-wal").stat().st_size
     finally:
         writer.close()
-    assert len(checkpoints) >= 6 and all(c.exception() is None for c in checkpoints)
+    assert len(checkpoints) >= 8 and all(c.exception() is None for c in checkpoints)
     # Frames appended during a copy beside the writer are left for the next one, so only the passes in the writers'
     # turn start the WAL over: the file (which SQLite reuses, never shrinks) holds a few intervals, not the burst.
-    assert wal_bytes < 3 * RESTART_EVERY_BYTES < batches * 12 * len(body)
+    # (Without them it ends at 1.4 times the burst; with them 20-52 MB, more on a busy machine, where the writer here,
+    # with no network in the way, gets further ahead of a checkpoint than the intake's would.)
+    assert wal_bytes < 4 * RESTART_EVERY_BYTES  # half the burst
     assert deliveries.get(store, f"w-{batches - 1}-11") is not None
     store.dispose()
 
