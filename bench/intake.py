@@ -7,12 +7,15 @@ process: `--connections` connections for `--duration` seconds after a `--warmup`
 - `probot`: Probot 13 with a no-op app (installed with npm into `bench/.cache/probot` on first use),
 - `sqlite`: `nofx web` on SQLite and Redis,
 - `postgres`: `nofx web` on PostgreSQL (`--postgres-url`, a schema of its own) and Redis,
+- `postgres-json`: the same on a delivery table an older nofx made (a json payload column; not in the default list),
 - `serve`: `nofx serve` (web, two workers and the embedded Valkey on this machine).
 
 For nofx it also checks that every delivery answered 202 was recorded (`lost` must be 0) and samples the
 web processes' memory (`--web-processes` of them, NOFX_WEB_PROCESSES): the largest sum of their RSS, which counts
 the pages forked processes share once per process, and of their PSS, which splits those between them. CPU per
-delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted).
+delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted); for `postgres`,
+the CPU of this machine's PostgreSQL processes per delivery is shown beside it, and for every target the machine's
+idle CPU while the load ran (idle cores mean the target waited, not worked).
 
 This machine's speed drifts by 10-30% from one minute to the next (Probot alone measured 4,100 to 6,450 deliveries/s
 within an hour): `--rounds N` runs the targets N times in turn and reports the median of each round's ratio.
@@ -112,6 +115,8 @@ class Result:
     processes: int = 1
     cpu_us: float | None = None  # CPU time of the server process per request (user + system)
     batch: float | None = None  # deliveries per group commit, on average (nofx's /metrics)
+    db_cpu_us: float | None = None  # CPU time of this machine's PostgreSQL server processes per request
+    idle_cores: float | None = None  # the machine's idle CPU while the load ran, in cores
 
     @property
     def lost(self) -> int | None:
@@ -153,7 +158,13 @@ def main() -> None:
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         for round_ in range(args.rounds):
             for target in targets:
-                starter = {"probot": _probot, "sqlite": _nofx_web, "postgres": _nofx_web, "serve": _nofx_serve}[target]
+                starter = {
+                    "probot": _probot,
+                    "sqlite": _nofx_web,
+                    "postgres": _nofx_web,
+                    "postgres-json": _nofx_web,
+                    "serve": _nofx_serve,
+                }[target]
                 workdir = Path(tmp) / f"{target}-{round_}"
                 with starter(target, workdir, secret, args) as (url, pid, count_recorded):
                     result = load.run(target, url, pid)
@@ -178,11 +189,15 @@ class _Load:
         pids = _web_processes(pid)
         rss = _MemorySampler(pids)
         cpu_before = sum(_cpu_seconds(p) for p in pids)
+        db_before = _cpu_by_command("postgres") if target.startswith("postgres") else None
+        idle_before = _idle_seconds()
         # /metrics counts the process that answers it: deliveries per commit only when that is all of them
         batches_before = _batches(url) if len(pids) == 1 else None
         with rss:
             out = self._wrk(url, self.args.duration, self.prefix)
         cpu = sum(_cpu_seconds(p) for p in pids) - cpu_before
+        idle = _idle_seconds() - idle_before
+        db_cpu = None if db_before is None else _cpu_delta(db_before, _cpu_by_command("postgres"))
         batches_after = _batches(url) if len(pids) == 1 else None
         fields = dict(kv.split("=") for kv in re.search(r"RESULT (.*)", out).group(1).split())  # type: ignore[union-attr]
         return Result(
@@ -198,6 +213,8 @@ class _Load:
             processes=len(pids),
             cpu_us=cpu * 1e6 / max(int(fields["requests"]), 1),
             batch=_mean_batch(batches_before, batches_after),
+            db_cpu_us=None if not db_cpu else db_cpu * 1e6 / max(int(fields["requests"]), 1),
+            idle_cores=idle / float(fields["seconds"]),
         )
 
     def _wrk(self, url: str, seconds: int, prefix: str) -> str:
@@ -272,6 +289,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_by_command(command: str) -> dict[int, float]:
+    """CPU time so far of each process of this machine whose command name is `command` (PostgreSQL's server and
+    backends are all `postgres`)."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == command:
+                    found[int(entry.name)] = _cpu_seconds(int(entry.name))
+    return found
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between the two samples: a process started meanwhile (a backend for a new connection) counts whole."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def _idle_seconds() -> float:
+    """The machine's idle CPU time so far, all cores added up (/proc/stat's `cpu` line, idle + iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def _probot(_target: str, workdir: Path, secret: str, _args: argparse.Namespace) -> Iterator[tuple[str, int, None]]:
     _install_probot()
@@ -299,12 +339,14 @@ def _nofx_web(target: str, workdir: Path, secret: str, args: argparse.Namespace)
     workdir.mkdir(parents=True)
     port = _free_port()
     with contextlib.ExitStack() as stack:
-        if target == "postgres":
+        if target.startswith("postgres"):
             database_url = stack.enter_context(_postgres_schema(args.postgres_url))
         else:
             database_url = f"sqlite:///{workdir}/nofx.db"
         redis_url = stack.enter_context(_redis(args.redis_url, workdir))
         _seed_installation(database_url)
+        if target == "postgres-json":
+            _payload_as_json(database_url)
         env = {**_nofx_env(workdir, secret, port, args), "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         process = stack.enter_context(
             _process([sys.executable, "-m", "bot.cli", "web"], env=env, cwd=workdir, log=workdir / "web.log")
@@ -359,6 +401,14 @@ def _seed_installation(database_url: str) -> None:
         if session.get(Installation, INSTALLATION_ID) is None:
             session.add(Installation(id=INSTALLATION_ID, account_login="Codertocat"))
     store.dispose()
+
+
+def _payload_as_json(database_url: str) -> None:
+    """The delivery table as an older nofx made it: its payload column is json, which PostgreSQL parses to store."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE delivery ALTER COLUMN payload TYPE json USING payload::json"))
+    engine.dispose()
 
 
 def _count(database_url: str, prefix: str) -> int:
@@ -455,7 +505,9 @@ def _line(r: Result) -> str:
     rss = "" if r.rss_mb is None else f"  RSS max {r.rss_mb:.0f} MB"
     rss += "" if r.pss_mb is None else f" (PSS {r.pss_mb:.0f} MB, {r.processes} process(es))"
     cpu = "" if r.cpu_us is None else f"  CPU {r.cpu_us:.0f} us/delivery"
+    cpu += "" if r.db_cpu_us is None else f" (+ PostgreSQL {r.db_cpu_us:.0f} us)"
     cpu += "" if r.batch is None else f"  {r.batch:.1f} deliveries/commit"
+    cpu += "" if r.idle_cores is None else f"  machine idle {r.idle_cores:.2f} cores"
     return (
         f"{r.target:<9} {r.requests_per_s:8,.0f} deliveries/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms"
         f"  refused {r.refused} errors {r.errors}{recorded}{rss}{cpu}"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import orjson
 from sqlalchemy import event, inspect, text
@@ -36,6 +36,14 @@ SQLITE_BUSY_TIMEOUT_S = 30
 # reuses the file, never shrinking it, so that burst's size would stay on disk for good. Over the size the intake's
 # checkpoints keep (`bot.web.sqlite_intake`, ~20 MB), so that those never cut and regrow it.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# PostgreSQL's type of delivery.payload: text, or json in a database an older nofx created (`models.PayloadText`).
+PAYLOAD_COLUMN_TYPE: LiteralString = (
+    "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = to_regclass('delivery') "
+    "AND attname = 'payload'"
+)
+# What turns an older database's json payload column into text: it rewrites the table, under a lock that holds
+# the intake's writes meanwhile, so it is the operator's to run at a quiet moment (`nofx doctor` says so).
+PAYLOAD_TO_TEXT = "ALTER TABLE delivery ALTER COLUMN payload TYPE text"
 POOL_RECYCLE_S = 1800  # and none is kept longer than this (load balancers and poolers drop old connections)
 
 
@@ -102,6 +110,14 @@ class Store:
         """Raise if the database does not answer (used by /readyz)."""
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+    def payload_column_type(self) -> str | None:
+        """PostgreSQL's type of the delivery payload column (None on SQLite, or before the table exists)."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        with self.engine.connect() as conn:
+            kind = conn.execute(text(PAYLOAD_COLUMN_TYPE)).scalar()
+        return None if kind is None else str(kind)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.queue import WorkQueue, embedded_url
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import PAYLOAD_TO_TEXT, Store
 from bot.workspace import isolation, limits
 from bot.workspace.egress import EgressPolicy
 
@@ -104,10 +104,19 @@ def _database(settings: Settings) -> Finding:
     store = Store(settings.database_url)
     try:
         store.ping()
+        payload_type = store.payload_column_type()
     except SQLAlchemyError as exc:
         return Finding(FAIL, "database", f"DATABASE_URL does not answer ({type(exc).__name__})")
     finally:
         store.dispose()
+    if payload_type == "json":
+        return Finding(
+            WARN,
+            "database",
+            "delivery.payload is a json column (made by an older nofx): PostgreSQL parses every delivery's payload "
+            f"again as it stores it, a third of its work at intake. At a quiet moment run `{PAYLOAD_TO_TEXT}` "
+            "(it rewrites the table and holds deliveries' writes until it is done)",
+        )
     return Finding(OK, "database", f"{store.engine.url.get_backend_name()} answers")
 
 

@@ -23,12 +23,12 @@ import psycopg
 
 from bot.deliveries import Incoming, Recorded
 from bot.models import DeliveryStatus, utcnow
-from bot.store import Store
+from bot.store import PAYLOAD_COLUMN_TYPE, Store
 
 _INSERT: LiteralString = """
 INSERT INTO delivery (id, event, action, installation_id, repository, payload, status, reason, attempts,
                       received_at, updated_at)
-SELECT id, event, action, installation_id, repository, CAST(payload AS JSON), CAST(status AS deliverystatus),
+SELECT id, event, action, installation_id, repository, {payload}, CAST(status AS deliverystatus),
        reason, 0, %(now)b, %(now)b
 FROM unnest(%(id)b::text[], %(event)b::text[], %(action)b::text[], %(installation_id)b::bigint[],
             %(repository)b::text[], %(payload)b::text[], %(status)b::text[], %(reason)b::text[])
@@ -36,6 +36,8 @@ FROM unnest(%(id)b::text[], %(event)b::text[], %(action)b::text[], %(installatio
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
+# The payload column is text; a database an older nofx created has it as json, which takes only an explicit cast.
+_INSERT_INTO = {"text": _INSERT.format(payload="payload"), "json": _INSERT.format(payload="CAST(payload AS JSON)")}
 # The rows of a batch's ids that were there already; `ours` marks those this very batch wrote (the same
 # received_at, to the microsecond) on a connection that broke before the answer came back (see `PostgresRecorder`).
 _STORED: LiteralString = (
@@ -74,6 +76,7 @@ class PostgresRecorder:
         self._connect_args: tuple[Any, ...] = tuple(args)
         self._connect_kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **kwargs, "autocommit": True}
         self._idle: list[psycopg.AsyncConnection[Any]] = []  # used from the event loop only
+        self._insert = _INSERT_INTO["text"]  # for the payload column's type, read on every new connection
 
     async def __call__(self, batch: list[Incoming], ignore_reasons: list[str | None]) -> list[Recorded]:
         now = utcnow()
@@ -81,7 +84,7 @@ class PostgresRecorder:
             return await self._on_new_connection(batch, ignore_reasons, now)
         conn = self._idle.pop()
         try:
-            answers = await _record(conn, batch, ignore_reasons, now)
+            answers = await _record(conn, self._insert, batch, ignore_reasons, now)
         except psycopg.OperationalError as exc:
             await conn.close()  # its state is unknown (statement cancelled, server gone): the next batch connects anew
             if not conn.broken:  # the server answered, with an error (a timeout): writing again would wait again
@@ -107,7 +110,8 @@ class PostgresRecorder:
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
         try:
-            answers = await _record(conn, batch, ignore_reasons, now)
+            self._insert = await _insert_for(conn)
+            answers = await _record(conn, self._insert, batch, ignore_reasons, now)
         except psycopg.OperationalError as exc:
             await conn.close()
             raise DatabaseUnavailable(f"PostgreSQL failed during the write: {type(exc).__name__}") from exc
@@ -132,8 +136,17 @@ async def _connect(args: tuple[Any, ...], kwargs: dict[str, Any]) -> psycopg.Asy
     return conn
 
 
+async def _insert_for(conn: psycopg.AsyncConnection[Any]) -> LiteralString:
+    row = await (await conn.execute(PAYLOAD_COLUMN_TYPE)).fetchone()
+    return _INSERT_INTO["json" if row is not None and row[0] == "json" else "text"]
+
+
 async def _record(
-    conn: psycopg.AsyncConnection[Any], batch: list[Incoming], ignore_reasons: list[str | None], now: datetime
+    conn: psycopg.AsyncConnection[Any],
+    insert: LiteralString,
+    batch: list[Incoming],
+    ignore_reasons: list[str | None],
+    now: datetime,
 ) -> list[Recorded]:
     first: dict[str, tuple[Incoming, str | None]] = {}
     for delivery, reason in zip(batch, ignore_reasons, strict=True):
@@ -152,7 +165,7 @@ async def _record(
         "status": [(DeliveryStatus.queued if r is None else DeliveryStatus.ignored).value for _, r in rows],
         "reason": [r for _, r in rows],
     }
-    inserted = {row[0] for row in await (await conn.execute(_INSERT, columns)).fetchall()}
+    inserted = {row[0] for row in await (await conn.execute(insert, columns)).fetchall()}
     known = [delivery_id for delivery_id in first if delivery_id not in inserted]
     stored: dict[str, tuple[str, str | None]] = {}
     if known:

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from bot.store import PAYLOAD_TO_TEXT, Store
 from bot.workspace import isolation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +84,31 @@ def test_doctor_fails_when_the_queue_does_not_answer(tmp_path: Path) -> None:
 
     assert done.returncode == 1
     assert report(done)["queue"].startswith("FAIL REDIS_URL does not answer")
+
+
+def test_doctor_tells_how_to_turn_an_older_json_payload_column_into_text(
+    tmp_path: Path, postgres_url: str | None
+) -> None:
+    """An older nofx made delivery.payload json, which PostgreSQL parses again on every insert; nofx does not
+    rewrite the table itself (it holds the intake's writes for as long as that takes), so doctor says how."""
+    if postgres_url is None:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (set NOFX_TEST_POSTGRES_URL to require one)")
+    store = Store(postgres_url)
+    store.create_all()
+    try:
+        current = report(doctor(tmp_path, DATABASE_URL=postgres_url, NOFX_SANDBOX="none"))["database"]
+        with store.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE delivery ALTER COLUMN payload TYPE json USING payload::json"))
+        try:
+            older = doctor(tmp_path, DATABASE_URL=postgres_url, NOFX_SANDBOX="none")
+        finally:
+            with store.engine.begin() as conn:
+                conn.execute(text(PAYLOAD_TO_TEXT))
+    finally:
+        store.dispose()
+
+    assert current == "ok postgresql answers"
+    assert older.returncode == 0, older.stdout + older.stderr
+    warning = report(older)["database"]
+    assert warning.startswith("warning delivery.payload is a json column (made by an older nofx)")
+    assert f"run `{PAYLOAD_TO_TEXT}`" in warning
