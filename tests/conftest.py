@@ -206,7 +206,10 @@ class Deliverer:
     ) -> httpx.Response:
         body = json.dumps(payload).encode()
         headers = webhook_headers(event, body, secret or self.secret, delivery_id=delivery_id)
-        return self.client.post("/webhooks", content=body, headers=headers)
+        response = self.client.post("/webhooks", content=body, headers=headers)
+        assert self.client.portal is not None
+        self.client.portal.call(self.client.app.state.intake.enqueue.settled)  # the push follows the answer
+        return response
 
 
 @pytest.fixture

@@ -13,23 +13,29 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from sqlalchemy import func
+from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from bot import deliveries
-from bot.models import Delivery, DeliveryStatus, Installation
-from bot.queue import WorkQueue
+from bot.models import Delivery, DeliveryStatus, Installation, utcnow
+from bot.queue import WorkQueue, dispatch_job_id
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import App, create_app
 from bot.web.intake import MAX_BODY_BYTES
 from bot.web.sqlite_intake import CHECKPOINT_EVERY_BYTES
+from bot.worker.loop import LOST_JOB_AFTER, sweep
+from bot.worker.runtime import Runtime
 from tests.support.payloads import load_payload, webhook_headers
+from tests.support.tcp_relay import tcp_relay
 from tests.support.web_process import nofx_web, web_processes
 
 
@@ -63,6 +69,7 @@ async def test_a_burst_shares_transactions_and_each_delivery_is_recorded_and_enq
     assert statuses.count("duplicate") == 20
     with store.session() as session:
         assert session.exec(select(func.count()).select_from(Delivery)).one() == len(ids)
+    await app.state.intake.enqueue.settled()  # the push follows the answers
     assert sorted(queue.intake_waiting()) == sorted(ids)
     batches = app.state.metrics.registry.get_sample_value("nofx_webhook_intake_batch_deliveries_count")
     assert batches is not None and batches < len(sent)  # requests in flight together shared a transaction
@@ -117,16 +124,17 @@ async def test_on_sqlite_a_delivery_arriving_while_a_worker_writes_is_answered_o
 
     assert response.status_code == 202 and response.json()["status"] == "queued"
     assert deliveries.get(store, "behind-a-worker") is not None
-    assert queue.intake_waiting() == ["behind-a-worker"]
     await app.state.intake.close()
+    assert queue.intake_waiting() == ["behind-a-worker"]
     store.dispose()
 
 
-async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_sweeper(
+async def test_a_batch_the_queue_refuses_is_answered_202_and_left_for_the_sweeper(
     settings: Settings, any_store: Store, queue: WorkQueue, tmp_path: Path
 ) -> None:
-    """On PostgreSQL the push is the event loop's (`IntakePusher`), on SQLite the intake thread's. GitHub's
-    redelivery, once the queue is back, is enqueued (not taken for a duplicate)."""
+    """The deliveries are recorded, so they are accepted; the push after the answer fails and marks them received,
+    which the sweeper enqueues once the queue is back. GitHub's redelivery meanwhile is enqueued (not taken for a
+    duplicate)."""
     store = any_store
     payload = load_payload("issue_comment.created")
     body = json.dumps(payload).encode()
@@ -145,7 +153,8 @@ async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_swee
             )
         )
 
-    assert [a.status_code for a in answers] == [500, 500, 500]
+    await app.state.intake.close()  # waits for the push after the answers
+    assert [(a.status_code, a.json()["status"]) for a in answers] == [(202, "queued")] * 3
     for delivery_id in ("down-1", "down-2", "down-3"):
         row = deliveries.get(store, delivery_id)
         assert row is not None and row.status == DeliveryStatus.received  # the sweeper enqueues these
@@ -157,6 +166,7 @@ async def test_a_batch_whose_enqueue_fails_is_answered_500_and_left_for_the_swee
             content=body,
             headers=webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="down-1"),
         )
+    await app.state.intake.close()
     assert again.status_code == 202 and again.json()["status"] == "queued"
     assert queue.intake_waiting() == ["down-1"]
     row = deliveries.get(store, "down-1")
@@ -184,7 +194,6 @@ def test_a_202_survives_kill_9_of_the_web_processes_right_after_the_answer(
 
     row = deliveries.get(store, "survivor")
     assert row is not None and row.status == DeliveryStatus.queued and row.payload == payload
-    assert queue.intake_waiting() == ["survivor"]
 
     with _web(tmp_path, settings, redis_url, database, processes=processes) as (base, _process):
         again = [httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10) for _ in range(4)]
@@ -193,6 +202,41 @@ def test_a_202_survives_kill_9_of_the_web_processes_right_after_the_answer(
     with store.session() as session:
         assert session.exec(select(func.count()).select_from(Delivery)).one() == 1
     store.dispose()
+
+
+def test_a_delivery_answered_and_killed_before_its_push_is_routed_by_the_sweeper(
+    tmp_path: Path, settings: Settings, redis_url: str, queue: WorkQueue, store: Store, runtime: Runtime
+) -> None:
+    """The push onto the intake list follows the 202: a web process killed in between leaves the delivery
+    recorded as queued with no job, which the workers' sweeper enqueues (a relay in front of the queue server
+    keeps the push from ever arriving)."""
+    payload = load_payload("issue_comment.created")
+    with store.session() as session:
+        session.add(Installation(id=payload["installation"]["id"], account_login="Codertocat"))
+    body = json.dumps(payload).encode()
+    headers = webhook_headers("issue_comment", body, settings.webhook_secret or "", delivery_id="unpushed")
+    server = urlsplit(redis_url)
+    database = Path(make_url(store.url).database or "")
+
+    with tcp_relay(server.hostname or "", server.port or 6379) as relay:
+        relayed = server._replace(netloc=f"127.0.0.1:{relay.port}").geturl()
+        with _web(tmp_path, settings, relayed, database) as (base, process):
+            relay.hold()
+            answer = httpx.post(f"{base}/webhooks", content=body, headers=headers, timeout=10)
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    assert answer.status_code == 202 and answer.json()["status"] == "queued"
+    row = deliveries.get(store, "unpushed")
+    assert row is not None and row.status == DeliveryStatus.queued
+    assert queue.intake_waiting() == [] and not queue.job_exists(dispatch_job_id("unpushed"))
+    assert sweep(runtime) == []  # not yet: its push may still be on the way
+    with store.session() as session:  # as if a minute had passed
+        row.updated_at = utcnow() - LOST_JOB_AFTER - timedelta(seconds=1)
+        session.add(row)
+
+    assert sweep(runtime) == ["unpushed"]
+    assert queue.job_exists(dispatch_job_id("unpushed"))
 
 
 def test_web_processes_record_each_delivery_once_whichever_answers(

@@ -361,7 +361,6 @@ def test_a_202_on_postgresql_survives_kill_9_of_the_web_process(
     for n in range(3):
         row = deliveries.get(pg_store, f"survivor-{n}")
         assert row is not None and row.status == DeliveryStatus.queued and row.payload == payload
-    assert queue.intake_waiting() == [f"survivor-{n}" for n in range(3)]
 
     with _web(tmp_path, pg_store.url, redis_url, secret) as (base, _process):
         again = httpx.post(
