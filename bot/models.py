@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
@@ -80,7 +81,9 @@ class PayloadText(TypeDecorator[dict[str, Any]]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dict[str, Any] | None:
         if isinstance(value, str):
-            loaded: dict[str, Any] = orjson.loads(value)
+            # json, not orjson: the text is what GitHub sent, and orjson reads an integer past 64 bits as a float
+            # and refuses a number past a double's range, both of which the intake accepts as JSON.
+            loaded: dict[str, Any] = json.loads(value)
             return loaded
         return value  # type: ignore[no-any-return]
 

@@ -238,6 +238,20 @@ def test_a_delivery_the_queue_refuses_is_answered_202_and_left_for_the_sweeper(
     assert row is not None and row.status == DeliveryStatus.received
 
 
+def test_a_payload_is_read_back_exactly_as_github_sent_it(client: TestClient, settings: Settings, store: Store) -> None:
+    """The payload is stored as the text received; numbers JSON allows past 64 bits or a double's range come back
+    as Python's json reads them, not rounded or refused."""
+    body = b'{"zen": "Approachable is better than simple.", "hook_id": 1180591620717411303424, "scale": 1e400}'
+    headers = webhook_headers("ping", body, settings.webhook_secret or "", delivery_id="numbers-1")
+
+    response = client.post("/webhooks", content=body, headers=headers)
+
+    assert response.status_code == 202
+    row = deliveries.get(store, "numbers-1")
+    assert row is not None and row.payload == json.loads(body)
+    assert row.payload["hook_id"] == 2**70 and row.payload["scale"] == float("inf")
+
+
 def test_redelivery_of_a_never_enqueued_delivery_enqueues_it(
     deliver: Deliverer, store: Store, queue: WorkQueue, installed: Callable[[dict[str, Any]], None]
 ) -> None:
