@@ -13,7 +13,7 @@ process: `--connections` connections for `--duration` seconds after a `--warmup`
 For nofx it also checks that every delivery answered 202 was recorded (`lost` must be 0) and samples the
 web processes' memory (`--web-processes` of them, NOFX_WEB_PROCESSES): the largest sum of their RSS, which counts
 the pages forked processes share once per process, and of their PSS, which splits those between them. CPU per
-delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted); for `postgres`,
+delivery is also summed over the web processes (the workers and Valkey of `serve` are not counted); on PostgreSQL,
 the CPU of this machine's PostgreSQL processes per delivery is shown beside it, and for every target the machine's
 idle CPU while the load ran (idle cores mean the target waited, not worked).
 

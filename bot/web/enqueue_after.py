@@ -1,4 +1,5 @@
-"""Enqueue after the answer: the intake pushes recorded deliveries onto the intake list once their 202 is sent.
+"""Enqueue beside the answer: a delivery is answered once it is recorded, and pushed onto the intake list without
+the answer waiting for the push.
 
 A 202 means the delivery is recorded durably and deduplicated, and that routing is on its way or recoverable: a
 push that fails marks its deliveries received, which the sweeper enqueues once the queue is back, and a web
