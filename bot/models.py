@@ -53,6 +53,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def json_text(value: Any) -> str:
+    """JSON columns' text (the engines' serialiser, and `PayloadText`'s): orjson writes it several times faster
+    than json."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 class _UntypedText(UserDefinedType[str]):
     """A TEXT column whose values are sent without a type: SQLAlchemy casts every string it binds on PostgreSQL to
     VARCHAR, which an older database's `json` payload column refuses; an untyped one PostgreSQL takes as either."""
@@ -77,7 +83,7 @@ class PayloadText(TypeDecorator[dict[str, Any]]):
     cache_ok = True
 
     def process_bind_param(self, value: dict[str, Any] | None, dialect: Dialect) -> str | None:
-        return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return None if value is None else json_text(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dict[str, Any] | None:
         if isinstance(value, str):

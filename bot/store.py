@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, LiteralString
 
-import orjson
 from sqlalchemy import event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
@@ -18,7 +17,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, SQLModel, create_engine
 
-from bot import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from bot import models  # also registers the tables on SQLModel.metadata
 from bot.settings import RunLimits
 
 log = logging.getLogger(__name__)
@@ -159,14 +158,16 @@ def upsert(
 def _engine(url: str, *, auto_checkpoint: bool = True) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(url, pool_recycle=POOL_RECYCLE_S, json_serializer=_json_text)
+        engine = create_engine(url, pool_recycle=POOL_RECYCLE_S, json_serializer=models.json_text)
         event.listen(engine.pool, "checkin", _mark_idle)
         event.listen(engine.pool, "checkout", functools.partial(_ping_if_idle, engine.dialect))
         return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, json_serializer=_json_text
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        json_serializer=models.json_text,
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     if not auto_checkpoint:
@@ -193,11 +194,6 @@ def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: ConnectionPoo
         dialect.do_ping(dbapi_connection)
     except dialect.loaded_dbapi.Error as exc:
         raise DisconnectionError(f"an idle pooled connection is dead: {type(exc).__name__}") from exc
-
-
-def _json_text(value: Any) -> str:
-    # A delivery's payload is written once per webhook: orjson serialises it several times faster than json.
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

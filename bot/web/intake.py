@@ -120,7 +120,7 @@ class Intake:
     group: GroupCommit[deliveries.Incoming, deliveries.Recorded] = field(init=False)
     # Batches go through connections of the intake's own, past the ORM (bot.web.sqlite_intake, postgres_intake).
     recorder: PostgresRecorder | SqliteRecorder = field(init=False)
-    # Pushes onto the intake list from the event loop, after the answer.
+    # Pushes onto the intake list from the event loop, beside the answer.
     enqueue: EnqueueAfter = field(init=False)
     # SQLite's batches that must wait for the database, and the store updates after a push the queue refused:
     # blocking calls that run here.
